@@ -1,0 +1,192 @@
+//! Pipeline files: typed stages, layered loading (defaults < file < `GPTPIPE_*` < `--set`),
+//! validation with file:line:col, and the JSON Schema. Knows nothing of models or the cache.
+
+mod error;
+mod load;
+mod params;
+mod schema;
+mod source;
+mod validate;
+
+pub use error::ConfigError;
+pub use load::{load, LoadOptions};
+pub use params::*;
+pub use schema::{pipeline_schema, pipeline_schema_json};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The `[pipeline]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Required; names the default workdir `runs/<name>`.
+    pub name: String,
+    /// Where stage outputs and the cache live, relative to the pipeline file.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Default seed of stages that sample.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// The kinds of stage a pipeline may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    Prepare,
+    Finetune,
+    Export,
+    Generate,
+}
+
+impl StageKind {
+    pub const ALL: [StageKind; 4] = [Self::Prepare, Self::Finetune, Self::Export, Self::Generate];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prepare => "prepare",
+            Self::Finetune => "finetune",
+            Self::Export => "export",
+            Self::Generate => "generate",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One stage's typed parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageParams {
+    Prepare(PrepareParams),
+    Finetune(FinetuneParams),
+    Export(ExportParams),
+    Generate(GenerateParams),
+}
+
+impl StageParams {
+    pub fn kind(&self) -> StageKind {
+        match self {
+            Self::Prepare(_) => StageKind::Prepare,
+            Self::Finetune(_) => StageKind::Finetune,
+            Self::Export(_) => StageKind::Export,
+            Self::Generate(_) => StageKind::Generate,
+        }
+    }
+
+    /// Keys that do not change a stage's output, so they stay out of its cache key.
+    pub fn volatile_keys(&self) -> &'static [&'static str] {
+        match self {
+            Self::Prepare(_) | Self::Export(_) => &[],
+            Self::Finetune(_) => &[
+                "print_every",
+                "sample_every",
+                "sample_length",
+                "sample_num",
+                "save_every",
+                "max_checkpoints",
+                "restore_from",
+            ],
+            // A sample depends on (seed, index) only, never on how samples are batched.
+            Self::Generate(_) => &["batch_size"],
+        }
+    }
+
+    /// The effective parameters as JSON, every key present.
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = match self {
+            Self::Prepare(p) => serde_json::to_value(p),
+            Self::Finetune(p) => serde_json::to_value(p),
+            Self::Export(p) => serde_json::to_value(p),
+            Self::Generate(p) => serde_json::to_value(p),
+        };
+        value.expect("stage parameters serialize to JSON")
+    }
+
+    /// `(key, stage)` for every `"@stage"` reference this stage makes.
+    pub fn references(&self) -> Vec<(&'static str, String)> {
+        let mut refs = Vec::new();
+        let model = |m: &ModelRef| match m {
+            ModelRef::Named(s) => s.strip_prefix('@').map(str::to_owned),
+            ModelRef::Inline(_) => None,
+        };
+        match self {
+            Self::Prepare(p) => {
+                for input in &p.inputs {
+                    if let Some(s) = input.strip_prefix('@') {
+                        refs.push(("inputs", s.to_owned()));
+                    }
+                }
+            }
+            Self::Finetune(p) => {
+                if let Some(s) = p.dataset.strip_prefix('@') {
+                    refs.push(("dataset", s.to_owned()));
+                }
+                refs.extend(model(&p.model).map(|s| ("model", s)));
+            }
+            Self::Export(p) => refs.extend(model(&p.model).map(|s| ("model", s))),
+            Self::Generate(p) => refs.extend(model(&p.model).map(|s| ("model", s))),
+        }
+        refs
+    }
+
+    /// The seed a sampling stage uses, if the kind samples.
+    pub fn seed(&self) -> Option<u64> {
+        match self {
+            Self::Finetune(p) => p.seed,
+            Self::Generate(p) => p.seed,
+            _ => None,
+        }
+    }
+}
+
+/// A loaded, validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The pipeline file.
+    pub path: PathBuf,
+    /// The folder relative paths are taken from.
+    pub dir: PathBuf,
+    pub name: String,
+    pub workdir: PathBuf,
+    pub seed: u64,
+    /// Stages by name, with the pipeline seed filled in where a stage samples.
+    pub stages: BTreeMap<String, StageParams>,
+    /// Where each key came from, for error messages after loading.
+    pub origins: source::Origins,
+}
+
+impl Pipeline {
+    /// The lock file that sits beside the pipeline file.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        self.path.with_file_name(name)
+    }
+
+    /// Resolves a path written in the pipeline relative to the pipeline file.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+}
+
+pub use source::Origins;

@@ -1,0 +1,47 @@
+//! The JSON Schema of pipeline files, generated from the same types the loader uses.
+
+use super::params::*;
+use super::PipelineSection;
+use schemars::{JsonSchema, Schema};
+use std::collections::BTreeMap;
+
+/// A pipeline file, for the schema only: loading goes through figment layering instead.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[schemars(title = "gptpipe pipeline", deny_unknown_fields)]
+struct PipelineFile {
+    pipeline: PipelineSection,
+    #[serde(default)]
+    stages: BTreeMap<String, StageSchema>,
+}
+
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum StageSchema {
+    Prepare(PrepareParams),
+    Finetune(FinetuneParams),
+    Export(ExportParams),
+    Generate(GenerateParams),
+}
+
+pub fn pipeline_schema() -> Schema {
+    schemars::schema_for!(PipelineFile)
+}
+
+/// The schema as pretty JSON with a trailing newline, as `schemas/pipeline.schema.json` holds it.
+pub fn pipeline_schema_json() -> String {
+    let mut s = serde_json::to_string_pretty(&pipeline_schema()).expect("schema serializes");
+    s.push('\n');
+    s
+}
+
+/// The top-level keys a params struct accepts.
+pub(crate) fn property_names<T: JsonSchema>() -> Vec<String> {
+    let schema = schemars::schema_for!(T);
+    schema
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}

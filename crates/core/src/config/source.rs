@@ -1,0 +1,83 @@
+//! Where each key of a loaded pipeline came from, so errors found after merging the layers
+//! can still point at a file position, an environment variable or a `--set` argument.
+
+use super::error::ConfigError;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use toml_edit::{Item, Value};
+
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Env(String),
+    Set(String),
+}
+
+/// The pipeline file's text with its spans, and the keys that later layers overrode.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    pub file_name: String,
+    pub text: String,
+    doc: Option<toml_edit::ImDocument<String>>,
+    overrides: BTreeMap<Vec<String>, Origin>,
+}
+
+impl Origins {
+    pub fn new(file_name: String, text: String, doc: toml_edit::ImDocument<String>) -> Self {
+        Self {
+            file_name,
+            text,
+            doc: Some(doc),
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    pub fn record(&mut self, path: Vec<String>, origin: Origin) {
+        self.overrides.insert(path, origin);
+    }
+
+    /// An error about the key at `path` (or the deepest part of it that exists), located
+    /// where that key was written.
+    pub fn error_at(&self, path: &[String], error: ConfigError) -> ConfigError {
+        for len in (1..=path.len()).rev() {
+            if let Some(origin) = self.overrides.get(&path[..len]) {
+                return match origin {
+                    Origin::Env(var) => error.from_origin(&format!("environment variable {var}")),
+                    Origin::Set(arg) => error.from_origin(&format!("--set {arg}")),
+                };
+            }
+        }
+        match self.span_of(path) {
+            Some((span, label)) => error.at(&self.file_name, &self.text, span, label),
+            None => error.from_origin(&self.file_name),
+        }
+    }
+
+    /// The span of the deepest existing key on `path`, and a label for it.
+    fn span_of(&self, path: &[String]) -> Option<(Range<usize>, &'static str)> {
+        let doc = self.doc.as_ref()?;
+        let mut found: Option<Range<usize>> = None;
+        let mut item: Option<&Item> = Some(doc.as_item());
+        let mut inline: Option<&Value> = None;
+        for key in path {
+            if let Some(value) = inline {
+                let Some((k, v)) = value.as_inline_table().and_then(|t| t.get_key_value(key))
+                else {
+                    break;
+                };
+                found = k.span().or(v.span()).or(found);
+                inline = v.as_value();
+                continue;
+            }
+            let Some((k, v)) = item.and_then(Item::as_table_like).and_then(|t| t.get_key_value(key))
+            else {
+                break;
+            };
+            found = k.span().or(v.span()).or(found);
+            match v {
+                Item::Value(value) => inline = Some(value),
+                other => item = Some(other),
+            }
+        }
+        found.map(|span| (span, "here"))
+    }
+}

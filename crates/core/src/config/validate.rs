@@ -1,0 +1,199 @@
+//! Checks that need the whole pipeline or mean "impossible value": references, cycles,
+//! names, ranges. Every error points at the key that causes it.
+
+use super::error::{suggest, ConfigError};
+use super::params::*;
+use super::{Pipeline, StageParams};
+use std::collections::BTreeMap;
+
+pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
+    let at = |path: &[&str], e: ConfigError| {
+        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        p.origins.error_at(&path, e)
+    };
+    if p.name.trim().is_empty() {
+        return Err(at(&["pipeline", "name"], ConfigError::new("`pipeline.name` is empty")));
+    }
+    for (name, params) in &p.stages {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(at(
+                &["stages", name],
+                ConfigError::new(format!("invalid stage name `{name}`"))
+                    .with_help("stage names become folder names: use letters, digits, - and _"),
+            ));
+        }
+        for (key, target) in params.references() {
+            if !p.stages.contains_key(&target) {
+                let help = match suggest(&target, p.stages.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean `@{s}`?"),
+                    None => format!(
+                        "stages in this pipeline: {}",
+                        p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                return Err(at(
+                    &["stages", name, key],
+                    ConfigError::new(format!(
+                        "stage `{name}` refers to unknown stage `@{target}` in `{key}`"
+                    ))
+                    .with_help(help),
+                ));
+            }
+        }
+        if let Err((key, message)) = check_values(params) {
+            return Err(at(&["stages", name, key], ConfigError::new(format!("stage `{name}`: {message}"))));
+        }
+    }
+    if let Some(cycle) = find_cycle(&p.stages) {
+        let first = &cycle[0];
+        let key = p.stages[first]
+            .references()
+            .into_iter()
+            .find(|(_, t)| *t == cycle[1])
+            .map_or("kind", |(k, _)| k);
+        return Err(at(
+            &["stages", first, key],
+            ConfigError::new(format!("stages form a cycle: {}", cycle.join(" -> ")))
+                .with_help("a stage cannot use its own output, directly or through others"),
+        ));
+    }
+    Ok(())
+}
+
+/// A cycle through `@` references, as names with the first repeated at the end.
+fn find_cycle(stages: &BTreeMap<String, StageParams>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    fn visit(
+        name: &str,
+        stages: &BTreeMap<String, StageParams>,
+        marks: &mut BTreeMap<String, Mark>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match marks.get(name).copied().unwrap_or(Mark::New) {
+            Mark::Done => return None,
+            Mark::Open => {
+                let start = stack.iter().position(|s| s == name).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(name.to_owned());
+                return Some(cycle);
+            }
+            Mark::New => {}
+        }
+        marks.insert(name.to_owned(), Mark::Open);
+        stack.push(name.to_owned());
+        for (_, next) in stages.get(name)?.references() {
+            if let Some(c) = visit(&next, stages, marks, stack) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        marks.insert(name.to_owned(), Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for name in stages.keys() {
+        if let Some(c) = visit(name, stages, &mut marks, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+type Invalid = (&'static str, String);
+
+fn check_values(params: &StageParams) -> Result<(), Invalid> {
+    match params {
+        StageParams::Prepare(p) => check_prepare(p),
+        StageParams::Finetune(p) => check_finetune(p),
+        StageParams::Export(p) => {
+            check_model(&p.model)?;
+            ensure(p.opset >= 17, "opset", format!("opset must be 17 or later, not {}", p.opset))
+        }
+        StageParams::Generate(p) => check_generate(p),
+    }
+}
+
+fn ensure(ok: bool, key: &'static str, message: String) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err((key, message))
+    }
+}
+
+fn check_model(m: &ModelRef) -> Result<(), Invalid> {
+    match m {
+        ModelRef::Named(s) => ensure(!s.trim().is_empty() && s != "@", "model", "`model` is empty".into()),
+        ModelRef::Inline(m) => {
+            ensure(m.n_layer > 0 && m.n_head > 0 && m.n_embd > 0 && m.n_ctx > 0, "model",
+                "n_layer, n_head, n_embd and n_ctx must be positive".into())?;
+            ensure(m.n_embd % m.n_head == 0, "model",
+                format!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head))?;
+            ensure((0.0..1.0).contains(&m.dropout), "model", format!("dropout must be in [0, 1), not {}", m.dropout))?;
+            ensure(m.vocab_size >= 50257, "model", format!("vocab_size must be at least GPT-2's 50257, not {}", m.vocab_size))
+        }
+    }
+}
+
+fn check_device(d: &str) -> Result<(), Invalid> {
+    let ok = matches!(d, "auto" | "cpu" | "cuda")
+        || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+    ensure(ok, "device", format!("device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not {d:?}"))
+}
+
+fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
+    ensure(!p.inputs.is_empty(), "inputs", "`inputs` is empty: list the files to read".into())?;
+    ensure(p.delimiter.chars().count() == 1 && p.delimiter.is_ascii(), "delimiter",
+        format!("delimiter must be one ASCII character, not {:?}", p.delimiter))?;
+    if let (Some(min), Some(max)) = (p.min_length, p.max_length) {
+        ensure(min <= max, "min_length", format!("min_length ({min}) is greater than max_length ({max})"))?;
+    }
+    for r in &p.replace {
+        if let Err(e) = regex::Regex::new(&r.pattern) {
+            return Err(("replace", format!("invalid regex {:?}: {e}", r.pattern)));
+        }
+    }
+    Ok(())
+}
+
+fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
+    ensure(!p.dataset.is_empty(), "dataset", "`dataset` is not set: use \"@prepare-stage\" or a text file".into())?;
+    check_model(&p.model)?;
+    ensure(p.steps > 0, "steps", "steps must be at least 1".into())?;
+    ensure(p.batch_size > 0, "batch_size", "batch_size must be at least 1".into())?;
+    ensure(p.accumulate_gradients > 0, "accumulate_gradients", "accumulate_gradients must be at least 1".into())?;
+    ensure(p.learning_rate > 0.0 && p.learning_rate.is_finite(), "learning_rate", format!("learning_rate must be positive, not {}", p.learning_rate))?;
+    ensure(p.weight_decay >= 0.0, "weight_decay", "weight_decay must not be negative".into())?;
+    ensure(p.max_grad_norm >= 0.0, "max_grad_norm", "max_grad_norm must not be negative".into())?;
+    ensure((0.0..1.0).contains(&p.val_split), "val_split", format!("val_split must be in [0, 1), not {}", p.val_split))?;
+    ensure(p.combine > 0, "combine", "combine must be at least 1".into())?;
+    ensure(p.max_checkpoints > 0, "max_checkpoints", "max_checkpoints must be at least 1".into())?;
+    check_device(&p.device)
+}
+
+fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
+    check_model(&p.model)?;
+    ensure(p.temperature >= 0.0 && p.temperature.is_finite(), "temperature", format!("temperature must not be negative, not {}", p.temperature))?;
+    ensure((0.0..=1.0).contains(&p.top_p), "top_p", format!("top_p must be in [0, 1], not {}", p.top_p))?;
+    ensure(p.batch_size > 0, "batch_size", "batch_size must be at least 1".into())?;
+    ensure(p.nsamples > 0, "nsamples", "nsamples must be at least 1".into())?;
+    ensure(p.length > 0, "length", "length must be at least 1".into())?;
+    ensure(p.repetition_penalty > 0.0, "repetition_penalty", format!("repetition_penalty must be positive, not {}", p.repetition_penalty))?;
+    let out = std::path::Path::new(&p.output);
+    ensure(
+        !p.output.is_empty()
+            && out.components().all(|c| matches!(c, std::path::Component::Normal(_))),
+        "output",
+        format!("output {:?} must be a relative path inside the stage folder", p.output),
+    )?;
+    check_device(&p.device)
+}

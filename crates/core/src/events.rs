@@ -1,0 +1,60 @@
+//! What a run reports: one event type, shown as JSON lines (`--json`), progress bars (a
+//! TTY) or plain log lines (anything else).
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// One thing that happened during a run. With `--json` each is printed as one line, tagged
+/// by `event`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The plan of a run: the selected stages in execution order.
+    Plan { stages: Vec<String> },
+    StageStarted { stage: String, kind: String },
+    /// Periodic progress; `fields` holds what the stage measures (loss, tokens/s...).
+    StageProgress {
+        stage: String,
+        step: u64,
+        total: u64,
+        #[serde(flatten)]
+        fields: Map<String, Value>,
+    },
+    /// A line of text worth showing, such as a training sample.
+    StageLog { stage: String, message: String },
+    StageFinished { stage: String, seconds: f64, output_hash: String },
+    /// Nothing ran: the output was up to date (`restored: false`) or was restored from the
+    /// run cache (`restored: true`).
+    StageCached { stage: String, restored: bool },
+    StageFailed { stage: String, error: String },
+    /// Not run because a stage it depends on failed.
+    StageSkipped { stage: String, reason: String },
+    Warning { message: String },
+    /// The end of a run.
+    RunFinished { ran: usize, cached: usize, failed: usize, seconds: f64 },
+}
+
+/// Receives events; implementations must be usable from several stage threads at once.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+/// Discards everything (used by tests and by `status`).
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn emit(&self, _: Event) {}
+}
+
+/// One JSON object per line on stdout.
+pub struct JsonSink;
+
+impl EventSink for JsonSink {
+    fn emit(&self, event: Event) {
+        use std::io::Write;
+        let line = serde_json::to_string(&event).expect("events serialize");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}

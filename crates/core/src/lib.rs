@@ -1,0 +1,7 @@
+//! gptpipe's engine: pipeline config, the stage DAG, the content-addressed cache and the
+//! runner. Stage kinds plug in through [`stage::Registry`]; this crate knows no model code.
+
+pub mod config;
+pub mod events;
+pub mod report;
+pub mod stage;

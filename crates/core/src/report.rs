@@ -1,0 +1,127 @@
+//! Human output: progress bars on a TTY, plain log lines elsewhere.
+
+use crate::events::{Event, EventSink};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Instant;
+
+pub struct HumanSink {
+    bars: Option<MultiProgress>,
+    state: Mutex<HashMap<String, (ProgressBar, Instant)>>,
+}
+
+impl HumanSink {
+    /// Bars when stderr is a terminal, log lines otherwise.
+    pub fn new() -> Self {
+        let tty = std::io::stderr().is_terminal();
+        Self {
+            bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn println(&self, line: String) {
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Default for HumanSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn fields_text(fields: &serde_json::Map<String, serde_json::Value>) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Number(n) => match n.as_f64() {
+                Some(f) if !n.is_i64() && !n.is_u64() => format!("{k}={f:.4}"),
+                _ => format!("{k}={n}"),
+            },
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl EventSink for HumanSink {
+    fn emit(&self, event: Event) {
+        match event {
+            Event::Plan { .. } => {}
+            Event::StageStarted { stage, kind } => {
+                self.println(format!("[{stage}] running ({kind})"));
+                if let Some(m) = &self.bars {
+                    let bar = m.add(ProgressBar::new(0));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "[{prefix}] {bar:30} {pos}/{len} {msg} ({elapsed}<{eta})",
+                        )
+                        .expect("valid template"),
+                    );
+                    bar.set_prefix(stage.clone());
+                    self.state.lock().unwrap().insert(stage, (bar, Instant::now()));
+                }
+            }
+            Event::StageProgress {
+                stage,
+                step,
+                total,
+                fields,
+            } => {
+                let text = fields_text(&fields);
+                if self.bars.is_some() {
+                    if let Some((bar, _)) = self.state.lock().unwrap().get(&stage) {
+                        bar.set_length(total);
+                        bar.set_position(step);
+                        bar.set_message(text);
+                    }
+                } else {
+                    self.println(format!("[{stage}] {step}/{total} {text}"));
+                }
+            }
+            Event::StageLog { stage, message } => {
+                for line in message.lines() {
+                    self.println(format!("[{stage}] {line}"));
+                }
+            }
+            Event::StageFinished { stage, seconds, .. } => {
+                if let Some((bar, _)) = self.state.lock().unwrap().remove(&stage) {
+                    bar.finish_and_clear();
+                }
+                self.println(format!("[{stage}] done in {seconds:.1}s"));
+            }
+            Event::StageCached { stage, restored } => self.println(if restored {
+                format!("[{stage}] restored from cache")
+            } else {
+                format!("[{stage}] up to date")
+            }),
+            Event::StageFailed { stage, error } => {
+                if let Some((bar, _)) = self.state.lock().unwrap().remove(&stage) {
+                    bar.abandon();
+                }
+                self.println(format!("[{stage}] failed: {error}"));
+            }
+            Event::StageSkipped { stage, reason } => {
+                self.println(format!("[{stage}] skipped: {reason}"))
+            }
+            Event::Warning { message } => self.println(format!("warning: {message}")),
+            Event::RunFinished {
+                ran,
+                cached,
+                failed,
+                seconds,
+            } => self.println(format!(
+                "{ran} ran, {cached} cached, {failed} failed in {seconds:.1}s"
+            )),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The contract between the runner and stage implementations.
+//!
+//! A stage gets typed parameters and a [`StageContext`], writes files into `out_dir`, and
+//! returns. It never reads TOML and never decides whether it runs: the runner does that,
+//! publishes `out_dir` atomically on success and records it in the cache.
+
+use crate::config::{InlineModel, ModelRef, Pipeline, StageKind, StageParams};
+use crate::events::{Event, EventSink};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A finished upstream stage.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub kind: StageKind,
+    /// Its published output folder.
+    pub dir: PathBuf,
+}
+
+/// Where a model comes from, with `@stage` and relative paths already resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A Hugging Face hub id such as `"gpt2"` or `"org/repo"`.
+    Hub(String),
+    /// A local folder in Hugging Face layout.
+    Folder(PathBuf),
+    /// The output of another stage.
+    Stage {
+        name: String,
+        kind: StageKind,
+        dir: PathBuf,
+    },
+    /// A fresh model with random weights.
+    Inline(InlineModel),
+}
+
+/// A string input (`dataset`, an entry of `inputs`) with `@stage` resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSource {
+    Stage {
+        name: String,
+        kind: StageKind,
+        dir: PathBuf,
+    },
+    Path(PathBuf),
+}
+
+/// Everything a stage may use while it runs.
+pub struct StageContext<'a> {
+    pub name: &'a str,
+    pub params: &'a StageParams,
+    pub pipeline: &'a Pipeline,
+    /// An empty folder; what is in it when the stage returns `Ok` is published.
+    pub out_dir: &'a Path,
+    /// This stage's last published output, if any. It may come from other parameters:
+    /// a stage that reuses it (to continue training, or to keep earlier samples) checks
+    /// that it is compatible first.
+    pub previous_output: Option<&'a Path>,
+    /// A folder that survives failed and killed runs (checkpoints to resume from).
+    pub state_dir: &'a Path,
+    /// Upstream stages this stage references, by name.
+    pub upstream: &'a BTreeMap<String, Upstream>,
+    /// A hash of the stage's inputs (files and upstream outputs), without its params.
+    pub inputs_hash: &'a str,
+    pub events: &'a dyn EventSink,
+    pub cancel: &'a AtomicBool,
+}
+
+impl StageContext<'_> {
+    /// The effective seed (the stage's, or the pipeline's).
+    pub fn seed(&self) -> u64 {
+        self.params.seed().unwrap_or(self.pipeline.seed)
+    }
+
+    pub fn resolve_model(&self, model: &ModelRef) -> ModelSource {
+        resolve_model(self.pipeline, self.upstream, model)
+    }
+
+    pub fn resolve_input(&self, value: &str) -> InputSource {
+        match value.strip_prefix('@').and_then(|n| self.upstream.get(n).map(|u| (n, u))) {
+            Some((name, up)) => InputSource::Stage {
+                name: name.to_owned(),
+                kind: up.kind,
+                dir: up.dir.clone(),
+            },
+            None => InputSource::Path(self.pipeline.resolve_path(value)),
+        }
+    }
+
+    pub fn progress(&self, step: u64, total: u64, fields: serde_json::Value) {
+        let fields = match fields {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        self.events.emit(Event::StageProgress {
+            stage: self.name.to_owned(),
+            step,
+            total,
+            fields,
+        });
+    }
+
+    pub fn log(&self, message: impl Into<String>) {
+        self.events.emit(Event::StageLog {
+            stage: self.name.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        self.events.emit(Event::Warning {
+            message: format!("[{}] {}", self.name, message.into()),
+        });
+    }
+
+    /// An error once the run has been cancelled (Ctrl-C, watch mode re-planning): long
+    /// stages call it between steps.
+    pub fn check_cancelled(&self) -> anyhow::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            anyhow::bail!("cancelled");
+        }
+        Ok(())
+    }
+}
+
+/// Resolves a `model` value: `@stage`, an existing folder or explicit path, else a hub id.
+pub fn resolve_model(
+    pipeline: &Pipeline,
+    upstream: &BTreeMap<String, Upstream>,
+    model: &ModelRef,
+) -> ModelSource {
+    match model {
+        ModelRef::Inline(m) => ModelSource::Inline(m.clone()),
+        ModelRef::Named(s) => {
+            if let Some(name) = s.strip_prefix('@') {
+                let up = upstream.get(name);
+                return ModelSource::Stage {
+                    name: name.to_owned(),
+                    kind: up.map_or(StageKind::Finetune, |u| u.kind),
+                    dir: up.map_or_else(|| pipeline.workdir.join(name), |u| u.dir.clone()),
+                };
+            }
+            let path = pipeline.resolve_path(s);
+            let explicit = s.starts_with('.') || s.starts_with('/') || s.starts_with('~');
+            if explicit || path.is_dir() {
+                ModelSource::Folder(path)
+            } else {
+                ModelSource::Hub(s.clone())
+            }
+        }
+    }
+}
+
+/// Runs one stage kind.
+pub type StageFn = Arc<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>;
+
+/// The stage kinds this build can run, each with the version of its implementation (part
+/// of every cache key, so a changed implementation invalidates old results).
+#[derive(Clone, Default)]
+pub struct Registry {
+    runners: BTreeMap<StageKind, (u32, StageFn)>,
+    missing: BTreeMap<StageKind, String>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(
+        &mut self,
+        kind: StageKind,
+        version: u32,
+        run: impl Fn(&StageContext) -> anyhow::Result<()> + Send + Sync + 'static,
+    ) {
+        self.runners.insert(kind, (version, Arc::new(run)));
+    }
+
+    /// Records why this build cannot run `kind` (for example: built without libtorch).
+    pub fn unavailable(&mut self, kind: StageKind, why: impl Into<String>) {
+        self.missing.insert(kind, why.into());
+    }
+
+    pub fn version(&self, kind: StageKind) -> u32 {
+        self.runners.get(&kind).map_or(0, |r| r.0)
+    }
+
+    pub fn get(&self, kind: StageKind) -> anyhow::Result<&StageFn> {
+        match self.runners.get(&kind) {
+            Some((_, f)) => Ok(f),
+            None => match self.missing.get(&kind) {
+                Some(why) => anyhow::bail!("{kind} stages are not available in this build: {why}"),
+                None => anyhow::bail!("{kind} stages are not available in this build"),
+            },
+        }
+    }
+}

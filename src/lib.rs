@@ -1,0 +1,3 @@
+//! The gptpipe command line: parses arguments and hands them to the engine.
+
+pub mod cli;
