@@ -1,3 +1,4 @@
 //! The gptpipe command line: parses arguments and hands them to the engine.
 
 pub mod cli;
+pub mod stages;

@@ -1,3 +1,100 @@
+//! The command line: clap arguments in, settings out, then the engine; errors become the
+//! spec's exit codes (0 ok, 1 a stage failed, 2 invalid pipeline or usage, 3 stale under
+//! `--frozen`).
+
+mod dag;
+mod gc;
+mod pipeline_args;
+mod run;
+mod status;
+
+use clap::{Parser, Subcommand};
+use gptpipe_core::config::ConfigError;
+use gptpipe_core::runner::RunError;
+
+#[derive(Parser)]
+#[command(name = "gptpipe", version, about = "GPT-2 finetuning and text generation from cached TOML pipelines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the stages that are stale (and their upstream)
+    Run(run::RunArgs),
+    /// Show whether each stage is fresh or stale, and why
+    Status(status::StatusArgs),
+    /// Draw the stage graph
+    Dag(dag::DagArgs),
+    /// Print the JSON Schema of pipeline files
+    Schema,
+    /// Drop cache entries that no lock file references
+    Gc(gc::GcArgs),
+}
+
+/// Exit codes of the spec.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const INVALID: i32 = 2;
+    pub const STALE: i32 = 3;
+}
+
+/// Parses the arguments, runs the command and returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit::INVALID } else { exit::OK };
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Dag(args) => dag::run(args),
+        Command::Schema => {
+            print!("{}", gptpipe_core::config::pipeline_schema_json());
+            Ok(())
+        }
+        Command::Gc(args) => gc::run(args),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => report(e),
+    }
+}
+
+/// Prints an error the way its kind deserves and maps it to an exit code.
+fn report(error: RunError) -> i32 {
+    match error {
+        RunError::Config(e) => {
+            print_config_error(e);
+            exit::INVALID
+        }
+        RunError::Stale(stages) => {
+            for s in stages {
+                eprintln!("stale: {} ({})", s.stage, s.reasons.join("; "));
+            }
+            exit::STALE
+        }
+        RunError::Failed(stages) => {
+            eprintln!("error: stage(s) failed: {}", stages.join(", "));
+            exit::FAILED
+        }
+        RunError::Other(e) => {
+            eprintln!("error: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
+fn print_config_error(e: ConfigError) {
+    use std::io::IsTerminal;
+    let color = std::io::stderr().is_terminal();
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).build())
+    }));
+    eprintln!("{:?}", miette::Report::new(e));
 }

@@ -5,3 +5,8 @@ pub mod config;
 pub mod events;
 pub mod report;
 pub mod stage;
+pub mod cache;
+pub mod dag;
+pub mod fsutil;
+pub mod inputs;
+pub mod runner;

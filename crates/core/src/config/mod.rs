@@ -8,7 +8,7 @@ mod schema;
 mod source;
 mod validate;
 
-pub use error::ConfigError;
+pub use error::{suggest as suggest_name, ConfigError};
 pub use load::{load, LoadOptions};
 pub use params::*;
 pub use schema::{pipeline_schema, pipeline_schema_json};

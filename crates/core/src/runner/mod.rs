@@ -1,0 +1,437 @@
+//! The runner: decides per stage whether it is fresh, restorable from the run cache, or
+//! must run; runs independent stages in parallel; publishes outputs atomically; keeps the
+//! lock file. Stages themselves never see any of this.
+
+mod key;
+mod workdir;
+
+pub use key::KeyMaterial;
+pub use workdir::Workdir;
+
+use crate::cache::lock::json_to_toml;
+use crate::cache::{LockEntry, LockFile, Manifest, Restore};
+use crate::config::{ConfigError, Pipeline};
+use crate::dag::Dag;
+use crate::events::{Event, EventSink};
+use crate::stage::{Registry, StageContext, Upstream};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stages to run with their upstream; all when empty.
+    pub targets: Vec<String>,
+    pub force: bool,
+    pub dry_run: bool,
+    pub frozen: bool,
+    pub jobs: usize,
+    pub keep_going: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            force: false,
+            dry_run: false,
+            frozen: false,
+            jobs: 1,
+            keep_going: false,
+        }
+    }
+}
+
+/// One line of `gptpipe status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StageStatus {
+    pub stage: String,
+    pub state: State,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Fresh,
+    Stale,
+}
+
+/// How a run ended, for the exit code.
+#[derive(Debug)]
+pub enum RunError {
+    Config(ConfigError),
+    /// `--frozen` found stale stages.
+    Stale(Vec<StageStatus>),
+    /// Stages failed (their names).
+    Failed(Vec<String>),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for RunError {
+    fn from(e: anyhow::Error) -> Self {
+        RunError::Other(e)
+    }
+}
+
+/// What happened to each stage of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Fresh,
+    Restored,
+    Ran,
+    Failed,
+    Skipped,
+}
+
+pub struct Runner<'a> {
+    pipeline: &'a Pipeline,
+    registry: &'a Registry,
+    dag: Dag,
+    workdir: Workdir,
+}
+
+/// The result of evaluating one stage against the lock file.
+struct Evaluation {
+    material: KeyMaterial,
+    key: String,
+    /// Empty when fresh.
+    reasons: Vec<String>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(pipeline: &'a Pipeline, registry: &'a Registry) -> Result<Self> {
+        Ok(Self {
+            pipeline,
+            registry,
+            dag: Dag::new(pipeline),
+            workdir: Workdir::open(&pipeline.workdir)?,
+        })
+    }
+
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+
+    /// The key material of `stage` given its upstream stages' output hashes.
+    fn material(&self, stage: &str, upstream: &BTreeMap<String, String>) -> Result<KeyMaterial> {
+        let params = &self.pipeline.stages[stage];
+        let files = crate::inputs::stage_inputs(self.pipeline, params)
+            .with_context(|| format!("stage `{stage}`"))?;
+        let mut inputs = BTreeMap::new();
+        for (name, path) in files {
+            inputs.insert(name, self.workdir.memo.hash(&path)?);
+        }
+        Ok(KeyMaterial {
+            kind: params.kind().to_string(),
+            version: self.registry.version(params.kind()),
+            params: key::without(&params.to_json(), params.volatile_keys()),
+            inputs,
+            upstream: upstream.clone(),
+        })
+    }
+
+    /// Compares a stage with its lock entry and its published output.
+    fn evaluate(
+        &self,
+        stage: &str,
+        lock: &LockFile,
+        upstream: &BTreeMap<String, String>,
+    ) -> Result<Evaluation> {
+        let material = self.material(stage, upstream)?;
+        let key = material.key();
+        let reasons = match lock.stages.get(stage) {
+            None => vec!["never run".to_owned()],
+            Some(entry) => {
+                let mut r = key::stale_reasons(entry, &material);
+                if r.is_empty() {
+                    r.extend(self.output_problem(stage, entry)?);
+                }
+                r
+            }
+        };
+        Ok(Evaluation { material, key, reasons })
+    }
+
+    /// Why the published output no longer matches what the lock file recorded, if it doesn't.
+    fn output_problem(&self, stage: &str, entry: &LockEntry) -> Result<Option<String>> {
+        let dir = self.workdir.output(stage);
+        if !dir.is_dir() {
+            return Ok(Some("output missing".into()));
+        }
+        let manifest = Manifest::of_dir(&dir, |p| self.workdir.memo.hash(p))?;
+        Ok((manifest.tree_hash() != entry.output_hash).then(|| "output modified".to_owned()))
+    }
+
+    /// Fresh or stale, and why, for the selected stages, without running anything.
+    pub fn status(&self, targets: &[String]) -> Result<Vec<StageStatus>, RunError> {
+        let selected = self.dag.select(targets).map_err(RunError::Config)?;
+        let lock = LockFile::read(&self.pipeline.lock_path())?;
+        let mut out: Vec<StageStatus> = Vec::new();
+        let mut stale = BTreeSet::new();
+        for stage in &selected {
+            let deps = &self.dag.deps[stage];
+            let stale_deps: Vec<&String> = deps.iter().filter(|d| stale.contains(*d)).collect();
+            let reasons = if !stale_deps.is_empty() {
+                stale_deps
+                    .iter()
+                    .map(|d| format!("upstream {d} is stale"))
+                    .collect()
+            } else {
+                let upstream = deps
+                    .iter()
+                    .map(|d| (d.clone(), lock.stages[d].output_hash.clone()))
+                    .collect();
+                match self.evaluate(stage, &lock, &upstream) {
+                    Ok(e) => e.reasons,
+                    Err(e) => vec![format!("{e:#}")],
+                }
+            };
+            if !reasons.is_empty() {
+                stale.insert(stage.clone());
+            }
+            out.push(StageStatus {
+                stage: stage.clone(),
+                state: if reasons.is_empty() { State::Fresh } else { State::Stale },
+                reasons,
+            });
+        }
+        self.workdir.memo.save()?;
+        Ok(out)
+    }
+
+    /// Runs the selected stages that are stale.
+    pub fn run(
+        &self,
+        options: &RunOptions,
+        events: &dyn EventSink,
+        cancel: &AtomicBool,
+    ) -> Result<BTreeMap<String, Outcome>, RunError> {
+        let start = Instant::now();
+        let selected = self.dag.select(&options.targets).map_err(RunError::Config)?;
+        if options.frozen || options.dry_run {
+            let statuses = self.status(&options.targets)?;
+            let stale: Vec<StageStatus> =
+                statuses.into_iter().filter(|s| s.state == State::Stale).collect();
+            for s in &stale {
+                events.emit(Event::StageLog {
+                    stage: s.stage.clone(),
+                    message: format!("would run: {}", s.reasons.join("; ")),
+                });
+            }
+            if options.frozen && !stale.is_empty() {
+                return Err(RunError::Stale(stale));
+            }
+            return Ok(BTreeMap::new());
+        }
+        let _guard = self.workdir.lock(events)?;
+        self.workdir.clear_tmp()?;
+        events.emit(Event::Plan { stages: selected.clone() });
+
+        let lock = Mutex::new(LockFile::read(&self.pipeline.lock_path())?);
+        let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+        let mut hashes: BTreeMap<String, String> = BTreeMap::new();
+        let mut stop = false;
+        let mut started = BTreeSet::new();
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(String, Result<(Outcome, String)>)>();
+            let mut running = 0usize;
+            loop {
+                for stage in &selected {
+                    if outcomes.contains_key(stage) || started.contains(stage) {
+                        continue;
+                    }
+                    let deps = &self.dag.deps[stage];
+                    if let Some(bad) = deps.iter().find(|d| {
+                        matches!(outcomes.get(*d), Some(Outcome::Failed | Outcome::Skipped))
+                    }) {
+                        events.emit(Event::StageSkipped {
+                            stage: stage.clone(),
+                            reason: format!("upstream {bad} did not finish"),
+                        });
+                        outcomes.insert(stage.clone(), Outcome::Skipped);
+                        continue;
+                    }
+                    if stop || running >= options.jobs.max(1) {
+                        continue;
+                    }
+                    if deps.iter().all(|d| hashes.contains_key(d)) {
+                        let upstream: BTreeMap<String, String> =
+                            deps.iter().map(|d| (d.clone(), hashes[d].clone())).collect();
+                        started.insert(stage.clone());
+                        running += 1;
+                        let tx = tx.clone();
+                        let lock = &lock;
+                        let stage = stage.clone();
+                        scope.spawn(move || {
+                            let r = self.process(&stage, upstream, lock, options, events, cancel);
+                            let _ = tx.send((stage, r));
+                        });
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let (stage, result) = rx.recv().expect("a stage thread reports");
+                running -= 1;
+                match result {
+                    Ok((outcome, hash)) => {
+                        hashes.insert(stage.clone(), hash);
+                        outcomes.insert(stage, outcome);
+                    }
+                    Err(e) => {
+                        events.emit(Event::StageFailed {
+                            stage: stage.clone(),
+                            error: format!("{e:#}"),
+                        });
+                        outcomes.insert(stage, Outcome::Failed);
+                        stop |= !options.keep_going;
+                    }
+                }
+            }
+        });
+        self.workdir.memo.save()?;
+        let count = |o: &[Outcome]| outcomes.values().filter(|x| o.contains(x)).count();
+        events.emit(Event::RunFinished {
+            ran: count(&[Outcome::Ran]),
+            cached: count(&[Outcome::Fresh, Outcome::Restored]),
+            failed: count(&[Outcome::Failed]),
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter(|(_, o)| **o == Outcome::Failed)
+            .map(|(s, _)| s.clone())
+            .collect();
+        if !failed.is_empty() {
+            return Err(RunError::Failed(failed));
+        }
+        Ok(outcomes)
+    }
+
+    /// Brings one stage up to date: fresh, restored from the run cache, or run.
+    /// Returns what happened and the output hash.
+    fn process(
+        &self,
+        stage: &str,
+        upstream: BTreeMap<String, String>,
+        lock: &Mutex<LockFile>,
+        options: &RunOptions,
+        events: &dyn EventSink,
+        cancel: &AtomicBool,
+    ) -> Result<(Outcome, String)> {
+        let params = &self.pipeline.stages[stage];
+        let eval = {
+            let snapshot = lock.lock().unwrap().clone();
+            self.evaluate(stage, &snapshot, &upstream)?
+        };
+        if !options.force {
+            if eval.reasons.is_empty() {
+                let hash = lock.lock().unwrap().stages[stage].output_hash.clone();
+                self.record(stage, &eval, None, lock)?;
+                events.emit(Event::StageCached { stage: stage.into(), restored: false });
+                return Ok((Outcome::Fresh, hash));
+            }
+            let tmp = self.workdir.tmp_dir(stage)?;
+            match self.workdir.store.restore(&eval.key, &tmp)? {
+                Restore::Restored(manifest) => {
+                    self.workdir.publish(stage, &tmp)?;
+                    let hash = self.record(stage, &eval, Some(&manifest), lock)?;
+                    events.emit(Event::StageCached { stage: stage.into(), restored: true });
+                    return Ok((Outcome::Restored, hash));
+                }
+                Restore::Corrupt(why) => events.emit(Event::Warning {
+                    message: format!("[{stage}] {why}; running the stage again"),
+                }),
+                Restore::Missing => {}
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+
+        let run = self.registry.get(params.kind())?;
+        events.emit(Event::StageStarted { stage: stage.into(), kind: params.kind().to_string() });
+        let started = Instant::now();
+        let out_dir = self.workdir.tmp_dir(stage)?;
+        let previous = self.workdir.output(stage);
+        let upstream_dirs: BTreeMap<String, Upstream> = self.dag.deps[stage]
+            .iter()
+            .map(|d| {
+                let up = Upstream { kind: self.pipeline.stages[d].kind(), dir: self.workdir.output(d) };
+                (d.clone(), up)
+            })
+            .collect();
+        let inputs_hash = eval.material.inputs_hash();
+        let state_dir = self.workdir.state_dir(stage)?;
+        let ctx = StageContext {
+            name: stage,
+            params,
+            pipeline: self.pipeline,
+            out_dir: &out_dir,
+            previous_output: previous.is_dir().then_some(previous.as_path()),
+            state_dir: &state_dir,
+            upstream: &upstream_dirs,
+            inputs_hash: &inputs_hash,
+            events,
+            cancel,
+        };
+        if let Err(e) = run(&ctx) {
+            let _ = std::fs::remove_dir_all(&out_dir);
+            return Err(e);
+        }
+        let manifest = Manifest::of_dir(&out_dir, |p| self.workdir.memo.hash(p))?;
+        self.workdir.store.save(&eval.key, &out_dir, &manifest)?;
+        self.workdir.publish(stage, &out_dir)?;
+        let hash = self.record(stage, &eval, Some(&manifest), lock)?;
+        events.emit(Event::StageFinished {
+            stage: stage.into(),
+            seconds: started.elapsed().as_secs_f64(),
+            output_hash: hash.clone(),
+        });
+        Ok((Outcome::Ran, hash))
+    }
+
+    /// Writes the stage's lock entry (a new output when `manifest` is given) and returns
+    /// its output hash.
+    fn record(
+        &self,
+        stage: &str,
+        eval: &Evaluation,
+        manifest: Option<&Manifest>,
+        lock: &Mutex<LockFile>,
+    ) -> Result<String> {
+        let params = &self.pipeline.stages[stage];
+        let mut lock = lock.lock().unwrap();
+        let (output_hash, outputs) = match (manifest, lock.stages.get(stage)) {
+            (Some(m), _) => (m.tree_hash(), m.files.clone()),
+            (None, Some(e)) => (e.output_hash.clone(), e.outputs.clone()),
+            (None, None) => unreachable!("a fresh stage has a lock entry"),
+        };
+        let entry = LockEntry {
+            kind: eval.material.kind.clone(),
+            version: eval.material.version,
+            key: eval.key.clone(),
+            params: json_to_toml(&params.to_json()),
+            inputs: eval.material.inputs.clone(),
+            upstream: eval.material.upstream.clone(),
+            output_hash: output_hash.clone(),
+            outputs,
+        };
+        if lock.stages.get(stage) != Some(&entry) {
+            lock.stages.insert(stage.to_owned(), entry);
+            lock.stages.retain(|s, _| self.pipeline.stages.contains_key(s));
+            lock.write(&self.pipeline.lock_path())?;
+        }
+        Ok(output_hash)
+    }
+
+    /// Drops cache entries that the lock file does not reference.
+    pub fn gc(&self) -> Result<(usize, usize)> {
+        let _guard = self.workdir.lock(&crate::events::NullSink)?;
+        let lock = LockFile::read(&self.pipeline.lock_path())?;
+        let keep = lock.stages.values().map(|e| e.key.clone()).collect();
+        self.workdir.store.gc(&keep)
+    }
+}

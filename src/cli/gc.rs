@@ -1,0 +1,19 @@
+use super::pipeline_args;
+use crate::stages::registry;
+use clap::Args;
+use gptpipe_core::runner::{RunError, Runner};
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Pipeline file (default gptpipe.toml)
+    pub pipeline: Option<std::path::PathBuf>,
+}
+
+pub fn run(args: GcArgs) -> Result<(), RunError> {
+    let path = args.pipeline.unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
+    let pipeline = pipeline_args::load(&path, &[]).map_err(RunError::Config)?;
+    let registry = registry();
+    let (runs, objects) = Runner::new(&pipeline, &registry)?.gc()?;
+    eprintln!("removed {runs} cache entries and {objects} objects");
+    Ok(())
+}

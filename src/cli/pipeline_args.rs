@@ -1,0 +1,20 @@
+//! `[PIPELINE] [STAGE...]`: the first positional is the pipeline file when it looks like
+//! one (a `.toml` name or an existing file); otherwise it is `gptpipe.toml` here.
+
+use gptpipe_core::config::{self, ConfigError, LoadOptions, Pipeline};
+use std::path::PathBuf;
+
+pub const DEFAULT_PIPELINE: &str = "gptpipe.toml";
+
+pub fn split(positionals: &[String]) -> (PathBuf, Vec<String>) {
+    match positionals.split_first() {
+        Some((first, rest)) if first.ends_with(".toml") || PathBuf::from(first).is_file() => {
+            (PathBuf::from(first), rest.to_vec())
+        }
+        _ => (PathBuf::from(DEFAULT_PIPELINE), positionals.to_vec()),
+    }
+}
+
+pub fn load(path: &PathBuf, sets: &[String]) -> Result<Pipeline, ConfigError> {
+    config::load(path, &LoadOptions::from_env(sets.to_vec()))
+}
