@@ -1,4 +1,7 @@
-//! GPT-2 on libtorch.
+//! GPT-2 on libtorch: the model ([`model`]), Hugging Face weights in and out
+//! ([`weights`]), where models come from ([`source`]) and the finetune stage.
+
+pub mod model;
 
 use gptpipe_core::stage::Registry;
 

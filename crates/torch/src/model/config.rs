@@ -1,0 +1,236 @@
+//! GPT-2 hyper-parameters: the presets, Hugging Face's `config.json`, and the spec's inline
+//! table for a fresh model.
+
+use anyhow::{bail, Context, Result};
+use gptpipe_core::config::InlineModel;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// The shape and regularisation of a GPT-2, with `transformers`' `GPT2Config` names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub vocab_size: usize,
+    /// The context length (`n_positions`, also written as `n_ctx`).
+    pub n_ctx: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Width of the MLP; `4 * n_embd` when `config.json` has `n_inner: null`.
+    pub n_inner: usize,
+    pub layer_norm_epsilon: f64,
+    pub attn_pdrop: f64,
+    pub resid_pdrop: f64,
+    pub embd_pdrop: f64,
+    pub initializer_range: f64,
+    /// `true` for GPT-2's tanh approximation (`gelu_new`), `false` for the exact erf GELU.
+    pub gelu_tanh: bool,
+    pub scale_attn_weights: bool,
+    pub scale_attn_by_inverse_layer_idx: bool,
+    pub bos_token_id: i64,
+    pub eos_token_id: i64,
+}
+
+impl Config {
+    /// GPT-2 124M.
+    pub fn gpt2() -> Self {
+        Self::sized(12, 12, 768)
+    }
+
+    /// `gpt2`, `gpt2-medium`, `gpt2-large` or `gpt2-xl` (the hub ids, with or without the
+    /// `openai-community/` prefix).
+    pub fn preset(name: &str) -> Option<Self> {
+        let (n_layer, n_head, n_embd) = match name.trim_start_matches("openai-community/") {
+            "gpt2" => (12, 12, 768),
+            "gpt2-medium" => (24, 16, 1024),
+            "gpt2-large" => (36, 20, 1280),
+            "gpt2-xl" => (48, 25, 1600),
+            _ => return None,
+        };
+        Some(Self::sized(n_layer, n_head, n_embd))
+    }
+
+    fn sized(n_layer: usize, n_head: usize, n_embd: usize) -> Self {
+        Self {
+            vocab_size: 50257,
+            n_ctx: 1024,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: 4 * n_embd,
+            layer_norm_epsilon: 1e-5,
+            attn_pdrop: 0.1,
+            resid_pdrop: 0.1,
+            embd_pdrop: 0.1,
+            initializer_range: 0.02,
+            gelu_tanh: true,
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            bos_token_id: 50256,
+            eos_token_id: 50256,
+        }
+    }
+
+    /// The spec's inline table: `{ n_layer, n_head, n_embd, n_ctx, vocab_size, dropout }`.
+    pub fn from_inline(m: &InlineModel) -> Result<Self> {
+        let mut c = Self::sized(m.n_layer, m.n_head, m.n_embd);
+        c.n_ctx = m.n_ctx;
+        c.vocab_size = m.vocab_size;
+        c.attn_pdrop = m.dropout;
+        c.resid_pdrop = m.dropout;
+        c.embd_pdrop = m.dropout;
+        c.validate().context("invalid inline model")?;
+        Ok(c)
+    }
+
+    /// Reads a Hugging Face `config.json`; missing keys take `GPT2Config`'s defaults.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        Self::from_json(&v).with_context(|| format!("unsupported model config {}", path.display()))
+    }
+
+    pub fn from_json(v: &Value) -> Result<Self> {
+        if let Some(t) = v.get("model_type").and_then(Value::as_str) {
+            if t != "gpt2" {
+                bail!("model_type is {t:?}; only GPT-2 (\"gpt2\") models are supported");
+            }
+        }
+        let d = Self::gpt2();
+        let int = |k: &str, def: usize| -> Result<usize> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(def),
+                Some(x) => x
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .with_context(|| format!("{k} must be a non-negative integer, found {x}")),
+            }
+        };
+        let float = |k: &str, def: f64| -> Result<f64> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(def),
+                Some(x) => x
+                    .as_f64()
+                    .with_context(|| format!("{k} must be a number, found {x}")),
+            }
+        };
+        let flag = |k: &str, def: bool| v.get(k).and_then(Value::as_bool).unwrap_or(def);
+        let n_embd = int("n_embd", d.n_embd)?;
+        let gelu_tanh = match v.get("activation_function").and_then(Value::as_str) {
+            None | Some("gelu_new") | Some("gelu_pytorch_tanh") | Some("gelu_fast") => true,
+            Some("gelu") => false,
+            Some(other) => bail!("activation_function {other:?} is not supported (gelu_new, gelu)"),
+        };
+        if flag("reorder_and_upcast_attn", false) {
+            // Numerically the same attention up to rounding; accepted.
+        }
+        let c = Self {
+            vocab_size: int("vocab_size", d.vocab_size)?,
+            n_ctx: int("n_positions", int("n_ctx", d.n_ctx)?)?,
+            n_embd,
+            n_layer: int("n_layer", d.n_layer)?,
+            n_head: int("n_head", d.n_head)?,
+            n_inner: int("n_inner", 4 * n_embd)?,
+            layer_norm_epsilon: float("layer_norm_epsilon", d.layer_norm_epsilon)?,
+            attn_pdrop: float("attn_pdrop", d.attn_pdrop)?,
+            resid_pdrop: float("resid_pdrop", d.resid_pdrop)?,
+            embd_pdrop: float("embd_pdrop", d.embd_pdrop)?,
+            initializer_range: float("initializer_range", d.initializer_range)?,
+            gelu_tanh,
+            scale_attn_weights: flag("scale_attn_weights", true),
+            scale_attn_by_inverse_layer_idx: flag("scale_attn_by_inverse_layer_idx", false),
+            bos_token_id: v
+                .get("bos_token_id")
+                .and_then(Value::as_i64)
+                .unwrap_or(50256),
+            eos_token_id: v
+                .get("eos_token_id")
+                .and_then(Value::as_i64)
+                .unwrap_or(50256),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Rejects shapes no GPT-2 can have.
+    pub fn validate(&self) -> Result<()> {
+        for (k, x) in [
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("n_ctx", self.n_ctx),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if x == 0 {
+                bail!("{k} must be at least 1");
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            bail!(
+                "n_embd ({}) must be divisible by n_head ({})",
+                self.n_embd,
+                self.n_head
+            );
+        }
+        for (k, p) in [
+            ("attn_pdrop", self.attn_pdrop),
+            ("resid_pdrop", self.resid_pdrop),
+            ("embd_pdrop", self.embd_pdrop),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{k} must be in [0, 1), found {p}");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// The `config.json` that `transformers` writes for a `GPT2LMHeadModel`.
+    pub fn to_hf_json(&self) -> Value {
+        json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "activation_function": if self.gelu_tanh { "gelu_new" } else { "gelu" },
+            "attn_pdrop": self.attn_pdrop,
+            "bos_token_id": self.bos_token_id,
+            "embd_pdrop": self.embd_pdrop,
+            "eos_token_id": self.eos_token_id,
+            "initializer_range": self.initializer_range,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "n_ctx": self.n_ctx,
+            "n_embd": self.n_embd,
+            "n_head": self.n_head,
+            "n_inner": if self.n_inner == 4 * self.n_embd { Value::Null } else { json!(self.n_inner) },
+            "n_layer": self.n_layer,
+            "n_positions": self.n_ctx,
+            "reorder_and_upcast_attn": false,
+            "resid_pdrop": self.resid_pdrop,
+            "scale_attn_by_inverse_layer_idx": self.scale_attn_by_inverse_layer_idx,
+            "scale_attn_weights": self.scale_attn_weights,
+            "summary_activation": null,
+            "summary_first_dropout": 0.1,
+            "summary_proj_to_labels": true,
+            "summary_type": "cls_index",
+            "summary_use_proj": true,
+            "tie_word_embeddings": true,
+            "torch_dtype": "float32",
+            "use_cache": true,
+            "vocab_size": self.vocab_size,
+        })
+    }
+
+    /// Parameters, for logs and benchmarks (the tied head counted once).
+    pub fn num_parameters(&self) -> usize {
+        let e = self.n_embd;
+        let per_layer = 2 * 2 * e
+            + (e * 3 * e + 3 * e)
+            + (e * e + e)
+            + (e * self.n_inner + self.n_inner)
+            + (self.n_inner * e + e);
+        self.vocab_size * e + self.n_ctx * e + self.n_layer * per_layer + 2 * e
+    }
+}

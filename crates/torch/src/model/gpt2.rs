@@ -1,0 +1,411 @@
+//! GPT-2's forward pass, as `transformers`' `GPT2LMHeadModel` computes it.
+
+use super::{Config, KvCache};
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// A Conv1D of Hugging Face's GPT-2: `y = x @ weight + bias`, weight `[in, out]`.
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_c_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_c_proj: Linear,
+}
+
+/// How the queries of one forward may attend to the keys.
+enum Attend {
+    /// Plain causal attention from position 0 (training, a first prompt without padding).
+    Causal,
+    /// Everything (one new token per row after a cache without padding).
+    All,
+    /// A boolean mask broadcastable to `[B, n_head, T, len]`, true = may attend.
+    Mask(Tensor),
+}
+
+/// GPT-2 with a tied language-model head. Weights are leaf tensors owned by the model, in
+/// Hugging Face's names and layouts (see [`Gpt2::named_parameters`]).
+pub struct Gpt2 {
+    pub config: Config,
+    params: Vec<(String, Tensor)>,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    compute_kind: Option<Kind>,
+}
+
+impl Gpt2 {
+    /// A model with zeroed weights on `device` (to be overwritten by loaded ones).
+    pub fn zeros(config: &Config, device: Device) -> Self {
+        let mut params = Vec::new();
+        let c = config;
+        let (e, inner) = (c.n_embd as i64, c.n_inner as i64);
+        let mut p = |name: String, shape: &[i64]| {
+            let t = Tensor::zeros(shape, (Kind::Float, device));
+            params.push((name, t.shallow_clone()));
+            t
+        };
+        let ln = |p: &mut dyn FnMut(String, &[i64]) -> Tensor, name: &str| LayerNorm {
+            weight: p(format!("{name}.weight"), &[e]),
+            bias: p(format!("{name}.bias"), &[e]),
+        };
+        let lin =
+            |p: &mut dyn FnMut(String, &[i64]) -> Tensor, name: &str, i: i64, o: i64| Linear {
+                weight: p(format!("{name}.weight"), &[i, o]),
+                bias: p(format!("{name}.bias"), &[o]),
+            };
+        let wte = p("transformer.wte.weight".into(), &[c.vocab_size as i64, e]);
+        let wpe = p("transformer.wpe.weight".into(), &[c.n_ctx as i64, e]);
+        let mut blocks = Vec::new();
+        for l in 0..c.n_layer {
+            let h = format!("transformer.h.{l}");
+            blocks.push(Block {
+                ln_1: ln(&mut p, &format!("{h}.ln_1")),
+                c_attn: lin(&mut p, &format!("{h}.attn.c_attn"), e, 3 * e),
+                attn_c_proj: lin(&mut p, &format!("{h}.attn.c_proj"), e, e),
+                ln_2: ln(&mut p, &format!("{h}.ln_2")),
+                c_fc: lin(&mut p, &format!("{h}.mlp.c_fc"), e, inner),
+                mlp_c_proj: lin(&mut p, &format!("{h}.mlp.c_proj"), inner, e),
+            });
+        }
+        let ln_f = ln(&mut p, "transformer.ln_f");
+        Self {
+            config: c.clone(),
+            params,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            compute_kind: None,
+        }
+    }
+
+    /// A fresh model initialised as `transformers` does: normal(0, initializer_range) for
+    /// embeddings and Conv1D weights, `c_proj` weights scaled by 1/sqrt(2 n_layer), zero
+    /// biases, unit layer-norm weights. Deterministic for a given seed and device.
+    pub fn random(config: &Config, device: Device, seed: u64) -> Self {
+        let model = Self::zeros(config, device);
+        tch::manual_seed(seed as i64);
+        let std = config.initializer_range;
+        let proj_std = std / (2.0 * config.n_layer as f64).sqrt();
+        tch::no_grad(|| {
+            for (name, t) in &model.params {
+                let mut t = t.shallow_clone();
+                if name.ends_with("c_proj.weight") {
+                    let _ = t.normal_(0.0, proj_std);
+                } else if name.contains(".ln_") && name.ends_with(".weight") {
+                    let _ = t.fill_(1.0);
+                } else if name.ends_with(".weight") {
+                    let _ = t.normal_(0.0, std);
+                }
+            }
+        });
+        model
+    }
+
+    /// Weights in Hugging Face's names (`transformer.h.0.attn.c_attn.weight`, ...) and
+    /// layouts (Conv1D `[in, out]`), embedding first. `lm_head.weight` is `wte` (tied).
+    pub fn named_parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    pub fn device(&self) -> Device {
+        self.wte.device()
+    }
+
+    /// Computes in `kind` (e.g. bf16) while the weights keep their own kind (fp32 master
+    /// weights): each weight is cast where it is used, so gradients reach the fp32 tensors.
+    /// `None` computes in the weights' kind.
+    pub fn set_compute_kind(&mut self, kind: Option<Kind>) {
+        self.compute_kind = kind;
+    }
+
+    pub fn compute_kind(&self) -> Kind {
+        self.compute_kind.unwrap_or(self.wte.kind())
+    }
+
+    /// Converts the weights themselves (e.g. to bf16 for generation). Not for training.
+    pub fn convert_weights(&mut self, kind: Kind) {
+        self.map_weights(|t| t.to_kind(kind));
+    }
+
+    /// Moves the weights to `device`.
+    pub fn to_device(&mut self, device: Device) {
+        self.map_weights(|t| t.to_device(device));
+    }
+
+    fn map_weights(&mut self, f: impl Fn(&Tensor) -> Tensor) {
+        let old: std::collections::HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        tch::no_grad(|| self.rebind(|n| f(&old[n]).detach()));
+    }
+
+    /// Points every field at `f(name)`.
+    pub(crate) fn rebind(&mut self, f: impl Fn(&str) -> Tensor) {
+        let mut new = Vec::new();
+        for (n, _) in &self.params {
+            new.push((n.clone(), f(n)));
+        }
+        let get = |n: &str| new.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
+        self.wte = get("transformer.wte.weight");
+        self.wpe = get("transformer.wpe.weight");
+        let ln = |n: &str| LayerNorm {
+            weight: get(&format!("{n}.weight")),
+            bias: get(&format!("{n}.bias")),
+        };
+        let lin = |n: &str| Linear {
+            weight: get(&format!("{n}.weight")),
+            bias: get(&format!("{n}.bias")),
+        };
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            let h = format!("transformer.h.{l}");
+            *b = Block {
+                ln_1: ln(&format!("{h}.ln_1")),
+                c_attn: lin(&format!("{h}.attn.c_attn")),
+                attn_c_proj: lin(&format!("{h}.attn.c_proj")),
+                ln_2: ln(&format!("{h}.ln_2")),
+                c_fc: lin(&format!("{h}.mlp.c_fc")),
+                mlp_c_proj: lin(&format!("{h}.mlp.c_proj")),
+            };
+        }
+        self.ln_f = ln("transformer.ln_f");
+        self.params = new;
+    }
+
+    /// A cache for [`Gpt2::forward`] / [`Gpt2::forward_masked`].
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layer)
+    }
+
+    /// Logits `[B, T, vocab]` (compute kind) for `input_ids` `[B, T]` (Int64, on the
+    /// model's device). With a cache, the tokens follow those already in it and their keys
+    /// and values are appended. `train` enables dropout.
+    pub fn forward(&self, input_ids: &Tensor, cache: Option<&mut KvCache>, train: bool) -> Tensor {
+        self.forward_masked(input_ids, None, cache, train)
+    }
+
+    /// [`Gpt2::forward`] for rows with padding, as `transformers`' `generate` treats a
+    /// left-padded batch: `attention_mask` `[B, T]` (1 = real token, 0 = padding) covers the
+    /// new tokens (`None`: all real); the cache remembers it for later calls. Position ids
+    /// count real tokens only (`cumsum(mask) - 1`), so a row left-padded with p tokens gives
+    /// the same logits as the row alone. Padding keys are never attended to.
+    pub fn forward_masked(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let h = self.hidden_states(input_ids, attention_mask, cache, train);
+        self.lm_head(&h)
+    }
+
+    /// Mean next-token cross-entropy (fp32 scalar) of `input_ids` `[B, T]`, predicting
+    /// tokens 1..T from 0..T-1, as `GPT2LMHeadModel(input_ids, labels=input_ids)`.
+    pub fn loss(&self, input_ids: &Tensor, train: bool) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
+        assert!(t >= 2, "the loss needs at least 2 tokens per row");
+        let h = self
+            .hidden_states(input_ids, None, None, train)
+            .narrow(1, 0, t - 1);
+        let logits = self.lm_head(&h).to_kind(Kind::Float);
+        let targets = input_ids.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
+        logits
+            .reshape([b * (t - 1), self.config.vocab_size as i64])
+            .cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0)
+    }
+
+    fn w(&self, t: &Tensor) -> Tensor {
+        match self.compute_kind {
+            Some(k) if k != t.kind() => t.to_kind(k),
+            _ => t.shallow_clone(),
+        }
+    }
+
+    fn lm_head(&self, h: &Tensor) -> Tensor {
+        h.matmul(&self.w(&self.wte).tr())
+    }
+
+    fn linear(&self, x: &Tensor, l: &Linear) -> Tensor {
+        let mut shape = x.size();
+        let inner = *shape.last().unwrap();
+        let w = self.w(&l.weight);
+        let out = w.size()[1];
+        let y = self.w(&l.bias).addmm(&x.reshape([-1, inner]), &w);
+        *shape.last_mut().unwrap() = out;
+        y.reshape(shape)
+    }
+
+    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
+        let e = self.config.n_embd as i64;
+        x.layer_norm(
+            [e],
+            Some(&self.w(&ln.weight)),
+            Some(&self.w(&ln.bias)),
+            self.config.layer_norm_epsilon,
+            true,
+        )
+    }
+
+    /// The final hidden states `[B, T, n_embd]` (after `ln_f`).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let c = &self.config;
+        let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
+        let device = input_ids.device();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        assert!(
+            past + t <= c.n_ctx as i64,
+            "{} tokens exceed the model's context of {} (n_ctx)",
+            past + t,
+            c.n_ctx
+        );
+        // The mask over all tokens (cached and new), if any row has padding.
+        let past_mask = cache
+            .as_ref()
+            .and_then(|c| c.mask.as_ref().map(|m| m.shallow_clone()));
+        let full_mask = match (past_mask, attention_mask) {
+            (None, None) => None,
+            (pm, am) => {
+                let pm = pm.unwrap_or_else(|| Tensor::ones([b, past], (Kind::Int64, device)));
+                let am = am.map_or_else(
+                    || Tensor::ones([b, t], (Kind::Int64, device)),
+                    |m| m.to_kind(Kind::Int64),
+                );
+                Some(Tensor::cat(&[pm, am], 1))
+            }
+        };
+        let positions = match &full_mask {
+            None => Tensor::arange_start(past, past + t, (Kind::Int64, device)).unsqueeze(0),
+            Some(m) => {
+                let pos = m.cumsum(-1, Kind::Int64) - 1;
+                pos.masked_fill(&m.eq(0), 1).narrow(1, past, t)
+            }
+        };
+        let attend = match &full_mask {
+            None if past == 0 => Attend::Causal,
+            None if t == 1 => Attend::All,
+            m => {
+                // Query i (absolute index past+i) sees keys j <= past+i that are real; it
+                // always sees itself, so a padding query never has an empty row (NaN).
+                let len = past + t;
+                let q = Tensor::arange_start(past, len, (Kind::Int64, device)).unsqueeze(1);
+                let k = Tensor::arange(len, (Kind::Int64, device)).unsqueeze(0);
+                let causal = k.le_tensor(&q); // [T, len]
+                let mask = match m {
+                    None => causal.unsqueeze(0).unsqueeze(0),
+                    Some(m) => {
+                        let valid = m.ne(0).unsqueeze(1).unsqueeze(1); // [B,1,1,len]
+                        let diag = k.eq_tensor(&q).unsqueeze(0).unsqueeze(0);
+                        causal
+                            .unsqueeze(0)
+                            .unsqueeze(0)
+                            .logical_and(&valid)
+                            .logical_or(&diag)
+                    }
+                };
+                Attend::Mask(mask)
+            }
+        };
+
+        let tok = Tensor::embedding(&self.w(&self.wte), input_ids, -1, false, false);
+        let pos = Tensor::embedding(&self.w(&self.wpe), &positions, -1, false, false);
+        let mut x = (tok + pos).dropout(c.embd_pdrop, train);
+        for (l, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
+            let a = self.attention(
+                &self.layer_norm(&x, &block.ln_1),
+                block,
+                l,
+                &attend,
+                layer_cache,
+                train,
+            );
+            x = x + a;
+            let m = self.linear(&self.layer_norm(&x, &block.ln_2), &block.c_fc);
+            let m = if c.gelu_tanh {
+                m.gelu("tanh")
+            } else {
+                m.gelu("none")
+            };
+            let m = self
+                .linear(&m, &block.mlp_c_proj)
+                .dropout(c.resid_pdrop, train);
+            x = x + m;
+        }
+        if let Some(cache) = cache {
+            cache.len = past + t;
+            cache.mask = full_mask;
+        }
+        let _ = b;
+        self.layer_norm(&x, &self.ln_f)
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        block: &Block,
+        layer: usize,
+        attend: &Attend,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Tensor {
+        let c = &self.config;
+        let (b, t, e) = x.size3().unwrap();
+        let (h, d) = (c.n_head as i64, c.head_dim() as i64);
+        let qkv = self.linear(x, &block.c_attn);
+        let parts = qkv.split(e, 2);
+        let heads = |x: &Tensor| x.reshape([b, t, h, d]).transpose(1, 2);
+        let q = heads(&parts[0]);
+        let (mut k, mut v) = (heads(&parts[1]), heads(&parts[2]));
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        let mut scale = if c.scale_attn_weights {
+            1.0 / (d as f64).sqrt()
+        } else {
+            1.0
+        };
+        if c.scale_attn_by_inverse_layer_idx {
+            scale /= (layer + 1) as f64;
+        }
+        let p = if train { c.attn_pdrop } else { 0.0 };
+        let y = match attend {
+            Attend::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, p, true, scale, false,
+            ),
+            Attend::All => Tensor::scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, p, false, scale, false,
+            ),
+            Attend::Mask(m) => {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), p, false, scale, false)
+            }
+        };
+        let y = y.transpose(1, 2).reshape([b, t, e]);
+        self.linear(&y, &block.attn_c_proj)
+            .dropout(c.resid_pdrop, train)
+    }
+}
