@@ -2,6 +2,7 @@
 //! ([`weights`]), where models come from ([`source`]) and the finetune stage.
 
 pub mod model;
+pub mod weights;
 
 use gptpipe_core::stage::Registry;
 

@@ -1,0 +1,212 @@
+//! Hugging Face model folders: `config.json` + `model.safetensors` in, and out in the
+//! layout `GPT2LMHeadModel.from_pretrained(folder)` loads as it is.
+
+use crate::model::{Config, Gpt2};
+use anyhow::{bail, Context, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Checks that `dir` holds a loadable model, with an error that says what is missing.
+pub fn check_folder(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("model folder {} does not exist", dir.display());
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        if dir.join("pytorch_model.bin").exists() {
+            bail!(
+                "{} holds only pytorch_model.bin, a pickle checkpoint: loading pickle can run \
+                 arbitrary code, so gptpipe refuses it. Convert it once with transformers \
+                 (`GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, \
+                 safe_serialization=True)`) to get model.safetensors",
+                dir.display()
+            );
+        }
+        if dir.join("model.safetensors.index.json").exists() {
+            bail!(
+                "{} holds a sharded checkpoint (model.safetensors.index.json); save it as \
+                 one model.safetensors file",
+                dir.display()
+            );
+        }
+        bail!(
+            "model folder {} has no {WEIGHTS_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
+             and {WEIGHTS_FILE})",
+            dir.display()
+        );
+    }
+    if !dir.join(CONFIG_FILE).is_file() {
+        bail!(
+            "model folder {} has no {CONFIG_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
+             and {WEIGHTS_FILE})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads a model folder onto `device` (fp32 weights).
+pub fn load_folder(dir: &Path, device: Device) -> Result<Gpt2> {
+    check_folder(dir)?;
+    let config = Config::from_json_file(&dir.join(CONFIG_FILE))?;
+    let model = Gpt2::zeros(&config, device);
+    load_weights(&model, &dir.join(WEIGHTS_FILE))?;
+    Ok(model)
+}
+
+/// Tensors the file may hold that are not parameters: attention-mask buffers of old
+/// exports and the head, which is tied to `wte`.
+fn ignored(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight"
+}
+
+/// Copies the weights of a safetensors file into `model`, checking every name and shape.
+/// Names may carry the `transformer.` prefix or not (the hub's `gpt2` has none).
+pub fn load_weights(model: &Gpt2, path: &Path) -> Result<()> {
+    let tensors = read_safetensors(path)?;
+    let mut by_name: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in tensors {
+        if ignored(&name) {
+            continue;
+        }
+        let key = if name.starts_with("transformer.") {
+            name
+        } else {
+            format!("transformer.{name}")
+        };
+        by_name.insert(key, t);
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, param) in model.named_parameters() {
+            let t = by_name.remove(name).with_context(|| {
+                format!(
+                    "{} has no tensor {name} (is it a GPT-2 checkpoint of this config?)",
+                    path.display()
+                )
+            })?;
+            if t.size() != param.size() {
+                bail!(
+                    "{}: tensor {name} has shape {:?}, but config.json implies {:?}",
+                    path.display(),
+                    t.size(),
+                    param.size()
+                );
+            }
+            param.shallow_clone().copy_(&t.to_kind(param.kind()));
+        }
+        Ok(())
+    })?;
+    if let Some(extra) = by_name.keys().min() {
+        bail!(
+            "{}: unexpected tensor {extra} ({} unknown in all): not a GPT2LMHeadModel checkpoint",
+            path.display(),
+            by_name.len()
+        );
+    }
+    Ok(())
+}
+
+/// All tensors of a safetensors file, on the CPU.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            Dtype::U8 => Kind::Uint8,
+            Dtype::BOOL => Kind::Bool,
+            other => bail!(
+                "{}: tensor {name} has unsupported dtype {other:?}",
+                path.display()
+            ),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
+    }
+    Ok(out)
+}
+
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        k => bail!("cannot save tensors of kind {k:?}"),
+    })
+}
+
+/// Writes tensors (any device) to a safetensors file with `{"format": "pt"}` metadata,
+/// atomically (a temporary file renamed into place).
+pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let mut blobs = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.detach().to_device(Device::Cpu).contiguous();
+        let numel = t.numel();
+        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut data, numel);
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        blobs.push((name.clone(), dtype_of(t.kind())?, shape, data));
+    }
+    let views = blobs
+        .iter()
+        .map(|(n, d, s, data)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), data)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(meta))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes a file through a temporary sibling and a rename, so readers never see half.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Saves `model` as a Hugging Face folder: `config.json`, `model.safetensors` (fp32, tied
+/// head omitted as transformers does) and `generation_config.json`.
+pub fn save_folder(model: &Gpt2, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let c = &model.config;
+    let config = serde_json::to_string_pretty(&c.to_hf_json())?;
+    write_atomic(&dir.join(CONFIG_FILE), config.as_bytes())?;
+    let gen = serde_json::json!({
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+    });
+    write_atomic(
+        &dir.join("generation_config.json"),
+        serde_json::to_string_pretty(&gen)?.as_bytes(),
+    )?;
+    let tensors: Vec<(String, Tensor)> = model
+        .named_parameters()
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_kind(Kind::Float)))
+        .collect();
+    write_safetensors(&tensors, &dir.join(WEIGHTS_FILE))
+}
