@@ -5,7 +5,8 @@ use super::PipelineSection;
 use schemars::{JsonSchema, Schema};
 use std::collections::BTreeMap;
 
-/// A pipeline file, for the schema only: loading goes through figment layering instead.
+// Only describes the file for the schema; loading goes through figment layering instead.
+/// A gptpipe pipeline file: a `[pipeline]` table and named `[stages.NAME]` tables.
 #[allow(dead_code)]
 #[derive(JsonSchema)]
 #[schemars(title = "gptpipe pipeline", deny_unknown_fields)]
@@ -15,6 +16,7 @@ struct PipelineFile {
     stages: BTreeMap<String, StageSchema>,
 }
 
+/// One stage; `kind` selects which keys it takes.
 #[allow(dead_code)]
 #[derive(JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]

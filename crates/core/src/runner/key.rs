@@ -64,9 +64,10 @@ pub fn stale_reasons(entry: &LockEntry, now: &KeyMaterial) -> Vec<String> {
             None => reasons.push(format!("param {k} set: {}", show(new))),
         }
     }
-    for k in entry.params.keys() {
-        if !current.contains_key(k) && now.params.get(k).is_some_and(|v| !v.is_null()) {
-            reasons.push(format!("param {k} removed"));
+    for (k, old) in &entry.params {
+        // Volatile keys are absent from the key material but present in the lock file.
+        if !current.contains_key(k) && now.params.get(k).is_some() {
+            reasons.push(format!("param {k} changed: {} -> (unset)", show(old)));
         }
     }
     diff_hashes("input", &entry.inputs, &now.inputs, &mut reasons);

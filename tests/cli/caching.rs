@@ -1,0 +1,153 @@
+//! The runner's promises: a cached rerun runs nothing; a changed key reruns exactly that
+//! stage and its downstream; reverting restores from the run cache; --frozen exits 3.
+
+use crate::Project;
+
+/// a -> b (b reads a's dataset), and an independent c.
+fn project() -> Project {
+    let p = Project::new();
+    p.file("data/a.csv", "title\nshort\na longer title here\nanother title\n");
+    p.file("data/c.csv", "title\nsomething else\n");
+    p.file(
+        "p.toml",
+        "[pipeline]\nname = \"t\"\nworkdir = \"work\"\n\n\
+         [stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n\n\
+         [stages.b]\nkind = \"prepare\"\ninputs = [\"@a\"]\nformat = \"text\"\n\n\
+         [stages.c]\nkind = \"prepare\"\ninputs = [\"data/c.csv\"]\n",
+    );
+    p
+}
+
+fn status(p: &Project, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["status", "p.toml", "--json"];
+    args.extend_from_slice(extra);
+    let run = p.run(&args).ok();
+    serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap().as_array().unwrap().clone()
+}
+
+#[test]
+fn rerun_set_revert_and_frozen() {
+    let p = project();
+    let first = p.run(&["run", "p.toml", "--json"]).ok();
+    let mut finished = first.stages_with("stage_finished");
+    finished.sort();
+    assert_eq!(finished, vec!["a", "b", "c"]);
+    let dataset = p.read("work/a/dataset.txt");
+    assert!(dataset.contains("<|startoftext|>a longer title here<|endoftext|>"));
+
+    // Unchanged: nothing runs.
+    let again = p.run(&["run", "p.toml", "--json"]).ok();
+    assert!(again.stages_with("stage_started").is_empty(), "{}", again.stdout);
+    assert_eq!(again.stages_with("stage_cached").len(), 3);
+    assert!(status(&p, &[]).iter().all(|s| s["state"] == "fresh"));
+
+    // One key changed: that stage and its downstream, nothing else.
+    let changed = p.run(&["run", "p.toml", "--json", "--set", "stages.a.min_length=8"]).ok();
+    let mut ran = changed.stages_with("stage_started");
+    ran.sort();
+    assert_eq!(ran, vec!["a", "b"]);
+    assert!(!p.read("work/a/dataset.txt").contains(">short<"));
+
+    // Status explains what differs from the lock file.
+    let st = status(&p, &[]);
+    let a = st.iter().find(|s| s["stage"] == "a").unwrap();
+    assert_eq!(a["state"], "stale");
+    assert_eq!(a["reasons"][0], "param min_length changed: 8 -> (unset)");
+    let b = st.iter().find(|s| s["stage"] == "b").unwrap();
+    assert_eq!(b["reasons"][0], "upstream a is stale");
+    assert_eq!(st.iter().find(|s| s["stage"] == "c").unwrap()["state"], "fresh");
+
+    // --frozen: stale exits 3 and runs nothing.
+    let frozen = p.run(&["run", "p.toml", "--frozen"]);
+    assert_eq!(frozen.code, 3, "{}", frozen.stderr);
+    assert!(frozen.stderr.contains("param min_length changed"));
+
+    // Reverting restores the earlier outputs without running anything.
+    let revert = p.run(&["run", "p.toml", "--json"]).ok();
+    assert!(revert.stages_with("stage_started").is_empty(), "{}", revert.stdout);
+    let restored: Vec<_> = revert
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "stage_cached" && e["restored"] == true)
+        .map(|e| e["stage"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(restored, vec!["a", "b"]);
+    assert_eq!(p.read("work/a/dataset.txt"), dataset);
+    assert_eq!(p.run(&["run", "p.toml", "--frozen"]).code, 0);
+}
+
+#[test]
+fn volatile_and_targets_and_force() {
+    let p = project();
+    // Selecting b runs b and its upstream only.
+    let run = p.run(&["run", "p.toml", "b", "--json"]).ok();
+    let mut ran = run.stages_with("stage_started");
+    ran.sort();
+    assert_eq!(ran, vec!["a", "b"]);
+    assert!(!p.path("work/c").exists());
+    // --dry-run runs nothing.
+    let dry = p.run(&["run", "p.toml", "--dry-run", "--json"]).ok();
+    assert!(dry.stages_with("stage_started").is_empty());
+    assert!(!p.path("work/c").exists());
+    // --force reruns fresh stages.
+    let forced = p.run(&["run", "p.toml", "a", "--force", "--json"]).ok();
+    assert_eq!(forced.stages_with("stage_started"), vec!["a"]);
+    // Parallel run of what is left.
+    let par = p.run(&["run", "p.toml", "--jobs", "2", "--json"]).ok();
+    assert_eq!(par.stages_with("stage_started"), vec!["c"]);
+}
+
+#[test]
+fn lock_file_records_keys_params_and_hashes() {
+    let p = project();
+    p.run(&["run", "p.toml"]).ok();
+    let lock: toml::Table = toml::from_str(&p.read("p.toml.lock")).unwrap();
+    let a = lock["stages"]["a"].as_table().unwrap();
+    assert_eq!(a["kind"].as_str(), Some("prepare"));
+    assert_eq!(a["key"].as_str().unwrap().len(), 64);
+    assert_eq!(a["params"]["column"].as_integer(), Some(0));
+    assert_eq!(a["inputs"]["data/a.csv"].as_str().unwrap().len(), 64);
+    assert!(a["outputs"].as_table().unwrap().contains_key("dataset.txt"));
+    let b = lock["stages"]["b"].as_table().unwrap();
+    assert_eq!(b["upstream"]["a"].as_str(), a["output_hash"].as_str());
+}
+
+#[test]
+fn changed_input_file_reruns_and_status_says_which() {
+    let p = project();
+    p.run(&["run", "p.toml"]).ok();
+    p.file("data/c.csv", "title\nsomething different\n");
+    let st = status(&p, &[]);
+    let c = st.iter().find(|s| s["stage"] == "c").unwrap();
+    assert!(c["reasons"][0].as_str().unwrap().starts_with("input data/c.csv changed:"), "{c}");
+    let run = p.run(&["run", "p.toml", "--json"]).ok();
+    assert_eq!(run.stages_with("stage_started"), vec!["c"]);
+}
+
+#[test]
+fn missing_input_fails_clearly_and_keeps_outputs() {
+    let p = project();
+    p.run(&["run", "p.toml"]).ok();
+    let before = p.read("work/c/dataset.txt");
+    std::fs::remove_file(p.path("data/c.csv")).unwrap();
+    let run = p.run(&["run", "p.toml", "--keep-going"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("input file not found") && run.stderr.contains("c.csv"), "{}", run.stderr);
+    assert_eq!(p.read("work/c/dataset.txt"), before);
+}
+
+#[test]
+fn gc_drops_entries_the_lock_file_does_not_reference() {
+    let p = project();
+    p.run(&["run", "p.toml"]).ok();
+    p.run(&["run", "p.toml", "--set", "stages.c.dedupe=true"]).ok();
+    let runs = || std::fs::read_dir(p.path("work/.gptpipe/cache/runs")).unwrap().count();
+    assert_eq!(runs(), 4);
+    let gc = p.run(&["gc", "p.toml"]).ok();
+    assert!(gc.stderr.contains("removed 1 cache entries"), "{}", gc.stderr);
+    assert_eq!(runs(), 3);
+    // What the lock file references still restores.
+    std::fs::remove_dir_all(p.path("work/a")).unwrap();
+    let run = p.run(&["run", "p.toml", "--json", "--set", "stages.c.dedupe=true"]).ok();
+    assert!(run.stages_with("stage_started").is_empty());
+}

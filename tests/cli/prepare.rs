@@ -1,0 +1,94 @@
+//! The prepare stage through the CLI: real CSV exports in, exact files out, clear errors.
+
+use crate::Project;
+
+fn pipeline(p: &Project, stage_extra: &str) {
+    p.file(
+        "p.toml",
+        format!(
+            "[pipeline]\nname = \"t\"\nworkdir = \"work\"\n\n[stages.d]\nkind = \"prepare\"\ninputs = [\"data/in.csv\"]\n{stage_extra}\n"
+        ),
+    );
+}
+
+#[test]
+fn bom_crlf_and_quoted_fields_with_commas_and_newlines() {
+    let p = Project::new();
+    let mut csv = b"\xEF\xBB\xBFtitle,score\r\n".to_vec();
+    csv.extend_from_slice(b"\"Hello, world\",1\r\n\"two\r\nlines\",2\r\n\"she said \"\"hi\"\"\",3\r\n");
+    p.file("data/in.csv", csv);
+    pipeline(&p, "column = \"title\"");
+    p.run(&["run", "p.toml"]).ok();
+    assert_eq!(
+        p.read("work/d/dataset.txt"),
+        "<|startoftext|>Hello, world<|endoftext|>\n\
+         <|startoftext|>two\r\nlines<|endoftext|>\n\
+         <|startoftext|>she said \"hi\"<|endoftext|>\n"
+    );
+    let tokens = std::fs::read(p.path("work/d/tokens.bin")).unwrap();
+    assert_eq!(tokens.len() % 2, 0);
+    let ids: Vec<u16> = tokens.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    assert_eq!(ids.iter().filter(|&&t| t == 50256).count(), 3, "one <|endoftext|> per row");
+    let report: serde_json::Value = serde_json::from_str(&p.read("work/d/report.json")).unwrap();
+    assert_eq!(report["tokens"].as_u64(), Some(ids.len() as u64));
+}
+
+#[test]
+fn cleanup_of_a_sql_export() {
+    let p = Project::new();
+    p.file(
+        "data/in.csv",
+        "title\nFish &amp; chips   tonight\nok\nFish &amp; chips tonight\nWhat&#39;s the  best \u{FFFD}idea? [Serious]\n",
+    );
+    pipeline(
+        &p,
+        "html_unescape = true\nremove_chars = [\"\\uFFFD\"]\nnormalize_whitespace = true\nmin_length = 8\ndedupe = true\n\
+         [[stages.d.replace]]\npattern = \"\\\\s*\\\\[Serious\\\\]$\"\nwith = \"\"\n",
+    );
+    p.run(&["run", "p.toml"]).ok();
+    assert_eq!(
+        p.read("work/d/dataset.txt"),
+        "<|startoftext|>Fish & chips tonight<|endoftext|>\n<|startoftext|>What's the best idea?<|endoftext|>\n"
+    );
+}
+
+#[test]
+fn invalid_utf8_names_file_and_line() {
+    let p = Project::new();
+    p.file("data/in.csv", b"title\nfine\nbad \xff byte\n".to_vec());
+    pipeline(&p, "");
+    let run = p.run(&["run", "p.toml"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("in.csv") && run.stderr.contains("line 3"), "{}", run.stderr);
+    assert!(run.stderr.to_lowercase().contains("utf-8"), "{}", run.stderr);
+    // With on_error = "skip" the row is dropped and counted.
+    pipeline(&p, "on_error = \"skip\"");
+    p.run(&["run", "p.toml"]).ok();
+    assert_eq!(p.read("work/d/dataset.txt"), "<|startoftext|>fine<|endoftext|>\n");
+    assert!(p.read("work/d/report.json").contains("utf"), "{}", p.read("work/d/report.json"));
+}
+
+#[test]
+fn missing_column_lists_the_columns() {
+    let p = Project::new();
+    p.file("data/in.csv", "title,score\nx,1\n");
+    pipeline(&p, "column = \"titel\"");
+    let run = p.run(&["run", "p.toml"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("titel") && run.stderr.contains("title") && run.stderr.contains("score"), "{}", run.stderr);
+}
+
+#[test]
+fn empty_result_is_an_error_and_keeps_the_old_output() {
+    let p = Project::new();
+    p.file("data/in.csv", "title\na fine row\n");
+    pipeline(&p, "");
+    p.run(&["run", "p.toml"]).ok();
+    let before = p.read("work/d/dataset.txt");
+    pipeline(&p, "min_length = 100");
+    let run = p.run(&["run", "p.toml"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("no rows"), "{}", run.stderr);
+    assert_eq!(p.read("work/d/dataset.txt"), before);
+    assert!(std::fs::read_dir(p.path("work/.gptpipe/cache/runs")).unwrap().count() == 1);
+}
