@@ -1,1 +1,31 @@
-//! Backend-independent generation.
+//! Backend-independent text generation: the [`Backend`] trait a model runtime implements,
+//! sampling ([`Sampling`]), the batched decoding loop with per-row `truncate` and a sliding
+//! window ([`driver`]), sample files with incremental reuse ([`output`]), and the generate
+//! stage ([`register`]).
+//!
+//! Sample `i` depends on (seed, i) and the model only: not on `batch_size`, not on which
+//! other samples share its batch.
+
+pub mod backend;
+pub mod codec;
+pub mod driver;
+pub mod output;
+pub mod rng;
+pub mod sampling;
+pub mod stage;
+
+pub use backend::{Backend, BackendFactory, Backends, Logits};
+pub use codec::Codec;
+pub use driver::{generate_batch, generate_range, Job, Sample};
+pub use sampling::Sampling;
+
+use gptpipe_core::config::StageKind;
+use gptpipe_core::stage::Registry;
+
+/// Adds the generate stage, running models through `backends`.
+pub fn register(registry: &mut Registry, backends: Backends) {
+    registry.register(StageKind::Generate, stage::VERSION, move |ctx| {
+        let codec = codec::gpt2()?;
+        stage::run_stage(ctx, &backends, codec.as_ref())
+    });
+}

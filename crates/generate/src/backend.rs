@@ -1,0 +1,71 @@
+//! What generation needs from a model runtime (libtorch, ONNX Runtime, a test fake).
+//!
+//! A backend holds one batch of rows that all have the same number of tokens: the driver
+//! starts every row of a batch from the same prompt and feeds each active row one token per
+//! step. Rows that finish are dropped with [`Backend::retain`] so they stop costing compute.
+//! Positions never exceed `n_ctx`: past the context the driver restarts the batch from the
+//! last `n_ctx - 1` tokens (the sliding window), so backends need no shifting logic.
+
+use anyhow::Result;
+use gptpipe_core::stage::ModelSource;
+use std::sync::Arc;
+
+/// Next-token logits of each active row, row-major `[rows, vocab]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    pub rows: usize,
+    pub vocab: usize,
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    pub fn new(rows: usize, vocab: usize, data: Vec<f32>) -> Self {
+        assert_eq!(rows * vocab, data.len(), "logits shape");
+        Self { rows, vocab, data }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.vocab..(r + 1) * self.vocab]
+    }
+}
+
+/// A model that continues token sequences.
+pub trait Backend {
+    /// The longest sequence the model attends over.
+    fn n_ctx(&self) -> usize;
+
+    /// Size of the logits vector (may exceed the tokenizer's 50257 for padded vocabularies).
+    fn vocab_size(&self) -> usize;
+
+    /// Replaces the batch with these rows, all of the same length (1..=n_ctx), and runs them.
+    fn start(&mut self, rows: &[Vec<u32>]) -> Result<()>;
+
+    /// Appends one token to each active row (in row order) and runs it.
+    fn step(&mut self, tokens: &[u32]) -> Result<()>;
+
+    /// Keeps only these active rows (indices into the current rows, increasing).
+    fn retain(&mut self, keep: &[usize]) -> Result<()>;
+
+    /// Next-token logits of each active row after the last `start` or `step`.
+    fn logits(&mut self) -> Result<Logits>;
+
+    /// The `k` largest logits of each row as `(logit, token)`, largest first, ties by lower
+    /// token id. Backends on an accelerator override this so that only `k` values per row
+    /// cross to the host; the default reads all logits.
+    fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(f32, u32)>>> {
+        let logits = self.logits()?;
+        Ok((0..logits.rows)
+            .map(|r| crate::sampling::top_k_of(logits.row(r), k))
+            .collect())
+    }
+}
+
+/// Builds a backend for a model on a device (`"auto"`, `"cpu"`, `"cuda"`, `"cuda:N"`).
+pub type BackendFactory = Arc<dyn Fn(&ModelSource, &str) -> Result<Box<dyn Backend>> + Send + Sync>;
+
+/// The backends compiled into this build.
+#[derive(Clone, Default)]
+pub struct Backends {
+    pub tch: Option<BackendFactory>,
+    pub onnx: Option<BackendFactory>,
+}

@@ -1,0 +1,261 @@
+//! The decoding loop: batches of samples, each row with its own random stream, its own
+//! stop (`truncate` or `length`), and a sliding window past the model's context.
+
+use crate::backend::Backend;
+use crate::codec::{text_of, Codec};
+use crate::rng::SampleRng;
+use crate::sampling::Sampling;
+use anyhow::{bail, ensure, Result};
+use std::ops::Range;
+
+/// What to generate, independent of the backend and of how samples are batched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Tokens every sample starts from: the prefix, or the start token for an empty one.
+    pub prompt: Vec<u32>,
+    /// Text put before each sample when `include_prefix` is set.
+    pub prefix: String,
+    pub include_prefix: bool,
+    /// New tokens per sample (at most; `truncate` may stop it earlier).
+    pub length: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    /// Each sample ends before the first occurrence of this in its generated text; empty
+    /// for none.
+    pub truncate: String,
+}
+
+impl Job {
+    /// A job for `prefix`, encoded by `codec` (`<|endoftext|>` is the special token;
+    /// `<|startoftext|>` is plain text).
+    pub fn new(
+        codec: &dyn Codec,
+        prefix: &str,
+        include_prefix: bool,
+        length: usize,
+        sampling: Sampling,
+        seed: u64,
+        truncate: &str,
+    ) -> Result<Self> {
+        let prompt = if prefix.is_empty() {
+            vec![codec.start_token()]
+        } else {
+            codec.encode(prefix)?
+        };
+        ensure!(
+            !prompt.is_empty(),
+            "the prefix {prefix:?} encodes to no tokens"
+        );
+        Ok(Self {
+            prompt,
+            prefix: prefix.to_owned(),
+            include_prefix,
+            length,
+            sampling,
+            seed,
+            truncate: truncate.to_owned(),
+        })
+    }
+
+    /// Fails when the prefix does not fit the model's context (checked before any work).
+    pub fn check_fits(&self, n_ctx: usize) -> Result<()> {
+        if self.prompt.len() > n_ctx {
+            bail!(
+                "the prefix is {} tokens, longer than the model's context of {n_ctx} tokens",
+                self.prompt.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One finished sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub index: usize,
+    /// The prefix (when included) and the generated text, cut before `truncate`.
+    pub text: String,
+    /// Every token generated for this sample (the prefix excluded); when `truncated`, the
+    /// last one completed the `truncate` string.
+    pub tokens: Vec<u32>,
+    /// Whether the sample stopped at `truncate` rather than at `length`.
+    pub truncated: bool,
+}
+
+struct Row {
+    index: usize,
+    rng: SampleRng,
+    /// Everything the model has seen or will see: prompt and generated tokens.
+    context: Vec<u32>,
+    generated: Vec<u32>,
+    bytes: Vec<u8>,
+    cut: Option<usize>,
+}
+
+/// Generates samples `indices` as one batch.
+pub fn generate_batch(
+    backend: &mut dyn Backend,
+    codec: &dyn Codec,
+    job: &Job,
+    indices: Range<usize>,
+    check: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<Vec<Sample>> {
+    let n_ctx = backend.n_ctx();
+    job.check_fits(n_ctx)?;
+    ensure!(n_ctx >= 2, "a context of {n_ctx} tokens cannot slide");
+    let mut rows: Vec<Row> = indices
+        .map(|index| Row {
+            index,
+            rng: SampleRng::for_sample(job.seed, index as u64),
+            context: job.prompt.clone(),
+            generated: Vec::new(),
+            bytes: Vec::new(),
+            cut: None,
+        })
+        .collect();
+    if rows.is_empty() || job.length == 0 {
+        return Ok(rows.iter().map(|r| finish(job, r)).collect());
+    }
+    let needle = job.truncate.as_bytes();
+    backend.start(&vec![job.prompt.clone(); rows.len()])?;
+    let mut seq_len = job.prompt.len();
+    // Indices into `rows` of the rows still generating, in backend row order.
+    let mut active: Vec<usize> = (0..rows.len()).collect();
+    let mut done_tokens = 0;
+    loop {
+        let next = sample_next(backend, job, &mut rows, &active)?;
+        let mut keep = Vec::with_capacity(active.len());
+        for (pos, (&r, &token)) in active.iter().zip(&next).enumerate() {
+            let row = &mut rows[r];
+            row.context.push(token);
+            row.generated.push(token);
+            let before = row.bytes.len();
+            row.bytes.extend_from_slice(&codec.token_bytes(token));
+            if !needle.is_empty() {
+                // Only a match that ends in the new bytes can be new.
+                let from = before.saturating_sub(needle.len() - 1);
+                row.cut = find(&row.bytes[from..], needle).map(|i| from + i);
+            }
+            if row.cut.is_none() && row.generated.len() < job.length {
+                keep.push(pos);
+            }
+        }
+        done_tokens += next.len();
+        check(done_tokens)?;
+        if keep.is_empty() {
+            break;
+        }
+        let tokens: Vec<u32> = keep.iter().map(|&p| next[p]).collect();
+        if keep.len() < active.len() {
+            active = keep.iter().map(|&p| active[p]).collect();
+            backend.retain(&keep)?;
+        }
+        if seq_len < n_ctx {
+            backend.step(&tokens)?;
+            seq_len += 1;
+        } else {
+            // Past the context: restart from the last n_ctx - 1 tokens of each row.
+            let window: Vec<Vec<u32>> = active
+                .iter()
+                .map(|&r| rows[r].context[rows[r].context.len() - (n_ctx - 1)..].to_vec())
+                .collect();
+            backend.start(&window)?;
+            seq_len = n_ctx - 1;
+        }
+    }
+    Ok(rows.iter().map(|r| finish(job, r)).collect())
+}
+
+/// The next token of each active row.
+fn sample_next(
+    backend: &mut dyn Backend,
+    job: &Job,
+    rows: &mut [Row],
+    active: &[usize],
+) -> Result<Vec<u32>> {
+    // One draw per row and step whatever the settings, so streams stay aligned.
+    let us: Vec<f64> = active.iter().map(|&r| rows[r].rng.next_f64()).collect();
+    let s = &job.sampling;
+    let tokens = match s.candidates_needed() {
+        Some(k) => {
+            let cands = backend.top_k(k)?;
+            ensure!(
+                cands.len() == active.len(),
+                "backend returned {} rows, expected {}",
+                cands.len(),
+                active.len()
+            );
+            cands
+                .iter()
+                .zip(&us)
+                .map(|(c, &u)| s.sample_candidates(c, u))
+                .collect()
+        }
+        None => {
+            let mut logits = backend.logits()?;
+            ensure!(
+                logits.rows == active.len(),
+                "backend returned {} rows, expected {}",
+                logits.rows,
+                active.len()
+            );
+            let v = logits.vocab;
+            active
+                .iter()
+                .zip(&us)
+                .enumerate()
+                .map(|(pos, (&r, &u))| {
+                    s.sample_row(
+                        &mut logits.data[pos * v..(pos + 1) * v],
+                        &rows[r].context,
+                        u,
+                    )
+                })
+                .collect()
+        }
+    };
+    Ok(tokens)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn finish(job: &Job, row: &Row) -> Sample {
+    let body = &row.bytes[..row.cut.unwrap_or(row.bytes.len())];
+    let mut text = if job.include_prefix {
+        job.prefix.clone()
+    } else {
+        String::new()
+    };
+    text.push_str(&text_of(body));
+    Sample {
+        index: row.index,
+        text,
+        tokens: row.generated.clone(),
+        truncated: row.cut.is_some(),
+    }
+}
+
+/// Generates samples `indices` in batches of `batch_size` (the last one smaller), handing
+/// each finished batch to `on_batch` in order.
+pub fn generate_range(
+    backend: &mut dyn Backend,
+    codec: &dyn Codec,
+    job: &Job,
+    indices: Range<usize>,
+    batch_size: usize,
+    check: &mut dyn FnMut(usize) -> Result<()>,
+    on_batch: &mut dyn FnMut(Vec<Sample>) -> Result<()>,
+) -> Result<()> {
+    ensure!(batch_size > 0, "batch_size must be at least 1");
+    job.check_fits(backend.n_ctx())?;
+    let mut start = indices.start;
+    while start < indices.end {
+        let end = (start + batch_size).min(indices.end);
+        let batch = generate_batch(backend, codec, job, start..end, check)?;
+        on_batch(batch)?;
+        start = end;
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `kind = "generate"`: the stage, and the pieces `gptpipe generate` shares with it.
+
+use crate::backend::{Backend, BackendFactory, Backends};
+use crate::codec::Codec;
+use crate::driver::{generate_range, Job};
+use crate::output::{previous_samples, render, write_outputs, Meta};
+use crate::sampling::Sampling;
+use anyhow::{bail, Context, Result};
+use gptpipe_core::config::{Backend as BackendChoice, GenerateParams, StageKind, StageParams};
+use gptpipe_core::stage::{ModelSource, StageContext};
+
+/// Version of this stage's implementation: part of its cache key. Raise it when the same
+/// parameters would give different samples.
+pub const VERSION: u32 = 1;
+
+/// The sampling knobs of `params`.
+pub fn sampling_of(params: &GenerateParams) -> Sampling {
+    Sampling {
+        temperature: params.temperature,
+        top_k: params.top_k,
+        top_p: params.top_p,
+        repetition_penalty: params.repetition_penalty,
+    }
+}
+
+/// The job `params` describe, with the prefix encoded.
+pub fn job_of(params: &GenerateParams, seed: u64, codec: &dyn Codec) -> Result<Job> {
+    Job::new(
+        codec,
+        &params.prefix,
+        params.include_prefix,
+        params.length,
+        sampling_of(params),
+        seed,
+        &params.truncate,
+    )
+}
+
+/// Which backend runs `source`: `auto` is ONNX Runtime for an export stage's output (or a
+/// folder with `model.onnx` and no safetensors weights), libtorch otherwise.
+pub fn choose_backend(choice: BackendChoice, source: &ModelSource) -> BackendChoice {
+    match choice {
+        BackendChoice::Auto => {
+            let onnx = match source {
+                ModelSource::Stage { kind, .. } => *kind == StageKind::Export,
+                ModelSource::Folder(dir) => {
+                    dir.join("model.onnx").is_file() && !dir.join("model.safetensors").is_file()
+                }
+                _ => false,
+            };
+            if onnx {
+                BackendChoice::Onnx
+            } else {
+                BackendChoice::Tch
+            }
+        }
+        other => other,
+    }
+}
+
+/// Builds the backend for `source`, or says why this build cannot.
+pub fn open_backend(
+    backends: &Backends,
+    choice: BackendChoice,
+    source: &ModelSource,
+    device: &str,
+) -> Result<Box<dyn Backend>> {
+    let chosen = choose_backend(choice, source);
+    let factory: &BackendFactory = match chosen {
+        BackendChoice::Onnx => backends.onnx.as_ref().context(
+            "the ONNX Runtime backend is not in this build (built without the `onnx` feature); \
+             use backend = \"tch\" with a safetensors model",
+        )?,
+        _ => backends.tch.as_ref().context(
+            "the libtorch backend is not in this build (built without the `torch` feature); \
+             generate from an exported model (model = \"@export-stage\") or set backend = \"onnx\"",
+        )?,
+    };
+    if matches!(source, ModelSource::Inline(_)) && chosen == BackendChoice::Onnx {
+        bail!("an inline random model has no ONNX file: export it first or use backend = \"tch\"");
+    }
+    factory(source, device)
+}
+
+/// Runs the generate stage for `ctx`.
+pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> Result<()> {
+    let StageParams::Generate(params) = ctx.params else {
+        bail!("stage `{}` is not a generate stage", ctx.name);
+    };
+    let seed = ctx.seed();
+    let job = job_of(params, seed, codec)?;
+    let meta = Meta::new(VERSION, ctx.inputs_hash, seed, params);
+    let mut rendered: Vec<String> = ctx
+        .previous_output
+        .and_then(|dir| previous_samples(dir, &meta, &params.output))
+        .unwrap_or_default();
+    rendered.truncate(params.nsamples);
+    if !rendered.is_empty() {
+        ctx.log(format!(
+            "keeping {} samples from the previous run",
+            rendered.len()
+        ));
+    }
+    if rendered.len() < params.nsamples {
+        let source = ctx.resolve_model(&params.model);
+        let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
+        job.check_fits(backend.n_ctx())?;
+        let start = rendered.len();
+        let total = ((params.nsamples - start) * params.length) as u64;
+        // Tokens of finished batches, for progress across batches.
+        let done_before = std::cell::Cell::new(0u64);
+        let mut check = |done: usize| {
+            ctx.check_cancelled()?;
+            ctx.progress(
+                done_before.get() + done as u64,
+                total,
+                serde_json::json!({}),
+            );
+            Ok(())
+        };
+        let mut on_batch = |samples: Vec<crate::driver::Sample>| {
+            let n: u64 = samples.iter().map(|s| s.tokens.len() as u64).sum();
+            done_before.set(done_before.get() + n);
+            for s in &samples {
+                rendered.push(render(s, params.format, &params.sample_delim, seed));
+            }
+            Ok(())
+        };
+        generate_range(
+            backend.as_mut(),
+            codec,
+            &job,
+            start..params.nsamples,
+            params.batch_size,
+            &mut check,
+            &mut on_batch,
+        )?;
+    }
+    write_outputs(ctx.out_dir, &params.output, &rendered, meta)
+}
