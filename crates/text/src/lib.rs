@@ -1,5 +1,9 @@
 //! Text side of gptpipe: GPT-2's tokenizer and the prepare stage.
 
+pub mod tokenizer;
+
+pub use tokenizer::{write_tokenizer_files, Gpt2Tokenizer, StreamEncoder, EOT, EOT_ID};
+
 use gptpipe_core::stage::Registry;
 
 /// Adds the prepare stage.
