@@ -25,5 +25,36 @@ pub fn text_of(bytes: &[u8]) -> String {
 
 /// GPT-2's tokenizer (from `gptpipe_text`).
 pub fn gpt2() -> Result<Box<dyn Codec>> {
-    anyhow::bail!("GPT-2's tokenizer is not wired in yet")
+    Ok(Box::new(gptpipe_text::Gpt2Tokenizer::new()?))
+}
+
+impl Codec for gptpipe_text::Gpt2Tokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(gptpipe_text::Gpt2Tokenizer::encode(self, text))
+    }
+
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.decode_bytes(&[id])
+    }
+
+    fn start_token(&self) -> u32 {
+        self.eot_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_codec_treats_endoftext_as_special_and_startoftext_as_text() {
+        let c = gpt2().unwrap();
+        assert_eq!(c.encode("<|endoftext|>").unwrap(), vec![50256]);
+        assert_eq!(c.start_token(), 50256);
+        assert_eq!(c.token_bytes(50256), b"<|endoftext|>");
+        let sot = c.encode("<|startoftext|>").unwrap();
+        assert!(sot.len() > 1 && !sot.contains(&50256));
+        let joined: Vec<u8> = sot.iter().flat_map(|&t| c.token_bytes(t)).collect();
+        assert_eq!(joined, b"<|startoftext|>");
+    }
 }
