@@ -7,6 +7,7 @@ mod gc;
 mod pipeline_args;
 mod run;
 mod status;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use gptpipe_core::config::ConfigError;
@@ -31,6 +32,8 @@ enum Command {
     Schema,
     /// Drop cache entries that no lock file references
     Gc(gc::GcArgs),
+    /// Rerun what is stale whenever the pipeline file or a stage's inputs change
+    Watch(watch::WatchArgs),
 }
 
 /// Exit codes of the spec.
@@ -59,6 +62,7 @@ pub fn main() -> i32 {
             Ok(())
         }
         Command::Gc(args) => gc::run(args),
+        Command::Watch(args) => watch::run(args),
     };
     match result {
         Ok(()) => exit::OK,

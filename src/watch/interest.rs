@@ -1,0 +1,316 @@
+//! What watch mode cares about: the pipeline file and each selected stage's input files,
+//! folders and globs, as absolute paths. It answers two questions: which folders to hand to
+//! the watcher, and which stages a changed path touches.
+//!
+//! Folders are watched rather than files, so a file an editor replaces (write a temporary
+//! file, rename it over the original) is still seen; events are then filtered by path.
+
+use gptpipe_core::config::{ModelRef, Pipeline, StageParams};
+use gptpipe_core::stage::{resolve_model, ModelSource};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+/// The paths one stage reads.
+#[derive(Debug, Default)]
+struct Patterns {
+    files: BTreeSet<PathBuf>,
+    /// Folders whose every file is an input (input folders, local model folders).
+    trees: Vec<PathBuf>,
+    globs: Vec<glob::Pattern>,
+}
+
+impl Patterns {
+    fn matches(&self, path: &Path) -> bool {
+        self.files.contains(path)
+            || self.trees.iter().any(|t| path.starts_with(t))
+            || self.globs.iter().any(|g| g.matches_path(path))
+    }
+}
+
+#[derive(Debug)]
+pub struct Interest {
+    pipeline_file: PathBuf,
+    /// Never relevant: the workdir (outputs, cache) and the lock file, which runs write.
+    ignored: Vec<PathBuf>,
+    stages: BTreeMap<String, Patterns>,
+    /// Folder -> watched recursively.
+    watches: BTreeMap<PathBuf, bool>,
+}
+
+impl Interest {
+    /// Only the pipeline file: what is left to watch while it does not load.
+    pub fn pipeline_only(pipeline_file: &Path) -> Self {
+        let mut interest = Self {
+            pipeline_file: absolute(pipeline_file),
+            ignored: Vec::new(),
+            stages: BTreeMap::new(),
+            watches: BTreeMap::new(),
+        };
+        interest.watch_parent(&interest.pipeline_file.clone());
+        interest
+    }
+
+    /// The pipeline file and the inputs of `selected` stages.
+    pub fn of(pipeline: &Pipeline, selected: &[String]) -> Self {
+        let mut interest = Self::pipeline_only(&pipeline.path);
+        interest.ignored = vec![absolute(&pipeline.workdir), absolute(&pipeline.lock_path())];
+        for stage in selected {
+            let patterns = stage_patterns(pipeline, &pipeline.stages[stage]);
+            for f in &patterns.files {
+                interest.watch_parent(f);
+            }
+            for t in &patterns.trees {
+                interest.watch_tree(t);
+            }
+            interest.stages.insert(stage.clone(), patterns);
+        }
+        // A glob is watched from its literal base folder down.
+        let bases: Vec<PathBuf> = interest
+            .stages
+            .values()
+            .flat_map(|p| p.globs.iter().map(|g| glob_base(g.as_str())))
+            .collect();
+        for b in bases {
+            interest.watch_tree(&b);
+        }
+        interest
+    }
+
+    /// Folders to watch, and whether recursively.
+    pub fn watches(&self) -> &BTreeMap<PathBuf, bool> {
+        &self.watches
+    }
+
+    /// Whether a change at `path` can change what a run does.
+    pub fn is_relevant(&self, path: &Path) -> bool {
+        if self.ignored.iter().any(|i| path.starts_with(i)) {
+            return false;
+        }
+        path == self.pipeline_file || self.stages.values().any(|p| p.matches(path))
+    }
+
+    /// The stages whose inputs include one of `paths` (not their downstream).
+    pub fn stages_touched(&self, paths: &[PathBuf]) -> BTreeSet<String> {
+        self.stages
+            .iter()
+            .filter(|(_, p)| paths.iter().any(|path| p.matches(path)))
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    fn watch_parent(&mut self, file: &Path) {
+        if let Some(dir) = file.parent() {
+            self.watches.entry(dir.to_path_buf()).or_insert(false);
+        }
+    }
+
+    fn watch_tree(&mut self, dir: &Path) {
+        if dir.is_dir() {
+            self.watches.insert(dir.to_path_buf(), true);
+        } else {
+            // Gone (or not made yet): its creation shows in its parent.
+            self.watch_parent(dir);
+        }
+    }
+}
+
+/// The files, folders and globs a stage reads, like `gptpipe_core::inputs::stage_inputs`
+/// but without failing on a missing file: a missing input is exactly what watch mode
+/// should wait for.
+fn stage_patterns(pipeline: &Pipeline, params: &StageParams) -> Patterns {
+    let mut p = Patterns::default();
+    let model = |p: &mut Patterns, m: &ModelRef| {
+        if let ModelSource::Folder(dir) = resolve_model(pipeline, &BTreeMap::new(), m) {
+            p.trees.push(absolute(&dir));
+        }
+    };
+    match params {
+        StageParams::Prepare(params) => {
+            for entry in params.inputs.iter().filter(|e| !e.starts_with('@')) {
+                let path = pipeline.resolve_path(entry);
+                if entry.contains(['*', '?', '[']) {
+                    if let Some(g) = glob_pattern(&path) {
+                        p.globs.push(g);
+                    }
+                } else if path.is_dir() {
+                    p.trees.push(absolute(&path));
+                } else {
+                    add_file(&mut p, &path);
+                }
+            }
+        }
+        StageParams::Finetune(params) => {
+            model(&mut p, &params.model);
+            if !params.dataset.starts_with('@') {
+                add_file(&mut p, &pipeline.resolve_path(&params.dataset));
+            }
+        }
+        StageParams::Export(params) => model(&mut p, &params.model),
+        StageParams::Generate(params) => model(&mut p, &params.model),
+    }
+    // A symlinked input is read through its target: watch where the target lives too.
+    let trees = p.trees.clone();
+    for t in trees {
+        if let Ok(real) = t.canonicalize() {
+            if real != t {
+                p.trees.push(real);
+            }
+        }
+    }
+    p
+}
+
+fn add_file(p: &mut Patterns, path: &Path) {
+    let abs = absolute(path);
+    if let Ok(real) = abs.canonicalize() {
+        p.files.insert(real);
+    }
+    p.files.insert(abs);
+}
+
+/// An absolute glob pattern whose literal base folder is canonical, so it matches the
+/// paths the watcher reports.
+fn glob_pattern(path: &Path) -> Option<glob::Pattern> {
+    let mut base = PathBuf::new();
+    let mut rest = PathBuf::new();
+    for c in path.components() {
+        let s = c.as_os_str().to_string_lossy();
+        if rest.as_os_str().is_empty() && !s.contains(['*', '?', '[']) {
+            base.push(c);
+        } else {
+            rest.push(c);
+        }
+    }
+    let base = absolute(&base);
+    let text = format!(
+        "{}/{}",
+        glob::Pattern::escape(&base.to_string_lossy()),
+        rest.to_string_lossy()
+    );
+    glob::Pattern::new(&text).ok()
+}
+
+/// The literal folder a glob pattern starts from.
+fn glob_base(pattern: &str) -> PathBuf {
+    let mut base = PathBuf::new();
+    for c in Path::new(pattern).components() {
+        let s = c.as_os_str().to_string_lossy();
+        if s.contains(['*', '?', '[', ']']) {
+            break;
+        }
+        base.push(c);
+    }
+    base
+}
+
+/// `path` made absolute with symlinks in its folders resolved (the file itself may not
+/// exist yet), the form the watcher reports paths in.
+pub fn absolute(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        // Keep the last component as written when it is a symlink: the link itself is
+        // what the user names, its target is added separately.
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+                return absolute(parent).join(name);
+            }
+        }
+        return p;
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match (parent, path.file_name()) {
+        (Some(parent), Some(name)) => absolute(parent).join(name),
+        (None, Some(name)) => std::env::current_dir()
+            .map(|d| absolute(&d).join(name))
+            .unwrap_or_else(|_| PathBuf::from(name)),
+        _ => normalize(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())),
+    }
+}
+
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gptpipe_core::config::{load, LoadOptions};
+
+    fn pipeline(dir: &Path, stages: &str) -> Pipeline {
+        let path = dir.join("gptpipe.toml");
+        std::fs::write(&path, format!("[pipeline]\nname = \"t\"\n{stages}")).unwrap();
+        load(&path, &LoadOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn files_folders_and_globs_touch_their_stage_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(d.join("data/more")).unwrap();
+        std::fs::write(d.join("a.csv"), "x\n").unwrap();
+        let p = pipeline(
+            &d,
+            "[stages.a]\nkind = \"prepare\"\ninputs = [\"a.csv\"]\n\
+             [stages.b]\nkind = \"prepare\"\ninputs = [\"data\"]\n\
+             [stages.c]\nkind = \"prepare\"\ninputs = [\"logs/*.txt\"]\n",
+        );
+        let i = Interest::of(&p, &["a".into(), "b".into(), "c".into()]);
+        let touched = |p: &Path| i.stages_touched(&[p.to_path_buf()]);
+        assert_eq!(touched(&d.join("a.csv")), ["a".to_string()].into());
+        assert_eq!(
+            touched(&d.join("data/more/x.txt")),
+            ["b".to_string()].into()
+        );
+        assert_eq!(touched(&d.join("logs/1.txt")), ["c".to_string()].into());
+        assert!(touched(&d.join("logs/1.csv")).is_empty());
+        assert!(i.is_relevant(&d.join("gptpipe.toml")));
+        assert!(!i.is_relevant(&d.join("gptpipe.toml.lock")));
+        assert!(!i.is_relevant(&d.join("notes.md")));
+        assert!(!i.is_relevant(&d.join("runs/t/a/dataset.txt")));
+        assert_eq!(i.watches().get(&d), Some(&false));
+        assert_eq!(i.watches().get(&d.join("data")), Some(&true));
+    }
+
+    #[test]
+    fn outputs_inside_the_workdir_are_ignored_even_under_a_watched_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        let p = pipeline(
+            &d,
+            "workdir = \"data/out\"\n[stages.a]\nkind = \"prepare\"\ninputs = [\"data\"]\n",
+        );
+        let i = Interest::of(&p, &["a".into()]);
+        assert!(i.is_relevant(&d.join("data/x.csv")));
+        assert!(!i.is_relevant(&d.join("data/out/a/dataset.txt")));
+    }
+
+    #[test]
+    fn a_symlinked_input_is_watched_at_its_target_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+        std::fs::write(d.join("elsewhere/real.csv"), "x\n").unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere/real.csv"), d.join("link.csv")).unwrap();
+        let p = pipeline(
+            &d,
+            "[stages.a]\nkind = \"prepare\"\ninputs = [\"link.csv\"]\n",
+        );
+        let i = Interest::of(&p, &["a".into()]);
+        assert!(i.is_relevant(&d.join("link.csv")));
+        assert!(i.is_relevant(&d.join("elsewhere/real.csv")));
+        assert!(i.watches().contains_key(&d.join("elsewhere")));
+    }
+}
