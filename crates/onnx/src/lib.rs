@@ -14,5 +14,13 @@ pub mod write;
 
 use gptpipe_core::stage::Registry;
 
+/// An fp16 export passes when its logits are within this fraction of the largest reference
+/// logit (at least 1.0) of fp32 reference logits: half precision keeps ~3 significant
+/// digits, and errors grow with depth.
+pub const FP16_REL_TOLERANCE: f64 = 1e-2;
+
+/// An fp32 export passes when its logits are within this of the reference's.
+pub const FP32_TOLERANCE: f64 = 1e-4;
+
 /// Adds what this crate provides to the registry.
 pub fn register(_registry: &mut Registry) {}

@@ -1,0 +1,92 @@
+//! Shared helpers of the integration tests: the reference Python, tiny random models saved
+//! by transformers, and running the Python oracles.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `$GPTPIPE_PYTHON`, else the workspace's `.venv/bin/python`.
+pub fn python() -> PathBuf {
+    match std::env::var_os("GPTPIPE_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_root().join(".venv/bin/python"),
+    }
+}
+
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(name)
+}
+
+/// Runs a Python script and returns its stdout, failing the test with stderr on error.
+pub fn run_py(name: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(script(name))
+        .args(args)
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The last line of a script's stdout, as JSON.
+pub fn run_py_json(name: &str, args: &[&str]) -> serde_json::Value {
+    let out = run_py(name, args);
+    let line = out.lines().last().expect("no output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: bad JSON {line:?}: {e}"))
+}
+
+/// A tiny GPT-2 with random weights, saved by transformers (seeded, so deterministic).
+pub struct TinyModel {
+    pub seed: u64,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    pub n_positions: usize,
+    pub vocab: usize,
+    pub untied: bool,
+}
+
+impl Default for TinyModel {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            n_layer: 2,
+            n_head: 4,
+            n_embd: 64,
+            n_positions: 64,
+            vocab: 1000,
+            untied: false,
+        }
+    }
+}
+
+impl TinyModel {
+    pub fn save(&self, dir: &Path) {
+        let nums = [
+            self.seed as usize,
+            self.n_layer,
+            self.n_head,
+            self.n_embd,
+            self.n_positions,
+            self.vocab,
+        ]
+        .map(|n| n.to_string());
+        let mut args: Vec<&str> = vec![dir.to_str().unwrap()];
+        args.extend(nums.iter().map(String::as_str));
+        if self.untied {
+            args.push("untied");
+        }
+        run_py("make_model.py", &args);
+    }
+}
