@@ -38,7 +38,7 @@ impl StreamEncoder {
     }
 
     /// Appends the ids of whatever is left.
-    pub fn finish(mut self, out: &mut Vec<u32>) {
+    pub fn finish(&mut self, out: &mut Vec<u32>) {
         out.extend(self.tokenizer.encode(&self.pending));
         self.pending.clear();
     }

@@ -231,3 +231,86 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
         }
     }
 }
+
+/// What a prepare stage wrote.
+pub struct Prepared {
+    pub dataset: String,
+    pub tokens: Vec<u32>,
+    pub report: serde_json::Value,
+    pub warnings: Vec<String>,
+}
+
+/// Collects warnings.
+#[derive(Default)]
+pub struct Collect(pub std::sync::Mutex<Vec<String>>);
+
+impl gptpipe_core::events::EventSink for Collect {
+    fn emit(&self, event: gptpipe_core::events::Event) {
+        if let gptpipe_core::events::Event::Warning { message } = event {
+            self.0.lock().unwrap().push(message);
+        }
+    }
+}
+
+/// Runs stage `stage` of the pipeline file `pipeline` through the registry, as the runner
+/// would, with `upstream` outputs; its output goes to `out_dir`.
+pub fn run_stage(
+    pipeline: &Path,
+    stage: &str,
+    out_dir: &Path,
+    upstream: &std::collections::BTreeMap<String, gptpipe_core::stage::Upstream>,
+) -> anyhow::Result<Prepared> {
+    use gptpipe_core::config::{load, LoadOptions, StageKind};
+    let pipeline = load(pipeline, &LoadOptions::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut registry = gptpipe_core::stage::Registry::new();
+    gptpipe_text::register(&mut registry);
+    let state = tempfile::tempdir()?;
+    let sink = Collect::default();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let ctx = gptpipe_core::stage::StageContext {
+        name: stage,
+        params: &pipeline.stages[stage],
+        pipeline: &pipeline,
+        out_dir,
+        previous_output: None,
+        state_dir: state.path(),
+        upstream,
+        inputs_hash: "",
+        events: &sink,
+        cancel: &cancel,
+    };
+    registry.get(StageKind::Prepare)?(&ctx)?;
+    let bytes = std::fs::read(out_dir.join("tokens.bin"))?;
+    Ok(Prepared {
+        dataset: std::fs::read_to_string(out_dir.join("dataset.txt"))?,
+        tokens: bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+            .collect(),
+        report: serde_json::from_slice(&std::fs::read(out_dir.join("report.json"))?)?,
+        warnings: sink.0.into_inner().unwrap(),
+    })
+}
+
+/// Whether every key of `expected` is in `actual` with an equal value (recursively; arrays
+/// must have equal lengths).
+pub fn json_subset(expected: &serde_json::Value, actual: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, v) in e {
+                let got = a.get(k).ok_or_else(|| format!("missing key {k:?}"))?;
+                json_subset(v, got).map_err(|m| format!("{k}: {m}"))?;
+            }
+            Ok(())
+        }
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
+            for (i, (v, got)) in e.iter().zip(a).enumerate() {
+                json_subset(v, got).map_err(|m| format!("[{i}]: {m}"))?;
+            }
+            Ok(())
+        }
+        _ if expected == actual => Ok(()),
+        _ => Err(format!("expected {expected}, got {actual}")),
+    }
+}

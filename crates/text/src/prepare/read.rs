@@ -1,0 +1,317 @@
+//! Streaming readers for csv, jsonl and text inputs. Rows go out in batches that keep their
+//! text in one buffer, so reading allocates per batch, not per row.
+
+use super::inputs::Input;
+use super::report::DropReason;
+use anyhow::{bail, Context as _};
+use gptpipe_core::config::{ColumnRef, InputFormat, OnError, PrepareParams};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+
+/// Bytes of row text per batch.
+const BATCH_BYTES: usize = 2 << 20;
+/// Skipped rows reported as warnings per input; the rest are only counted.
+const MAX_WARNINGS: usize = 5;
+
+/// Rows of one input.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub input: usize,
+    /// All rows' text, back to back.
+    pub buf: String,
+    /// Each row's byte range in `buf`.
+    pub rows: Vec<(usize, usize)>,
+    /// Records dropped while reading (`on_error = "skip"`).
+    pub dropped: Vec<DropReason>,
+    /// Why, for the first few of them.
+    pub warnings: Vec<String>,
+    /// Bytes of the input consumed so far.
+    pub consumed: u64,
+}
+
+impl Batch {
+    fn push(&mut self, row: &str) {
+        let start = self.buf.len();
+        self.buf.push_str(row);
+        self.rows.push((start, self.buf.len()));
+    }
+}
+
+/// Stops reading quietly: the receiver has gone (the stage failed or was cancelled).
+#[derive(Debug)]
+pub(crate) struct Hangup;
+
+impl std::fmt::Display for Hangup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the prepare stage stopped reading")
+    }
+}
+
+impl std::error::Error for Hangup {}
+
+/// Reads one input, handing batches to `send`.
+pub(crate) fn read(
+    input: &Input,
+    index: usize,
+    p: &PrepareParams,
+    send: &mut dyn FnMut(Batch) -> Result<(), Hangup>,
+) -> anyhow::Result<()> {
+    let file = File::open(&input.path)
+        .with_context(|| format!("cannot open input file {}", input.display))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    skip_bom(&mut reader).with_context(|| format!("cannot read {}", input.display))?;
+    let mut out = Sink {
+        batch: Batch {
+            input: index,
+            ..Batch::default()
+        },
+        warned: 0,
+        on_error: p.on_error,
+        display: &input.display,
+        send,
+    };
+    match input.format {
+        InputFormat::Csv => read_csv(reader, input, p, &mut out)?,
+        InputFormat::Jsonl => read_jsonl(reader, p, &mut out)?,
+        InputFormat::Text => read_text(reader, input, &mut out)?,
+    }
+    out.batch.consumed = input.bytes;
+    let batch = std::mem::take(&mut out.batch);
+    (out.send)(batch)?;
+    Ok(())
+}
+
+/// Collects rows and sends full batches; applies `on_error`.
+struct Sink<'a> {
+    batch: Batch,
+    warned: usize,
+    on_error: OnError,
+    display: &'a str,
+    send: &'a mut dyn FnMut(Batch) -> Result<(), Hangup>,
+}
+
+impl Sink<'_> {
+    fn row(&mut self, row: &str, consumed: u64) -> Result<(), Hangup> {
+        self.batch.push(row);
+        if self.batch.buf.len() >= BATCH_BYTES {
+            self.batch.consumed = consumed;
+            let input = self.batch.input;
+            let full = std::mem::replace(
+                &mut self.batch,
+                Batch {
+                    input,
+                    buf: String::with_capacity(BATCH_BYTES + BATCH_BYTES / 8),
+                    ..Batch::default()
+                },
+            );
+            (self.send)(full)?;
+        }
+        Ok(())
+    }
+
+    /// A record that cannot be read at `line`: an error, or a counted drop with `skip`.
+    fn bad(&mut self, line: u64, why: DropReason, message: String) -> anyhow::Result<()> {
+        let message = format!("{}:{line}: {message}", self.display);
+        match self.on_error {
+            OnError::Error => bail!("{message} (set on_error = \"skip\" to drop such rows)"),
+            OnError::Skip => {
+                self.batch.dropped.push(why);
+                if self.warned < MAX_WARNINGS {
+                    self.warned += 1;
+                    self.batch.warnings.push(format!("skipped {message}"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn skip_bom(reader: &mut BufReader<File>) -> std::io::Result<()> {
+    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
+    }
+    Ok(())
+}
+
+/// Where in `bytes` UTF-8 breaks, as a count of lines before it.
+fn newlines(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
+
+fn read_csv(
+    reader: impl Read,
+    input: &Input,
+    p: &PrepareParams,
+    out: &mut Sink,
+) -> anyhow::Result<()> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(input.delimiter)
+        .from_reader(reader);
+    let name = &input.display;
+    let mut record = csv::ByteRecord::new();
+    let read_record = |csv: &mut csv::Reader<_>, record: &mut csv::ByteRecord| {
+        csv.read_byte_record(record)
+            .with_context(|| format!("cannot read {name}"))
+    };
+    // The header (or, without one, the first record) fixes the number of fields.
+    if !read_record(&mut csv, &mut record)? {
+        return Ok(());
+    }
+    let columns: Vec<String> = record
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    let column = match &p.column {
+        ColumnRef::Name(want) if p.header => {
+            columns.iter().position(|c| c == want).with_context(|| {
+                format!(
+                    "{name}: no column {want:?}; the columns are: {}",
+                    columns.join(", ")
+                )
+            })?
+        }
+        ColumnRef::Name(want) => {
+            bail!("{name}: column {want:?} is a name, but header = false; use a 0-based index")
+        }
+        ColumnRef::Index(i) if *i < columns.len() => *i,
+        ColumnRef::Index(i) => {
+            let which = if p.header {
+                "the columns are"
+            } else {
+                "the first record holds"
+            };
+            bail!(
+                "{name}: column {i} does not exist ({} columns; {which}: {})",
+                columns.len(),
+                columns.join(", ")
+            )
+        }
+    };
+    let width = columns.len();
+    let mut first = !p.header;
+    loop {
+        if !first && !read_record(&mut csv, &mut record)? {
+            break;
+        }
+        first = false;
+        let pos = record.position().expect("csv records carry a position");
+        let line = pos.line();
+        if record.len() != width {
+            let what = if p.header {
+                "the header has"
+            } else {
+                "the first record has"
+            };
+            out.bad(
+                line,
+                DropReason::Malformed,
+                format!(
+                    "malformed CSV record: {} fields where {what} {width}",
+                    record.len()
+                ),
+            )?;
+            continue;
+        }
+        let field = &record[column];
+        match std::str::from_utf8(field) {
+            Ok(text) => out.row(text, pos.byte())?,
+            Err(e) => {
+                let before: u64 = (0..column).map(|i| newlines(&record[i])).sum();
+                let at = line + before + newlines(&field[..e.valid_up_to()]);
+                out.bad(
+                    at,
+                    DropReason::InvalidUtf8,
+                    format!("invalid UTF-8 in column {column}"),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_jsonl(mut reader: impl BufRead, p: &PrepareParams, out: &mut Sink) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    let mut line = 0u64;
+    let mut consumed = 0u64;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("cannot read {}", out.display))?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        consumed += n as u64;
+        let text = match std::str::from_utf8(&buf) {
+            Ok(t) => t.trim(),
+            Err(_) => {
+                out.bad(line, DropReason::InvalidUtf8, "invalid UTF-8".into())?;
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                out.bad(line, DropReason::Malformed, format!("invalid JSON: {e}"))?;
+                continue;
+            }
+        };
+        let Some(object) = value.as_object() else {
+            out.bad(line, DropReason::Malformed, "not a JSON object".into())?;
+            continue;
+        };
+        match object.get(&p.field) {
+            Some(serde_json::Value::String(s)) => out.row(s, consumed)?,
+            // A null text is an empty row, dropped as such after cleaning.
+            Some(serde_json::Value::Null) => out.row("", consumed)?,
+            Some(other) => {
+                let kind = match other {
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::Array(_) => "an array",
+                    _ => "an object",
+                };
+                out.bad(
+                    line,
+                    DropReason::Malformed,
+                    format!("field {:?} is {kind}, not a string", p.field),
+                )?;
+            }
+            None => {
+                let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+                out.bad(
+                    line,
+                    DropReason::Malformed,
+                    format!(
+                        "no field {:?}; the fields are: {}",
+                        p.field,
+                        keys.join(", ")
+                    ),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A text file is one row.
+fn read_text(mut reader: impl Read, input: &Input, out: &mut Sink) -> anyhow::Result<()> {
+    let mut bytes = Vec::with_capacity(input.bytes as usize);
+    reader
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", input.display))?;
+    match String::from_utf8(bytes) {
+        Ok(text) => out.row(&text, input.bytes)?,
+        Err(e) => {
+            let at = 1 + newlines(&e.as_bytes()[..e.utf8_error().valid_up_to()]);
+            out.bad(at, DropReason::InvalidUtf8, "invalid UTF-8".into())?;
+        }
+    }
+    Ok(())
+}
