@@ -89,3 +89,92 @@ pub fn max_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
         .max()
         .double_value(&[])
 }
+
+use gptpipe_core::config::{load, LoadOptions, Pipeline, StageKind};
+use gptpipe_core::events::NullSink;
+use gptpipe_core::stage::{StageContext, Upstream};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+/// A pipeline in a temporary folder, and stage runs against it without the runner.
+pub struct Harness {
+    pub tmp: tempfile::TempDir,
+    pub pipeline: Pipeline,
+    pub upstream: BTreeMap<String, Upstream>,
+}
+
+impl Harness {
+    /// `toml` is the whole pipeline file; `files` are written beside it first.
+    pub fn new(toml: &str, files: &[(&str, &[u8])]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, bytes) in files {
+            std::fs::write(tmp.path().join(name), bytes).unwrap();
+        }
+        let path = tmp.path().join("gptpipe.toml");
+        std::fs::write(&path, toml).unwrap();
+        let pipeline = load(&path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e:?}"));
+        Self {
+            tmp,
+            pipeline,
+            upstream: BTreeMap::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Pretends stage `name` is a finished prepare stage whose tokens.bin holds `tokens`.
+    pub fn fake_prepare(&mut self, name: &str, tokens: &[u32]) {
+        let dir = self.path(&format!("upstream-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .flat_map(|&t| (t as u16).to_le_bytes())
+            .collect();
+        std::fs::write(dir.join("tokens.bin"), bytes).unwrap();
+        self.upstream.insert(
+            name.into(),
+            Upstream {
+                kind: StageKind::Prepare,
+                dir,
+            },
+        );
+    }
+
+    /// Runs stage `name` with `--set`-like overrides applied to its params.
+    pub fn run(
+        &self,
+        name: &str,
+        out: &Path,
+        state: &Path,
+        previous: Option<&Path>,
+        edit: impl FnOnce(&mut gptpipe_core::config::FinetuneParams),
+    ) -> anyhow::Result<()> {
+        let mut params = self.pipeline.stages[name].clone();
+        if let gptpipe_core::config::StageParams::Finetune(p) = &mut params {
+            edit(p);
+        }
+        std::fs::create_dir_all(out).unwrap();
+        std::fs::create_dir_all(state).unwrap();
+        let cancel = AtomicBool::new(false);
+        let ctx = StageContext {
+            name,
+            params: &params,
+            pipeline: &self.pipeline,
+            out_dir: out,
+            previous_output: previous,
+            state_dir: state,
+            upstream: &self.upstream,
+            inputs_hash: "test-inputs",
+            events: &NullSink,
+            cancel: &cancel,
+        };
+        gptpipe_torch::finetune::run(&ctx)
+    }
+}
+
+/// GPT-2 ids of a text (the project's tokenizer).
+pub fn encode(text: &str) -> Vec<u32> {
+    gptpipe_text::Gpt2Tokenizer::new().unwrap().encode(text)
+}

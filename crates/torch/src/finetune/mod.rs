@@ -1,0 +1,506 @@
+//! `kind = "finetune"`: train a GPT-2 on a dataset with gpt-2-simple's semantics.
+//!
+//! One step = `accumulate_gradients` micro-batches of `batch_size` windows of `n_ctx`
+//! tokens (fewer when the dataset is shorter), gradients averaged, then one optimizer
+//! update (gpt-2-simple's `AccumulatingOptimizer`). The learning rate warms up linearly:
+//! `lr * min(1, step / warmup_steps)` for steps 1, 2, ...; gradients are clipped to
+//! `max_grad_norm` when it is positive. Mixed precision: fp32 master weights, compute in
+//! bf16/fp16 (see [`crate::device::compute_kind`]); fp16 adds dynamic loss scaling.
+//!
+//! Determinism and resume: the windows of step s come from a stateless mix of (seed, s),
+//! and libtorch's generator (dropout) is re-seeded from (seed, s) at every step, so a run
+//! resumed at step s from a checkpoint continues exactly as the straight run would.
+
+mod data;
+mod optim;
+mod plot;
+mod state;
+
+pub use data::{mix, read_tokens_bin, Dataset};
+pub use optim::Optimizer;
+pub use state::{identity, Checkpoint, TrainerState};
+
+use crate::device::{compute_kind, parse_device};
+use crate::model::{Config, Gpt2};
+use crate::{source, weights};
+use anyhow::{bail, Context, Result};
+use gptpipe_core::config::{FinetuneParams, StageKind, StageParams};
+use gptpipe_core::stage::{ModelSource, Registry, StageContext};
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// The implementation version (part of every cache key).
+pub const VERSION: u32 = 1;
+
+/// Validation windows evaluated at most per validation.
+const MAX_VAL_WINDOWS: usize = 64;
+/// gpt-2-simple samples with top-k 40 at temperature 1 during training.
+const SAMPLE_TOP_K: i64 = 40;
+
+pub fn register(registry: &mut Registry) {
+    registry.register(StageKind::Finetune, VERSION, run);
+}
+
+/// Errors for values no training can use, before anything is loaded.
+pub fn check_params(p: &FinetuneParams) -> Result<()> {
+    if p.dataset.trim().is_empty() {
+        bail!("finetune needs `dataset`: \"@<prepare stage>\" or a text file");
+    }
+    let positive = [
+        ("steps", p.steps as f64),
+        ("batch_size", p.batch_size as f64),
+        ("accumulate_gradients", p.accumulate_gradients as f64),
+        ("combine", p.combine as f64),
+    ];
+    for (k, v) in positive {
+        if v < 1.0 {
+            bail!("{k} must be at least 1");
+        }
+    }
+    if !(p.learning_rate > 0.0 && p.learning_rate.is_finite()) {
+        bail!(
+            "learning_rate must be a positive number, found {}",
+            p.learning_rate
+        );
+    }
+    if !(0.0..1.0).contains(&p.val_split) {
+        bail!("val_split must be in [0, 1), found {}", p.val_split);
+    }
+    if p.weight_decay < 0.0 || p.max_grad_norm < 0.0 {
+        bail!("weight_decay and max_grad_norm must not be negative");
+    }
+    if p.early_stopping_patience > 0 && p.val_split == 0.0 {
+        bail!("early_stopping_patience needs a validation set: set val_split > 0");
+    }
+    Ok(())
+}
+
+fn params<'a>(ctx: &StageContext<'a>) -> Result<&'a FinetuneParams> {
+    match ctx.params {
+        StageParams::Finetune(p) => Ok(p),
+        other => bail!(
+            "stage {} is a {} stage, not finetune",
+            ctx.name,
+            other.kind()
+        ),
+    }
+}
+
+/// Runs the stage: everything that can fail on bad input fails before the first step.
+pub fn run(ctx: &StageContext) -> Result<()> {
+    let p = params(ctx)?;
+    check_params(p)?;
+    let device = parse_device(&p.device)?;
+    let compute = compute_kind(p.precision, device)?;
+    let seed = ctx.seed();
+    let identity = state::identity(p, ctx.inputs_hash, VERSION);
+
+    let model_source = ctx.resolve_model(&p.model);
+    let folder = source::model_folder(&model_source)?;
+    let config = match (&folder, &model_source) {
+        (Some(dir), _) => Config::from_json_file(&dir.join(weights::CONFIG_FILE))?,
+        (None, ModelSource::Inline(m)) => Config::from_inline(m)?,
+        (None, _) => unreachable!("only inline models have no folder"),
+    };
+    let chunks = Dataset::load(&ctx.resolve_input(&p.dataset), p.combine)
+        .with_context(|| format!("loading dataset {:?}", p.dataset))?;
+    let data = Dataset::new(chunks, config.n_ctx, p.val_split, config.vocab_size)?;
+
+    let resume = find_resume(ctx, p, &identity)?;
+    let mut model = match (&resume, &folder) {
+        (Some(c), _) => weights::load_folder(&c.model_dir, device)?,
+        (None, Some(dir)) => weights::load_folder(dir, device)?,
+        (None, None) => Gpt2::random(&config, device, seed),
+    };
+    if model.config != config && resume.is_none() {
+        bail!("the model's config changed while loading");
+    }
+    model.set_compute_kind(compute);
+    let trainable: Vec<(String, Tensor)> = model
+        .named_parameters()
+        .iter()
+        .map(|(n, t)| {
+            let train = !p.only_train_transformer_layers || n.starts_with("transformer.h.");
+            (n.clone(), t.set_requires_grad(train), train)
+        })
+        .filter(|(_, _, train)| *train)
+        .map(|(n, t, _)| (n, t))
+        .collect();
+    let mut opt = Optimizer::new(p.optimizer, p.weight_decay, &trainable);
+    let (mut trainer, mut metrics) = match &resume {
+        Some(c) => {
+            opt.load_state(c.trainer.step, c.optimizer_tensors()?)?;
+            let metrics: Vec<_> = c
+                .metrics()
+                .into_iter()
+                .filter(|m| m["step"].as_u64().is_some_and(|s| s <= c.trainer.step))
+                .collect();
+            ctx.log(format!(
+                "resuming from step {} ({})",
+                c.trainer.step,
+                c.model_dir.display()
+            ));
+            (c.trainer.clone(), metrics)
+        }
+        None => (
+            TrainerState {
+                identity: identity.clone(),
+                step: 0,
+                avg_loss: (0.0, 0.0),
+                best_val_loss: None,
+                evals_without_improvement: 0,
+                stopped_early: false,
+                loss_scale: if compute == Some(Kind::Half) {
+                    65536.0
+                } else {
+                    1.0
+                },
+                good_steps: 0,
+            },
+            Vec::new(),
+        ),
+    };
+    trainer.identity = identity;
+    ctx.log(format!(
+        "training {} parameters ({} trainable) on {:?} in {:?}; {} training tokens, windows of {}",
+        config.num_parameters(),
+        trainable.iter().map(|(_, t)| t.numel()).sum::<usize>(),
+        device,
+        model.compute_kind(),
+        data.train_tokens(),
+        data.window
+    ));
+
+    let mut run = Run {
+        p,
+        seed,
+        model: &model,
+        data: &data,
+        device,
+    };
+    let tokens_per_step = (p.batch_size * p.accumulate_gradients * data.window) as f64;
+    let mut window_start = (Instant::now(), trainer.step);
+    while trainer.step < p.steps && !trainer.stopped_early {
+        if let Err(e) = ctx.check_cancelled() {
+            if trainer.step > 0 {
+                let _ = state::save_checkpoint(
+                    ctx.state_dir,
+                    &model,
+                    &trainer,
+                    &opt.state_tensors(),
+                    &metrics,
+                    p.max_checkpoints,
+                );
+            }
+            return Err(e);
+        }
+        let step = trainer.step + 1;
+        let loss = run.train_step(&mut opt, &mut trainer, step)?;
+        trainer.step = step;
+        let lr = learning_rate(p, step);
+        trainer.avg_loss = (
+            trainer.avg_loss.0 * 0.99 + loss,
+            trainer.avg_loss.1 * 0.99 + 1.0,
+        );
+        let avg_loss = trainer.avg_loss.0 / trainer.avg_loss.1;
+
+        let validate =
+            p.val_split > 0.0 && ((p.val_every > 0 && step % p.val_every == 0) || step == p.steps);
+        let val_loss = if validate { Some(run.evaluate()) } else { None };
+        if let Some(v) = val_loss {
+            if trainer.best_val_loss.is_none_or(|b| v < b) {
+                trainer.best_val_loss = Some(v);
+                trainer.evals_without_improvement = 0;
+            } else {
+                trainer.evals_without_improvement += 1;
+                if p.early_stopping_patience > 0
+                    && trainer.evals_without_improvement >= p.early_stopping_patience
+                {
+                    trainer.stopped_early = true;
+                    ctx.log(format!(
+                        "early stopping at step {step}: validation loss has not improved for {} evaluations (best {:.4})",
+                        trainer.evals_without_improvement,
+                        trainer.best_val_loss.unwrap_or(f64::NAN)
+                    ));
+                }
+            }
+        }
+        let elapsed = window_start.0.elapsed().as_secs_f64();
+        let tokens_per_s = tokens_per_step * (step - window_start.1) as f64 / elapsed.max(1e-9);
+        metrics.push(json!({
+            "step": step,
+            "loss": loss,
+            "avg_loss": avg_loss,
+            "val_loss": val_loss,
+            "tokens_per_s": tokens_per_s,
+            "lr": lr,
+        }));
+        if p.print_every > 0 && (step % p.print_every == 0 || step == p.steps) {
+            let mut fields = json!({"loss": loss, "avg_loss": avg_loss, "tokens_per_s": tokens_per_s.round(), "lr": lr});
+            if let Some(v) = val_loss {
+                fields["val_loss"] = json!(v);
+            }
+            ctx.progress(step, p.steps, fields);
+            window_start = (Instant::now(), step);
+        }
+        if p.sample_every > 0 && step % p.sample_every == 0 {
+            let text = run.sample(step);
+            ctx.log(format!("sample at step {step}:\n{text}"));
+        }
+        if p.save_every > 0 && step % p.save_every == 0 && step < p.steps {
+            state::save_checkpoint(
+                ctx.state_dir,
+                &model,
+                &trainer,
+                &opt.state_tensors(),
+                &metrics,
+                p.max_checkpoints,
+            )?;
+        }
+    }
+    write_outputs(ctx, p, &model, folder.as_deref(), &trainer, &opt, &metrics)
+}
+
+/// Where to continue from: `restore_from = "latest"` takes the newest compatible state (a
+/// checkpoint of a killed run, or the previous output when `steps` was raised), "fresh"
+/// nothing, anything else is a checkpoint or output folder.
+fn find_resume(
+    ctx: &StageContext,
+    p: &FinetuneParams,
+    identity: &str,
+) -> Result<Option<Checkpoint>> {
+    match p.restore_from.as_str() {
+        "fresh" => Ok(None),
+        "latest" => {
+            let mut candidates = state::list_checkpoints(ctx.state_dir);
+            if let Some(prev) = ctx.previous_output {
+                if let Ok(c) = Checkpoint::open(prev) {
+                    candidates.push(c);
+                }
+            }
+            Ok(candidates
+                .into_iter()
+                .filter(|c| c.trainer.identity == identity && c.trainer.step <= p.steps)
+                .max_by_key(|c| c.trainer.step))
+        }
+        path => {
+            let path = ctx.pipeline.resolve_path(path);
+            let c = Checkpoint::open(&path)
+                .with_context(|| format!("restore_from = {:?}", p.restore_from))?;
+            if c.trainer.identity != identity {
+                ctx.warn(format!(
+                    "restoring from {} although it was trained with other parameters or data",
+                    path.display()
+                ));
+            }
+            Ok(Some(c))
+        }
+    }
+}
+
+pub fn learning_rate(p: &FinetuneParams, step: u64) -> f64 {
+    if p.warmup_steps > 0 {
+        p.learning_rate * (step as f64 / p.warmup_steps as f64).min(1.0)
+    } else {
+        p.learning_rate
+    }
+}
+
+struct Run<'a> {
+    p: &'a FinetuneParams,
+    seed: u64,
+    model: &'a Gpt2,
+    data: &'a Dataset,
+    device: Device,
+}
+
+impl Run<'_> {
+    /// One optimizer step; returns the mean loss of its micro-batches.
+    fn train_step(
+        &mut self,
+        opt: &mut Optimizer,
+        trainer: &mut TrainerState,
+        step: u64,
+    ) -> Result<f64> {
+        let p = self.p;
+        tch::manual_seed((mix(self.seed, step, 0xD20F, 0) >> 1) as i64);
+        let accum = p.accumulate_gradients as u64;
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        for micro in 0..accum {
+            let batch = self
+                .data
+                .batch(self.seed, step, micro, p.batch_size, self.device);
+            let loss = self.model.loss(&batch, true);
+            let scaled = &loss * (trainer.loss_scale / accum as f64);
+            scaled.backward();
+            total += loss.detach();
+        }
+        let loss = total.double_value(&[]) / accum as f64;
+        if !loss.is_finite() && trainer.loss_scale == 1.0 {
+            bail!(
+                "the loss became {loss} at step {step}; lower learning_rate or set max_grad_norm"
+            );
+        }
+        if trainer.loss_scale != 1.0 {
+            opt.scale_grads(1.0 / trainer.loss_scale);
+            if !opt.grads_finite() {
+                // fp16 overflow: skip this update and halve the scale.
+                trainer.loss_scale /= 2.0;
+                trainer.good_steps = 0;
+                opt.zero_grad();
+                return Ok(loss);
+            }
+            trainer.good_steps += 1;
+            if trainer.good_steps % 2000 == 0 {
+                trainer.loss_scale *= 2.0;
+            }
+        }
+        if p.max_grad_norm > 0.0 {
+            opt.clip_grad_norm(p.max_grad_norm);
+        }
+        opt.apply(learning_rate(p, step));
+        opt.zero_grad();
+        Ok(loss)
+    }
+
+    /// Mean next-token loss over the validation windows (dropout off).
+    fn evaluate(&self) -> f64 {
+        let windows = self.data.val_windows(MAX_VAL_WINDOWS);
+        let (mut sum, mut count) = (0.0, 0.0);
+        tch::no_grad(|| {
+            let mut i = 0;
+            while i < windows.len() {
+                let len = windows[i].len();
+                let mut j = i;
+                while j < windows.len()
+                    && j - i < self.p.batch_size.max(1)
+                    && windows[j].len() == len
+                {
+                    j += 1;
+                }
+                let rows: Vec<i64> = windows[i..j]
+                    .iter()
+                    .flat_map(|w| w.iter().map(|&t| t as i64))
+                    .collect();
+                let ids = Tensor::from_slice(&rows)
+                    .reshape([(j - i) as i64, len as i64])
+                    .to_device(self.device);
+                let n = ((j - i) * (len - 1)) as f64;
+                sum += self.model.loss(&ids, false).double_value(&[]) * n;
+                count += n;
+                i = j;
+            }
+        });
+        sum / count.max(1.0)
+    }
+
+    /// `sample_num` texts of `sample_length` tokens (clipped to the context), top-k 40,
+    /// from one random dataset token, as gpt-2-simple prints during training.
+    fn sample(&self, step: u64) -> String {
+        let n_ctx = self.model.config.n_ctx;
+        let length = self.p.sample_length.min(n_ctx - 1);
+        let n = self.p.sample_num.max(1) as i64;
+        tch::manual_seed((mix(self.seed, step, 0x5A3, 0) >> 1) as i64);
+        let start = self.data.random_token(self.seed, step) as i64;
+        let mut tokens = vec![vec![start]; n as usize];
+        tch::no_grad(|| {
+            let mut cache = self.model.new_cache();
+            let mut next = Tensor::full([n, 1], start, (Kind::Int64, self.device));
+            for _ in 0..length {
+                let logits = self
+                    .model
+                    .forward(&next, Some(&mut cache), false)
+                    .select(1, -1)
+                    .to_kind(Kind::Float);
+                let k = SAMPLE_TOP_K.min(logits.size()[1]);
+                let (top, idx) = logits.topk(k, -1, true, true);
+                let choice = top.softmax(-1, Kind::Float).multinomial(1, true);
+                next = idx.gather(1, &choice, false);
+                let ids: Vec<i64> =
+                    Vec::try_from(next.reshape([n]).to_device(Device::Cpu)).unwrap_or_default();
+                for (row, id) in tokens.iter_mut().zip(ids) {
+                    row.push(id);
+                }
+            }
+        });
+        let tok = gptpipe_text::Gpt2Tokenizer::new()
+            .ok()
+            .filter(|t| t.vocab_size() >= self.model.config.vocab_size);
+        let texts: Vec<String> = tokens
+            .iter()
+            .map(|row| match &tok {
+                Some(t) => t.decode(&row.iter().map(|&x| x as u32).collect::<Vec<_>>()),
+                None => format!("{row:?}"),
+            })
+            .collect();
+        texts.join(&format!("\n{}\n", "=".repeat(20)))
+    }
+}
+
+/// The output folder: the model in Hugging Face layout (with tokenizer files), metrics,
+/// the loss plot and the training state; plus a final checkpoint in the state folder.
+fn write_outputs(
+    ctx: &StageContext,
+    p: &FinetuneParams,
+    model: &Gpt2,
+    source_dir: Option<&Path>,
+    trainer: &TrainerState,
+    opt: &Optimizer,
+    metrics: &[serde_json::Value],
+) -> Result<()> {
+    let out = ctx.out_dir;
+    weights::save_folder(model, out)?;
+    write_tokenizer(out, source_dir, &model.config)?;
+    let optimizer = opt.state_tensors();
+    let state_dir = out.join(state::OUTPUT_STATE_DIR);
+    std::fs::create_dir_all(&state_dir)?;
+    state::write_state_files(&state_dir, trainer, &optimizer, metrics)?;
+    let mut lines = String::new();
+    for m in metrics {
+        lines.push_str(&serde_json::to_string(m)?);
+        lines.push('\n');
+    }
+    weights::write_atomic(&out.join(state::METRICS_FILE), lines.as_bytes())?;
+    if let Err(e) = plot::write_loss_svg(&out.join("loss.svg"), metrics) {
+        ctx.warn(format!("could not draw loss.svg: {e:#}"));
+    }
+    state::save_checkpoint(
+        ctx.state_dir,
+        model,
+        trainer,
+        &optimizer,
+        metrics,
+        p.max_checkpoints,
+    )?;
+    Ok(())
+}
+
+/// The source model's tokenizer files when it has them, else GPT-2's (when the
+/// vocabulary is GPT-2's).
+fn write_tokenizer(out: &Path, source_dir: Option<&Path>, config: &Config) -> Result<()> {
+    const FILES: [&str; 5] = [
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ];
+    if let Some(dir) =
+        source_dir.filter(|d| d.join("vocab.json").is_file() && d.join("merges.txt").is_file())
+    {
+        for f in FILES {
+            let src = dir.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, out.join(f))
+                    .with_context(|| format!("cannot copy {}", src.display()))?;
+            }
+        }
+        return Ok(());
+    }
+    if config.vocab_size == gptpipe_text::tokenizer::VOCAB_SIZE {
+        gptpipe_text::tokenizer::write_tokenizer_files_with_max_length(out, config.n_ctx)?;
+    }
+    Ok(())
+}

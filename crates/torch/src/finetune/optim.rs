@@ -1,0 +1,191 @@
+//! Adam, AdamW and SGD, written out so the update is exactly PyTorch's (the single-tensor
+//! `torch.optim` code paths) and the moments can be saved for an exact resume.
+
+use anyhow::{bail, Result};
+use gptpipe_core::config::Optimizer as Kind;
+use tch::Tensor;
+
+pub const BETA1: f64 = 0.9;
+pub const BETA2: f64 = 0.999;
+pub const EPS: f64 = 1e-8;
+
+/// Optimizer state over the trainable parameters (in the order given at creation).
+pub struct Optimizer {
+    pub kind: Kind,
+    pub weight_decay: f64,
+    /// Updates applied so far (Adam's `t`).
+    pub step: u64,
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+}
+
+impl Optimizer {
+    pub fn new(kind: Kind, weight_decay: f64, params: &[(String, Tensor)]) -> Self {
+        let adam = kind != Kind::Sgd;
+        let zeros = |t: &Tensor| if adam { t.zeros_like() } else { Tensor::new() };
+        Self {
+            kind,
+            weight_decay,
+            step: 0,
+            names: params.iter().map(|(n, _)| n.clone()).collect(),
+            params: params.iter().map(|(_, t)| t.shallow_clone()).collect(),
+            exp_avg: params.iter().map(|(_, t)| zeros(t)).collect(),
+            exp_avg_sq: params.iter().map(|(_, t)| zeros(t)).collect(),
+        }
+    }
+
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Scales gradients so their global L2 norm is at most `max_norm` (PyTorch's
+    /// `clip_grad_norm_`); returns the norm before clipping.
+    pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
+        tch::no_grad(|| {
+            let norms: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.norm())
+                .collect();
+            if norms.is_empty() {
+                return 0.0;
+            }
+            let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+            let coef = max_norm / (total + 1e-6);
+            if coef < 1.0 {
+                for p in &self.params {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.g_mul_scalar_(coef);
+                    }
+                }
+            }
+            total
+        })
+    }
+
+    /// Whether every gradient is finite (fp16 loss scaling skips the step otherwise).
+    pub fn grads_finite(&self) -> bool {
+        tch::no_grad(|| {
+            self.params
+                .iter()
+                .map(|p| p.grad())
+                .filter(|g| g.defined())
+                .all(|g| bool::try_from(g.isfinite().all()).unwrap_or(false))
+        })
+    }
+
+    /// Multiplies every gradient by `factor` (undoes a loss scale).
+    pub fn scale_grads(&self, factor: f64) {
+        tch::no_grad(|| {
+            for p in &self.params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(factor);
+                }
+            }
+        })
+    }
+
+    /// One update with learning rate `lr`.
+    pub fn apply(&mut self, lr: f64) {
+        self.step += 1;
+        let t = self.step as i32;
+        let wd = self.weight_decay;
+        tch::no_grad(|| {
+            for i in 0..self.params.len() {
+                let mut p = self.params[i].shallow_clone();
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                match self.kind {
+                    Kind::Sgd => {
+                        let g = if wd != 0.0 { &g + &p * wd } else { g };
+                        let _ = p.g_add_(&(g * -lr));
+                    }
+                    Kind::Adam | Kind::Adamw => {
+                        let g = if self.kind == Kind::Adam && wd != 0.0 {
+                            &g + &p * wd
+                        } else {
+                            g
+                        };
+                        if self.kind == Kind::Adamw && wd != 0.0 {
+                            let _ = p.g_mul_scalar_(1.0 - lr * wd);
+                        }
+                        let m = &mut self.exp_avg[i];
+                        let v = &mut self.exp_avg_sq[i];
+                        let _ = m.lerp_(&g, 1.0 - BETA1);
+                        let _ = v.g_mul_scalar_(BETA2);
+                        let _ = v.addcmul_(&(&g * (1.0 - BETA2)), &g);
+                        let bc1 = 1.0 - BETA1.powi(t);
+                        let bc2 = 1.0 - BETA2.powi(t);
+                        let denom = (v.sqrt() / bc2.sqrt()) + EPS;
+                        let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        if self.kind == Kind::Sgd {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, n) in self.names.iter().enumerate() {
+            out.push((format!("exp_avg.{n}"), self.exp_avg[i].shallow_clone()));
+            out.push((
+                format!("exp_avg_sq.{n}"),
+                self.exp_avg_sq[i].shallow_clone(),
+            ));
+        }
+        out
+    }
+
+    /// Restores moments saved by [`Optimizer::state_tensors`].
+    pub fn load_state(&mut self, step: u64, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        self.step = step;
+        if self.kind == Kind::Sgd {
+            return Ok(());
+        }
+        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        tch::no_grad(|| {
+            for (i, n) in self.names.iter().enumerate() {
+                for (prefix, dst) in [
+                    ("exp_avg", &mut self.exp_avg[i]),
+                    ("exp_avg_sq", &mut self.exp_avg_sq[i]),
+                ] {
+                    let key = format!("{prefix}.{n}");
+                    let Some(src) = map.get(&key) else {
+                        bail!("the optimizer state has no {key}");
+                    };
+                    if src.size() != dst.size() {
+                        bail!(
+                            "optimizer state {key} has shape {:?}, expected {:?}",
+                            src.size(),
+                            dst.size()
+                        );
+                    }
+                    let _ = dst.copy_(src);
+                }
+            }
+            Ok(())
+        })
+    }
+}

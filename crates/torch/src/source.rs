@@ -1,0 +1,99 @@
+//! Where a model comes from: a hub id (downloaded once into the standard Hugging Face
+//! cache), a local folder, another stage's output, or a fresh random model.
+
+use crate::model::{Config, Gpt2};
+use crate::weights::{self, CONFIG_FILE, WEIGHTS_FILE};
+use anyhow::{bail, Context, Result};
+use gptpipe_core::config::StageKind;
+use gptpipe_core::stage::ModelSource;
+use std::path::PathBuf;
+use tch::Device;
+
+/// The Hugging Face folder of `source`, downloading a hub model first; `None` for an
+/// inline random model.
+pub fn model_folder(source: &ModelSource) -> Result<Option<PathBuf>> {
+    match source {
+        ModelSource::Inline(_) => Ok(None),
+        ModelSource::Folder(dir) => {
+            weights::check_folder(dir)?;
+            Ok(Some(dir.clone()))
+        }
+        ModelSource::Stage { name, kind, dir } => {
+            if *kind != StageKind::Finetune {
+                bail!(
+                    "model \"@{name}\" is a {kind} stage; libtorch loads a finetune stage's \
+                     output or a Hugging Face folder"
+                );
+            }
+            weights::check_folder(dir).with_context(|| format!("output of stage {name}"))?;
+            Ok(Some(dir.clone()))
+        }
+        ModelSource::Hub(id) => hub_folder(id).map(Some),
+    }
+}
+
+/// Loads the model of `source` on `device`; an inline model is initialised from `seed`.
+pub fn load_model(source: &ModelSource, device: Device, seed: u64) -> Result<Gpt2> {
+    match source {
+        ModelSource::Inline(m) => Ok(Gpt2::random(&Config::from_inline(m)?, device, seed)),
+        other => {
+            let dir = model_folder(other)?.expect("not inline");
+            weights::load_folder(&dir, device)
+        }
+    }
+}
+
+/// Files fetched from the hub besides the weights and config (when the repo has them).
+const TOKENIZER_FILES: [&str; 4] = [
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+/// Downloads `id` into the Hugging Face cache (`HF_HOME`, else `~/.cache/huggingface`)
+/// unless it is there already, and returns the snapshot folder.
+pub fn hub_folder(id: &str) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::from_env();
+    let cached = cache.model(id.to_owned());
+    if let (Some(c), Some(w)) = (cached.get(CONFIG_FILE), cached.get(WEIGHTS_FILE)) {
+        if c.parent() == w.parent() {
+            return Ok(c.parent().unwrap().to_path_buf());
+        }
+    }
+    let alternative = format!(
+        "download it where there is network (e.g. `huggingface-cli download {id}`, which fills \
+         the same cache), or point `model` at a local folder holding {CONFIG_FILE} and \
+         {WEIGHTS_FILE}, e.g. model = \"./models/{}\"",
+        id.rsplit('/').next().unwrap_or(id)
+    );
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    if offline {
+        bail!("model {id:?} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set: {alternative}", cache.path().display());
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .with_retries(1)
+        .build()
+        .context("cannot set up the Hugging Face hub client")?;
+    let repo = api.model(id.to_owned());
+    let config = repo.get(CONFIG_FILE).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot download model {id:?} from the Hugging Face hub ({e}): {alternative}"
+        )
+    })?;
+    let weights = repo.get(WEIGHTS_FILE).map_err(|e| {
+        anyhow::anyhow!(
+            "model {id:?} has no downloadable {WEIGHTS_FILE} ({e}); pickle checkpoints \
+             (pytorch_model.bin) are refused because loading them can run code: {alternative}"
+        )
+    })?;
+    for f in TOKENIZER_FILES {
+        let _ = repo.get(f);
+    }
+    let dir = config.parent().unwrap().to_path_buf();
+    if weights.parent() != Some(dir.as_path()) {
+        bail!("the Hugging Face cache for {id:?} is inconsistent (config and weights in different snapshots)");
+    }
+    Ok(dir)
+}

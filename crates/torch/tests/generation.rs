@@ -1,0 +1,224 @@
+//! The libtorch generation backend against transformers' `generate` and against decoding
+//! without a cache, on small random models that transformers saved.
+
+mod common;
+
+use anyhow::Result;
+use common::{encode, make_hf_model, run_python};
+use gptpipe_generate::{generate_range, Backend, Codec, Job, Logits, Sample, Sampling};
+use gptpipe_torch::generation::TchBackend;
+use gptpipe_torch::model::Gpt2;
+use gptpipe_torch::weights::load_folder;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+fn codec() -> Box<dyn Codec> {
+    gptpipe_generate::codec::gpt2().unwrap()
+}
+
+fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, seed: u64) -> Job {
+    Job {
+        prompt,
+        prefix: String::new(),
+        include_prefix: false,
+        length,
+        sampling,
+        seed,
+        truncate: String::new(),
+    }
+}
+
+fn generate(backend: &mut dyn Backend, job: &Job, n: usize, batch_size: usize) -> Vec<Sample> {
+    let codec = codec();
+    let mut out = Vec::new();
+    generate_range(
+        backend,
+        codec.as_ref(),
+        job,
+        0..n,
+        batch_size,
+        &mut |_| Ok(()),
+        &mut |b| {
+            out.extend(b);
+            Ok(())
+        },
+    )
+    .unwrap();
+    out
+}
+
+/// Decoding the plain way: every step runs the model over the whole sequence, no cache.
+struct NoCache {
+    model: Gpt2,
+    rows: Vec<Vec<u32>>,
+}
+
+impl Backend for NoCache {
+    fn n_ctx(&self) -> usize {
+        self.model.config.n_ctx
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+    fn start(&mut self, rows: &[Vec<u32>]) -> Result<()> {
+        self.rows = rows.to_vec();
+        Ok(())
+    }
+    fn step(&mut self, tokens: &[u32]) -> Result<()> {
+        for (r, &t) in self.rows.iter_mut().zip(tokens) {
+            r.push(t);
+        }
+        Ok(())
+    }
+    fn retain(&mut self, keep: &[usize]) -> Result<()> {
+        self.rows = keep.iter().map(|&i| self.rows[i].clone()).collect();
+        Ok(())
+    }
+    fn logits(&mut self) -> Result<Logits> {
+        let flat: Vec<i64> = self.rows.concat().iter().map(|&t| t as i64).collect();
+        let ids = Tensor::from_slice(&flat).reshape([self.rows.len() as i64, -1]);
+        let t = ids.size()[1];
+        let logits = tch::no_grad(|| self.model.forward(&ids, None, false))
+            .select(1, t - 1)
+            .to_kind(Kind::Float)
+            .contiguous();
+        let v = self.vocab_size();
+        Ok(Logits::new(
+            self.rows.len(),
+            v,
+            Vec::try_from(logits.reshape([-1]))?,
+        ))
+    }
+}
+
+const PREFIXES: [&str; 4] = [
+    "Hello world",
+    "<|endoftext|>",
+    "The quick brown fox jumps over the lazy dog, and then",
+    "<|startoftext|>What is the best way to",
+];
+
+/// transformers' greedy `generate` (do_sample=False) of 50 new tokens for each prompt.
+fn hf_greedy(dir: &Path, prompts: &[Vec<u32>], new_tokens: usize) -> Vec<Vec<u32>> {
+    let script = r#"
+import sys, json, torch, transformers
+d, prompts, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+m = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
+out = []
+for p in prompts:
+    ids = torch.tensor([p])
+    g = m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                   max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+    out.append(g[0, len(p):].tolist())
+print(json.dumps(out))
+"#;
+    let prompts_json = serde_json::to_string(prompts).unwrap();
+    let out = run_python(
+        script,
+        &[
+            dir.to_str().unwrap(),
+            &prompts_json,
+            &new_tokens.to_string(),
+        ],
+    );
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[test]
+fn greedy_equals_transformers_generate() {
+    let prompts: Vec<Vec<u32>> = PREFIXES.iter().map(|p| encode(p)).collect();
+    // Two shapes, one with a context short enough that 50 tokens do not fit twice.
+    for (i, (layers, heads, embd, ctx)) in
+        [(2, 2, 64, 128), (3, 4, 96, 256)].into_iter().enumerate()
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        make_hf_model(tmp.path(), layers, heads, embd, ctx, 50257, 11 + i as u64);
+        let expected = hf_greedy(tmp.path(), &prompts, 50);
+        let mut backend = TchBackend::new(load_folder(tmp.path(), Device::Cpu).unwrap());
+        for (prompt, want) in prompts.iter().zip(&expected) {
+            // Three rows in one batch: each must be the transformers sequence.
+            let j = job(prompt.clone(), 50, Sampling::greedy(), 0);
+            for s in generate(&mut backend, &j, 3, 3) {
+                assert_eq!(
+                    &s.tokens, want,
+                    "model {i}, prompt {prompt:?}, sample {}",
+                    s.index
+                );
+            }
+        }
+    }
+}
+
+fn tiny_model(dir: &Path, ctx: usize) -> Gpt2 {
+    make_hf_model(dir, 2, 2, 64, ctx, 50257, 5);
+    load_folder(dir, Device::Cpu).unwrap()
+}
+
+#[test]
+fn kv_cache_equals_no_cache_sampled_greedy_and_sliding() {
+    let tmp = tempfile::tempdir().unwrap();
+    // n_ctx 32 with 60 new tokens: the window slides for most of the sample.
+    let _ = tiny_model(tmp.path(), 32);
+    let prompt = encode("Once upon a time there was");
+    let sampled = Sampling {
+        temperature: 1.0,
+        top_k: 40,
+        ..Sampling::default()
+    };
+    for (sampling, length) in [(Sampling::greedy(), 60), (sampled, 60), (sampled, 20)] {
+        let j = job(prompt.clone(), length, sampling, 7);
+        let mut cached = TchBackend::new(load_folder(tmp.path(), Device::Cpu).unwrap());
+        let mut plain = NoCache {
+            model: load_folder(tmp.path(), Device::Cpu).unwrap(),
+            rows: vec![],
+        };
+        let a = generate(&mut cached, &j, 4, 4);
+        let b = generate(&mut plain, &j, 4, 1);
+        assert_eq!(a, b, "{sampling:?}, length {length}");
+        assert!(a.iter().all(|s| s.tokens.len() == length));
+    }
+}
+
+#[test]
+fn same_seed_same_samples_at_batch_size_1_and_7() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _ = tiny_model(tmp.path(), 128);
+    let j = job(
+        encode("Hello"),
+        30,
+        Sampling {
+            temperature: 1.0,
+            ..Sampling::default()
+        },
+        42,
+    );
+    let mut backend = TchBackend::new(load_folder(tmp.path(), Device::Cpu).unwrap());
+    let one = generate(&mut backend, &j, 9, 1);
+    let seven = generate(&mut backend, &j, 9, 7);
+    assert_eq!(one, seven);
+    assert!(
+        one.iter().any(|s| s.tokens != one[0].tokens),
+        "samples should differ from each other"
+    );
+}
+
+#[test]
+fn top_k_one_equals_greedy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _ = tiny_model(tmp.path(), 128);
+    let mut backend = TchBackend::new(load_folder(tmp.path(), Device::Cpu).unwrap());
+    let prompt = encode("The answer is");
+    let greedy = generate(
+        &mut backend,
+        &job(prompt.clone(), 25, Sampling::greedy(), 1),
+        2,
+        2,
+    );
+    let k1 = Sampling {
+        temperature: 1.5,
+        top_k: 1,
+        ..Sampling::default()
+    };
+    let top1 = generate(&mut backend, &job(prompt, 25, k1, 1), 2, 2);
+    assert_eq!(greedy, top1);
+}
