@@ -2,31 +2,61 @@
 //! with `--json`), warnings and failures as they happen, progress bars on a terminal.
 
 use gptpipe_core::config::ConfigError;
-use gptpipe_core::events::{Event, EventSink, JsonSink};
+use gptpipe_core::events::{Event, EventSink};
 use gptpipe_core::report::HumanSink;
 use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 
 /// Where watch output goes.
 pub struct Output {
     json: bool,
     /// Bars and running/done lines, only on a terminal: elsewhere the status line is enough.
     tty: Option<HumanSink>,
+    /// Instead of stdout, JSON objects go here (for tests of the library).
+    channel: Option<mpsc::Sender<Value>>,
 }
 
 impl Output {
     pub fn new(json: bool) -> Self {
         let tty = (!json && std::io::stderr().is_terminal()).then(HumanSink::new);
-        Self { json, tty }
+        Self {
+            json,
+            tty,
+            channel: None,
+        }
+    }
+
+    /// Sends every JSON object (events, `watch_cycle`...) to `tx` and prints nothing.
+    pub fn channel(tx: mpsc::Sender<Value>) -> Self {
+        Self {
+            json: true,
+            tty: None,
+            channel: Some(tx),
+        }
+    }
+
+    fn json_line(&self, value: Value) {
+        match &self.channel {
+            Some(tx) => {
+                let _ = tx.send(value);
+            }
+            None => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{value}");
+                let _ = out.flush();
+            }
+        }
     }
 
     fn event(&self, event: &Event) {
         if self.json {
-            JsonSink.emit(event.clone());
+            self.json_line(serde_json::to_value(event).expect("events serialize"));
             return;
         }
         match event {
@@ -48,13 +78,12 @@ impl Output {
 
     pub fn pipeline_error(&self, cycle: u64, error: ConfigError) {
         if self.json {
-            let line = serde_json::json!({
+            self.json_line(serde_json::json!({
                 "event": "watch_pipeline_error",
                 "cycle": cycle,
                 "message": error.message,
                 "help": error.help,
-            });
-            println!("{line}");
+            }));
         } else {
             eprintln!("{:?}", miette::Report::new(error));
             eprintln!("[{}] pipeline has an error; waiting for a fix", clock());
@@ -63,12 +92,11 @@ impl Output {
 
     pub fn started(&self, pipeline: &std::path::Path, watching: usize) {
         if self.json {
-            let line = serde_json::json!({
+            self.json_line(serde_json::json!({
                 "event": "watch_started",
                 "pipeline": pipeline.display().to_string(),
                 "watching": watching,
-            });
-            println!("{line}");
+            }));
         } else {
             eprintln!(
                 "watching {} ({watching} folders); Ctrl-C to stop",
@@ -81,7 +109,7 @@ impl Output {
         if self.json {
             let mut value = serde_json::to_value(summary).expect("summary serializes");
             value["event"] = "watch_cycle".into();
-            println!("{value}");
+            self.json_line(value);
         } else {
             eprintln!("[{}] {}", clock(), summary.line());
         }
@@ -89,7 +117,7 @@ impl Output {
 
     pub fn stopped(&self) {
         if self.json {
-            println!("{}", serde_json::json!({ "event": "watch_stopped" }));
+            self.json_line(serde_json::json!({ "event": "watch_stopped" }));
         } else {
             eprintln!("stopped");
         }
