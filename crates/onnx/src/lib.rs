@@ -9,6 +9,7 @@ pub mod export;
 pub mod gpt2;
 pub mod graph;
 pub mod proto;
+pub mod runtime;
 pub mod weights;
 pub mod write;
 

@@ -46,6 +46,40 @@ pub fn run_py_json(name: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: bad JSON {line:?}: {e}"))
 }
 
+/// Runs a Python script with `stdin` and returns the last stdout line as JSON.
+pub fn run_py_stdin(name: &str, args: &[&str], stdin: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = Command::new(python())
+        .arg(script(name))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("no output")).unwrap()
+}
+
+/// transformers' logits `[position][vocab]` of each row.
+pub fn reference_logits(hf: &Path, rows: &[Vec<i64>]) -> Vec<Vec<Vec<f32>>> {
+    let input = serde_json::json!({ "ids": rows }).to_string();
+    let json = run_py_stdin("logits.py", &[hf.to_str().unwrap()], &input);
+    serde_json::from_value(json["logits"].clone()).unwrap()
+}
+
 /// A tiny GPT-2 with random weights, saved by transformers (seeded, so deterministic).
 pub struct TinyModel {
     pub seed: u64,

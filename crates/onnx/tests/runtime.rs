@@ -1,0 +1,86 @@
+//! Our ONNX Runtime session (Rust, `ort`) on an exported model reproduces transformers'
+//! logits: a prompt with an empty past, steps through the KV cache, and rows dropped from
+//! the cache mid-way.
+
+mod common;
+
+use common::{reference_logits, TinyModel};
+use gptpipe_onnx::export::{export_folder, ExportOptions};
+use gptpipe_onnx::graph::Float;
+use gptpipe_onnx::runtime::{OnnxGpt2, SessionOptions};
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check(precision: Float, tol: f32) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hf, onnx) = (tmp.path().join("hf"), tmp.path().join("onnx"));
+    std::fs::create_dir_all(&onnx).unwrap();
+    TinyModel {
+        seed: 3,
+        ..TinyModel::default()
+    }
+    .save(&hf);
+    let opts = ExportOptions {
+        precision,
+        ..ExportOptions::default()
+    };
+    export_folder(&hf, &onnx, &opts).unwrap();
+
+    let rows: Vec<Vec<i64>> = vec![
+        vec![5, 17, 900, 3, 44, 12, 7, 8, 9],
+        vec![999, 0, 1, 2, 3, 4, 5, 6, 7],
+        vec![300, 301, 302, 303, 304, 305, 306, 307, 308],
+    ];
+    let reference = reference_logits(&hf, &rows);
+    let mut model = OnnxGpt2::load(&onnx, &SessionOptions::default()).unwrap();
+    assert_eq!(model.float, precision);
+
+    // Prompt of 6 tokens, all positions compared.
+    let prompt: Vec<i64> = rows.iter().flat_map(|r| r[..6].to_vec()).collect();
+    let out = model
+        .run(&prompt, 3, &model.empty_cache(3).unwrap())
+        .unwrap();
+    assert_eq!((out.batch, out.seq, out.vocab), (3, 6, 1000));
+    for (b, reference) in reference.iter().enumerate() {
+        for p in 0..6 {
+            let got = &out.logits[(b * 6 + p) * 1000..(b * 6 + p + 1) * 1000];
+            let d = max_diff(got, &reference[p]);
+            assert!(d <= tol, "row {b} pos {p}: {d}");
+        }
+    }
+    // One step through the cache for all rows.
+    let step: Vec<i64> = rows.iter().map(|r| r[6]).collect();
+    let out = model.run(&step, 3, &out.cache).unwrap();
+    assert_eq!(out.cache.len, 7);
+    let last = out.last_logits();
+    for (b, reference) in reference.iter().enumerate() {
+        let d = max_diff(&last[b * 1000..(b + 1) * 1000], &reference[6]);
+        assert!(d <= tol, "row {b} step: {d}");
+    }
+    // Drop row 1; rows 0 and 2 continue with their own past.
+    let cache = model.retain(&out.cache, &[0, 2]).unwrap();
+    assert_eq!((cache.batch, cache.len), (2, 7));
+    let out = model.run(&[rows[0][7], rows[2][7]], 2, &cache).unwrap();
+    let last = out.last_logits();
+    for (i, b) in [0, 2].into_iter().enumerate() {
+        let d = max_diff(&last[i * 1000..(i + 1) * 1000], &reference[b][7]);
+        assert!(d <= tol, "row {b} after retain: {d}");
+    }
+}
+
+#[test]
+fn fp32_session_matches_transformers() {
+    check(Float::F32, 1e-4);
+}
+
+#[test]
+fn fp16_session_matches_transformers_within_tolerance() {
+    // The reference logits of these models stay below 3 in absolute value.
+    check(Float::F16, (gptpipe_onnx::FP16_REL_TOLERANCE * 3.0) as f32);
+}
