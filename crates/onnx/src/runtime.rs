@@ -249,7 +249,7 @@ impl OnnxGpt2 {
     /// Runs `ids` (`batch` rows of equal length, row-major) after `past`.
     pub fn run(&mut self, ids: &[i64], batch: usize, past: &KvCache) -> Result<RunOutput> {
         ensure!(
-            batch > 0 && !ids.is_empty() && ids.len() % batch == 0,
+            batch > 0 && !ids.is_empty() && ids.len() / batch * batch == ids.len(),
             "bad batch"
         );
         ensure!(
