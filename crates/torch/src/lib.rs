@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod finetune;
+pub mod generation;
 pub mod model;
 pub mod source;
 pub mod weights;

@@ -12,6 +12,7 @@ pub use error::{suggest as suggest_name, ConfigError};
 pub use load::{load, LoadOptions};
 pub use params::*;
 pub use schema::{pipeline_schema, pipeline_schema_json};
+pub use validate::check_stage_values;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

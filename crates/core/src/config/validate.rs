@@ -110,6 +110,12 @@ fn find_cycle(stages: &BTreeMap<String, StageParams>) -> Option<Vec<String>> {
 
 type Invalid = (&'static str, String);
 
+/// Checks one stage's values on their own, outside a pipeline (for one-off commands such as
+/// `gptpipe generate`): `Err((key, message))` names the offending key.
+pub fn check_stage_values(params: &StageParams) -> Result<(), (&'static str, String)> {
+    check_values(params)
+}
+
 fn check_values(params: &StageParams) -> Result<(), Invalid> {
     match params {
         StageParams::Prepare(p) => check_prepare(p),
