@@ -8,11 +8,14 @@ pub mod config;
 pub mod export;
 pub mod gpt2;
 pub mod graph;
+pub mod hub;
 pub mod proto;
 pub mod runtime;
+pub mod stage;
 pub mod weights;
 pub mod write;
 
+use gptpipe_core::config::StageKind;
 use gptpipe_core::stage::Registry;
 
 /// An fp16 export passes when its logits are within this fraction of the largest reference
@@ -23,5 +26,27 @@ pub const FP16_REL_TOLERANCE: f64 = 1e-2;
 /// An fp32 export passes when its logits are within this of the reference's.
 pub const FP32_TOLERANCE: f64 = 1e-4;
 
-/// Adds what this crate provides to the registry.
-pub fn register(_registry: &mut Registry) {}
+pub use stage::ReferenceLogits;
+
+/// Adds the export stage without a reference to validate against: export is then
+/// unavailable, with a message saying why (see [`register_with_reference`]).
+pub fn register(registry: &mut Registry) {
+    register_with_reference(registry, None);
+}
+
+/// Adds the export stage, validating each export with ONNX Runtime against `reference`
+/// (libtorch's logits when the binary has the `torch` feature). Without a reference the
+/// stage is registered as unavailable: an unvalidated export would break the spec's
+/// promise that a published `model.onnx` matches the trained model.
+pub fn register_with_reference(registry: &mut Registry, reference: Option<ReferenceLogits>) {
+    match reference {
+        Some(reference) => registry.register(StageKind::Export, stage::VERSION, move |ctx| {
+            stage::run_stage(ctx, &reference)
+        }),
+        None => registry.unavailable(
+            StageKind::Export,
+            "export validates ONNX Runtime's logits against libtorch's, and this gptpipe was \
+             built without libtorch (feature `torch`)",
+        ),
+    }
+}
