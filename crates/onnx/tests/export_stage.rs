@@ -32,7 +32,8 @@ fn model_dir() -> &'static Path {
 }
 
 fn transformers_reference() -> ReferenceLogits {
-    static MEMO: Mutex<BTreeMap<(PathBuf, Vec<i64>), Vec<f32>>> = Mutex::new(BTreeMap::new());
+    type Memo = BTreeMap<(PathBuf, Vec<i64>), Vec<f32>>;
+    static MEMO: Mutex<Memo> = Mutex::new(BTreeMap::new());
     Arc::new(|dir: &Path, ids: &[i64]| {
         let key = (dir.to_path_buf(), ids.to_vec());
         if let Some(v) = MEMO.lock().unwrap().get(&key) {
