@@ -111,7 +111,7 @@ pub fn load_weights(model: &Gpt2, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// All tensors of a safetensors file, on the CPU.
+/// All tensors of a safetensors file, on the CPU, sorted by name.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
@@ -135,6 +135,7 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
     }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

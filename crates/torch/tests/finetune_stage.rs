@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use gptpipe_torch::weights;
+use std::path::Path;
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -70,4 +71,190 @@ fn learns_a_repetitive_dataset_and_writes_outputs() {
     for k in ["step", "loss", "avg_loss", "val_loss", "tokens_per_s", "lr"] {
         assert!(m[149].get(k).is_some(), "metrics lack {k}");
     }
+}
+
+fn weights_of(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    weights::read_safetensors(&dir.join("model.safetensors")).unwrap()
+}
+
+fn same_weights(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (weights_of(a), weights_of(b));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|((n, x), (m, y))| {
+            assert_eq!(n, m);
+            max_diff(x, y)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn losses(dir: &Path) -> Vec<f64> {
+    read_metrics(dir)
+        .iter()
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn resuming_equals_training_straight() {
+    let h = harness();
+    let n = 4;
+    // Dropout stays on (0.1) and validation runs in between: neither may disturb resumes.
+    let setup = |p: &mut gptpipe_core::config::FinetuneParams, steps: u64| {
+        p.steps = steps;
+        p.accumulate_gradients = 2;
+        p.batch_size = 2;
+        p.val_split = 0.1;
+        p.val_every = 3;
+    };
+    h.run("train", &h.path("straight"), &h.path("s1"), None, |p| {
+        setup(p, 2 * n)
+    })
+    .unwrap();
+
+    // Raising `steps` continues from the previous output (fresh state folder).
+    h.run("train", &h.path("half"), &h.path("s2"), None, |p| {
+        setup(p, n)
+    })
+    .unwrap();
+    h.run(
+        "train",
+        &h.path("continued"),
+        &h.path("s3"),
+        Some(&h.path("half")),
+        |p| setup(p, 2 * n),
+    )
+    .unwrap();
+    let d = same_weights(&h.path("straight"), &h.path("continued"));
+    assert!(
+        d <= 1e-6,
+        "continued run differs from the straight one by {d}"
+    );
+    assert_eq!(losses(&h.path("straight")), losses(&h.path("continued")));
+
+    // A run killed after its checkpoint resumes from the state folder.
+    h.run("train", &h.path("killed"), &h.path("s4"), None, |p| {
+        setup(p, n)
+    })
+    .unwrap();
+    assert!(std::fs::read_dir(h.path("s4")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("checkpoint-")));
+    h.run("train", &h.path("resumed"), &h.path("s4"), None, |p| {
+        setup(p, 2 * n)
+    })
+    .unwrap();
+    let d = same_weights(&h.path("straight"), &h.path("resumed"));
+    assert!(
+        d <= 1e-6,
+        "resumed run differs from the straight one by {d}"
+    );
+    let val: Vec<bool> = read_metrics(&h.path("resumed"))
+        .iter()
+        .map(|m| m["val_loss"].is_number())
+        .collect();
+    assert_eq!(
+        val,
+        vec![false, false, true, false, false, true, false, false]
+    );
+
+    // Another learning rate is another training: no reuse of the previous output.
+    h.run(
+        "train",
+        &h.path("other"),
+        &h.path("s5"),
+        Some(&h.path("half")),
+        |p| {
+            setup(p, 2 * n);
+            p.learning_rate = 0.001;
+        },
+    )
+    .unwrap();
+    assert_eq!(read_metrics(&h.path("other")).len(), 2 * n as usize);
+    assert!(same_weights(&h.path("straight"), &h.path("other")) > 1e-4);
+
+    // restore_from = "fresh" ignores the checkpoints.
+    h.run(
+        "train",
+        &h.path("fresh"),
+        &h.path("s4"),
+        Some(&h.path("half")),
+        |p| {
+            setup(p, 2 * n);
+            p.restore_from = "fresh".into();
+        },
+    )
+    .unwrap();
+    assert!(
+        same_weights(&h.path("straight"), &h.path("fresh")) <= 1e-6,
+        "training is deterministic"
+    );
+}
+
+#[test]
+fn max_checkpoints_bounds_the_state_folder() {
+    let h = harness();
+    h.run("train", &h.path("o"), &h.path("s"), None, |p| {
+        p.steps = 5;
+        p.save_every = 1;
+        p.max_checkpoints = 2;
+    })
+    .unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(h.path("s"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["checkpoint-000000004", "checkpoint-000000005"]);
+}
+
+#[test]
+fn bad_settings_fail_before_training() {
+    let h = harness();
+    let out = h.path("o");
+    let err = h
+        .run("train", &out, &h.path("s"), None, |p| p.steps = 0)
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("steps must be at least 1"),
+        "{err:#}"
+    );
+    let err = h
+        .run("train", &out, &h.path("s"), None, |p| {
+            p.model = gptpipe_core::config::ModelRef::Inline(gptpipe_core::config::InlineModel {
+                n_layer: 1,
+                n_head: 3,
+                n_embd: 32,
+                n_ctx: 16,
+                vocab_size: 50257,
+                dropout: 0.0,
+            })
+        })
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("n_embd (32) must be divisible by n_head (3)"),
+        "{err:#}"
+    );
+    if !tch::Cuda::is_available() {
+        let err = h
+            .run("train", &out, &h.path("s"), None, |p| {
+                p.device = "cuda".into()
+            })
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("no CUDA GPU"), "{err:#}");
+    }
+    let err = h
+        .run("train", &out, &h.path("s"), None, |p| {
+            p.model = gptpipe_core::config::ModelRef::Named("./nowhere".into())
+        })
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "nothing was written"
+    );
 }

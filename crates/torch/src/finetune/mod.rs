@@ -206,8 +206,14 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         );
         let avg_loss = trainer.avg_loss.0 / trainer.avg_loss.1;
 
-        let validate =
-            p.val_split > 0.0 && ((p.val_every > 0 && step % p.val_every == 0) || step == p.steps);
+        // Every `val_every` steps, or only at the end when it is 0 (a fixed schedule keeps
+        // resumed runs identical to straight ones, early stopping included).
+        let validate = p.val_split > 0.0
+            && if p.val_every > 0 {
+                step % p.val_every == 0
+            } else {
+                step == p.steps
+            };
         let val_loss = if validate { Some(run.evaluate()) } else { None };
         if let Some(v) = val_loss {
             if trainer.best_val_loss.is_none_or(|b| v < b) {
