@@ -4,6 +4,7 @@
 //!   and writes `model.onnx` with a KV cache interface ([`gpt2`] documents it), built in
 //!   Rust ([`graph`], [`proto`], [`write`]): no Python, no libtorch.
 
+pub mod backend;
 pub mod config;
 pub mod export;
 pub mod gpt2;

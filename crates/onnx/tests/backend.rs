@@ -1,0 +1,175 @@
+//! The ONNX Runtime generation backend through `gptpipe_generate`'s driver: greedy
+//! decoding equals transformers' greedy `generate`, and the KV cache (with rows dropped as
+//! they finish) gives the same tokens as recomputing every step without it.
+
+mod common;
+
+use common::{run_py_stdin, TinyModel};
+use gptpipe_core::stage::ModelSource;
+use gptpipe_generate::{generate_batch, Backend, Codec, Job, Logits, Sampling};
+use gptpipe_onnx::backend::OnnxBackend;
+use gptpipe_onnx::export::{export_folder, ExportOptions};
+use std::path::Path;
+
+/// Token `i` is the text `"<i>"`; `truncate` can then stop rows at chosen tokens.
+struct NumberCodec;
+
+impl Codec for NumberCodec {
+    fn encode(&self, _: &str) -> anyhow::Result<Vec<u32>> {
+        unimplemented!("the tests build jobs from token ids")
+    }
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        format!("<{id}>").into_bytes()
+    }
+    fn start_token(&self) -> u32 {
+        0
+    }
+}
+
+fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, truncate: &str) -> Job {
+    Job {
+        prompt,
+        prefix: String::new(),
+        include_prefix: false,
+        length,
+        sampling,
+        seed: 5,
+        truncate: truncate.into(),
+    }
+}
+
+fn run(backend: &mut dyn Backend, job: &Job, rows: usize) -> Vec<Vec<u32>> {
+    generate_batch(backend, &NumberCodec, job, 0..rows, &mut |_| Ok(()))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.tokens)
+        .collect()
+}
+
+fn exported(dir: &Path, model: TinyModel) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (hf, onnx) = (dir.join("hf"), dir.join("onnx"));
+    std::fs::create_dir_all(&onnx).unwrap();
+    model.save(&hf);
+    export_folder(&hf, &onnx, &ExportOptions::default()).unwrap();
+    (hf, onnx)
+}
+
+#[test]
+fn greedy_equals_transformers_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = TinyModel {
+        seed: 21,
+        n_positions: 128,
+        ..TinyModel::default()
+    };
+    let (hf, onnx) = exported(tmp.path(), model);
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![7],
+        vec![10, 200, 30, 999],
+        vec![1, 2, 3, 4, 5, 6, 7, 8],
+    ];
+    let new = 50;
+    let input = serde_json::json!({ "prompts": prompts, "new": new }).to_string();
+    let want: Vec<Vec<u32>> = serde_json::from_value(
+        run_py_stdin("greedy.py", &[hf.to_str().unwrap()], &input)["tokens"].clone(),
+    )
+    .unwrap();
+    let mut backend = OnnxBackend::open(&ModelSource::Folder(onnx), "cpu").unwrap();
+    for (prompt, want) in prompts.iter().zip(&want) {
+        // Two rows: every row of a greedy batch must follow the same path.
+        let got = run(
+            &mut backend,
+            &job(prompt.clone(), new, Sampling::greedy(), ""),
+            2,
+        );
+        assert_eq!(&got[0], want, "prompt {prompt:?}");
+        assert_eq!(&got[1], want, "prompt {prompt:?}, second row");
+    }
+}
+
+/// A backend without a KV cache: every step re-runs the whole rows.
+struct Recompute {
+    inner: OnnxBackend,
+    rows: Vec<Vec<u32>>,
+}
+
+impl Backend for Recompute {
+    fn n_ctx(&self) -> usize {
+        self.inner.n_ctx()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn start(&mut self, rows: &[Vec<u32>]) -> anyhow::Result<()> {
+        self.rows = rows.to_vec();
+        self.inner.start(rows)
+    }
+    fn step(&mut self, tokens: &[u32]) -> anyhow::Result<()> {
+        for (row, &t) in self.rows.iter_mut().zip(tokens) {
+            row.push(t);
+        }
+        self.inner.start(&self.rows)
+    }
+    fn retain(&mut self, keep: &[usize]) -> anyhow::Result<()> {
+        self.rows = keep.iter().map(|&i| self.rows[i].clone()).collect();
+        self.inner.start(&self.rows)
+    }
+    fn logits(&mut self) -> anyhow::Result<Logits> {
+        self.inner.logits()
+    }
+}
+
+#[test]
+fn kv_cache_with_finishing_rows_equals_recomputing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A small vocabulary so that "<7" (tokens 7 and 70..=79) stops rows at
+    // different steps; the window slides past the 32-token context.
+    let model = TinyModel {
+        seed: 4,
+        vocab: 200,
+        n_positions: 32,
+        ..TinyModel::default()
+    };
+    let (_, onnx) = exported(tmp.path(), model);
+    let sampling = Sampling {
+        temperature: 1.0,
+        ..Sampling::greedy()
+    };
+    let open = || OnnxBackend::open(&ModelSource::Folder(onnx.clone()), "auto").unwrap();
+    let j = job(vec![3, 4, 5], 40, sampling, "<7");
+    let cached = run(&mut open(), &j, 6);
+    let mut recompute = Recompute {
+        inner: open(),
+        rows: Vec::new(),
+    };
+    let plain = run(&mut recompute, &j, 6);
+    assert_eq!(cached, plain);
+    // The truncate string really stopped rows at different lengths, and one ran long
+    // enough to slide the window.
+    let lens: std::collections::BTreeSet<usize> = cached.iter().map(Vec::len).collect();
+    assert!(lens.len() > 2, "{lens:?}");
+
+    let j = job(vec![3, 4, 5], 40, sampling, "");
+    let long = run(&mut open(), &j, 2);
+    assert!(long.iter().all(|t| t.len() == 40));
+    let mut recompute = Recompute {
+        inner: open(),
+        rows: Vec::new(),
+    };
+    assert_eq!(long, run(&mut recompute, &j, 2));
+}
+
+#[test]
+fn safetensors_folder_is_exported_on_the_fly_and_cuda_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    TinyModel::default().save(&hf);
+    let mut backend = OnnxBackend::open(&ModelSource::Folder(hf.clone()), "cpu").unwrap();
+    assert_eq!((backend.n_ctx(), backend.vocab_size()), (64, 1000));
+    backend.start(&[vec![1, 2, 3]]).unwrap();
+    assert_eq!(backend.logits().unwrap().rows, 1);
+    let err = OnnxBackend::open(&ModelSource::Folder(hf), "cuda")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("CPU"), "{err}");
+}
