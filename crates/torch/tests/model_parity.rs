@@ -95,9 +95,7 @@ fn left_padded_rows_match_transformers() {
     let model = weights::load_folder(&dir, Device::Cpu).unwrap();
     let mut ids = ids(2, 8, 97, 2);
     let mask = vec![vec![1i64; 8], vec![0, 0, 0, 1, 1, 1, 1, 1]];
-    for i in 0..3 {
-        ids[1][i] = 0;
-    }
+    ids[1][..3].fill(0);
     let theirs = hf_logits(&dir, &ids, Some(&mask), &tmp.path().join("l.safetensors"));
     let mut cache = model.new_cache();
     let t = ids_tensor(&ids);

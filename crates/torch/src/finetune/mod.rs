@@ -359,7 +359,7 @@ impl Run<'_> {
                 return Ok(loss);
             }
             trainer.good_steps += 1;
-            if trainer.good_steps % 2000 == 0 {
+            if trainer.good_steps.is_multiple_of(2000) {
                 trainer.loss_scale *= 2.0;
             }
         }

@@ -166,7 +166,7 @@ impl Config {
                 bail!("{k} must be at least 1");
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!(
                 "n_embd ({}) must be divisible by n_head ({})",
                 self.n_embd,

@@ -340,7 +340,11 @@ impl Gpt2 {
                 layer_cache,
                 train,
             );
-            x = x + a;
+            // Not `+=`: layer_norm saved `x` for backward, an in-place add would break it.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                x = x + a;
+            }
             let m = self.linear(&self.layer_norm(&x, &block.ln_2), &block.c_fc);
             let m = if c.gelu_tanh {
                 m.gelu("tanh")
@@ -350,7 +354,10 @@ impl Gpt2 {
             let m = self
                 .linear(&m, &block.mlp_c_proj)
                 .dropout(c.resid_pdrop, train);
-            x = x + m;
+            #[allow(clippy::assign_op_pattern)]
+            {
+                x = x + m;
+            }
         }
         if let Some(cache) = cache {
             cache.len = past + t;
