@@ -197,24 +197,3 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     }
     Ok(())
 }
-
-/// The generation backends compiled into this build (features `torch` and `onnx`).
-pub fn backends() -> Backends {
-    #[allow(unused_mut)]
-    let mut b = Backends::default();
-    #[cfg(feature = "torch")]
-    {
-        b.tch = Some(gptpipe_torch::generation::factory());
-    }
-    #[cfg(feature = "onnx")]
-    {
-        b.onnx = gptpipe_onnx_generation_factory();
-    }
-    b
-}
-
-/// The ONNX Runtime backend's factory, once `gptpipe_onnx` provides one.
-#[cfg(feature = "onnx")]
-fn gptpipe_onnx_generation_factory() -> Option<gptpipe_generate::BackendFactory> {
-    None
-}

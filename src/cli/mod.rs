@@ -4,6 +4,7 @@
 
 mod dag;
 mod gc;
+mod generate;
 mod pipeline_args;
 mod run;
 mod status;
@@ -32,6 +33,8 @@ enum Command {
     Schema,
     /// Drop cache entries that no lock file references
     Gc(gc::GcArgs),
+    /// Generate text from a model, without a pipeline
+    Generate(generate::GenerateArgs),
     /// Rerun what is stale whenever the pipeline file or a stage's inputs change
     Watch(watch::WatchArgs),
 }
@@ -62,6 +65,7 @@ pub fn main() -> i32 {
             Ok(())
         }
         Command::Gc(args) => gc::run(args),
+        Command::Generate(args) => generate::run(args, &crate::stages::backends()),
         Command::Watch(args) => watch::run(args),
     };
     match result {

@@ -10,6 +10,8 @@ use std::time::Instant;
 pub struct HumanSink {
     bars: Option<MultiProgress>,
     state: Mutex<HashMap<String, (ProgressBar, Instant)>>,
+    /// When each stage last printed a plain progress line (at most two a second).
+    last_line: Mutex<HashMap<String, Instant>>,
 }
 
 impl HumanSink {
@@ -19,6 +21,7 @@ impl HumanSink {
         Self {
             bars: tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             state: Mutex::new(HashMap::new()),
+            last_line: Mutex::new(HashMap::new()),
         }
     }
 
@@ -85,7 +88,15 @@ impl EventSink for HumanSink {
                         bar.set_message(text);
                     }
                 } else {
-                    self.println(format!("[{stage}] {step}/{total} {text}"));
+                    let mut last = self.last_line.lock().unwrap();
+                    let due = last
+                        .get(&stage)
+                        .is_none_or(|t| t.elapsed().as_millis() >= 500 || step == total);
+                    if due {
+                        last.insert(stage.clone(), Instant::now());
+                        drop(last);
+                        self.println(format!("[{stage}] {step}/{total} {text}"));
+                    }
                 }
             }
             Event::StageLog { stage, message } => {
