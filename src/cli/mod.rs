@@ -102,7 +102,7 @@ fn print_config_error(e: ConfigError) {
     use std::io::IsTerminal;
     let color = std::io::stderr().is_terminal();
     let _ = miette::set_hook(Box::new(move |_| {
-        Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).build())
+        Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).wrap_lines(false).build())
     }));
     eprintln!("{:?}", miette::Report::new(e));
 }

@@ -64,7 +64,7 @@ fn cycle_prints_the_whole_cycle() {
 
 #[test]
 fn unknown_kind_suggests() {
-    check("[stages.a]\nkind = \"finetun\"\n", &[], &["p.toml:5:8", "unknown kind `finetun`", "did you mean `finetune`?"]);
+    check("[stages.a]\nkind = \"finetun\"\n", &[], &["p.toml:5:1", "unknown kind `finetun`", "did you mean `finetune`?"]);
 }
 
 #[test]

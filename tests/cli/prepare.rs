@@ -13,6 +13,7 @@ fn pipeline(p: &Project, stage_extra: &str) {
 
 #[test]
 fn bom_crlf_and_quoted_fields_with_commas_and_newlines() {
+    // Line breaks inside a field are normalised to \n, whatever the file used.
     let p = Project::new();
     let mut csv = b"\xEF\xBB\xBFtitle,score\r\n".to_vec();
     csv.extend_from_slice(b"\"Hello, world\",1\r\n\"two\r\nlines\",2\r\n\"she said \"\"hi\"\"\",3\r\n");
@@ -22,7 +23,7 @@ fn bom_crlf_and_quoted_fields_with_commas_and_newlines() {
     assert_eq!(
         p.read("work/d/dataset.txt"),
         "<|startoftext|>Hello, world<|endoftext|>\n\
-         <|startoftext|>two\r\nlines<|endoftext|>\n\
+         <|startoftext|>two\nlines<|endoftext|>\n\
          <|startoftext|>she said \"hi\"<|endoftext|>\n"
     );
     let tokens = std::fs::read(p.path("work/d/tokens.bin")).unwrap();
@@ -59,7 +60,7 @@ fn invalid_utf8_names_file_and_line() {
     pipeline(&p, "");
     let run = p.run(&["run", "p.toml"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("in.csv") && run.stderr.contains("line 3"), "{}", run.stderr);
+    assert!(run.stderr.contains("data/in.csv:3:"), "{}", run.stderr);
     assert!(run.stderr.to_lowercase().contains("utf-8"), "{}", run.stderr);
     // With on_error = "skip" the row is dropped and counted.
     pipeline(&p, "on_error = \"skip\"");
