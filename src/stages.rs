@@ -1,46 +1,94 @@
-//! The stage kinds and generation backends this build has, by cargo feature.
+//! The stage kinds and generation backends of this process.
+//!
+//! The `gptpipe` binary never loads libtorch: with the `torch` feature, stages that may need
+//! it (finetune, generate, export) run in `gptpipe-worker` (crates/worker, see
+//! `gptpipe_core::remote`), so `status`, `dag` and a no-op `run` start in milliseconds.
+//! `gptpipe-worker` runs the same command line with a [`Runtime`] that has everything in
+//! process.
 
-use gptpipe_core::stage::Registry;
+use gptpipe_core::config::StageKind;
+use gptpipe_core::stage::{versions, Registry};
 use gptpipe_generate::Backends;
+use std::sync::OnceLock;
 
-/// Every stage kind this build can run; the others are registered as unavailable with
-/// the reason.
+/// What a process can run: set once by `main`.
+#[derive(Clone, Copy)]
+pub struct Runtime {
+    pub registry: fn() -> Registry,
+    pub backends: fn() -> Backends,
+    /// True in `gptpipe-worker`.
+    pub in_worker: bool,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// The runtime of the `gptpipe` binary.
+pub const RUNNER: Runtime = Runtime {
+    registry: runner_registry,
+    backends: in_process_backends,
+    in_worker: false,
+};
+
+pub fn set_runtime(runtime: Runtime) {
+    let _ = RUNTIME.set(runtime);
+}
+
+fn runtime() -> Runtime {
+    *RUNTIME.get().unwrap_or(&RUNNER)
+}
+
 pub fn registry() -> Registry {
+    (runtime().registry)()
+}
+
+pub fn backends() -> Backends {
+    (runtime().backends)()
+}
+
+pub fn in_worker() -> bool {
+    runtime().in_worker
+}
+
+fn runner_registry() -> Registry {
     let mut r = Registry::new();
     gptpipe_text::register(&mut r);
-    gptpipe_generate::register(&mut r, backends());
-    #[cfg(feature = "torch")]
-    gptpipe_torch::register(&mut r);
-    #[cfg(not(feature = "torch"))]
-    r.unavailable(
-        gptpipe_core::config::StageKind::Finetune,
-        "this gptpipe was built without libtorch (feature `torch`)",
-    );
-    #[cfg(all(feature = "onnx", feature = "torch"))]
-    gptpipe_onnx::register_with_reference(&mut r, Some(std::sync::Arc::new(torch_logits)));
-    #[cfg(all(feature = "onnx", not(feature = "torch")))]
-    gptpipe_onnx::register(&mut r);
+    if cfg!(feature = "torch") {
+        use gptpipe_core::remote::remote_stage;
+        let worker = worker_path();
+        r.register(StageKind::Finetune, versions::FINETUNE, remote_stage(worker.clone()));
+        r.register(StageKind::Generate, versions::GENERATE, remote_stage(worker.clone()));
+        r.register(StageKind::Export, versions::EXPORT, remote_stage(worker));
+    } else {
+        r.unavailable(
+            StageKind::Finetune,
+            "this gptpipe was built without libtorch (feature `torch`)",
+        );
+        gptpipe_generate::register(&mut r, in_process_backends());
+        #[cfg(feature = "onnx")]
+        gptpipe_onnx::register(&mut r);
+    }
     r
 }
 
-/// The generation backends compiled into this build.
-pub fn backends() -> Backends {
+/// `gptpipe-worker`, installed beside `gptpipe`.
+pub fn worker_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "gptpipe".into());
+    exe.with_file_name("gptpipe-worker")
+}
+
+/// The backends that need no libtorch.
+pub fn in_process_backends() -> Backends {
     #[allow(unused_mut)]
     let mut b = Backends::default();
-    #[cfg(feature = "torch")]
+    #[cfg(feature = "onnx")]
     {
-        b.tch = Some(gptpipe_torch::generation::factory());
+        b.onnx = onnx_backend();
     }
     b
 }
 
-/// libtorch's fp32 logits of `ids` (one row) for the model folder `dir`: the reference an
-/// ONNX export is validated against.
-#[cfg(all(feature = "onnx", feature = "torch"))]
-fn torch_logits(dir: &std::path::Path, ids: &[i64]) -> anyhow::Result<Vec<f32>> {
-    use tch::{Device, Tensor};
-    let model = gptpipe_torch::weights::load_folder(dir, Device::Cpu)?;
-    let input = Tensor::from_slice(ids).view([1, ids.len() as i64]);
-    let logits = tch::no_grad(|| model.forward(&input, None, false));
-    Ok(Vec::<f32>::try_from(logits.to_kind(tch::Kind::Float).flatten(0, -1))?)
+/// ONNX Runtime's generation backend, once `gptpipe_onnx` provides one.
+#[cfg(feature = "onnx")]
+fn onnx_backend() -> Option<gptpipe_generate::BackendFactory> {
+    None
 }

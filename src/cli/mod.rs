@@ -37,6 +37,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Rerun what is stale whenever the pipeline file or a stage's inputs change
     Watch(watch::WatchArgs),
+    /// (internal) Run one stage from a request on stdin: gptpipe-worker only
+    #[command(hide = true)]
+    RunStage,
 }
 
 /// Exit codes of the spec.
@@ -49,6 +52,13 @@ pub mod exit {
 
 /// Parses the arguments, runs the command and returns the process exit code.
 pub fn main() -> i32 {
+    main_with(crate::stages::RUNNER)
+}
+
+/// The same, with what `runtime` can run (`gptpipe-worker` has model code in process).
+pub fn main_with(runtime: crate::stages::Runtime) -> i32 {
+    crate::stages::set_runtime(runtime);
+    let worker = runtime.in_worker;
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -65,12 +75,35 @@ pub fn main() -> i32 {
             Ok(())
         }
         Command::Gc(args) => gc::run(args),
-        Command::Generate(args) => generate::run(args, &crate::stages::backends()),
+        Command::Generate(args) => {
+            if cfg!(feature = "torch") && !worker {
+                return delegate_to_worker();
+            }
+            generate::run(args, &crate::stages::backends())
+        }
         Command::Watch(args) => watch::run(args),
+        Command::RunStage if worker => {
+            return gptpipe_core::remote::serve(&crate::stages::registry(), std::io::stdin());
+        }
+        Command::RunStage => Err(RunError::Other(anyhow::anyhow!(
+            "run-stage is internal to gptpipe-worker"
+        ))),
     };
     match result {
         Ok(()) => exit::OK,
         Err(e) => report(e),
+    }
+}
+
+/// Runs this command line in `gptpipe-worker`, which has libtorch loaded.
+fn delegate_to_worker() -> i32 {
+    let worker = crate::stages::worker_path();
+    match std::process::Command::new(&worker).args(std::env::args_os().skip(1)).status() {
+        Ok(status) => status.code().unwrap_or(exit::FAILED),
+        Err(e) => {
+            eprintln!("error: cannot start {}: {e}", worker.display());
+            exit::FAILED
+        }
     }
 }
 

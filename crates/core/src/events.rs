@@ -1,12 +1,12 @@
 //! What a run reports: one event type, shown as JSON lines (`--json`), progress bars (a
 //! TTY) or plain log lines (anything else).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One thing that happened during a run. With `--json` each is printed as one line, tagged
 /// by `event`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The plan of a run: the selected stages in execution order.

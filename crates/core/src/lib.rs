@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod events;
+pub mod remote;
 pub mod report;
 pub mod stage;
 pub mod cache;

@@ -153,6 +153,16 @@ pub fn resolve_model(
     }
 }
 
+/// Implementation versions of the stage kinds, part of every cache key: bump one when a
+/// change to that stage changes its outputs. They live here, not in the stage crates, so
+/// that a runner which delegates a stage to another process keys it the same way.
+pub mod versions {
+    pub const PREPARE: u32 = 1;
+    pub const FINETUNE: u32 = 1;
+    pub const GENERATE: u32 = 1;
+    pub const EXPORT: u32 = 1;
+}
+
 /// Runs one stage kind.
 pub type StageFn = Arc<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>;
 

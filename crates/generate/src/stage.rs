@@ -11,7 +11,7 @@ use gptpipe_core::stage::{ModelSource, StageContext};
 
 /// Version of this stage's implementation: part of its cache key. Raise it when the same
 /// parameters would give different samples.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = gptpipe_core::stage::versions::GENERATE;
 
 /// The sampling knobs of `params`.
 pub fn sampling_of(params: &GenerateParams) -> Sampling {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Version of this stage's implementation: part of its cache key.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = gptpipe_core::stage::versions::EXPORT;
 
 /// Reference logits of one token row, `[seq * vocab]` row-major, from the Hugging Face
 /// model folder given (the binary wires libtorch's GPT-2 here).

@@ -107,6 +107,16 @@ impl StageParams {
         }
     }
 
+    /// Parameters of `kind` from their JSON form (as [`Self::to_json`] writes it).
+    pub fn from_json(kind: StageKind, value: serde_json::Value) -> serde_json::Result<Self> {
+        Ok(match kind {
+            StageKind::Prepare => Self::Prepare(serde_json::from_value(value)?),
+            StageKind::Finetune => Self::Finetune(serde_json::from_value(value)?),
+            StageKind::Export => Self::Export(serde_json::from_value(value)?),
+            StageKind::Generate => Self::Generate(serde_json::from_value(value)?),
+        })
+    }
+
     /// The effective parameters as JSON, every key present.
     pub fn to_json(&self) -> serde_json::Value {
         let value = match self {

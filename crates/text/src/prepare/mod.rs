@@ -25,7 +25,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 /// Bumped when the output of the same inputs and params changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = gptpipe_core::stage::versions::PREPARE;
 
 /// Runs a prepare stage.
 pub fn run(ctx: &StageContext) -> anyhow::Result<()> {

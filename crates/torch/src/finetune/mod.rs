@@ -32,7 +32,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// The implementation version (part of every cache key).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = gptpipe_core::stage::versions::FINETUNE;
 
 /// Validation windows evaluated at most per validation.
 const MAX_VAL_WINDOWS: usize = 64;

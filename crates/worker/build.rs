@@ -1,6 +1,7 @@
-//! With the `torch` feature, gives the gptpipe binary (and its tests) an rpath to libtorch
-//! and links `torch_cuda` with `--no-as-needed`, so it runs without `LD_LIBRARY_PATH` and
-//! finds CUDA. The folder comes from gptpipe-torch's build script (its `links` metadata).
+//! Gives `gptpipe-worker` (the binary that loads libtorch) and its tests an rpath to
+//! libtorch and links `torch_cuda` with `--no-as-needed`, so it runs without
+//! `LD_LIBRARY_PATH` and finds CUDA. The folder comes from gptpipe-torch's build script
+//! (its `links` metadata).
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_GPTPIPE_TORCH_LIBTORCH_LIB");

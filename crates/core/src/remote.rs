@@ -1,0 +1,203 @@
+//! Running a stage in a worker process.
+//!
+//! Loading libtorch costs about a second and half a gigabyte before `main` even runs, so
+//! the `gptpipe` binary does not link it: stages that need it run in `gptpipe-worker`,
+//! which gets a [`StageRequest`] on stdin and sends the stage's events back as JSON lines.
+//! A side benefit: a crash or out-of-memory in model code cannot take the runner with it,
+//! and cancelling a stage is killing a process.
+
+use crate::config::{Origins, Pipeline, StageKind, StageParams};
+use crate::events::{Event, EventSink, JsonSink};
+use crate::stage::{Registry, StageContext, Upstream};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Everything a [`StageContext`] holds, in a form that crosses a process boundary.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StageRequest {
+    pub name: String,
+    pub pipeline_path: PathBuf,
+    pub pipeline_dir: PathBuf,
+    pub pipeline_name: String,
+    pub workdir: PathBuf,
+    pub seed: u64,
+    /// Every stage's kind and effective params (stages look up their upstream's params).
+    pub stages: BTreeMap<String, (StageKind, serde_json::Value)>,
+    pub out_dir: PathBuf,
+    pub previous_output: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub upstream: BTreeMap<String, (StageKind, PathBuf)>,
+    pub inputs_hash: String,
+}
+
+impl StageRequest {
+    pub fn of(ctx: &StageContext) -> Self {
+        let p = ctx.pipeline;
+        Self {
+            name: ctx.name.to_owned(),
+            pipeline_path: p.path.clone(),
+            pipeline_dir: p.dir.clone(),
+            pipeline_name: p.name.clone(),
+            workdir: p.workdir.clone(),
+            seed: p.seed,
+            stages: p
+                .stages
+                .iter()
+                .map(|(n, s)| (n.clone(), (s.kind(), s.to_json())))
+                .collect(),
+            out_dir: ctx.out_dir.to_path_buf(),
+            previous_output: ctx.previous_output.map(Path::to_path_buf),
+            state_dir: ctx.state_dir.to_path_buf(),
+            upstream: ctx
+                .upstream
+                .iter()
+                .map(|(n, u)| (n.clone(), (u.kind, u.dir.clone())))
+                .collect(),
+            inputs_hash: ctx.inputs_hash.to_owned(),
+        }
+    }
+
+    fn pipeline(&self) -> Result<Pipeline> {
+        let mut stages = BTreeMap::new();
+        for (name, (kind, value)) in &self.stages {
+            stages.insert(name.clone(), StageParams::from_json(*kind, value.clone())?);
+        }
+        Ok(Pipeline {
+            path: self.pipeline_path.clone(),
+            dir: self.pipeline_dir.clone(),
+            name: self.pipeline_name.clone(),
+            workdir: self.workdir.clone(),
+            seed: self.seed,
+            stages,
+            origins: Origins::default(),
+        })
+    }
+}
+
+/// The worker side: reads one request from `input`, runs the stage with `registry`,
+/// prints its events as JSON lines, and returns the exit code (a failure is reported as
+/// a `stage_failed` event first).
+pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
+    let mut text = String::new();
+    let result = input
+        .read_to_string(&mut text)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| Ok(serde_json::from_str::<StageRequest>(&text)?))
+        .and_then(|request| {
+            let pipeline = request.pipeline()?;
+            let params = pipeline
+                .stages
+                .get(&request.name)
+                .ok_or_else(|| anyhow!("no stage {} in request", request.name))?;
+            let upstream = request
+                .upstream
+                .iter()
+                .map(|(n, (kind, dir))| (n.clone(), Upstream { kind: *kind, dir: dir.clone() }))
+                .collect();
+            let cancel = AtomicBool::new(false);
+            let ctx = StageContext {
+                name: &request.name,
+                params,
+                pipeline: &pipeline,
+                out_dir: &request.out_dir,
+                previous_output: request.previous_output.as_deref(),
+                state_dir: &request.state_dir,
+                upstream: &upstream,
+                inputs_hash: &request.inputs_hash,
+                events: &JsonSink,
+                cancel: &cancel,
+            };
+            let run = registry.get(params.kind())?;
+            run(&ctx)
+        });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            JsonSink.emit(Event::StageFailed { stage: String::new(), error: format!("{e:#}") });
+            1
+        }
+    }
+}
+
+/// The runner side: a stage function that runs the stage in `worker` and relays its
+/// events. Cancelling the run kills the worker.
+pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + Send + Sync {
+    move |ctx| {
+        let mut command = Command::new(&worker);
+        command
+            .arg("run-stage")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut command);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", worker.display()))?;
+        let request = serde_json::to_vec(&StageRequest::of(ctx))?;
+        child.stdin.take().expect("piped").write_all(&request)?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Event>(&line) {
+                    if tx.send(event).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut failure = None;
+        let status = loop {
+            while let Ok(event) = rx.try_recv() {
+                match event {
+                    Event::StageFailed { error, .. } => failure = Some(error),
+                    other => ctx.events.emit(other),
+                }
+            }
+            if ctx.cancel.load(Ordering::Relaxed) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("cancelled");
+            }
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Event::StageFailed { error, .. }) => failure = Some(error),
+                Ok(other) => ctx.events.emit(other),
+                Err(_) => {}
+            }
+        };
+        let _ = reader.join();
+        for event in rx.try_iter() {
+            match event {
+                Event::StageFailed { error, .. } => failure = Some(error),
+                other => ctx.events.emit(other),
+            }
+        }
+        match (status.success(), failure) {
+            (true, _) => Ok(()),
+            (false, Some(error)) => Err(anyhow!(error)),
+            (false, None) => Err(anyhow!("the stage's worker process ended with {status}")),
+        }
+    }
+}
+
+/// Asks Linux to kill the worker when the runner dies, so a killed run leaves no
+/// orphan writing into the workdir.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
