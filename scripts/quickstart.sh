@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --release --quiet
+cargo build --release --quiet --workspace
 ./target/release/gptpipe run pipelines/quickstart.toml "$@"
 echo
 echo "Samples (runs/quickstart/samples/samples.txt):"

@@ -82,13 +82,7 @@ pub fn in_process_backends() -> Backends {
     let mut b = Backends::default();
     #[cfg(feature = "onnx")]
     {
-        b.onnx = onnx_backend();
+        b.onnx = Some(gptpipe_onnx::backend::factory());
     }
     b
-}
-
-/// ONNX Runtime's generation backend, once `gptpipe_onnx` provides one.
-#[cfg(feature = "onnx")]
-fn onnx_backend() -> Option<gptpipe_generate::BackendFactory> {
-    None
 }
