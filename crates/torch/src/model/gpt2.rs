@@ -93,9 +93,10 @@ impl Gpt2 {
 
     /// A fresh model initialised as `transformers` does: normal(0, initializer_range) for
     /// embeddings and Conv1D weights, `c_proj` weights scaled by 1/sqrt(2 n_layer), zero
-    /// biases, unit layer-norm weights. Deterministic for a given seed and device.
+    /// biases, unit layer-norm weights. Drawn on the CPU, so the same seed gives the same
+    /// weights on every device.
     pub fn random(config: &Config, device: Device, seed: u64) -> Self {
-        let model = Self::zeros(config, device);
+        let mut model = Self::zeros(config, Device::Cpu);
         tch::manual_seed(seed as i64);
         let std = config.initializer_range;
         let proj_std = std / (2.0 * config.n_layer as f64).sqrt();
@@ -111,6 +112,9 @@ impl Gpt2 {
                 }
             }
         });
+        if device != Device::Cpu {
+            model.to_device(device);
+        }
         model
     }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# GPU training throughput (run on the GPU machine): GPT-2 124M random init, T=1024, bf16
+# compute with fp32 master weights, batch 16 and 32, then the transformers anchor in the
+# same run. Build here first:  cargo build --release -p gptpipe-torch --example train_bench
+# and copy target/release/examples/train_bench to the GPU machine beside this script.
+set -euo pipefail
+BIN=${BIN:-target/release/examples/train_bench}
+export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/opt/torch/.venv/lib/python3.12/site-packages/torch/lib}
+for b in 16 32; do
+  "$BIN" --device cuda --model gpt2 --batch "$b" --seq 1024 --steps 12 --warmup 4 --precision bf16
+done
+if [ -f "${ANCHOR:-../shared/bench/hf_anchor_gpu.py}" ]; then
+  python3 "${ANCHOR:-../shared/bench/hf_anchor_gpu.py}" --skip-compile
+fi
