@@ -1,7 +1,7 @@
 //! prepare + tokenize throughput on a generated CSV, beside tiktoken-rs `r50k_base`
 //! encoding the same text in the same run.
 //!
-//! `cargo bench -p gptpipe-text --bench prepare [-- --mb 100]`
+//! `cargo bench -p gptpipe-text --bench prepare [-- --mb 100] [--prepare-only]`
 
 use gptpipe_core::config::{load, LoadOptions};
 use gptpipe_core::events::NullSink;
@@ -266,6 +266,13 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     gptpipe_text::prepare::run(&ctx)?;
     let prepare_s = t.elapsed().as_secs_f64();
+    if args.iter().any(|a| a == "--prepare-only") {
+        println!(
+            "prepare+tokenize: {:.2} MB/s of CSV",
+            mbps(csv_bytes, prepare_s)
+        );
+        return Ok(());
+    }
     let text = std::fs::read_to_string(out.join("dataset.txt"))?;
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json"))?)?;

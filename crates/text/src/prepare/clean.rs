@@ -94,7 +94,14 @@ impl Cleaner {
             s = map_cow(s, |t| re.replace_all(t, with.as_str()));
         }
         if self.normalize_whitespace && !is_normal_whitespace(&s) {
-            s = Cow::Owned(s.split_whitespace().collect::<Vec<_>>().join(" "));
+            let mut out = String::with_capacity(s.len());
+            for word in s.split_whitespace() {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(word);
+            }
+            s = Cow::Owned(out);
         }
         if s.is_empty() {
             return Err(DropReason::Empty);

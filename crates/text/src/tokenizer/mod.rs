@@ -11,6 +11,7 @@
 
 mod bytes;
 mod hf_files;
+mod piece_map;
 mod pretokenize;
 mod stream;
 
@@ -18,6 +19,7 @@ pub use hf_files::{write_tokenizer_files, write_tokenizer_files_with_max_length}
 pub use stream::StreamEncoder;
 
 use anyhow::Context as _;
+use piece_map::PieceMap;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
@@ -52,7 +54,7 @@ pub struct Gpt2Tokenizer {
 
 struct Inner {
     /// Token bytes -> id, for pieces that are a single token.
-    encoder: FxHashMap<Box<[u8]>, u32>,
+    encoder: PieceMap<u32>,
     /// Id -> token bytes.
     decoder: Vec<Box<[u8]>>,
     byte_chars: [char; 256],
@@ -68,7 +70,7 @@ impl std::fmt::Debug for Gpt2Tokenizer {
 }
 
 /// Piece bytes -> the ids BPE gives them.
-type WordCache = FxHashMap<Box<[u8]>, Box<[u32]>>;
+type WordCache = PieceMap<Box<[u32]>>;
 
 thread_local! {
     /// BPE results of pieces that are not a single token. GPT-2 has one vocabulary, so the
@@ -102,7 +104,7 @@ impl Inner {
             char_bytes.insert(*c, b as u8);
         }
         let mut decoder = vec![Box::<[u8]>::default(); vocab.len()];
-        let mut encoder = FxHashMap::default();
+        let mut encoder = PieceMap::default();
         for (token, &id) in &vocab {
             let bytes: Box<[u8]> = if token == EOT {
                 token.as_bytes().into()
@@ -120,7 +122,7 @@ impl Inner {
             *slot = bytes.clone();
             // The special token is matched separately; as text it is ordinary characters.
             if id != EOT_ID {
-                encoder.insert(bytes, id);
+                encoder.insert(&bytes, id);
             }
         }
         anyhow::ensure!(
@@ -157,7 +159,7 @@ impl Inner {
                     if cache.len() >= CACHE_MAX {
                         cache.clear();
                     }
-                    cache.insert(piece.into(), ids);
+                    cache.insert(piece, ids);
                 }
             }
         });
