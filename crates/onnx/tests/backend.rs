@@ -47,9 +47,9 @@ fn run(backend: &mut dyn Backend, job: &Job, rows: usize) -> Vec<Vec<u32>> {
 }
 
 fn exported(dir: &Path, model: TinyModel) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (hf, onnx) = (dir.join("hf"), dir.join("onnx"));
+    let hf = model.cached();
+    let onnx = dir.join("onnx");
     std::fs::create_dir_all(&onnx).unwrap();
-    model.save(&hf);
     export_folder(&hf, &onnx, &ExportOptions::default()).unwrap();
     (hf, onnx)
 }
@@ -57,12 +57,7 @@ fn exported(dir: &Path, model: TinyModel) -> (std::path::PathBuf, std::path::Pat
 #[test]
 fn greedy_equals_transformers_generate() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = TinyModel {
-        seed: 21,
-        n_positions: 128,
-        ..TinyModel::default()
-    };
-    let (hf, onnx) = exported(tmp.path(), model);
+    let (hf, onnx) = exported(tmp.path(), TinyModel::default());
     let prompts: Vec<Vec<u32>> = vec![
         vec![7],
         vec![10, 200, 30, 999],
@@ -161,9 +156,7 @@ fn kv_cache_with_finishing_rows_equals_recomputing() {
 
 #[test]
 fn safetensors_folder_is_exported_on_the_fly_and_cuda_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hf = tmp.path().join("hf");
-    TinyModel::default().save(&hf);
+    let hf = TinyModel::default().cached();
     let mut backend = OnnxBackend::open(&ModelSource::Folder(hf.clone()), "cpu").unwrap();
     assert_eq!((backend.n_ctx(), backend.vocab_size()), (64, 1000));
     backend.start(&[vec![1, 2, 3]]).unwrap();

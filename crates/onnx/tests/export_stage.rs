@@ -18,17 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// One tiny model for the whole file, with transformers' logits memoised.
 fn model_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        TinyModel {
-            seed: 11,
-            ..TinyModel::default()
-        }
-        .save(dir.path());
-        dir
-    })
-    .path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| TinyModel::default().cached())
 }
 
 fn transformers_reference() -> ReferenceLogits {

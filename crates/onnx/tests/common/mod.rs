@@ -106,6 +106,7 @@ impl Default for TinyModel {
 }
 
 impl TinyModel {
+    /// Saves the model into `dir` (which must not exist yet).
     pub fn save(&self, dir: &Path) {
         let nums = [
             self.seed as usize,
@@ -123,4 +124,49 @@ impl TinyModel {
         }
         run_py("make_model.py", &args);
     }
+
+    /// The model's folder in a cache shared by all tests and runs (under cargo's
+    /// `CARGO_TARGET_TMPDIR`), made once: saving a model costs a Python start-up with
+    /// torch and transformers, and a seeded model is the same every time. The key covers
+    /// the parameters and the script, so editing either makes a new model.
+    pub fn cached(&self) -> PathBuf {
+        let script_text = std::fs::read(script("make_model.py")).unwrap();
+        let key = format!(
+            "s{}-l{}-h{}-e{}-p{}-v{}-{}-{:016x}",
+            self.seed,
+            self.n_layer,
+            self.n_head,
+            self.n_embd,
+            self.n_positions,
+            self.vocab,
+            if self.untied { "untied" } else { "tied" },
+            fnv1a(&script_text)
+        );
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gptpipe-onnx-models");
+        let dir = root.join(key);
+        if dir.join("model.safetensors").is_file() {
+            return dir;
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        // Save beside and rename, so a concurrent test never sees a half-written folder.
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&root)
+            .unwrap();
+        let staged = tmp.path().join("m");
+        self.save(&staged);
+        if std::fs::rename(&staged, &dir).is_err() {
+            assert!(
+                dir.join("model.safetensors").is_file(),
+                "cannot cache a model"
+            );
+        }
+        dir
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
