@@ -61,7 +61,10 @@ impl Memo {
     /// is an error rather than a recorded wrong hash.
     pub fn hash(&self, path: &Path) -> Result<String> {
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        for _ in 0..5 {
+        for attempt in 0..8 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(5 << attempt.min(5)));
+            }
             let before = FileState::of(&std::fs::metadata(path).map_err(|e| {
                 anyhow::anyhow!("cannot read {}: {e}", path.display())
             })?);
@@ -75,13 +78,20 @@ impl Memo {
             if after != before {
                 continue;
             }
-            // A file written within the mtime granularity could change again without a
-            // new mtime: hash it, but do not trust its state until it is older.
+            // Timestamps are coarse (a clock tick, or worse): a file written within the
+            // last moments can change during the read without a new mtime, and the read
+            // then mixes two versions. Such a file must read the same twice in a row, and
+            // its state is not remembered until it is older.
             let recent = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|now| ((now - Duration::from_secs(2)).as_nanos() as i128) < after.mtime_ns)
                 .unwrap_or(true);
-            if !recent {
+            if recent {
+                let again = hash_file(path)?;
+                if again != hash || FileState::of(&std::fs::metadata(path)?) != before {
+                    continue;
+                }
+            } else {
                 self.entries
                     .lock()
                     .unwrap()
