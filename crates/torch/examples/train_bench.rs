@@ -22,7 +22,10 @@ fn arg(name: &str, default: &str) -> String {
 /// Peak memory our process held on the GPU, from nvidia-smi (includes the CUDA context).
 fn gpu_memory_mb() -> Option<f64> {
     let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
         .output()
         .ok()?;
     let pid = std::process::id().to_string();
@@ -57,7 +60,10 @@ fn main() -> anyhow::Result<()> {
     let seq: i64 = arg("--seq", "1024").parse()?;
     let steps: usize = arg("--steps", "10").parse()?;
     let warmup: usize = arg("--warmup", "3").parse()?;
-    let precision = arg("--precision", if device.is_cuda() { "bf16" } else { "fp32" });
+    let precision = arg(
+        "--precision",
+        if device.is_cuda() { "bf16" } else { "fp32" },
+    );
 
     let mut model = Gpt2::random(&config, device, 0);
     if precision == "bf16" {
@@ -70,7 +76,11 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mut opt = Optimizer::new(Kind::Adamw, 0.01, &params);
     tch::manual_seed(1);
-    let x = Tensor::randint(config.vocab_size as i64, [batch, seq], (tch::Kind::Int64, device));
+    let x = Tensor::randint(
+        config.vocab_size as i64,
+        [batch, seq],
+        (tch::Kind::Int64, device),
+    );
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);

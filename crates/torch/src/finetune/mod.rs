@@ -331,6 +331,8 @@ impl Run<'_> {
         step: u64,
     ) -> Result<f64> {
         let p = self.p;
+        // Dropout draws from the global generator: hold it for the whole step.
+        let rng = crate::rng_lock();
         tch::manual_seed((mix(self.seed, step, 0xD20F, 0) >> 1) as i64);
         let accum = p.accumulate_gradients as u64;
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
@@ -343,6 +345,7 @@ impl Run<'_> {
             scaled.backward();
             total += loss.detach();
         }
+        drop(rng);
         let loss = total.double_value(&[]) / accum as f64;
         if !loss.is_finite() && trainer.loss_scale == 1.0 {
             bail!(
@@ -408,6 +411,7 @@ impl Run<'_> {
         let n_ctx = self.model.config.n_ctx;
         let length = self.p.sample_length.min(n_ctx - 1);
         let n = self.p.sample_num.max(1) as i64;
+        let _rng = crate::rng_lock();
         tch::manual_seed((mix(self.seed, step, 0x5A3, 0) >> 1) as i64);
         let start = self.data.random_token(self.seed, step) as i64;
         let mut tokens = vec![vec![start]; n as usize];

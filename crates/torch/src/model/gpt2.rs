@@ -97,6 +97,7 @@ impl Gpt2 {
     /// weights on every device.
     pub fn random(config: &Config, device: Device, seed: u64) -> Self {
         let mut model = Self::zeros(config, Device::Cpu);
+        let _rng = crate::rng_lock();
         tch::manual_seed(seed as i64);
         let std = config.initializer_range;
         let proj_std = std / (2.0 * config.n_layer as f64).sqrt();
