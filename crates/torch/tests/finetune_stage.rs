@@ -258,3 +258,27 @@ fn bad_settings_fail_before_training() {
         "nothing was written"
     );
 }
+
+#[test]
+fn bf16_compute_with_fp32_master_weights_trains() {
+    let h = harness();
+    let out = h.path("o");
+    h.run("train", &out, &h.path("s"), None, |p| {
+        p.steps = 30;
+        p.precision = gptpipe_core::config::Precision::Bf16;
+        p.device = "cpu".into();
+    })
+    .unwrap();
+    let l = losses(&out);
+    assert!(l.iter().all(|x| x.is_finite()));
+    assert!(l[29] < l[0] - 3.0, "bf16 training does not learn: {} -> {}", l[0], l[29]);
+    // The saved weights stay fp32.
+    assert!(weights_of(&out).iter().all(|(_, t)| t.kind() == tch::Kind::Float));
+    let err = h
+        .run("train", &h.path("o2"), &h.path("s2"), None, |p| {
+            p.precision = gptpipe_core::config::Precision::Fp16;
+            p.device = "cpu".into();
+        })
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("fp16"), "{err:#}");
+}

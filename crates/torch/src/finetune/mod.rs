@@ -95,6 +95,9 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let device = parse_device(&p.device)?;
     let compute = compute_kind(p.precision, device)?;
     let seed = ctx.seed();
+    if p.val_every > 0 && p.val_split == 0.0 {
+        ctx.warn("val_every is set but val_split = 0: there is no validation set");
+    }
     let identity = state::identity(p, ctx.inputs_hash, VERSION);
 
     let model_source = ctx.resolve_model(&p.model);
