@@ -271,9 +271,16 @@ fn bf16_compute_with_fp32_master_weights_trains() {
     .unwrap();
     let l = losses(&out);
     assert!(l.iter().all(|x| x.is_finite()));
-    assert!(l[29] < l[0] - 3.0, "bf16 training does not learn: {} -> {}", l[0], l[29]);
+    assert!(
+        l[29] < l[0] - 3.0,
+        "bf16 training does not learn: {} -> {}",
+        l[0],
+        l[29]
+    );
     // The saved weights stay fp32.
-    assert!(weights_of(&out).iter().all(|(_, t)| t.kind() == tch::Kind::Float));
+    assert!(weights_of(&out)
+        .iter()
+        .all(|(_, t)| t.kind() == tch::Kind::Float));
     let err = h
         .run("train", &h.path("o2"), &h.path("s2"), None, |p| {
             p.precision = gptpipe_core::config::Precision::Fp16;
@@ -281,4 +288,37 @@ fn bf16_compute_with_fp32_master_weights_trains() {
         })
         .unwrap_err();
     assert!(format!("{err:#}").contains("fp16"), "{err:#}");
+}
+
+#[test]
+fn a_text_file_shorter_than_one_window_still_trains() {
+    let toml = r#"
+[pipeline]
+name = "short"
+
+[stages.train]
+kind = "finetune"
+dataset = "tiny.txt"
+model = { n_layer = 1, n_head = 2, n_embd = 16, n_ctx = 1024 }
+steps = 3
+sample_every = 2
+sample_length = 5
+"#;
+    let h = Harness::new(toml, &[("tiny.txt", b"Hello there, general.")]);
+    let out = h.path("o");
+    h.run("train", &out, &h.path("s"), None, |_| {}).unwrap();
+    let m = read_metrics(&out);
+    assert_eq!(m.len(), 3);
+    // 5 tokens plus the <|endoftext|> gpt-2-simple appends to a file below `combine`
+    // characters: windows of 6 tokens instead of n_ctx = 1024.
+    assert_eq!(encode("Hello there, general.").len(), 5);
+    assert!(m.iter().all(|x| x["loss"].as_f64().unwrap().is_finite()));
+    let h2 = Harness::new(toml, &[("tiny.txt", b"")]);
+    let err = h2
+        .run("train", &h2.path("o"), &h2.path("s"), None, |_| {})
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("fewer than 2 tokens"),
+        "{err:#}"
+    );
 }
