@@ -55,8 +55,16 @@ fn runner_registry() -> Registry {
     if cfg!(feature = "torch") {
         use gptpipe_core::remote::remote_stage;
         let worker = worker_path();
-        r.register(StageKind::Finetune, versions::FINETUNE, remote_stage(worker.clone()));
-        r.register(StageKind::Generate, versions::GENERATE, remote_stage(worker.clone()));
+        r.register(
+            StageKind::Finetune,
+            versions::FINETUNE,
+            remote_stage(worker.clone()),
+        );
+        r.register(
+            StageKind::Generate,
+            versions::GENERATE,
+            remote_stage(worker.clone()),
+        );
         r.register(StageKind::Export, versions::EXPORT, remote_stage(worker));
     } else {
         r.unavailable(

@@ -19,7 +19,9 @@ pub struct DagArgs {
 }
 
 pub fn run(args: DagArgs) -> Result<(), RunError> {
-    let path = args.pipeline.unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
+    let path = args
+        .pipeline
+        .unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
     let pipeline = pipeline_args::load(&path, &[]).map_err(RunError::Config)?;
     let format = match args.format {
         Format::Text => DagFormat::Text,

@@ -10,7 +10,9 @@ pub struct GcArgs {
 }
 
 pub fn run(args: GcArgs) -> Result<(), RunError> {
-    let path = args.pipeline.unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
+    let path = args
+        .pipeline
+        .unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
     let pipeline = pipeline_args::load(&path, &[]).map_err(RunError::Config)?;
     let registry = registry();
     let (runs, objects) = Runner::new(&pipeline, &registry)?.gc()?;

@@ -131,7 +131,10 @@ impl GenerateArgs {
 
 /// A usage error naming the flag that causes it (exit code 2).
 fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
-    RunError::Config(ConfigError::new(format!("--{}: {message}", flag.replace('_', "-"))))
+    RunError::Config(ConfigError::new(format!(
+        "--{}: {message}",
+        flag.replace('_', "-")
+    )))
 }
 
 /// Where `--model` points, without a pipeline: a folder, else a hub id.
@@ -165,7 +168,8 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     let codec = gptpipe_generate::codec::gpt2()?;
     let job = job_of(&params, seed, codec.as_ref())?;
     let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
-    job.check_fits(backend.n_ctx()).map_err(|e| invalid("prefix", e))?;
+    job.check_fits(backend.n_ctx())
+        .map_err(|e| invalid("prefix", e))?;
 
     let mut rendered = Vec::new();
     let stdout = std::io::stdout();

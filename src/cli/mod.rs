@@ -15,7 +15,11 @@ use gptpipe_core::config::ConfigError;
 use gptpipe_core::runner::RunError;
 
 #[derive(Parser)]
-#[command(name = "gptpipe", version, about = "GPT-2 finetuning and text generation from cached TOML pipelines")]
+#[command(
+    name = "gptpipe",
+    version,
+    about = "GPT-2 finetuning and text generation from cached TOML pipelines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,11 @@ pub fn main_with(runtime: crate::stages::Runtime) -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::INVALID } else { exit::OK };
+            return if e.use_stderr() {
+                exit::INVALID
+            } else {
+                exit::OK
+            };
         }
     };
     let result = match cli.command {
@@ -98,7 +106,10 @@ pub fn main_with(runtime: crate::stages::Runtime) -> i32 {
 /// Runs this command line in `gptpipe-worker`, which has libtorch loaded.
 fn delegate_to_worker() -> i32 {
     let worker = crate::stages::worker_path();
-    match std::process::Command::new(&worker).args(std::env::args_os().skip(1)).status() {
+    match std::process::Command::new(&worker)
+        .args(std::env::args_os().skip(1))
+        .status()
+    {
         Ok(status) => status.code().unwrap_or(exit::FAILED),
         Err(e) => {
             eprintln!("error: cannot start {}: {e}", worker.display());
@@ -135,7 +146,13 @@ fn print_config_error(e: ConfigError) {
     use std::io::IsTerminal;
     let color = std::io::stderr().is_terminal();
     let _ = miette::set_hook(Box::new(move |_| {
-        Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).wrap_lines(false).build())
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .color(color)
+                .unicode(color)
+                .wrap_lines(false)
+                .build(),
+        )
     }));
     eprintln!("{:?}", miette::Report::new(e));
 }

@@ -39,7 +39,11 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
     let registry = registry();
     let runner = Runner::new(&pipeline, &registry)?;
-    let sink: Box<dyn EventSink> = if args.json { Box::new(JsonSink) } else { Box::new(HumanSink::new()) };
+    let sink: Box<dyn EventSink> = if args.json {
+        Box::new(JsonSink)
+    } else {
+        Box::new(HumanSink::new())
+    };
     let options = RunOptions {
         targets,
         force: args.force,
@@ -48,5 +52,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         jobs: args.jobs,
         keep_going: args.keep_going,
     };
-    runner.run(&options, sink.as_ref(), &AtomicBool::new(false)).map(|_| ())
+    runner
+        .run(&options, sink.as_ref(), &AtomicBool::new(false))
+        .map(|_| ())
 }

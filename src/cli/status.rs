@@ -22,7 +22,10 @@ pub fn run(args: StatusArgs) -> Result<(), RunError> {
     let registry = registry();
     let statuses = Runner::new(&pipeline, &registry)?.status(&targets)?;
     if args.json {
-        println!("{}", serde_json::to_string(&statuses).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&statuses).expect("status serializes")
+        );
         return Ok(());
     }
     let width = statuses.iter().map(|s| s.stage.len()).max().unwrap_or(0);

@@ -6,7 +6,10 @@ use crate::Project;
 /// a -> b (b reads a's dataset), and an independent c.
 fn project() -> Project {
     let p = Project::new();
-    p.file("data/a.csv", "title\nshort\na longer title here\nanother title\n");
+    p.file(
+        "data/a.csv",
+        "title\nshort\na longer title here\nanother title\n",
+    );
     p.file("data/c.csv", "title\nsomething else\n");
     p.file(
         "p.toml",
@@ -22,7 +25,11 @@ fn status(p: &Project, extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec!["status", "p.toml", "--json"];
     args.extend_from_slice(extra);
     let run = p.run(&args).ok();
-    serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<serde_json::Value>(&run.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -37,12 +44,18 @@ fn rerun_set_revert_and_frozen() {
 
     // Unchanged: nothing runs.
     let again = p.run(&["run", "p.toml", "--json"]).ok();
-    assert!(again.stages_with("stage_started").is_empty(), "{}", again.stdout);
+    assert!(
+        again.stages_with("stage_started").is_empty(),
+        "{}",
+        again.stdout
+    );
     assert_eq!(again.stages_with("stage_cached").len(), 3);
     assert!(status(&p, &[]).iter().all(|s| s["state"] == "fresh"));
 
     // One key changed: that stage and its downstream, nothing else.
-    let changed = p.run(&["run", "p.toml", "--json", "--set", "stages.a.min_length=8"]).ok();
+    let changed = p
+        .run(&["run", "p.toml", "--json", "--set", "stages.a.min_length=8"])
+        .ok();
     let mut ran = changed.stages_with("stage_started");
     ran.sort();
     assert_eq!(ran, vec!["a", "b"]);
@@ -55,7 +68,10 @@ fn rerun_set_revert_and_frozen() {
     assert_eq!(a["reasons"][0], "param min_length changed: 8 -> (unset)");
     let b = st.iter().find(|s| s["stage"] == "b").unwrap();
     assert_eq!(b["reasons"][0], "upstream a is stale");
-    assert_eq!(st.iter().find(|s| s["stage"] == "c").unwrap()["state"], "fresh");
+    assert_eq!(
+        st.iter().find(|s| s["stage"] == "c").unwrap()["state"],
+        "fresh"
+    );
 
     // --frozen: stale exits 3 and runs nothing.
     let frozen = p.run(&["run", "p.toml", "--frozen"]);
@@ -64,7 +80,11 @@ fn rerun_set_revert_and_frozen() {
 
     // Reverting restores the earlier outputs without running anything.
     let revert = p.run(&["run", "p.toml", "--json"]).ok();
-    assert!(revert.stages_with("stage_started").is_empty(), "{}", revert.stdout);
+    assert!(
+        revert.stages_with("stage_started").is_empty(),
+        "{}",
+        revert.stdout
+    );
     let restored: Vec<_> = revert
         .events()
         .into_iter()
@@ -119,7 +139,13 @@ fn changed_input_file_reruns_and_status_says_which() {
     p.file("data/c.csv", "title\nsomething different\n");
     let st = status(&p, &[]);
     let c = st.iter().find(|s| s["stage"] == "c").unwrap();
-    assert!(c["reasons"][0].as_str().unwrap().starts_with("input data/c.csv changed:"), "{c}");
+    assert!(
+        c["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("input data/c.csv changed:"),
+        "{c}"
+    );
     let run = p.run(&["run", "p.toml", "--json"]).ok();
     assert_eq!(run.stages_with("stage_started"), vec!["c"]);
 }
@@ -132,7 +158,11 @@ fn missing_input_fails_clearly_and_keeps_outputs() {
     std::fs::remove_file(p.path("data/c.csv")).unwrap();
     let run = p.run(&["run", "p.toml", "--keep-going"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("input file not found") && run.stderr.contains("c.csv"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("input file not found") && run.stderr.contains("c.csv"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(p.read("work/c/dataset.txt"), before);
 }
 
@@ -140,14 +170,25 @@ fn missing_input_fails_clearly_and_keeps_outputs() {
 fn gc_drops_entries_the_lock_file_does_not_reference() {
     let p = project();
     p.run(&["run", "p.toml"]).ok();
-    p.run(&["run", "p.toml", "--set", "stages.c.dedupe=true"]).ok();
-    let runs = || std::fs::read_dir(p.path("work/.gptpipe/cache/runs")).unwrap().count();
+    p.run(&["run", "p.toml", "--set", "stages.c.dedupe=true"])
+        .ok();
+    let runs = || {
+        std::fs::read_dir(p.path("work/.gptpipe/cache/runs"))
+            .unwrap()
+            .count()
+    };
     assert_eq!(runs(), 4);
     let gc = p.run(&["gc", "p.toml"]).ok();
-    assert!(gc.stderr.contains("removed 1 cache entries"), "{}", gc.stderr);
+    assert!(
+        gc.stderr.contains("removed 1 cache entries"),
+        "{}",
+        gc.stderr
+    );
     assert_eq!(runs(), 3);
     // What the lock file references still restores.
     std::fs::remove_dir_all(p.path("work/a")).unwrap();
-    let run = p.run(&["run", "p.toml", "--json", "--set", "stages.c.dedupe=true"]).ok();
+    let run = p
+        .run(&["run", "p.toml", "--json", "--set", "stages.c.dedupe=true"])
+        .ok();
     assert!(run.stages_with("stage_started").is_empty());
 }

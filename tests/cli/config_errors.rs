@@ -11,9 +11,17 @@ fn check(pipeline: &str, args: &[&str], expect: &[&str]) {
     let mut full = vec!["run", "p.toml"];
     full.extend_from_slice(args);
     let run = p.run(&full);
-    assert_eq!(run.code, 2, "expected exit 2, got {}: {}", run.code, run.stderr);
+    assert_eq!(
+        run.code, 2,
+        "expected exit 2, got {}: {}",
+        run.code, run.stderr
+    );
     for e in expect {
-        assert!(run.stderr.contains(e), "stderr lacks {e:?}:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains(e),
+            "stderr lacks {e:?}:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -22,7 +30,11 @@ fn misspelt_key_points_at_it_and_suggests() {
     check(
         "[stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\nnormalise_whitespace = true\n",
         &[],
-        &["p.toml:7:1", "unknown key `normalise_whitespace`", "did you mean `normalize_whitespace`?"],
+        &[
+            "p.toml:7:1",
+            "unknown key `normalise_whitespace`",
+            "did you mean `normalize_whitespace`?",
+        ],
     );
 }
 
@@ -64,7 +76,15 @@ fn cycle_prints_the_whole_cycle() {
 
 #[test]
 fn unknown_kind_suggests() {
-    check("[stages.a]\nkind = \"finetun\"\n", &[], &["p.toml:5:1", "unknown kind `finetun`", "did you mean `finetune`?"]);
+    check(
+        "[stages.a]\nkind = \"finetun\"\n",
+        &[],
+        &[
+            "p.toml:5:1",
+            "unknown kind `finetun`",
+            "did you mean `finetune`?",
+        ],
+    );
 }
 
 #[test]
@@ -103,7 +123,10 @@ fn set_and_env_errors_name_their_origin() {
 #[test]
 fn env_layer_overrides_the_file() {
     let p = Project::new();
-    p.file("p.toml", format!("{HEAD}[stages.g]\nkind = \"generate\"\nmodel = \"./m\"\n"));
+    p.file(
+        "p.toml",
+        format!("{HEAD}[stages.g]\nkind = \"generate\"\nmodel = \"./m\"\n"),
+    );
     let out = crate::gptpipe()
         .args(["run", "p.toml"])
         .env("GPTPIPE_STAGES__G__TEMPERATURE", "-1")
@@ -112,7 +135,10 @@ fn env_layer_overrides_the_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("GPTPIPE_STAGES__G__TEMPERATURE") && err.contains("temperature"), "{err}");
+    assert!(
+        err.contains("GPTPIPE_STAGES__G__TEMPERATURE") && err.contains("temperature"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -120,5 +146,10 @@ fn missing_pipeline_file_is_a_usage_error() {
     let p = Project::new();
     let run = p.run(&["run"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("cannot read pipeline file gptpipe.toml"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot read pipeline file gptpipe.toml"),
+        "{}",
+        run.stderr
+    );
 }

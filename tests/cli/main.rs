@@ -3,6 +3,7 @@
 
 mod caching;
 mod config_errors;
+mod model_stages;
 mod pipelines;
 mod prepare;
 mod schema;
@@ -43,14 +44,20 @@ impl Run {
 
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "gptpipe failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "gptpipe failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
 
 impl Project {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir") }
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

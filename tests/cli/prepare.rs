@@ -16,7 +16,9 @@ fn bom_crlf_and_quoted_fields_with_commas_and_newlines() {
     // Line breaks inside a field are normalised to \n, whatever the file used.
     let p = Project::new();
     let mut csv = b"\xEF\xBB\xBFtitle,score\r\n".to_vec();
-    csv.extend_from_slice(b"\"Hello, world\",1\r\n\"two\r\nlines\",2\r\n\"she said \"\"hi\"\"\",3\r\n");
+    csv.extend_from_slice(
+        b"\"Hello, world\",1\r\n\"two\r\nlines\",2\r\n\"she said \"\"hi\"\"\",3\r\n",
+    );
     p.file("data/in.csv", csv);
     pipeline(&p, "column = \"title\"");
     p.run(&["run", "p.toml"]).ok();
@@ -28,8 +30,15 @@ fn bom_crlf_and_quoted_fields_with_commas_and_newlines() {
     );
     let tokens = std::fs::read(p.path("work/d/tokens.bin")).unwrap();
     assert_eq!(tokens.len() % 2, 0);
-    let ids: Vec<u16> = tokens.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-    assert_eq!(ids.iter().filter(|&&t| t == 50256).count(), 3, "one <|endoftext|> per row");
+    let ids: Vec<u16> = tokens
+        .chunks(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|&&t| t == 50256).count(),
+        3,
+        "one <|endoftext|> per row"
+    );
     let report: serde_json::Value = serde_json::from_str(&p.read("work/d/report.json")).unwrap();
     assert_eq!(report["tokens"].as_u64(), Some(ids.len() as u64));
 }
@@ -61,12 +70,23 @@ fn invalid_utf8_names_file_and_line() {
     let run = p.run(&["run", "p.toml"]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("data/in.csv:3:"), "{}", run.stderr);
-    assert!(run.stderr.to_lowercase().contains("utf-8"), "{}", run.stderr);
+    assert!(
+        run.stderr.to_lowercase().contains("utf-8"),
+        "{}",
+        run.stderr
+    );
     // With on_error = "skip" the row is dropped and counted.
     pipeline(&p, "on_error = \"skip\"");
     p.run(&["run", "p.toml"]).ok();
-    assert_eq!(p.read("work/d/dataset.txt"), "<|startoftext|>fine<|endoftext|>\n");
-    assert!(p.read("work/d/report.json").contains("utf"), "{}", p.read("work/d/report.json"));
+    assert_eq!(
+        p.read("work/d/dataset.txt"),
+        "<|startoftext|>fine<|endoftext|>\n"
+    );
+    assert!(
+        p.read("work/d/report.json").contains("utf"),
+        "{}",
+        p.read("work/d/report.json")
+    );
 }
 
 #[test]
@@ -76,7 +96,13 @@ fn missing_column_lists_the_columns() {
     pipeline(&p, "column = \"titel\"");
     let run = p.run(&["run", "p.toml"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("titel") && run.stderr.contains("title") && run.stderr.contains("score"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("titel")
+            && run.stderr.contains("title")
+            && run.stderr.contains("score"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -91,5 +117,10 @@ fn empty_result_is_an_error_and_keeps_the_old_output() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("no rows"), "{}", run.stderr);
     assert_eq!(p.read("work/d/dataset.txt"), before);
-    assert!(std::fs::read_dir(p.path("work/.gptpipe/cache/runs")).unwrap().count() == 1);
+    assert!(
+        std::fs::read_dir(p.path("work/.gptpipe/cache/runs"))
+            .unwrap()
+            .count()
+            == 1
+    );
 }

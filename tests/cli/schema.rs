@@ -18,7 +18,15 @@ fn schema_file_matches_the_types() {
     );
     let schema: serde_json::Value = serde_json::from_str(&generated).unwrap();
     let kinds = schema.to_string();
-    for key in ["prepare", "finetune", "export", "generate", "top_p", "accumulate_gradients", "html_unescape"] {
+    for key in [
+        "prepare",
+        "finetune",
+        "export",
+        "generate",
+        "top_p",
+        "accumulate_gradients",
+        "html_unescape",
+    ] {
         assert!(kinds.contains(key), "schema lacks {key}");
     }
 }

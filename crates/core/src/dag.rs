@@ -28,7 +28,12 @@ impl Dag {
         let deps: BTreeMap<String, BTreeSet<String>> = pipeline
             .stages
             .iter()
-            .map(|(name, p)| (name.clone(), p.references().into_iter().map(|(_, s)| s).collect()))
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    p.references().into_iter().map(|(_, s)| s).collect(),
+                )
+            })
             .collect();
         let kinds = pipeline
             .stages
@@ -38,8 +43,11 @@ impl Dag {
         // Kahn's algorithm over a sorted ready set, so the order is stable.
         let mut remaining: BTreeMap<&str, usize> =
             deps.iter().map(|(n, d)| (n.as_str(), d.len())).collect();
-        let mut ready: BTreeSet<&str> =
-            remaining.iter().filter(|(_, &c)| c == 0).map(|(n, _)| *n).collect();
+        let mut ready: BTreeSet<&str> = remaining
+            .iter()
+            .filter(|(_, &c)| c == 0)
+            .map(|(n, _)| *n)
+            .collect();
         let mut order = Vec::new();
         while let Some(next) = ready.pop_first() {
             remaining.remove(next);
@@ -82,7 +90,12 @@ impl Dag {
                 todo.extend(self.deps[s].iter().map(String::as_str));
             }
         }
-        Ok(self.order.iter().filter(|s| wanted.contains(*s)).cloned().collect())
+        Ok(self
+            .order
+            .iter()
+            .filter(|s| wanted.contains(*s))
+            .cloned()
+            .collect())
     }
 
     /// Every stage downstream of `stage` (not including it).
@@ -127,7 +140,12 @@ impl Dag {
             DagFormat::Mermaid => {
                 s.push_str("graph LR\n");
                 for name in &self.order {
-                    let _ = writeln!(s, "  {}[\"{name} ({})\"]", mermaid_id(name), self.kinds[name]);
+                    let _ = writeln!(
+                        s,
+                        "  {}[\"{name} ({})\"]",
+                        mermaid_id(name),
+                        self.kinds[name]
+                    );
                 }
                 for (name, d) in &self.deps {
                     for from in d {

@@ -10,8 +10,13 @@ use serde_json::{Map, Value};
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The plan of a run: the selected stages in execution order.
-    Plan { stages: Vec<String> },
-    StageStarted { stage: String, kind: String },
+    Plan {
+        stages: Vec<String>,
+    },
+    StageStarted {
+        stage: String,
+        kind: String,
+    },
     /// Periodic progress; `fields` holds what the stage measures (loss, tokens/s...).
     StageProgress {
         stage: String,
@@ -21,17 +26,40 @@ pub enum Event {
         fields: Map<String, Value>,
     },
     /// A line of text worth showing, such as a training sample.
-    StageLog { stage: String, message: String },
-    StageFinished { stage: String, seconds: f64, output_hash: String },
+    StageLog {
+        stage: String,
+        message: String,
+    },
+    StageFinished {
+        stage: String,
+        seconds: f64,
+        output_hash: String,
+    },
     /// Nothing ran: the output was up to date (`restored: false`) or was restored from the
     /// run cache (`restored: true`).
-    StageCached { stage: String, restored: bool },
-    StageFailed { stage: String, error: String },
+    StageCached {
+        stage: String,
+        restored: bool,
+    },
+    StageFailed {
+        stage: String,
+        error: String,
+    },
     /// Not run because a stage it depends on failed.
-    StageSkipped { stage: String, reason: String },
-    Warning { message: String },
+    StageSkipped {
+        stage: String,
+        reason: String,
+    },
+    Warning {
+        message: String,
+    },
     /// The end of a run.
-    RunFinished { ran: usize, cached: usize, failed: usize, seconds: f64 },
+    RunFinished {
+        ran: usize,
+        cached: usize,
+        failed: usize,
+        seconds: f64,
+    },
 }
 
 /// Receives events; implementations must be usable from several stage threads at once.

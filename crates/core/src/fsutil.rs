@@ -22,7 +22,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// All regular files under `dir`, as paths relative to it, sorted.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
             let entry = entry?;
             let path = entry.path();
             let ty = entry.file_type()?;

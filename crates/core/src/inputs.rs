@@ -33,7 +33,10 @@ pub fn expand(pipeline: &Pipeline, entry: &str) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         if files.is_empty() {
-            bail!("input glob {entry:?} matches no file (looked in {})", pipeline.dir.display());
+            bail!(
+                "input glob {entry:?} matches no file (looked in {})",
+                pipeline.dir.display()
+            );
         }
         return Ok(files);
     }
@@ -42,14 +45,21 @@ pub fn expand(pipeline: &Pipeline, entry: &str) -> Result<Vec<PathBuf>> {
 
 /// The files a stage reads, keyed by their path as the lock file records it (relative to
 /// the pipeline file where possible).
-pub fn stage_inputs(pipeline: &Pipeline, params: &StageParams) -> Result<BTreeMap<String, PathBuf>> {
+pub fn stage_inputs(
+    pipeline: &Pipeline,
+    params: &StageParams,
+) -> Result<BTreeMap<String, PathBuf>> {
     let mut files = Vec::new();
     let mut model = |m: &ModelRef| -> Result<()> {
         if let ModelSource::Folder(dir) = resolve_model(pipeline, &BTreeMap::new(), m) {
             if !dir.is_dir() {
                 bail!("model folder not found: {}", dir.display());
             }
-            files.extend(crate::fsutil::list_files(&dir)?.into_iter().map(|r| dir.join(r)));
+            files.extend(
+                crate::fsutil::list_files(&dir)?
+                    .into_iter()
+                    .map(|r| dir.join(r)),
+            );
         }
         Ok(())
     };

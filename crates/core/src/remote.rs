@@ -98,7 +98,15 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
             let upstream = request
                 .upstream
                 .iter()
-                .map(|(n, (kind, dir))| (n.clone(), Upstream { kind: *kind, dir: dir.clone() }))
+                .map(|(n, (kind, dir))| {
+                    (
+                        n.clone(),
+                        Upstream {
+                            kind: *kind,
+                            dir: dir.clone(),
+                        },
+                    )
+                })
                 .collect();
             let cancel = AtomicBool::new(false);
             let ctx = StageContext {
@@ -119,7 +127,10 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            JsonSink.emit(Event::StageFailed { stage: String::new(), error: format!("{e:#}") });
+            JsonSink.emit(Event::StageFailed {
+                stage: String::new(),
+                error: format!("{e:#}"),
+            });
             1
         }
     }

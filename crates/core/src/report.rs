@@ -71,7 +71,10 @@ impl EventSink for HumanSink {
                         .expect("valid template"),
                     );
                     bar.set_prefix(stage.clone());
-                    self.state.lock().unwrap().insert(stage, (bar, Instant::now()));
+                    self.state
+                        .lock()
+                        .unwrap()
+                        .insert(stage, (bar, Instant::now()));
                 }
             }
             Event::StageProgress {

@@ -79,7 +79,10 @@ impl StageContext<'_> {
     }
 
     pub fn resolve_input(&self, value: &str) -> InputSource {
-        match value.strip_prefix('@').and_then(|n| self.upstream.get(n).map(|u| (n, u))) {
+        match value
+            .strip_prefix('@')
+            .and_then(|n| self.upstream.get(n).map(|u| (n, u)))
+        {
             Some((name, up)) => InputSource::Stage {
                 name: name.to_owned(),
                 kind: up.kind,

@@ -7,7 +7,11 @@ use gptpipe_core::stage::Registry;
 use gptpipe_generate::Backends;
 
 fn main() {
-    let runtime = Runtime { registry, backends, in_worker: true };
+    let runtime = Runtime {
+        registry,
+        backends,
+        in_worker: true,
+    };
     std::process::exit(gptpipe::cli::main_with(runtime));
 }
 
@@ -35,5 +39,7 @@ fn torch_logits(dir: &std::path::Path, ids: &[i64]) -> anyhow::Result<Vec<f32>> 
     let model = gptpipe_torch::weights::load_folder(dir, Device::Cpu)?;
     let input = Tensor::from_slice(ids).view([1, ids.len() as i64]);
     let logits = tch::no_grad(|| model.forward(&input, None, false));
-    Ok(Vec::<f32>::try_from(logits.to_kind(tch::Kind::Float).flatten(0, -1))?)
+    Ok(Vec::<f32>::try_from(
+        logits.to_kind(tch::Kind::Float).flatten(0, -1),
+    )?)
 }

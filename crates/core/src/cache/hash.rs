@@ -16,7 +16,10 @@ pub fn hash_file(path: &Path) -> Result<String> {
             .with_context(|| format!("cannot read {}", path.display()))?;
     } else {
         hasher
-            .update_reader(std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?)
+            .update_reader(
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
             .with_context(|| format!("cannot read {}", path.display()))?;
     }
     Ok(hasher.finalize().to_hex().to_string())

@@ -65,9 +65,10 @@ impl Memo {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(5 << attempt.min(5)));
             }
-            let before = FileState::of(&std::fs::metadata(path).map_err(|e| {
-                anyhow::anyhow!("cannot read {}: {e}", path.display())
-            })?);
+            let before = FileState::of(
+                &std::fs::metadata(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+            );
             if let Some(e) = self.entries.lock().unwrap().get(&key) {
                 if e.state == before {
                     return Ok(e.hash.clone());
@@ -92,10 +93,13 @@ impl Memo {
                     continue;
                 }
             } else {
-                self.entries
-                    .lock()
-                    .unwrap()
-                    .insert(key, Entry { state: after, hash: hash.clone() });
+                self.entries.lock().unwrap().insert(
+                    key,
+                    Entry {
+                        state: after,
+                        hash: hash.clone(),
+                    },
+                );
                 *self.dirty.lock().unwrap() = true;
             }
             return Ok(hash);

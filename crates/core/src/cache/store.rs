@@ -126,7 +126,11 @@ impl Store {
         if let Ok(entries) = std::fs::read_dir(self.root.join("runs")) {
             for e in entries.flatten() {
                 let path = e.path();
-                let key = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                let key = path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
                 if keep.contains(&key) {
                     if let Ok(m) = serde_json::from_slice::<Manifest>(&std::fs::read(&path)?) {
                         live.extend(m.files.into_values());

@@ -1,6 +1,7 @@
 //! Layered loading: built-in defaults < pipeline file < `GPTPIPE_*` environment < `--set`.
 
 use super::error::{suggest, ConfigError};
+use super::params::SampleFormat;
 use super::source::{Origin, Origins};
 use super::{validate, Pipeline, PipelineSection, StageKind, StageParams};
 use figment::providers::{Format, Serialized, Toml};
@@ -172,6 +173,10 @@ fn stage_params(
         }
         StageParams::Generate(p) => {
             p.seed.get_or_insert(pipeline_seed);
+            // The default file name follows the format.
+            if p.format == SampleFormat::Jsonl && p.output == "samples.txt" {
+                p.output = "samples.jsonl".into();
+            }
         }
         _ => {}
     }
@@ -203,7 +208,9 @@ fn figment_error(
     let mut path: Vec<String> = prefix.to_vec();
     path.extend(error.path.iter().cloned());
     let stage = (path.len() >= 2 && path[0] == "stages").then(|| path[1].clone());
-    let in_stage = stage.map(|s| format!(" in stage `{s}`")).unwrap_or_default();
+    let in_stage = stage
+        .map(|s| format!(" in stage `{s}`"))
+        .unwrap_or_default();
     let key = path.join(".");
     let (message, help) = match &error.kind {
         Kind::UnknownField(field, expected) => {

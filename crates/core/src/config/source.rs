@@ -68,7 +68,9 @@ impl Origins {
                 inline = v.as_value();
                 continue;
             }
-            let Some((k, v)) = item.and_then(Item::as_table_like).and_then(|t| t.get_key_value(key))
+            let Some((k, v)) = item
+                .and_then(Item::as_table_like)
+                .and_then(|t| t.get_key_value(key))
             else {
                 break;
             };

@@ -12,7 +12,10 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
         p.origins.error_at(&path, e)
     };
     if p.name.trim().is_empty() {
-        return Err(at(&["pipeline", "name"], ConfigError::new("`pipeline.name` is empty")));
+        return Err(at(
+            &["pipeline", "name"],
+            ConfigError::new("`pipeline.name` is empty"),
+        ));
     }
     for (name, params) in &p.stages {
         if name.is_empty()
@@ -45,7 +48,10 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
             }
         }
         if let Err((key, message)) = check_values(params) {
-            return Err(at(&["stages", name, key], ConfigError::new(format!("stage `{name}`: {message}"))));
+            return Err(at(
+                &["stages", name, key],
+                ConfigError::new(format!("stage `{name}`: {message}")),
+            ));
         }
     }
     if let Some(cycle) = find_cycle(&p.stages) {
@@ -122,7 +128,11 @@ fn check_values(params: &StageParams) -> Result<(), Invalid> {
         StageParams::Finetune(p) => check_finetune(p),
         StageParams::Export(p) => {
             check_model(&p.model)?;
-            ensure(p.opset >= 17, "opset", format!("opset must be 17 or later, not {}", p.opset))
+            ensure(
+                p.opset >= 17,
+                "opset",
+                format!("opset must be 17 or later, not {}", p.opset),
+            )
         }
         StageParams::Generate(p) => check_generate(p),
     }
@@ -138,30 +148,73 @@ fn ensure(ok: bool, key: &'static str, message: String) -> Result<(), Invalid> {
 
 fn check_model(m: &ModelRef) -> Result<(), Invalid> {
     match m {
-        ModelRef::Named(s) => ensure(!s.trim().is_empty() && s != "@", "model", "`model` is empty".into()),
+        ModelRef::Named(s) => ensure(
+            !s.trim().is_empty() && s != "@",
+            "model",
+            "`model` is empty".into(),
+        ),
         ModelRef::Inline(m) => {
-            ensure(m.n_layer > 0 && m.n_head > 0 && m.n_embd > 0 && m.n_ctx > 0, "model",
-                "n_layer, n_head, n_embd and n_ctx must be positive".into())?;
-            ensure(m.n_embd % m.n_head == 0, "model",
-                format!("n_embd ({}) must be divisible by n_head ({})", m.n_embd, m.n_head))?;
-            ensure((0.0..1.0).contains(&m.dropout), "model", format!("dropout must be in [0, 1), not {}", m.dropout))?;
-            ensure(m.vocab_size >= 50257, "model", format!("vocab_size must be at least GPT-2's 50257, not {}", m.vocab_size))
+            ensure(
+                m.n_layer > 0 && m.n_head > 0 && m.n_embd > 0 && m.n_ctx > 0,
+                "model",
+                "n_layer, n_head, n_embd and n_ctx must be positive".into(),
+            )?;
+            ensure(
+                m.n_embd % m.n_head == 0,
+                "model",
+                format!(
+                    "n_embd ({}) must be divisible by n_head ({})",
+                    m.n_embd, m.n_head
+                ),
+            )?;
+            ensure(
+                (0.0..1.0).contains(&m.dropout),
+                "model",
+                format!("dropout must be in [0, 1), not {}", m.dropout),
+            )?;
+            ensure(
+                m.vocab_size >= 50257,
+                "model",
+                format!(
+                    "vocab_size must be at least GPT-2's 50257, not {}",
+                    m.vocab_size
+                ),
+            )
         }
     }
 }
 
 fn check_device(d: &str) -> Result<(), Invalid> {
     let ok = matches!(d, "auto" | "cpu" | "cuda")
-        || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
-    ensure(ok, "device", format!("device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not {d:?}"))
+        || d.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+    ensure(
+        ok,
+        "device",
+        format!("device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not {d:?}"),
+    )
 }
 
 fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
-    ensure(!p.inputs.is_empty(), "inputs", "`inputs` is empty: list the files to read".into())?;
-    ensure(p.delimiter.chars().count() == 1 && p.delimiter.is_ascii(), "delimiter",
-        format!("delimiter must be one ASCII character, not {:?}", p.delimiter))?;
+    ensure(
+        !p.inputs.is_empty(),
+        "inputs",
+        "`inputs` is empty: list the files to read".into(),
+    )?;
+    ensure(
+        p.delimiter.chars().count() == 1 && p.delimiter.is_ascii(),
+        "delimiter",
+        format!(
+            "delimiter must be one ASCII character, not {:?}",
+            p.delimiter
+        ),
+    )?;
     if let (Some(min), Some(max)) = (p.min_length, p.max_length) {
-        ensure(min <= max, "min_length", format!("min_length ({min}) is greater than max_length ({max})"))?;
+        ensure(
+            min <= max,
+            "min_length",
+            format!("min_length ({min}) is greater than max_length ({max})"),
+        )?;
     }
     for r in &p.replace {
         if let Err(e) = regex::Regex::new(&r.pattern) {
@@ -172,34 +225,98 @@ fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
 }
 
 fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
-    ensure(!p.dataset.is_empty(), "dataset", "`dataset` is not set: use \"@prepare-stage\" or a text file".into())?;
+    ensure(
+        !p.dataset.is_empty(),
+        "dataset",
+        "`dataset` is not set: use \"@prepare-stage\" or a text file".into(),
+    )?;
     check_model(&p.model)?;
     ensure(p.steps > 0, "steps", "steps must be at least 1".into())?;
-    ensure(p.batch_size > 0, "batch_size", "batch_size must be at least 1".into())?;
-    ensure(p.accumulate_gradients > 0, "accumulate_gradients", "accumulate_gradients must be at least 1".into())?;
-    ensure(p.learning_rate > 0.0 && p.learning_rate.is_finite(), "learning_rate", format!("learning_rate must be positive, not {}", p.learning_rate))?;
-    ensure(p.weight_decay >= 0.0, "weight_decay", "weight_decay must not be negative".into())?;
-    ensure(p.max_grad_norm >= 0.0, "max_grad_norm", "max_grad_norm must not be negative".into())?;
-    ensure((0.0..1.0).contains(&p.val_split), "val_split", format!("val_split must be in [0, 1), not {}", p.val_split))?;
-    ensure(p.combine > 0, "combine", "combine must be at least 1".into())?;
-    ensure(p.max_checkpoints > 0, "max_checkpoints", "max_checkpoints must be at least 1".into())?;
+    ensure(
+        p.batch_size > 0,
+        "batch_size",
+        "batch_size must be at least 1".into(),
+    )?;
+    ensure(
+        p.accumulate_gradients > 0,
+        "accumulate_gradients",
+        "accumulate_gradients must be at least 1".into(),
+    )?;
+    ensure(
+        p.learning_rate > 0.0 && p.learning_rate.is_finite(),
+        "learning_rate",
+        format!("learning_rate must be positive, not {}", p.learning_rate),
+    )?;
+    ensure(
+        p.weight_decay >= 0.0,
+        "weight_decay",
+        "weight_decay must not be negative".into(),
+    )?;
+    ensure(
+        p.max_grad_norm >= 0.0,
+        "max_grad_norm",
+        "max_grad_norm must not be negative".into(),
+    )?;
+    ensure(
+        (0.0..1.0).contains(&p.val_split),
+        "val_split",
+        format!("val_split must be in [0, 1), not {}", p.val_split),
+    )?;
+    ensure(
+        p.combine > 0,
+        "combine",
+        "combine must be at least 1".into(),
+    )?;
+    ensure(
+        p.max_checkpoints > 0,
+        "max_checkpoints",
+        "max_checkpoints must be at least 1".into(),
+    )?;
     check_device(&p.device)
 }
 
 fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
     check_model(&p.model)?;
-    ensure(p.temperature >= 0.0 && p.temperature.is_finite(), "temperature", format!("temperature must not be negative, not {}", p.temperature))?;
-    ensure((0.0..=1.0).contains(&p.top_p), "top_p", format!("top_p must be in [0, 1], not {}", p.top_p))?;
-    ensure(p.batch_size > 0, "batch_size", "batch_size must be at least 1".into())?;
-    ensure(p.nsamples > 0, "nsamples", "nsamples must be at least 1".into())?;
+    ensure(
+        p.temperature >= 0.0 && p.temperature.is_finite(),
+        "temperature",
+        format!("temperature must not be negative, not {}", p.temperature),
+    )?;
+    ensure(
+        (0.0..=1.0).contains(&p.top_p),
+        "top_p",
+        format!("top_p must be in [0, 1], not {}", p.top_p),
+    )?;
+    ensure(
+        p.batch_size > 0,
+        "batch_size",
+        "batch_size must be at least 1".into(),
+    )?;
+    ensure(
+        p.nsamples > 0,
+        "nsamples",
+        "nsamples must be at least 1".into(),
+    )?;
     ensure(p.length > 0, "length", "length must be at least 1".into())?;
-    ensure(p.repetition_penalty > 0.0, "repetition_penalty", format!("repetition_penalty must be positive, not {}", p.repetition_penalty))?;
+    ensure(
+        p.repetition_penalty > 0.0,
+        "repetition_penalty",
+        format!(
+            "repetition_penalty must be positive, not {}",
+            p.repetition_penalty
+        ),
+    )?;
     let out = std::path::Path::new(&p.output);
     ensure(
         !p.output.is_empty()
-            && out.components().all(|c| matches!(c, std::path::Component::Normal(_))),
+            && out
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
         "output",
-        format!("output {:?} must be a relative path inside the stage folder", p.output),
+        format!(
+            "output {:?} must be a relative path inside the stage folder",
+            p.output
+        ),
     )?;
     check_device(&p.device)
 }

@@ -87,7 +87,11 @@ fn diff_hashes(
     for (name, h) in new {
         match old.get(name) {
             Some(o) if o == h => {}
-            Some(o) => reasons.push(format!("{what} {name} changed: {} -> {}", short(o), short(h))),
+            Some(o) => reasons.push(format!(
+                "{what} {name} changed: {} -> {}",
+                short(o),
+                short(h)
+            )),
             None => reasons.push(format!("{what} {name} added")),
         }
     }

@@ -153,7 +153,11 @@ impl<'a> Runner<'a> {
                 r
             }
         };
-        Ok(Evaluation { material, key, reasons })
+        Ok(Evaluation {
+            material,
+            key,
+            reasons,
+        })
     }
 
     /// Why the published output no longer matches what the lock file recorded, if it doesn't.
@@ -195,7 +199,11 @@ impl<'a> Runner<'a> {
             }
             out.push(StageStatus {
                 stage: stage.clone(),
-                state: if reasons.is_empty() { State::Fresh } else { State::Stale },
+                state: if reasons.is_empty() {
+                    State::Fresh
+                } else {
+                    State::Stale
+                },
                 reasons,
             });
         }
@@ -211,11 +219,16 @@ impl<'a> Runner<'a> {
         cancel: &AtomicBool,
     ) -> Result<BTreeMap<String, Outcome>, RunError> {
         let start = Instant::now();
-        let selected = self.dag.select(&options.targets).map_err(RunError::Config)?;
+        let selected = self
+            .dag
+            .select(&options.targets)
+            .map_err(RunError::Config)?;
         if options.frozen || options.dry_run {
             let statuses = self.status(&options.targets)?;
-            let stale: Vec<StageStatus> =
-                statuses.into_iter().filter(|s| s.state == State::Stale).collect();
+            let stale: Vec<StageStatus> = statuses
+                .into_iter()
+                .filter(|s| s.state == State::Stale)
+                .collect();
             for s in &stale {
                 events.emit(Event::StageLog {
                     stage: s.stage.clone(),
@@ -229,7 +242,9 @@ impl<'a> Runner<'a> {
         }
         let _guard = self.workdir.lock(events)?;
         self.workdir.clear_tmp()?;
-        events.emit(Event::Plan { stages: selected.clone() });
+        events.emit(Event::Plan {
+            stages: selected.clone(),
+        });
 
         let lock = Mutex::new(LockFile::read(&self.pipeline.lock_path())?);
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -259,8 +274,10 @@ impl<'a> Runner<'a> {
                         continue;
                     }
                     if deps.iter().all(|d| hashes.contains_key(d)) {
-                        let upstream: BTreeMap<String, String> =
-                            deps.iter().map(|d| (d.clone(), hashes[d].clone())).collect();
+                        let upstream: BTreeMap<String, String> = deps
+                            .iter()
+                            .map(|d| (d.clone(), hashes[d].clone()))
+                            .collect();
                         started.insert(stage.clone());
                         running += 1;
                         let tx = tx.clone();
@@ -332,7 +349,10 @@ impl<'a> Runner<'a> {
             if eval.reasons.is_empty() {
                 let hash = lock.lock().unwrap().stages[stage].output_hash.clone();
                 self.record(stage, &eval, None, lock)?;
-                events.emit(Event::StageCached { stage: stage.into(), restored: false });
+                events.emit(Event::StageCached {
+                    stage: stage.into(),
+                    restored: false,
+                });
                 return Ok((Outcome::Fresh, hash));
             }
             let tmp = self.workdir.tmp_dir(stage)?;
@@ -340,7 +360,10 @@ impl<'a> Runner<'a> {
                 Restore::Restored(manifest) => {
                     self.workdir.publish(stage, &tmp)?;
                     let hash = self.record(stage, &eval, Some(&manifest), lock)?;
-                    events.emit(Event::StageCached { stage: stage.into(), restored: true });
+                    events.emit(Event::StageCached {
+                        stage: stage.into(),
+                        restored: true,
+                    });
                     return Ok((Outcome::Restored, hash));
                 }
                 Restore::Corrupt(why) => events.emit(Event::Warning {
@@ -352,14 +375,20 @@ impl<'a> Runner<'a> {
         }
 
         let run = self.registry.get(params.kind())?;
-        events.emit(Event::StageStarted { stage: stage.into(), kind: params.kind().to_string() });
+        events.emit(Event::StageStarted {
+            stage: stage.into(),
+            kind: params.kind().to_string(),
+        });
         let started = Instant::now();
         let out_dir = self.workdir.tmp_dir(stage)?;
         let previous = self.workdir.output(stage);
         let upstream_dirs: BTreeMap<String, Upstream> = self.dag.deps[stage]
             .iter()
             .map(|d| {
-                let up = Upstream { kind: self.pipeline.stages[d].kind(), dir: self.workdir.output(d) };
+                let up = Upstream {
+                    kind: self.pipeline.stages[d].kind(),
+                    dir: self.workdir.output(d),
+                };
                 (d.clone(), up)
             })
             .collect();
@@ -421,7 +450,8 @@ impl<'a> Runner<'a> {
         };
         if lock.stages.get(stage) != Some(&entry) {
             lock.stages.insert(stage.to_owned(), entry);
-            lock.stages.retain(|s, _| self.pipeline.stages.contains_key(s));
+            lock.stages
+                .retain(|s, _| self.pipeline.stages.contains_key(s));
             lock.write(&self.pipeline.lock_path())?;
         }
         Ok(output_hash)

@@ -81,15 +81,20 @@ impl Workdir {
     pub fn tmp_dir(&self, stage: &str) -> Result<PathBuf> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self.meta.join("tmp").join(format!("{stage}.{}.{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = self
+            .meta
+            .join("tmp")
+            .join(format!("{stage}.{}.{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(dir)
     }
 
     /// A folder that survives failed and killed runs of `stage`.
     pub fn state_dir(&self, stage: &str) -> Result<PathBuf> {
         let dir = self.meta.join("state").join(stage);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(dir)
     }
 

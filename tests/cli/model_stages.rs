@@ -1,0 +1,140 @@
+//! Model stages through the `gptpipe` binary, which runs them in `gptpipe-worker`: a tiny
+//! model finetuned on a wrapped CSV, samples from it, an ONNX export of it, and the same
+//! greedy samples from both backends.
+
+use crate::Project;
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "tiny"
+workdir = "work"
+seed = 7
+
+[stages.titles]
+kind = "prepare"
+inputs = ["data/titles.csv"]
+
+[stages.train]
+kind = "finetune"
+dataset = "@titles"
+model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32, dropout = 0.0 }
+steps = 30
+batch_size = 4
+accumulate_gradients = 1
+learning_rate = 1e-2
+device = "cpu"
+sample_every = 0
+print_every = 10
+
+[stages.samples]
+kind = "generate"
+model = "@train"
+prefix = "<|startoftext|>"
+truncate = "<|endoftext|>"
+include_prefix = false
+length = 24
+nsamples = 5
+batch_size = 2
+top_k = 20
+
+[stages.onnx]
+kind = "export"
+model = "@train"
+
+[stages.greedy_tch]
+kind = "generate"
+model = "@train"
+prefix = "<|startoftext|>The"
+temperature = 0.0
+length = 12
+nsamples = 2
+format = "jsonl"
+
+[stages.greedy_onnx]
+kind = "generate"
+model = "@onnx"
+prefix = "<|startoftext|>The"
+temperature = 0.0
+length = 12
+nsamples = 2
+format = "jsonl"
+"#;
+
+fn titles() -> String {
+    let mut csv = String::from("title\n");
+    for i in 0..40 {
+        csv.push_str(&format!("The fox number {i} jumps over the lazy dog\n"));
+    }
+    csv
+}
+
+#[test]
+fn finetune_generate_export_through_the_worker() {
+    let p = Project::new();
+    p.file("data/titles.csv", titles());
+    p.file("p.toml", PIPELINE);
+    let run = p.run(&["run", "p.toml", "--json", "--jobs", "2"]).ok();
+    let mut ran = run.stages_with("stage_finished");
+    ran.sort();
+    assert_eq!(
+        ran,
+        [
+            "greedy_onnx",
+            "greedy_tch",
+            "onnx",
+            "samples",
+            "titles",
+            "train"
+        ]
+    );
+    // The worker's progress events reach the runner's event stream.
+    assert!(
+        run.stages_with("stage_progress")
+            .iter()
+            .any(|s| s == "train"),
+        "{}",
+        run.stdout
+    );
+
+    // Samples start after the prefix and stop before the end token: neither is in them.
+    let samples = p.read("work/samples/samples.txt");
+    let delim = format!("{}\n", "=".repeat(20));
+    assert_eq!(samples.matches(&delim).count(), 5, "{samples}");
+    assert!(
+        !samples.contains("<|startoftext|>") && !samples.contains("<|endoftext|>"),
+        "{samples}"
+    );
+
+    // The model folder is Hugging Face's layout; the export recorded its check.
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.jsonl",
+    ] {
+        assert!(p.path("work/train").join(f).is_file(), "train lacks {f}");
+    }
+    let export: serde_json::Value = serde_json::from_str(&p.read("work/onnx/export.json")).unwrap();
+    assert!(export.to_string().contains("max_abs_diff"), "{export}");
+
+    // Greedy decoding gives the same tokens on libtorch and on ONNX Runtime.
+    let tokens = |stage: &str| -> Vec<serde_json::Value> {
+        p.read(&format!("work/{stage}/samples.jsonl"))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tokens"].clone())
+            .collect()
+    };
+    assert_eq!(tokens("greedy_tch"), tokens("greedy_onnx"));
+
+    // A new temperature regenerates the samples only: no retraining.
+    let again = p
+        .run(&[
+            "run",
+            "p.toml",
+            "--json",
+            "--set",
+            "stages.samples.temperature=0.9",
+        ])
+        .ok();
+    assert_eq!(again.stages_with("stage_started"), ["samples"]);
+}
