@@ -1,8 +1,15 @@
-//! ONNX export of GPT-2 and an ONNX Runtime generation backend.
+//! ONNX export of GPT-2 and an ONNX Runtime generation backend, with no libtorch.
 //!
 //! - [`export`]: reads a Hugging Face GPT-2 folder (`config.json` + `model.safetensors`)
-//!   and writes `model.onnx` with a KV cache interface ([`gpt2`] documents it), built in
-//!   Rust ([`graph`], [`proto`], [`write`]): no Python, no libtorch.
+//!   and writes `model.onnx` (plus `model.onnx.data` past 2 GiB), `config.json` and the
+//!   tokenizer files. The graph ([`gpt2`] documents its inputs and outputs) is built in
+//!   Rust ([`graph`]) and serialised with hand-written protobuf messages ([`proto`],
+//!   [`write`]): no Python, no libtorch.
+//! - [`runtime`]: ONNX Runtime loaded at run time (`ORT_DYLIB_PATH`, else found beside the
+//!   binary or in the workspace's `.venv`), and [`runtime::OnnxGpt2`], a session running
+//!   `input_ids` + past into logits + present.
+//! - [`stage`]: `kind = "export"`, validated against reference logits before publishing.
+//! - [`backend`]: `gptpipe_generate`'s `Backend` on ONNX Runtime, with the KV cache.
 
 pub mod backend;
 pub mod config;
