@@ -93,3 +93,26 @@ fn decode_round_trips() {
     assert!(emoji.len() > 1);
     assert_eq!(tok.decode(&emoji[..1]), "\u{fffd}");
 }
+
+#[test]
+fn stream_encoder_equals_tiktoken_on_the_whole() {
+    let tok = Gpt2Tokenizer::new().unwrap();
+    let text = common::tricky_text(11, 300_000);
+    let mut rng = common::Rng::new(5);
+    for batch in [1, 100, 10_000, 1 << 20] {
+        let mut stream = gptpipe_text::StreamEncoder::with_batch(tok.clone(), batch);
+        let mut ids = Vec::new();
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut n = (1 + rng.below(5000)).min(rest.len());
+            while !rest.is_char_boundary(n) {
+                n += 1;
+            }
+            stream.push(&rest[..n], &mut ids);
+            rest = &rest[n..];
+        }
+        stream.finish(&mut ids);
+        let theirs = peer().encode_with_special_tokens(&text);
+        assert_same(&ids, &theirs, &text, &format!("stream, batch {batch}"));
+    }
+}

@@ -59,11 +59,16 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         .collect();
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Batch>>(2);
+    // Processed batches go back to the reader, so their buffers are reused.
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Batch>();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let inputs_ref = &inputs;
         scope.spawn(move || {
             for (i, input) in inputs_ref.iter().enumerate() {
-                let mut send = |b: Batch| tx.send(Ok(b)).map_err(|_| Hangup);
+                let mut send = |b: Batch| {
+                    tx.send(Ok(b)).map_err(|_| Hangup)?;
+                    Ok(back_rx.try_recv().map(Batch::reset).unwrap_or_default())
+                };
                 if let Err(e) = read::read(input, i, p, &mut send) {
                     if !e.is::<Hangup>() {
                         let _ = tx.send(Err(e));
@@ -87,6 +92,7 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
                 total,
                 serde_json::json!({ "rows": kept, "tokens": writer.tokens }),
             );
+            let _ = back_tx.send(batch);
         }
         Ok(())
     })?;
@@ -118,6 +124,7 @@ struct Writer<'p> {
     /// The last document was an unwrapped text file: `end_token` goes before the next.
     after_text: bool,
     ids: Vec<u32>,
+    id_bytes: Vec<u8>,
     out: String,
     tokens: u64,
     bytes: u64,
@@ -139,6 +146,7 @@ impl<'p> Writer<'p> {
             seen: FxHashSet::default(),
             after_text: false,
             ids: Vec::new(),
+            id_bytes: Vec::new(),
             out: String::new(),
             tokens: 0,
             bytes: 0,
@@ -214,13 +222,13 @@ impl<'p> Writer<'p> {
     }
 
     fn flush_ids(&mut self) -> anyhow::Result<()> {
-        let mut bytes = Vec::with_capacity(self.ids.len() * 2);
+        self.id_bytes.clear();
         for &id in &self.ids {
             // GPT-2's 50257 ids fit in 16 bits.
-            bytes.extend_from_slice(&(id as u16).to_le_bytes());
+            self.id_bytes.extend_from_slice(&(id as u16).to_le_bytes());
         }
         self.tokens_file
-            .write_all(&bytes)
+            .write_all(&self.id_bytes)
             .context("writing tokens.bin")?;
         self.tokens += self.ids.len() as u64;
         self.ids.clear();

@@ -30,6 +30,16 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// Empties the batch, keeping its allocations for the next one.
+    pub(crate) fn reset(mut self) -> Self {
+        self.buf.clear();
+        self.rows.clear();
+        self.dropped.clear();
+        self.warnings.clear();
+        self.consumed = 0;
+        self
+    }
+
     fn push(&mut self, row: &str) {
         let start = self.buf.len();
         self.buf.push_str(row);
@@ -49,12 +59,15 @@ impl std::fmt::Display for Hangup {
 
 impl std::error::Error for Hangup {}
 
+/// Hands over a full batch; returns an empty one to fill next.
+pub(crate) type Send<'a> = dyn FnMut(Batch) -> Result<Batch, Hangup> + 'a;
+
 /// Reads one input, handing batches to `send`.
 pub(crate) fn read(
     input: &Input,
     index: usize,
     p: &PrepareParams,
-    send: &mut dyn FnMut(Batch) -> Result<(), Hangup>,
+    send: &mut Send,
 ) -> anyhow::Result<()> {
     let file = File::open(&input.path)
         .with_context(|| format!("cannot open input file {}", input.display))?;
@@ -87,7 +100,7 @@ struct Sink<'a> {
     warned: usize,
     on_error: OnError,
     display: &'a str,
-    send: &'a mut dyn FnMut(Batch) -> Result<(), Hangup>,
+    send: &'a mut Send<'a>,
 }
 
 impl Sink<'_> {
@@ -96,15 +109,9 @@ impl Sink<'_> {
         if self.batch.buf.len() >= BATCH_BYTES {
             self.batch.consumed = consumed;
             let input = self.batch.input;
-            let full = std::mem::replace(
-                &mut self.batch,
-                Batch {
-                    input,
-                    buf: String::with_capacity(BATCH_BYTES + BATCH_BYTES / 8),
-                    ..Batch::default()
-                },
-            );
-            (self.send)(full)?;
+            let full = std::mem::take(&mut self.batch);
+            self.batch = (self.send)(full)?;
+            self.batch.input = input;
         }
         Ok(())
     }

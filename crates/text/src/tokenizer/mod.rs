@@ -215,20 +215,29 @@ impl Gpt2Tokenizer {
 
     /// The ids of `text`. Long texts are encoded on several threads (rayon).
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        self.encode_extend(text, &mut out);
+        out
+    }
+
+    /// Appends the ids of `text` to `out`; long texts are encoded on several threads.
+    pub fn encode_extend(&self, text: &str, out: &mut Vec<u32>) {
         if text.len() < PARALLEL_MIN {
-            let mut out = Vec::with_capacity(text.len() / 4 + 1);
-            self.inner.encode_serial(text, &mut out);
-            return out;
+            self.inner.encode_serial(text, out);
+            return;
         }
         let parts: Vec<Vec<u32>> = split_safely(text, CHUNK)
             .par_iter()
             .map(|chunk| {
-                let mut out = Vec::with_capacity(chunk.len() / 4 + 1);
-                self.inner.encode_serial(chunk, &mut out);
-                out
+                let mut ids = Vec::with_capacity(chunk.len() / 4 + 1);
+                self.inner.encode_serial(chunk, &mut ids);
+                ids
             })
             .collect();
-        parts.concat()
+        out.reserve(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            out.extend_from_slice(&part);
+        }
     }
 
     /// Appends the ids of `text` on the calling thread only.
@@ -304,6 +313,17 @@ fn next_safe_cut(text: &str, from: usize) -> Option<usize> {
         .find(|&at| is_safe_cut(text, at))
 }
 
+/// The first safe cut in `text` after its start (see [`last_safe_cut`]).
+pub(crate) fn first_safe_cut(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let space = memchr::memchr_iter(b' ', bytes).find(|&at| is_safe_cut(text, at));
+    let eot = memchr::memmem::find(bytes, EOT.as_bytes()).map(|at| at + EOT.len());
+    match (space, eot) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The last safe cut in `text`: before a space that follows a non-space, or just after an
 /// `<|endoftext|>`.
 pub(crate) fn last_safe_cut(text: &str) -> Option<usize> {
@@ -347,6 +367,9 @@ mod tests {
         assert_eq!(cuts, [2, 10]);
         assert_eq!(last_safe_cut(text), Some(10));
         assert_eq!(last_safe_cut("x<|endoftext|>yz"), Some(14));
+        assert_eq!(first_safe_cut(text), Some(2));
+        assert_eq!(first_safe_cut("x<|endoftext|>y z"), Some(14));
+        assert_eq!(first_safe_cut("  x"), None);
         assert_eq!(split_safely("aa bb cc dd", 2), ["aa", " bb", " cc", " dd"]);
     }
 }

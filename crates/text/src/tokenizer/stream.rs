@@ -1,6 +1,6 @@
 //! Encoding text that arrives in pieces, with the ids of the whole.
 
-use super::{last_safe_cut, Gpt2Tokenizer};
+use super::{first_safe_cut, last_safe_cut, Gpt2Tokenizer};
 
 /// Encodes a text handed over in parts (rows of a dataset) so that the ids equal those of
 /// the concatenated text: GPT-2's pre-tokenizer looks across row ends (`"a \n"` splits
@@ -28,18 +28,26 @@ impl StreamEncoder {
 
     /// Adds `text`; appends to `out` the ids of what can no longer change.
     pub fn push(&mut self, text: &str, out: &mut Vec<u32>) {
-        self.pending.push_str(text);
-        if self.pending.len() >= self.batch {
-            if let Some(cut) = last_safe_cut(&self.pending) {
-                out.extend(self.tokenizer.encode(&self.pending[..cut]));
-                self.pending.drain(..cut);
-            }
+        if self.pending.len() + text.len() < self.batch {
+            self.pending.push_str(text);
+            return;
         }
+        let (Some(first), Some(last)) = (first_safe_cut(text), last_safe_cut(text)) else {
+            self.pending.push_str(text);
+            return;
+        };
+        // What waits, up to the first safe cut of `text`; then the bulk of `text` without
+        // copying it; the tail waits for more.
+        self.pending.push_str(&text[..first]);
+        self.tokenizer.encode_extend(&self.pending, out);
+        self.pending.clear();
+        self.tokenizer.encode_extend(&text[first..last], out);
+        self.pending.push_str(&text[last..]);
     }
 
     /// Appends the ids of whatever is left.
     pub fn finish(&mut self, out: &mut Vec<u32>) {
-        out.extend(self.tokenizer.encode(&self.pending));
+        self.tokenizer.encode_extend(&self.pending, out);
         self.pending.clear();
     }
 }
@@ -64,7 +72,7 @@ mod tests {
         // Encoding the parts one by one differs, so this test can fail.
         let naive: Vec<u32> = parts.iter().flat_map(|p| tok.encode(p)).collect();
         assert_ne!(naive, tok.encode(&whole));
-        for batch in [1, 3, 8, 1000] {
+        for batch in [1, 3, 5, 8, 13, 1000] {
             let mut stream = StreamEncoder::with_batch(tok.clone(), batch);
             let mut ids = Vec::new();
             for p in parts {
