@@ -322,3 +322,34 @@ sample_length = 5
         "{err:#}"
     );
 }
+
+#[test]
+fn only_train_transformer_layers_freezes_embeddings_and_final_norm() {
+    let h = harness();
+    h.run("train", &h.path("b"), &h.path("s2"), None, |p| {
+        p.steps = 3;
+        p.only_train_transformer_layers = true;
+    })
+    .unwrap();
+    // The stage's initial weights: a random model of the pipeline's seed (3).
+    let cfg = gptpipe_torch::model::Config::from_inline(&gptpipe_core::config::InlineModel {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+        n_ctx: 32,
+        vocab_size: 50257,
+        dropout: 0.1,
+    })
+    .unwrap();
+    let init = gptpipe_torch::model::Gpt2::random(&cfg, tch::Device::Cpu, 3);
+    let trained: std::collections::HashMap<String, tch::Tensor> =
+        weights_of(&h.path("b")).into_iter().collect();
+    for (n, t0) in init.named_parameters() {
+        let d = max_diff(t0, &trained[n]);
+        if n.starts_with("transformer.h.") {
+            assert!(d > 1e-4, "{n} did not train");
+        } else {
+            assert_eq!(d, 0.0, "{n} is frozen but changed");
+        }
+    }
+}

@@ -66,28 +66,40 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
         })
         .collect();
 
-    let model = weights::load_folder(&dir, Device::Cpu).unwrap();
-    let params: Vec<(String, Tensor)> = model
-        .named_parameters()
-        .iter()
-        .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
-        .collect();
-    let mut opt = Optimizer::new(kind, wd, &params);
-    let mut ours = Vec::new();
-    for micro in &steps {
-        let mut total = 0.0;
-        for ids in micro {
-            let loss = model.loss(&ids_tensor(ids), true);
-            (&loss / micro.len() as f64).backward();
-            total += loss.double_value(&[]);
+    let train = |flat: bool| {
+        let mut model = weights::load_folder(&dir, Device::Cpu).unwrap();
+        let names: Vec<String> = model
+            .named_parameters()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let buffer = flat.then(|| model.flatten_parameters(&names));
+        let params: Vec<(String, Tensor)> = model
+            .named_parameters()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
+            .collect();
+        let mut opt = match buffer {
+            Some(b) => Optimizer::new_flat(kind, wd, &params, b),
+            None => Optimizer::new(kind, wd, &params),
+        };
+        let mut losses = Vec::new();
+        for micro in &steps {
+            let mut total = 0.0;
+            for ids in micro {
+                let loss = model.loss(&ids_tensor(ids), true);
+                (&loss / micro.len() as f64).backward();
+                total += loss.double_value(&[]);
+            }
+            if clip > 0.0 {
+                opt.clip_grad_norm(clip);
+            }
+            opt.apply(lr);
+            opt.zero_grad();
+            losses.push(total / micro.len() as f64);
         }
-        if clip > 0.0 {
-            opt.clip_grad_norm(clip);
-        }
-        opt.apply(lr);
-        opt.zero_grad();
-        ours.push(total / micro.len() as f64);
-    }
+        (model, losses)
+    };
 
     let out = tmp.path().join("after.safetensors");
     let stdout = run_python(
@@ -103,33 +115,37 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
         ],
     );
     let theirs: Vec<f64> = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    for (a, b) in ours.iter().zip(&theirs) {
-        assert!((a - b).abs() < 1e-5, "{name}: loss {a} vs PyTorch {b}");
-    }
-    let reference: std::collections::HashMap<String, Tensor> = weights::read_safetensors(&out)
-        .unwrap()
-        .into_iter()
-        .collect();
-    let before = weights::load_folder(&dir, Device::Cpu).unwrap();
-    for ((n, t), (_, t0)) in model
-        .named_parameters()
-        .iter()
-        .zip(before.named_parameters())
-    {
-        let r = &reference[n];
-        assert!(max_diff(t, t0) > 1e-6, "{name}: {n} did not move");
-        // The key bias has a zero gradient in exact arithmetic (softmax ignores a shift
-        // shared by all keys), so Adam turns rounding noise into O(lr) steps in both
-        // implementations: compare the query and value biases only.
-        let (t, r) = if n.ends_with("attn.c_attn.bias") {
-            let e = t.size()[0] / 3;
-            let pick = |x: &Tensor| Tensor::cat(&[x.narrow(0, 0, e), x.narrow(0, 2 * e, e)], 0);
-            (pick(t), pick(r))
-        } else {
-            (t.shallow_clone(), r.shallow_clone())
-        };
-        let d = max_diff(&t, &r);
-        assert!(d < 1e-5, "{name}: {n} differs from PyTorch by {d}");
+    for flat in [false, true] {
+        let (model, ours) = train(flat);
+        let name = &format!("{name}{}", if flat { " (flat buffer)" } else { "" });
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() < 1e-5, "{name}: loss {a} vs PyTorch {b}");
+        }
+        let reference: std::collections::HashMap<String, Tensor> = weights::read_safetensors(&out)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let before = weights::load_folder(&dir, Device::Cpu).unwrap();
+        for ((n, t), (_, t0)) in model
+            .named_parameters()
+            .iter()
+            .zip(before.named_parameters())
+        {
+            let r = &reference[n];
+            assert!(max_diff(t, t0) > 1e-6, "{name}: {n} did not move");
+            // The key bias has a zero gradient in exact arithmetic (softmax ignores a shift
+            // shared by all keys), so Adam turns rounding noise into O(lr) steps in both
+            // implementations: compare the query and value biases only.
+            let (t, r) = if n.ends_with("attn.c_attn.bias") {
+                let e = t.size()[0] / 3;
+                let pick = |x: &Tensor| Tensor::cat(&[x.narrow(0, 0, e), x.narrow(0, 2 * e, e)], 0);
+                (pick(t), pick(r))
+            } else {
+                (t.shallow_clone(), r.shallow_clone())
+            };
+            let d = max_diff(&t, &r);
+            assert!(d < 1e-5, "{name}: {n} differs from PyTorch by {d}");
+        }
     }
 }
 

@@ -121,17 +121,22 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         bail!("the model's config changed while loading");
     }
     model.set_compute_kind(compute);
+    // gpt-2-simple's only_train_transformer_layers trains the blocks (`h.*`) only.
+    let names: Vec<String> = model
+        .named_parameters()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !p.only_train_transformer_layers || n.starts_with("transformer.h."))
+        .collect();
+    // One buffer for all trained weights: the optimizer updates it in a few kernels.
+    let flat = model.flatten_parameters(&names);
     let trainable: Vec<(String, Tensor)> = model
         .named_parameters()
         .iter()
-        .map(|(n, t)| {
-            let train = !p.only_train_transformer_layers || n.starts_with("transformer.h.");
-            (n.clone(), t.set_requires_grad(train), train)
-        })
-        .filter(|(_, _, train)| *train)
-        .map(|(n, t, _)| (n, t))
+        .filter(|(n, _)| names.contains(n))
+        .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
         .collect();
-    let mut opt = Optimizer::new(p.optimizer, p.weight_decay, &trainable);
+    let mut opt = Optimizer::new_flat(p.optimizer, p.weight_decay, &trainable, flat);
     let (mut trainer, mut metrics) = match &resume {
         Some(c) => {
             opt.load_state(c.trainer.step, c.optimizer_tensors()?)?;

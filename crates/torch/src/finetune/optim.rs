@@ -19,6 +19,15 @@ pub struct Optimizer {
     params: Vec<Tensor>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// Set when the parameters are views of one buffer ([`Optimizer::new_flat`]): the
+    /// buffer and the moments as buffers of the same layout.
+    flat: Option<Flat>,
+}
+
+struct Flat {
+    params: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
 }
 
 impl Optimizer {
@@ -33,7 +42,43 @@ impl Optimizer {
             params: params.iter().map(|(_, t)| t.shallow_clone()).collect(),
             exp_avg: params.iter().map(|(_, t)| zeros(t)).collect(),
             exp_avg_sq: params.iter().map(|(_, t)| zeros(t)).collect(),
+            flat: None,
         }
+    }
+
+    /// An optimizer over parameters that are consecutive views of `flat` (see
+    /// `Gpt2::flatten_parameters`), in the same order: one update for all of them.
+    pub fn new_flat(
+        kind: Kind,
+        weight_decay: f64,
+        params: &[(String, Tensor)],
+        flat: Tensor,
+    ) -> Self {
+        let mut opt = Self::new(kind, weight_decay, &[]);
+        opt.names = params.iter().map(|(n, _)| n.clone()).collect();
+        opt.params = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let zeros = flat.zeros_like();
+        let (m, v) = (zeros.zeros_like(), zeros);
+        let mut offset = 0;
+        for (_, t) in params {
+            let len = t.numel() as i64;
+            opt.exp_avg
+                .push(m.narrow(0, offset, len).view(t.size().as_slice()));
+            opt.exp_avg_sq
+                .push(v.narrow(0, offset, len).view(t.size().as_slice()));
+            offset += len;
+        }
+        assert_eq!(
+            offset,
+            flat.numel() as i64,
+            "the parameters must tile the buffer"
+        );
+        opt.flat = Some(Flat {
+            params: flat,
+            exp_avg: m,
+            exp_avg_sq: v,
+        });
+        opt
     }
 
     pub fn params(&self) -> &[Tensor] {
@@ -104,8 +149,39 @@ impl Optimizer {
     /// One update with learning rate `lr`.
     pub fn apply(&mut self, lr: f64) {
         self.step += 1;
-        let t = self.step as i32;
-        let wd = self.weight_decay;
+        if let Some(flat) = &self.flat {
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| {
+                    let g = p.grad();
+                    if g.defined() {
+                        g.reshape([-1])
+                    } else {
+                        p.zeros_like().reshape([-1])
+                    }
+                })
+                .collect();
+            let g = Tensor::cat(&grads, 0);
+            let (mut p, mut m, mut v) = (
+                flat.params.shallow_clone(),
+                flat.exp_avg.shallow_clone(),
+                flat.exp_avg_sq.shallow_clone(),
+            );
+            tch::no_grad(|| {
+                update(
+                    self.kind,
+                    self.weight_decay,
+                    self.step,
+                    lr,
+                    &mut p,
+                    g,
+                    &mut m,
+                    &mut v,
+                )
+            });
+            return;
+        }
         tch::no_grad(|| {
             for i in 0..self.params.len() {
                 let mut p = self.params[i].shallow_clone();
@@ -113,31 +189,8 @@ impl Optimizer {
                 if !g.defined() {
                     continue;
                 }
-                match self.kind {
-                    Kind::Sgd => {
-                        let g = if wd != 0.0 { &g + &p * wd } else { g };
-                        let _ = p.g_add_(&(g * -lr));
-                    }
-                    Kind::Adam | Kind::Adamw => {
-                        let g = if self.kind == Kind::Adam && wd != 0.0 {
-                            &g + &p * wd
-                        } else {
-                            g
-                        };
-                        if self.kind == Kind::Adamw && wd != 0.0 {
-                            let _ = p.g_mul_scalar_(1.0 - lr * wd);
-                        }
-                        let m = &mut self.exp_avg[i];
-                        let v = &mut self.exp_avg_sq[i];
-                        let _ = m.lerp_(&g, 1.0 - BETA1);
-                        let _ = v.g_mul_scalar_(BETA2);
-                        let _ = v.addcmul_(&(&g * (1.0 - BETA2)), &g);
-                        let bc1 = 1.0 - BETA1.powi(t);
-                        let bc2 = 1.0 - BETA2.powi(t);
-                        let denom = (v.sqrt() / bc2.sqrt()) + EPS;
-                        let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom);
-                    }
-                }
+                let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
+                update(self.kind, self.weight_decay, self.step, lr, &mut p, g, m, v);
             }
         });
     }
@@ -187,5 +240,43 @@ impl Optimizer {
             }
             Ok(())
         })
+    }
+}
+
+/// One PyTorch-exact update of `p` with gradient `g` (single-tensor code path).
+#[allow(clippy::too_many_arguments)]
+fn update(
+    kind: Kind,
+    wd: f64,
+    step: u64,
+    lr: f64,
+    p: &mut Tensor,
+    g: Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+) {
+    match kind {
+        Kind::Sgd => {
+            let g = if wd != 0.0 { &g + &*p * wd } else { g };
+            let _ = p.g_add_(&(g * -lr));
+        }
+        Kind::Adam | Kind::Adamw => {
+            let g = if kind == Kind::Adam && wd != 0.0 {
+                &g + &*p * wd
+            } else {
+                g
+            };
+            if kind == Kind::Adamw && wd != 0.0 {
+                let _ = p.g_mul_scalar_(1.0 - lr * wd);
+            }
+            let t = step as i32;
+            let _ = m.lerp_(&g, 1.0 - BETA1);
+            let _ = v.g_mul_scalar_(BETA2);
+            let _ = v.addcmul_(&(&g * (1.0 - BETA2)), &g);
+            let bc1 = 1.0 - BETA1.powi(t);
+            let bc2 = 1.0 - BETA2.powi(t);
+            let denom = (v.sqrt() / bc2.sqrt()) + EPS;
+            let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom);
+        }
     }
 }

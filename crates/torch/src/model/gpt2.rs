@@ -159,6 +159,37 @@ impl Gpt2 {
         tch::no_grad(|| self.rebind(|n| f(&old[n]).detach()));
     }
 
+    /// Moves the weights named in `names` (in that order) into one contiguous fp32 buffer
+    /// and makes them views of it; returns the buffer. An optimizer can then update them
+    /// all with a handful of kernels instead of a dozen per tensor.
+    pub fn flatten_parameters(&mut self, names: &[String]) -> Tensor {
+        let old: std::collections::HashMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        let total: i64 = names.iter().map(|n| old[n].numel() as i64).sum();
+        let flat = Tensor::zeros([total], (Kind::Float, self.device()));
+        let mut views = std::collections::HashMap::new();
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for n in names {
+                let t = &old[n];
+                let len = t.numel() as i64;
+                let view = flat.narrow(0, offset, len).view(t.size().as_slice());
+                view.shallow_clone().copy_(t);
+                views.insert(n.clone(), view);
+                offset += len;
+            }
+        });
+        self.rebind(|n| {
+            views
+                .get(n)
+                .map_or_else(|| old[n].shallow_clone(), |v| v.shallow_clone())
+        });
+        flat
+    }
+
     /// Points every field at `f(name)`.
     pub(crate) fn rebind(&mut self, f: impl Fn(&str) -> Tensor) {
         let mut new = Vec::new();
