@@ -131,11 +131,7 @@ fn check(input: &[u8], options: &Options) {
         .chunks(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
         .collect();
-    let expected: Vec<u32> = r50k()
-        .encode_with_special_tokens(&dataset)
-        .into_iter()
-        .map(|t| t as u32)
-        .collect();
+    let expected: Vec<u32> = r50k().encode_with_special_tokens(&dataset);
     assert!(
         ids == expected,
         "tokens.bin is not the encoding of dataset.txt ({} vs {} ids)",
