@@ -152,7 +152,10 @@ impl Inner {
                 if let Some(&id) = self.encoder.get(piece) {
                     out.push(id);
                 } else if let Some(ids) = cache.get(piece) {
-                    out.extend_from_slice(ids);
+                    // Most are two or three ids: a loop beats a call to memmove.
+                    for &id in ids.iter() {
+                        out.push(id);
+                    }
                 } else {
                     let ids = self.merge(piece);
                     out.extend_from_slice(&ids);
@@ -179,7 +182,7 @@ impl Inner {
     /// Appends the ids of `text`, with `<|endoftext|>` as the special token.
     fn encode_serial(&self, text: &str, out: &mut Vec<u32>) {
         let mut rest = text;
-        while let Some(at) = memchr::memmem::find(rest.as_bytes(), EOT.as_bytes()) {
+        while let Some(at) = eot_finder().find(rest.as_bytes()) {
             self.encode_ordinary(&rest[..at], out);
             out.push(EOT_ID);
             rest = &rest[at + EOT.len()..];
@@ -285,6 +288,12 @@ impl Gpt2Tokenizer {
     }
 }
 
+/// Finds `<|endoftext|>` (built once: building a finder costs more than a short search).
+fn eot_finder() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(EOT.as_bytes()))
+}
+
 /// Cuts `text` into pieces of about `size` bytes, each cut just before a space that follows
 /// a non-space. GPT-2's pattern never matches across such a point, and what it matches on
 /// either side does not depend on the other side, so the pieces encode to the same ids as
@@ -317,7 +326,7 @@ fn next_safe_cut(text: &str, from: usize) -> Option<usize> {
 pub(crate) fn first_safe_cut(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let space = memchr::memchr_iter(b' ', bytes).find(|&at| is_safe_cut(text, at));
-    let eot = memchr::memmem::find(bytes, EOT.as_bytes()).map(|at| at + EOT.len());
+    let eot = eot_finder().find(bytes).map(|at| at + EOT.len());
     match (space, eot) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -329,7 +338,9 @@ pub(crate) fn first_safe_cut(text: &str) -> Option<usize> {
 pub(crate) fn last_safe_cut(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let space = memchr::memrchr_iter(b' ', bytes).find(|&at| is_safe_cut(text, at));
-    let eot = memchr::memmem::rfind(bytes, EOT.as_bytes()).map(|at| at + EOT.len());
+    static BACK: OnceLock<memchr::memmem::FinderRev<'static>> = OnceLock::new();
+    let back = BACK.get_or_init(|| memchr::memmem::FinderRev::new(EOT.as_bytes()));
+    let eot = back.rfind(bytes).map(|at| at + EOT.len());
     space.max(eot).filter(|&at| at > 0)
 }
 
