@@ -69,12 +69,19 @@ fn main() -> anyhow::Result<()> {
     if precision == "bf16" {
         model.set_compute_kind(Some(tch::Kind::BFloat16));
     }
+    // As the finetune stage does: one buffer for all weights, fp32 master copies.
+    let names: Vec<String> = model
+        .named_parameters()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    let flat = model.flatten_parameters(&names);
     let params: Vec<(String, Tensor)> = model
         .named_parameters()
         .iter()
         .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
         .collect();
-    let mut opt = Optimizer::new(Kind::Adamw, 0.01, &params);
+    let mut opt = Optimizer::new_flat(Kind::Adamw, 0.01, &params, flat);
     tch::manual_seed(1);
     let x = Tensor::randint(
         config.vocab_size as i64,
