@@ -15,7 +15,7 @@ pub fn expand(pipeline: &Pipeline, entry: &str) -> Result<Vec<PathBuf>> {
         return Ok(vec![path]);
     }
     if path.is_dir() {
-        let files = crate::fsutil::list_files(&path)?
+        let files = crate::fsutil::list_files_following(&path)?
             .into_iter()
             .map(|rel| path.join(rel))
             .collect::<Vec<_>>();
@@ -56,7 +56,7 @@ pub fn stage_inputs(
                 bail!("model folder not found: {}", dir.display());
             }
             files.extend(
-                crate::fsutil::list_files(&dir)?
+                crate::fsutil::list_files_following(&dir)?
                     .into_iter()
                     .map(|r| dir.join(r)),
             );
@@ -86,6 +86,42 @@ pub fn stage_inputs(
         .into_iter()
         .map(|f| (display_path(&pipeline.dir, &f), f))
         .collect())
+}
+
+/// The inputs of a stage that are reached through a symbolic link (the file itself, or a
+/// folder on its way below the pipeline's folder), with the real file each one reads:
+/// the lock file records them beside the content hashes.
+pub fn symlink_targets(pipeline: &Pipeline, params: &StageParams) -> BTreeMap<String, String> {
+    let Ok(inputs) = stage_inputs(pipeline, params) else {
+        return BTreeMap::new();
+    };
+    inputs
+        .into_iter()
+        .filter(|(_, path)| {
+            let below = path.strip_prefix(&pipeline.dir).ok();
+            let mut at = path.as_path();
+            loop {
+                if at
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    return true;
+                }
+                match at.parent() {
+                    // Links above the pipeline's folder (a linked home folder) are the
+                    // user's layout, not a property of this input.
+                    Some(p) if below.is_some() && !p.starts_with(&pipeline.dir) => return false,
+                    Some(p) if p == pipeline.dir || p.as_os_str().is_empty() => return false,
+                    Some(p) => at = p,
+                    None => return false,
+                }
+            }
+        })
+        .filter_map(|(name, path)| {
+            let real = path.canonicalize().ok()?;
+            Some((name, real.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 fn display_path(base: &Path, path: &Path) -> String {

@@ -31,6 +31,10 @@ pub struct LockEntry {
     /// Output files, relative to the stage folder -> content hash.
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
+    /// Inputs read through a symbolic link -> the real file read. For the record only:
+    /// the cache key depends on content, not on where it lives.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<String, String>,
 }
 
 impl LockFile {

@@ -447,6 +447,7 @@ impl<'a> Runner<'a> {
             upstream: eval.material.upstream.clone(),
             output_hash: output_hash.clone(),
             outputs,
+            links: crate::inputs::symlink_targets(self.pipeline, params),
         };
         if lock.stages.get(stage) != Some(&entry) {
             lock.stages.insert(stage.to_owned(), entry);
