@@ -72,7 +72,7 @@ pub(crate) fn read(
     let file = File::open(&input.path)
         .with_context(|| format!("cannot open input file {}", input.display))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    skip_bom(&mut reader).with_context(|| format!("cannot read {}", input.display))?;
+    let bom = skip_bom(&mut reader).with_context(|| format!("cannot read {}", input.display))?;
     let mut out = Sink {
         batch: Batch {
             input: index,
@@ -84,7 +84,7 @@ pub(crate) fn read(
         send,
     };
     match input.format {
-        InputFormat::Csv => read_csv(reader, input, p, &mut out)?,
+        InputFormat::Csv => read_csv(reader, bom, input, p, &mut out)?,
         InputFormat::Jsonl => read_jsonl(reader, p, &mut out)?,
         InputFormat::Text => read_text(reader, input, &mut out)?,
     }
@@ -133,11 +133,24 @@ impl Sink<'_> {
     }
 }
 
-fn skip_bom(reader: &mut BufReader<File>) -> std::io::Result<()> {
+/// Skips a UTF-8 byte order mark; returns its length.
+fn skip_bom(reader: &mut BufReader<File>) -> std::io::Result<u64> {
     if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
         reader.consume(3);
+        return Ok(3);
     }
-    Ok(())
+    Ok(0)
+}
+
+/// Whether the file's bytes from `offset` on hold an odd number of quotes: a quoted field
+/// opened there and never closed (the CSV parser then takes the rest of the file as it).
+fn unclosed_quote(path: &std::path::Path, offset: u64) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    Ok(memchr::memchr_iter(b'"', &tail).count() % 2 == 1)
 }
 
 /// Where in `bytes` UTF-8 breaks, as a count of lines before it.
@@ -147,6 +160,7 @@ fn newlines(bytes: &[u8]) -> u64 {
 
 fn read_csv(
     reader: impl Read,
+    bom: u64,
     input: &Input,
     p: &PrepareParams,
     out: &mut Sink,
@@ -205,6 +219,19 @@ fn read_csv(
         first = false;
         let pos = record.position().expect("csv records carry a position");
         let line = pos.line();
+        // A record that reached the end of the file across lines may be an unclosed quote.
+        if bom + csv.position().byte() >= input.bytes
+            && record.iter().any(|f| f.contains(&b'\n'))
+            && unclosed_quote(&input.path, bom + pos.byte())
+                .with_context(|| format!("cannot read {name}"))?
+        {
+            out.bad(
+                line,
+                DropReason::Malformed,
+                "malformed CSV record: a quoted field opens here and is never closed".into(),
+            )?;
+            continue;
+        }
         if record.len() != width {
             let what = if p.header {
                 "the header has"
