@@ -116,3 +116,31 @@ fn stream_encoder_equals_tiktoken_on_the_whole() {
         assert_same(&ids, &theirs, &text, &format!("stream, batch {batch}"));
     }
 }
+
+/// Text without spaces (CJK, Thai) is cut at newlines for the parallel path.
+#[test]
+fn text_without_spaces_matches_tiktoken() {
+    let tok = Gpt2Tokenizer::new().unwrap();
+    let words = [
+        "日本語",
+        "テキスト",
+        "中文字符",
+        "ไทย",
+        "한국어",
+        "。",
+        "、",
+        "😀",
+        "12",
+    ];
+    let ends = ["\n", "\n\n", "。\n", "\n\u{3000}", "\r\n"];
+    let mut rng = common::Rng::new(3);
+    let mut text = String::new();
+    while text.len() < 600_000 {
+        for _ in 0..1 + rng.below(20) {
+            text.push_str(rng.pick(&words));
+        }
+        text.push_str(rng.pick(&ends));
+    }
+    let theirs = peer().encode_with_special_tokens(&text);
+    assert_same(&tok.encode(&text), &theirs, &text, "text without spaces");
+}

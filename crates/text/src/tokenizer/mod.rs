@@ -294,10 +294,12 @@ fn eot_finder() -> &'static memchr::memmem::Finder<'static> {
     FINDER.get_or_init(|| memchr::memmem::Finder::new(EOT.as_bytes()))
 }
 
-/// Cuts `text` into pieces of about `size` bytes, each cut just before a space that follows
-/// a non-space. GPT-2's pattern never matches across such a point, and what it matches on
-/// either side does not depend on the other side, so the pieces encode to the same ids as
-/// the whole. (`<|endoftext|>` holds no space, so no cut falls inside it.)
+/// Cuts `text` into pieces of about `size` bytes, each cut just before a space or newline
+/// that follows a non-whitespace character. GPT-2's pattern never matches across such a
+/// point: whitespace only appears in runs and as a single leading space, and both start at
+/// the cut. Nor does what it matches on one side depend on the other (a run of letters,
+/// digits or symbols ends at the whitespace either way). So the pieces encode to the same
+/// ids as the whole. (`<|endoftext|>` holds no whitespace, so no cut falls inside it.)
 pub(crate) fn split_safely(text: &str, size: usize) -> Vec<&str> {
     let mut parts = Vec::with_capacity(text.len() / size + 1);
     let mut start = 0;
@@ -317,7 +319,7 @@ pub(crate) fn split_safely(text: &str, size: usize) -> Vec<&str> {
 /// The first safe cut at or after byte `from` (see [`split_safely`]).
 fn next_safe_cut(text: &str, from: usize) -> Option<usize> {
     let bytes = text.as_bytes();
-    memchr::memchr_iter(b' ', &bytes[from..])
+    memchr::memchr2_iter(b' ', b'\n', &bytes[from..])
         .map(|i| from + i)
         .find(|&at| is_safe_cut(text, at))
 }
@@ -325,7 +327,7 @@ fn next_safe_cut(text: &str, from: usize) -> Option<usize> {
 /// The first safe cut in `text` after its start (see [`last_safe_cut`]).
 pub(crate) fn first_safe_cut(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
-    let space = memchr::memchr_iter(b' ', bytes).find(|&at| is_safe_cut(text, at));
+    let space = memchr::memchr2_iter(b' ', b'\n', bytes).find(|&at| is_safe_cut(text, at));
     let eot = eot_finder().find(bytes).map(|at| at + EOT.len());
     match (space, eot) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -333,18 +335,19 @@ pub(crate) fn first_safe_cut(text: &str) -> Option<usize> {
     }
 }
 
-/// The last safe cut in `text`: before a space that follows a non-space, or just after an
-/// `<|endoftext|>`.
+/// The last safe cut in `text`: before a space or newline that follows a non-space, or just
+/// after an `<|endoftext|>`.
 pub(crate) fn last_safe_cut(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
-    let space = memchr::memrchr_iter(b' ', bytes).find(|&at| is_safe_cut(text, at));
+    let space = memchr::memrchr2_iter(b' ', b'\n', bytes).find(|&at| is_safe_cut(text, at));
     static BACK: OnceLock<memchr::memmem::FinderRev<'static>> = OnceLock::new();
     let back = BACK.get_or_init(|| memchr::memmem::FinderRev::new(EOT.as_bytes()));
     let eot = back.rfind(bytes).map(|at| at + EOT.len());
     space.max(eot).filter(|&at| at > 0)
 }
 
-/// Whether `at` (the index of a space byte) follows a character that is not whitespace.
+/// Whether `at` (the index of a space or newline) follows a character that is not
+/// whitespace.
 fn is_safe_cut(text: &str, at: usize) -> bool {
     if at == 0 {
         return false;
@@ -381,6 +384,8 @@ mod tests {
         assert_eq!(first_safe_cut(text), Some(2));
         assert_eq!(first_safe_cut("x<|endoftext|>y z"), Some(14));
         assert_eq!(first_safe_cut("  x"), None);
+        assert_eq!(last_safe_cut("日本\n語"), Some(6));
+        assert_eq!(last_safe_cut("日本\n\n語"), Some(6));
         assert_eq!(split_safely("aa bb cc dd", 2), ["aa", " bb", " cc", " dd"]);
     }
 }
