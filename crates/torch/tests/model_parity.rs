@@ -7,15 +7,24 @@ use gptpipe_torch::{model::Gpt2, weights};
 use tch::{Device, Kind, Tensor};
 
 /// transformers' logits for `ids` from the model in `dir`, saved to `out` (safetensors).
+/// With `create` (`[n_layer, n_head, n_embd, n_ctx, vocab, seed]`) the same Python run
+/// first makes that random model and saves it into `dir` (one interpreter start, not two).
 fn hf_logits(
     dir: &std::path::Path,
     ids: &[Vec<i64>],
     mask: Option<&[Vec<i64>]>,
     out: &std::path::Path,
+    create: Option<[usize; 6]>,
 ) -> Tensor {
     let script = r#"
 import sys, json, torch, transformers
 from safetensors.torch import save_file
+create = json.loads(sys.argv[5])
+if create is not None:
+    L, H, E, C, V, seed = create
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(n_layer=L, n_head=H, n_embd=E, n_positions=C, vocab_size=V)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(sys.argv[1])
 m = transformers.GPT2LMHeadModel.from_pretrained(sys.argv[1]).eval()
 ids = torch.tensor(json.loads(sys.argv[2]))
 mask = json.loads(sys.argv[3])
@@ -36,6 +45,7 @@ save_file({"logits": logits.contiguous()}, sys.argv[4])
             &ids_json(ids),
             &mask_json,
             out.to_str().unwrap(),
+            &serde_json::to_string(&create).unwrap(),
         ],
     );
     weights::read_safetensors(out).unwrap().remove(0).1
@@ -52,11 +62,17 @@ fn check_shape(
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
-    make_hf_model(&dir, n_layer, n_head, n_embd, n_ctx, vocab, 7);
-    let model = weights::load_folder(&dir, Device::Cpu).unwrap();
     let ids = ids(rows, cols, vocab as i64, 1);
+    let create = [n_layer, n_head, n_embd, n_ctx, vocab, 7];
+    let theirs = hf_logits(
+        &dir,
+        &ids,
+        None,
+        &tmp.path().join("logits.safetensors"),
+        Some(create),
+    );
+    let model = weights::load_folder(&dir, Device::Cpu).unwrap();
     let ours = tch::no_grad(|| model.forward(&ids_tensor(&ids), None, false));
-    let theirs = hf_logits(&dir, &ids, None, &tmp.path().join("logits.safetensors"));
     let d = max_diff(&ours, &theirs);
     assert!(d < 1e-4, "logits differ from transformers by {d}");
 
@@ -91,12 +107,18 @@ fn logits_match_transformers_wider() {
 fn left_padded_rows_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
-    make_hf_model(&dir, 2, 2, 32, 32, 97, 3);
-    let model = weights::load_folder(&dir, Device::Cpu).unwrap();
     let mut ids = ids(2, 8, 97, 2);
     let mask = vec![vec![1i64; 8], vec![0, 0, 0, 1, 1, 1, 1, 1]];
     ids[1][..3].fill(0);
-    let theirs = hf_logits(&dir, &ids, Some(&mask), &tmp.path().join("l.safetensors"));
+    let create = Some([2, 2, 32, 32, 97, 3]);
+    let theirs = hf_logits(
+        &dir,
+        &ids,
+        Some(&mask),
+        &tmp.path().join("l.safetensors"),
+        create,
+    );
+    let model = weights::load_folder(&dir, Device::Cpu).unwrap();
     let mut cache = model.new_cache();
     let t = ids_tensor(&ids);
     let m = ids_tensor(&mask);
@@ -139,7 +161,7 @@ fn saved_folder_loads_in_transformers() {
     weights::save_folder(&model, &dir).unwrap();
     let ids = ids(2, 17, 211, 4);
     let ours = tch::no_grad(|| model.forward(&ids_tensor(&ids), None, false));
-    let theirs = hf_logits(&dir, &ids, None, &tmp.path().join("l.safetensors"));
+    let theirs = hf_logits(&dir, &ids, None, &tmp.path().join("l.safetensors"), None);
     let d = max_diff(&ours, &theirs);
     assert!(d < 1e-4, "transformers on our folder differs by {d}");
     // Our init statistics follow transformers': c_proj has the smaller std.
