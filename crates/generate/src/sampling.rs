@@ -95,6 +95,13 @@ impl Sampling {
         if self.is_greedy() {
             return cands[0].1;
         }
+        let weights = self.filtered_weights(cands);
+        cands[pick(&weights, u)].1
+    }
+
+    /// Unnormalised probabilities of the candidates that survive top-k and top-p, in the
+    /// candidates' order (largest first); the rest are cut off.
+    fn filtered_weights(&self, cands: &[(f32, u32)]) -> Vec<f64> {
         let k = if self.top_k > 0 {
             self.top_k.min(cands.len())
         } else {
@@ -120,7 +127,24 @@ impl Sampling {
             }
             weights.truncate(keep);
         }
-        cands[pick(&weights, u)].1
+        weights
+    }
+
+    /// The tokens this sampler can pick from a row of logits, in increasing id order
+    /// (after the repetition penalty, top-k and top-p; one token when greedy).
+    pub fn support(&self, logits: &[f32], seen: &[u32]) -> Vec<u32> {
+        let mut logits = logits.to_vec();
+        if self.penalizes() {
+            apply_repetition_penalty(&mut logits, seen, self.repetition_penalty as f32);
+        }
+        if self.is_greedy() {
+            return vec![argmax(&logits)];
+        }
+        let cands = sorted_desc(&logits);
+        let n = self.filtered_weights(&cands).len();
+        let mut ids: Vec<u32> = cands[..n].iter().map(|c| c.1).collect();
+        ids.sort_unstable();
+        ids
     }
 }
 
