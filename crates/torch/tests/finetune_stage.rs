@@ -353,3 +353,59 @@ fn only_train_transformer_layers_freezes_embeddings_and_final_norm() {
         }
     }
 }
+
+#[test]
+fn early_stopping_stops_when_validation_stops_improving() {
+    let h = harness();
+    let out = h.path("o");
+    // A learning rate this high makes the validation loss climb after a few steps.
+    h.run("train", &out, &h.path("s"), None, |p| {
+        p.steps = 60;
+        p.learning_rate = 0.5;
+        p.val_split = 0.2;
+        p.val_every = 1;
+        p.early_stopping_patience = 2;
+    })
+    .unwrap();
+    let m = read_metrics(&out);
+    assert!(m.len() < 60, "ran all {} steps", m.len());
+    let val: Vec<f64> = m.iter().map(|x| x["val_loss"].as_f64().unwrap()).collect();
+    let n = val.len();
+    let best_before = val[..n - 2].iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        val[n - 2] >= best_before && val[n - 1] >= best_before,
+        "{val:?}"
+    );
+    let trainer = std::fs::read_to_string(out.join("training_state/trainer.json")).unwrap();
+    assert!(trainer.contains("\"stopped_early\": true"), "{trainer}");
+}
+
+#[test]
+fn the_output_loads_in_transformers_with_its_tokenizer() {
+    let h = harness();
+    let out = h.path("o");
+    h.run("train", &out, &h.path("s"), None, |p| p.steps = 2)
+        .unwrap();
+    let text = "the cat sat on the mat.";
+    let script = r#"
+import sys, json, torch, transformers
+m = transformers.GPT2LMHeadModel.from_pretrained(sys.argv[1]).eval()
+tok = transformers.AutoTokenizer.from_pretrained(sys.argv[1])
+ids = tok(sys.argv[2])["input_ids"]
+with torch.no_grad():
+    logits = m(torch.tensor([ids])).logits[0, -1]
+print(json.dumps({"ids": ids, "logits": logits[:50].tolist()}))
+"#;
+    let stdout = run_python(script, &[out.to_str().unwrap(), text]);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let ids: Vec<i64> = serde_json::from_value(v["ids"].clone()).unwrap();
+    let ours_ids: Vec<i64> = encode(text).iter().map(|&x| x as i64).collect();
+    assert_eq!(ids, ours_ids, "transformers' tokenizer from our folder");
+    let model = weights::load_folder(&out, tch::Device::Cpu).unwrap();
+    let logits =
+        tch::no_grad(|| model.forward(&tch::Tensor::from_slice(&ids).unsqueeze(0), None, false));
+    let ours = logits.get(0).get(ids.len() as i64 - 1).narrow(0, 0, 50);
+    let theirs: Vec<f32> = serde_json::from_value(v["logits"].clone()).unwrap();
+    let d = max_diff(&ours, &tch::Tensor::from_slice(&theirs));
+    assert!(d < 1e-4, "logits differ by {d}");
+}
