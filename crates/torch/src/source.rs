@@ -88,6 +88,7 @@ pub fn hub_folder(id: &str) -> Result<PathBuf> {
              (pytorch_model.bin) are refused because loading them can run code: {alternative}"
         )
     })?;
+    verify_blob(&weights)?;
     for f in TOKENIZER_FILES {
         let _ = repo.get(f);
     }
@@ -96,4 +97,56 @@ pub fn hub_folder(id: &str) -> Result<PathBuf> {
         bail!("the Hugging Face cache for {id:?} is inconsistent (config and weights in different snapshots)");
     }
     Ok(dir)
+}
+
+/// The hub cache stores a large (LFS) file as `blobs/<sha256 of its content>`, linked from
+/// the snapshot: check a freshly downloaded file against that name.
+pub(crate) fn verify_blob(path: &std::path::Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let real = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(()); // not content-addressed (a small, non-LFS file)
+    }
+    let mut file =
+        std::fs::File::open(&real).with_context(|| format!("cannot read {}", real.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !digest.eq_ignore_ascii_case(name) {
+        bail!(
+            "{} is corrupt: its sha256 is {digest}, the hub's is {name}; delete it and run again",
+            real.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify_blob;
+
+    #[test]
+    fn blobs_are_checked_against_their_sha256_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        // sha256("hello")
+        let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        std::fs::write(tmp.path().join(good), b"hello").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join(good), tmp.path().join("model.safetensors"))
+            .unwrap();
+        verify_blob(&tmp.path().join("model.safetensors")).unwrap();
+        std::fs::write(tmp.path().join(good), b"hellp").unwrap();
+        let e = verify_blob(&tmp.path().join("model.safetensors")).unwrap_err();
+        assert!(format!("{e:#}").contains("corrupt"), "{e:#}");
+        std::fs::write(tmp.path().join("config.json"), b"{}").unwrap();
+        verify_blob(&tmp.path().join("config.json")).unwrap();
+    }
 }
