@@ -138,6 +138,34 @@ transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=L, n_head=H, n_embd
     }
 }
 
+fn greedy_tokens(backend: &mut dyn Backend, rows: usize, length: usize) -> Vec<Vec<u32>> {
+    let codec = gptpipe_generate::codec::gpt2().unwrap();
+    let job = Job {
+        prompt: (0..8).map(|i| (i * 977 + 13) % 50257).collect(),
+        prefix: String::new(),
+        include_prefix: false,
+        length,
+        sampling: Sampling::greedy(),
+        seed: 0,
+        truncate: String::new(),
+    };
+    let mut out = Vec::new();
+    generate_range(
+        backend,
+        codec.as_ref(),
+        &job,
+        0..rows,
+        rows,
+        &mut |_| Ok(()),
+        &mut |s| {
+            out.extend(s.into_iter().map(|s| s.tokens));
+            Ok(())
+        },
+    )
+    .unwrap();
+    out
+}
+
 fn gpu() {
     assert!(tch::Cuda::is_available(), "no CUDA GPU visible to libtorch");
     let model = Gpt2::random(&Config::gpt2(), Device::Cuda(0), 0);
@@ -145,9 +173,25 @@ fn gpu() {
     println!(
         "GPU, GPT-2 124M random init, bf16 weights, 8-token prompt, top_k=40, temperature=0.7"
     );
-    for (batch, new) in [(1, 256), (20, 1000)] {
-        let t = ours(&mut backend, batch, new);
-        println!("batch {batch:>2} x {new:>4} new tokens: {t:>10.1} tokens/s");
+    // Eager steps first (GPTPIPE_CUDA_GRAPHS=0), then CUDA graphs, on the same weights.
+    let mut greedy = Vec::new();
+    for graphs in ["0", "1"] {
+        std::env::set_var("GPTPIPE_CUDA_GRAPHS", graphs);
+        let mode = if graphs == "1" { "graphs" } else { "eager" };
+        greedy.push(greedy_tokens(&mut backend, 3, 200));
+        for (batch, new) in [(1, 256), (20, 1000)] {
+            let t = ours(&mut backend, batch, new);
+            println!("{mode:>6}: batch {batch:>2} x {new:>4} new tokens: {t:>10.1} tokens/s");
+        }
+    }
+    // bf16 rounding differs between the two attention layouts, so greedy paths may part
+    // after a near tie; report how long they agree.
+    for (r, (a, b)) in greedy[0].iter().zip(&greedy[1]).enumerate() {
+        let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        println!(
+            "greedy row {r}: eager and graphs agree on the first {same} of {} tokens",
+            a.len()
+        );
     }
 }
 

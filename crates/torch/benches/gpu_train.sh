@@ -9,6 +9,9 @@ export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-/opt/torch/.venv/lib/python3.12/site-p
 for b in 16 32; do
   "$BIN" --device cuda --model gpt2 --batch "$b" --seq 1024 --steps 12 --warmup 4 --precision bf16
 done
-if [ -f "${ANCHOR:-../shared/bench/hf_anchor_gpu.py}" ]; then
-  python3 "${ANCHOR:-../shared/bench/hf_anchor_gpu.py}" --skip-compile
-fi
+for a in "${ANCHOR:-}" shared/bench/hf_anchor_gpu.py ../shared/bench/hf_anchor_gpu.py; do
+  if [ -n "$a" ] && [ -f "$a" ]; then
+    python3 "$a" --skip-compile
+    break
+  fi
+done
