@@ -1,6 +1,10 @@
 //! gptpipe's engine: pipeline config, the stage DAG, the content-addressed cache and the
 //! runner. Stage kinds plug in through [`stage::Registry`]; this crate knows no model code.
 
+// Config errors carry their source snippet for miette; they are rare and cold, so their size
+// in `Result` does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod cache;
 pub mod config;
 pub mod dag;
