@@ -20,10 +20,10 @@ pub const VERSION: u32 = gptpipe_core::stage::versions::EXPORT;
 /// model folder given (the binary wires libtorch's GPT-2 here).
 pub type ReferenceLogits = Arc<dyn Fn(&Path, &[i64]) -> Result<Vec<f32>> + Send + Sync>;
 
-/// Tokens of the validation probe: a whole prompt, then a prefix continued through the
-/// KV cache (a chunk, then single steps).
+/// Tokens of the validation probe (fewer for a shorter context): a whole prompt, then a
+/// prefix of about half of it continued through the KV cache (a chunk of up to 4 tokens,
+/// then single steps).
 const PROBE_LEN: usize = 16;
-const PROBE_PREFIX: usize = 9;
 const PROBE_CHUNK: usize = 4;
 
 /// The Hugging Face folder a model reference points at.
@@ -102,7 +102,7 @@ pub fn run_stage(ctx: &StageContext, reference: &ReferenceLogits) -> Result<()> 
         "tolerance": tolerance,
         "tolerance_rule": rule,
         "reference_max_abs_logit": v.reference_max,
-        "probe_tokens": PROBE_LEN,
+        "probe_tokens": probe_ids(exported.config.vocab_size, exported.config.n_positions).len(),
         "passed": passed,
         "source": src.display().to_string(),
         "model": {
@@ -160,9 +160,9 @@ impl Validation {
     }
 }
 
-/// The probe: distinct token ids spread over the vocabulary (deterministic).
-pub fn probe_ids(vocab: usize) -> Vec<i64> {
-    (0..PROBE_LEN)
+/// The probe: token ids spread over the vocabulary (deterministic), at most the context.
+pub fn probe_ids(vocab: usize, n_positions: usize) -> Vec<i64> {
+    (0..PROBE_LEN.min(n_positions))
         .map(|i| ((i * 7919 + 13) % vocab) as i64)
         .collect()
 }
@@ -175,7 +175,8 @@ pub fn validate(
     reference: &ReferenceLogits,
 ) -> Result<Validation> {
     let vocab = session.config.vocab_size;
-    let ids = probe_ids(vocab);
+    let ids = probe_ids(vocab, session.config.n_positions);
+    let prefix = ids.len().div_ceil(2);
     let want = reference(model_dir, &ids).context("computing the reference logits")?;
     ensure!(
         want.len() == ids.len() * vocab,
@@ -192,11 +193,15 @@ pub fn validate(
     let full = session.run(&ids, 1, &session.empty_cache(1)?)?;
     let no_past = diff(&full.logits, 0);
 
-    let mut out = session.run(&ids[..PROBE_PREFIX], 1, &session.empty_cache(1)?)?;
+    let mut out = session.run(&ids[..prefix], 1, &session.empty_cache(1)?)?;
     let mut with_past = 0.0f64;
-    let mut pos = PROBE_PREFIX;
+    let mut pos = prefix;
     while pos < ids.len() {
-        let n = if pos == PROBE_PREFIX { PROBE_CHUNK } else { 1 };
+        let n = if pos == prefix {
+            PROBE_CHUNK.min(ids.len() - pos)
+        } else {
+            1
+        };
         out = session.run(&ids[pos..pos + n], 1, &out.cache)?;
         with_past = with_past.max(diff(&out.logits, pos));
         pos += n;
