@@ -580,3 +580,62 @@ fn a_simulated_full_disk_gives_a_clear_error_and_keeps_the_previous_outputs() {
     assert!(p.output("work") == reference(BIG, 9));
     p.assert_fresh();
 }
+
+#[test]
+fn kill_9_during_finetune_resumes_from_the_checkpoint_and_equals_a_straight_run() {
+    let text: String = csv(400, 5)
+        .lines()
+        .skip(1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let pipeline = "[pipeline]\nname = \"t\"\nworkdir = \"work\"\n\n\
+                    [stages.train]\nkind = \"finetune\"\ndataset = \"data.txt\"\n\
+                    model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
+                    steps = 40\nsave_every = 10\nsample_every = 0\nbatch_size = 2\n\
+                    accumulate_gradients = 1\ndevice = \"cpu\"\n";
+    let project = || {
+        let p = Project::new(1);
+        p.write("data.txt", &text);
+        p.write("p.toml", pipeline);
+        p
+    };
+    let straight = project();
+    straight.run(&[]).ok();
+    let weights = |p: &Project| std::fs::read(p.path("work/train/model.safetensors")).unwrap();
+
+    let p = project();
+    let (mut child, rx) = p.spawn(&[]);
+    loop {
+        let e = wait_for(&rx, "stage_progress");
+        if e["step"].as_u64().unwrap() > 15 {
+            break;
+        }
+    }
+    kill9(&mut child);
+    assert!(!p.path("work/train").exists());
+    let checkpoints = std::fs::read_dir(p.path("work/.gptpipe/state/train"))
+        .unwrap()
+        .count();
+    assert!(checkpoints > 0, "no checkpoint survived the kill");
+
+    let resumed = p.run(&[]).ok();
+    let logs: Vec<String> = resumed
+        .with("stage_log")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        logs.iter().any(|m| m.starts_with("resuming from step 10")),
+        "{logs:?}"
+    );
+    let first_step = resumed.with("stage_progress")[0]["step"].as_u64().unwrap();
+    assert_eq!(
+        first_step, 11,
+        "training did not continue from the checkpoint"
+    );
+    assert!(
+        weights(&p) == weights(&straight),
+        "the resumed weights differ from a straight run's"
+    );
+    p.assert_fresh();
+}
