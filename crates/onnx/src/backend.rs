@@ -141,6 +141,17 @@ impl Backend for OnnxBackend {
         Ok(())
     }
 
+    /// Reads the stored logits in place (the default would copy them first).
+    fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(f32, u32)>>> {
+        ensure!(self.rows > 0, "top_k before start");
+        let vocab = self.model.config.vocab_size;
+        Ok(self
+            .last
+            .chunks(vocab)
+            .map(|row| gptpipe_generate::sampling::top_k_of(row, k))
+            .collect())
+    }
+
     fn logits(&mut self) -> Result<Logits> {
         ensure!(self.rows > 0, "logits before start");
         Ok(Logits::new(

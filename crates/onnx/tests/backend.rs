@@ -144,6 +144,19 @@ fn kv_cache_with_finishing_rows_equals_recomputing() {
     let lens: std::collections::BTreeSet<usize> = cached.iter().map(Vec::len).collect();
     assert!(lens.len() > 2, "{lens:?}");
 
+    // top_k sampling reads candidates through `Backend::top_k` (overridden by ours, the
+    // trait's default in `Recompute`).
+    let top_k = Sampling {
+        top_k: 40,
+        ..sampling
+    };
+    let j = job(vec![3, 4, 5], 20, top_k, "<7");
+    let mut recompute = Recompute {
+        inner: open(),
+        rows: Vec::new(),
+    };
+    assert_eq!(run(&mut open(), &j, 4), run(&mut recompute, &j, 4));
+
     let j = job(vec![3, 4, 5], 40, sampling, "");
     let long = run(&mut open(), &j, 2);
     assert!(long.iter().all(|t| t.len() == 40));
