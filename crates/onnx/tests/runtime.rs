@@ -18,16 +18,18 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check(precision: Float, tol: f32) {
+fn check(precision: Float, external: bool, tol: f32) {
     let tmp = tempfile::tempdir().unwrap();
     let hf = TinyModel::default().cached();
     let onnx = tmp.path().join("onnx");
     std::fs::create_dir_all(&onnx).unwrap();
     let opts = ExportOptions {
         precision,
+        external_threshold: if external { 0 } else { u64::MAX },
         ..ExportOptions::default()
     };
     export_folder(&hf, &onnx, &opts).unwrap();
+    assert_eq!(onnx.join("model.onnx.data").is_file(), external);
 
     let rows: Vec<Vec<i64>> = vec![
         vec![5, 17, 900, 3, 44, 12, 7, 8, 9],
@@ -75,11 +77,15 @@ fn check(precision: Float, tol: f32) {
 
 #[test]
 fn fp32_session_matches_transformers() {
-    check(Float::F32, 1e-4);
+    check(Float::F32, false, 1e-4);
 }
 
 #[test]
-fn fp16_session_matches_transformers_within_tolerance() {
+fn fp16_session_with_external_data_matches_transformers_within_tolerance() {
     // The reference logits of this model stay below 3 in absolute value.
-    check(Float::F16, (gptpipe_onnx::FP16_REL_TOLERANCE * 3.0) as f32);
+    check(
+        Float::F16,
+        true,
+        (gptpipe_onnx::FP16_REL_TOLERANCE * 3.0) as f32,
+    );
 }
