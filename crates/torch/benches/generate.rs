@@ -184,6 +184,15 @@ fn gpu() {
             println!("{mode:>6}: batch {batch:>2} x {new:>4} new tokens: {t:>10.1} tokens/s");
         }
     }
+    if std::env::args().any(|a| a == "--sweep") {
+        for graphs in ["0", "1"] {
+            std::env::set_var("GPTPIPE_CUDA_GRAPHS", graphs);
+            for batch in [1, 2, 4, 8, 12, 20] {
+                let t = ours(&mut backend, batch, 256);
+                println!("sweep graphs={graphs} batch {batch:>2} x 256: {t:>10.1} tokens/s");
+            }
+        }
+    }
     // bf16 rounding differs between the two attention layouts, so greedy paths may part
     // after a near tie; report how long they agree.
     for (r, (a, b)) in greedy[0].iter().zip(&greedy[1]).enumerate() {
