@@ -79,8 +79,8 @@ impl OnnxBackend {
     }
 
     fn run(&mut self, ids: Vec<i64>, rows: usize, past: KvCache) -> Result<()> {
-        let out = self.model.run(&ids, rows, &past)?;
-        self.last = out.last_logits();
+        let out = self.model.run_last(&ids, rows, &past)?;
+        self.last = out.logits;
         self.rows = rows;
         self.cache = Some(out.cache);
         Ok(())

@@ -8,7 +8,10 @@
 //! - `logits`: float32 `[batch, seq, vocab]` in both precisions (fp16 exports cast the
 //!   final projection, so callers never handle half floats);
 //! - `present.{i}.key` / `.value`: the past with this call's keys and values appended,
-//!   `[batch, n_head, past_seq + seq, head_dim]`, in the model's float type.
+//!   `[batch, n_head, past_seq + seq, head_dim]`, in the model's float type;
+//! - `last_logits`: float32 `[batch, vocab]`, the logits of each row's last position (an
+//!   extra output: a caller that fetches it instead of `logits` lets ONNX Runtime skip the
+//!   head on every other position, which matters for long prompts at large batch).
 //!
 //! Token `j` of the call sits at position `past_seq + j` and attends to every past key and
 //! to the call's keys up to itself. All rows of a batch share `past_seq` (no padding, no
@@ -19,6 +22,9 @@ use crate::graph::{attr_float, attr_int, attr_ints, value_info, Dim, Float, Grap
 use crate::proto::data_type;
 use crate::weights::Weights;
 use anyhow::{ensure, Result};
+
+/// Name of the extra output with each row's last-position logits.
+pub const LAST_LOGITS: &str = "last_logits";
 
 pub fn past_key_name(layer: usize) -> String {
     format!("past_key_values.{layer}.key")
@@ -67,6 +73,11 @@ pub fn build(cfg: &Gpt2Config, w: &Weights, float: Float) -> Result<GraphBuilder
             Dim::Named("seq"),
             Dim::Fixed(cfg.vocab_size),
         ],
+    ));
+    g.outputs.push(value_info(
+        LAST_LOGITS,
+        data_type::FLOAT,
+        &[Dim::Named("batch"), Dim::Fixed(cfg.vocab_size)],
     ));
     for i in 0..cfg.n_layer {
         for name in [present_key_name(i), present_value_name(i)] {
@@ -205,16 +216,19 @@ pub fn build(cfg: &Gpt2Config, w: &Weights, float: Float) -> Result<GraphBuilder
     let logits2d = g.node("Gemm", &[&flat, &head], vec![attr_int("transB", 1)]);
     let vocab = g.const_i64(&[cfg.vocab_size as i64], &[1]);
     let out_shape = g.node("Concat", &[&ids_shape, &vocab], vec![attr_int("axis", 0)]);
+    let last_index = g.const_i64(&[-1], &[]);
+    let last_hidden = g.node("Gather", &[&hidden, &last_index], vec![attr_int("axis", 1)]);
+    let last = g.node("Gemm", &[&last_hidden, &head], vec![attr_int("transB", 1)]);
     match float {
-        Float::F32 => g.node_to("Reshape", &[&logits2d, &out_shape], &["logits"], vec![]),
+        Float::F32 => {
+            g.node_to("Reshape", &[&logits2d, &out_shape], &["logits"], vec![]);
+            g.node_to("Identity", &[&last], &[LAST_LOGITS], vec![]);
+        }
         Float::F16 => {
             let l = g.node("Reshape", &[&logits2d, &out_shape], vec![]);
-            g.node_to(
-                "Cast",
-                &[&l],
-                &["logits"],
-                vec![attr_int("to", data_type::FLOAT as i64)],
-            );
+            let to_float = || vec![attr_int("to", data_type::FLOAT as i64)];
+            g.node_to("Cast", &[&l], &["logits"], to_float());
+            g.node_to("Cast", &[&last], &[LAST_LOGITS], to_float());
         }
     }
     Ok(g)

@@ -12,11 +12,13 @@
 //!    `lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*`.
 
 use crate::config::Gpt2Config;
-use crate::gpt2::{past_key_name, past_value_name, present_key_name, present_value_name};
+use crate::gpt2::{
+    past_key_name, past_value_name, present_key_name, present_value_name, LAST_LOGITS,
+};
 use crate::graph::Float;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use ort::environment::Environment;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -123,6 +125,8 @@ pub struct OnnxGpt2 {
     pub float: Float,
     past_names: Vec<String>,
     present_names: Vec<String>,
+    /// Fetches `last_logits` and the presents only, when the export has `last_logits`.
+    last_only: Option<RunOptions<HasSelectedOutputs>>,
 }
 
 /// Logits of one call: `[batch, seq, vocab]`, row-major.
@@ -211,12 +215,27 @@ impl OnnxGpt2 {
                 config.n_layer
             ),
         };
+        let last_only = if session.outputs().iter().any(|o| o.name() == LAST_LOGITS) {
+            let selector = present_names
+                .iter()
+                .fold(OutputSelector::no_default().with(LAST_LOGITS), |s, n| {
+                    s.with(n.as_str())
+                });
+            Some(
+                RunOptions::new()
+                    .map_err(|e| anyhow!("{e}"))?
+                    .with_outputs(selector),
+            )
+        } else {
+            None
+        };
         Ok(Self {
             session,
             config,
             float,
             past_names,
             present_names,
+            last_only,
         })
     }
 
@@ -248,6 +267,22 @@ impl OnnxGpt2 {
 
     /// Runs `ids` (`batch` rows of equal length, row-major) after `past`.
     pub fn run(&mut self, ids: &[i64], batch: usize, past: &KvCache) -> Result<RunOutput> {
+        self.run_inner(ids, batch, past, false)
+    }
+
+    /// Like [`run`](Self::run), but only the last position's logits are computed and
+    /// returned (`seq` is 1 in the output): what generation needs.
+    pub fn run_last(&mut self, ids: &[i64], batch: usize, past: &KvCache) -> Result<RunOutput> {
+        self.run_inner(ids, batch, past, true)
+    }
+
+    fn run_inner(
+        &mut self,
+        ids: &[i64],
+        batch: usize,
+        past: &KvCache,
+        last: bool,
+    ) -> Result<RunOutput> {
         ensure!(
             batch > 0 && !ids.is_empty() && ids.len() / batch * batch == ids.len(),
             "bad batch"
@@ -272,19 +307,40 @@ impl OnnxGpt2 {
         for (name, value) in self.past_names.iter().zip(&past.values) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
-        let mut out = self
-            .session
-            .run(inputs)
-            .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
-        let (shape, data) = out["logits"]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("logits: {e}"))?;
-        ensure!(
-            shape.len() == 3 && shape[0] as usize == batch && shape[1] as usize == seq,
-            "logits have shape {shape:?}"
-        );
-        let vocab = shape[2] as usize;
-        let logits = data.to_vec();
+        let options = if last { self.last_only.as_ref() } else { None };
+        let mut out = match options {
+            Some(o) => self.session.run_with_options(inputs, o),
+            None => self.session.run(inputs),
+        }
+        .map_err(|e| anyhow!("ONNX Runtime: {e}"))?;
+        let (logits, out_seq, vocab) = if options.is_some() {
+            let (shape, data) = out[LAST_LOGITS]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| anyhow!("{LAST_LOGITS}: {e}"))?;
+            ensure!(
+                shape.len() == 2 && shape[0] as usize == batch,
+                "{LAST_LOGITS} have shape {shape:?}"
+            );
+            (data.to_vec(), 1, shape[1] as usize)
+        } else {
+            let (shape, data) = out["logits"]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| anyhow!("logits: {e}"))?;
+            ensure!(
+                shape.len() == 3 && shape[0] as usize == batch && shape[1] as usize == seq,
+                "logits have shape {shape:?}"
+            );
+            let (s, v) = (seq, shape[2] as usize);
+            let logits = if last {
+                // An export without `last_logits`: keep only the last positions.
+                (0..batch)
+                    .flat_map(|b| data[(b * s + s - 1) * v..(b * s + s) * v].iter().copied())
+                    .collect()
+            } else {
+                data.to_vec()
+            };
+            (logits, if last { 1 } else { seq }, v)
+        };
         let values = self
             .present_names
             .iter()
@@ -293,7 +349,7 @@ impl OnnxGpt2 {
         Ok(RunOutput {
             logits,
             batch,
-            seq,
+            seq: out_seq,
             vocab,
             cache: KvCache {
                 values,

@@ -75,6 +75,12 @@ fn fp32_external_data_and_fp16_match_transformers() {
         unreachable!()
     };
     for c in [fp32, external] {
+        // last_logits is the last position of logits (the same head, one row).
+        assert!(
+            c.json["last_vs_full"].as_f64().unwrap() <= 1e-5,
+            "{}",
+            c.json
+        );
         assert!(c.no_past <= 1e-4, "{}", c.json);
         assert!(c.with_past <= 1e-4, "{}", c.json);
         // 7 prompt tokens + 3 at once + 2 single steps.
@@ -108,4 +114,9 @@ fn untied_head_and_newer_opset_match_transformers() {
     };
     let c = &export_and_check(&hf, &[opts])[0];
     assert!(c.no_past <= 1e-4 && c.with_past <= 1e-4, "{}", c.json);
+    assert!(
+        c.json["last_vs_full"].as_f64().unwrap() <= 1e-5,
+        "{}",
+        c.json
+    );
 }

@@ -55,6 +55,15 @@ fn check(precision: Float, external: bool, tol: f32) {
             assert!(d <= tol, "row {b} pos {p}: {d}");
         }
     }
+    // Only the last position (what generation fetches): the same figures.
+    let last = model
+        .run_last(&prompt, 3, &model.empty_cache(3).unwrap())
+        .unwrap();
+    assert_eq!((last.seq, last.cache.len), (1, 6));
+    for (b, reference) in reference.iter().enumerate() {
+        let d = max_diff(&last.logits[b * 1000..(b + 1) * 1000], &reference[5]);
+        assert!(d <= tol, "row {b} last position: {d}");
+    }
     // One step through the cache for all rows.
     let step: Vec<i64> = rows.iter().map(|r| r[6]).collect();
     let out = model.run(&step, 3, &out.cache).unwrap();

@@ -42,6 +42,7 @@ def check(onnx_dir):
     names = [o.name for o in sess.get_outputs()]
     outs = dict(zip(names, sess.run(None, feeds)))
     no_past = float(np.abs(outs["logits"] - ref[:, :prompt]).max())
+    last_vs_full = float(np.abs(outs["last_logits"] - outs["logits"][:, -1]).max())
 
     # Continue with the present tensors, first several tokens at once, then one at a time.
     def step(outs, chunk):
@@ -65,6 +66,7 @@ def check(onnx_dir):
         "no_past": no_past,
         "with_past": with_past,
         "present_len": int(present_len),
+        "last_vs_full": last_vs_full,
         "logits_dtype": str(outs["logits"].dtype),
         "ref_scale": float(np.abs(ref).max()),
     }))
