@@ -11,6 +11,26 @@ fn main() -> anyhow::Result<()> {
     let steps: usize = args.get(2).map_or(Ok(64), |s| s.parse())?;
     let mut m = OnnxGpt2::load(dir.as_ref(), &SessionOptions::default())?;
     let prompt: Vec<i64> = (0..8 * batch as i64).map(|i| i * 13 % 50000).collect();
+    // Prefill of a long prompt: all positions' logits, then only the last position's.
+    let long: Vec<i64> = (0..256 * batch as i64).map(|i| i * 7 % 50000).collect();
+    for last in [false, true] {
+        let t = Instant::now();
+        let empty = m.empty_cache(batch)?;
+        let _ = if last {
+            m.run_last(&long, batch, &empty)?
+        } else {
+            m.run(&long, batch, &empty)?
+        };
+        let what = if last {
+            "last position"
+        } else {
+            "all positions"
+        };
+        println!(
+            "prefill {batch} x 256 tokens, logits of {what}: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let mut out = m.run(&prompt, batch, &m.empty_cache(batch)?)?;
     let t = Instant::now();
     for _ in 0..steps {
