@@ -14,7 +14,7 @@ use gptpipe_torch::model::{Config, Gpt2};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-use tch::Device;
+use tch::{Device, Tensor};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -184,6 +184,9 @@ fn gpu() {
             println!("{mode:>6}: batch {batch:>2} x {new:>4} new tokens: {t:>10.1} tokens/s");
         }
     }
+    if std::env::args().any(|a| a == "--parts") {
+        parts(&mut backend);
+    }
     if std::env::args().any(|a| a == "--sweep") {
         for graphs in ["0", "1"] {
             std::env::set_var("GPTPIPE_CUDA_GRAPHS", graphs);
@@ -200,6 +203,58 @@ fn gpu() {
         println!(
             "greedy row {r}: eager and graphs agree on the first {same} of {} tokens",
             a.len()
+        );
+    }
+}
+
+/// Where a decoding step's time goes: the model step alone, and `top_k` alone (one-stage
+/// `topk` against a two-stage one on the same logits), per batch size.
+fn parts(backend: &mut TchBackend) {
+    let time = |f: &mut dyn FnMut()| {
+        for _ in 0..5 {
+            f();
+        }
+        tch::Cuda::synchronize(0);
+        let t = Instant::now();
+        for _ in 0..100 {
+            f();
+        }
+        tch::Cuda::synchronize(0);
+        t.elapsed().as_secs_f64() * 1e3 / 100.0
+    };
+    for rows in [1usize, 8, 20] {
+        let prompt: Vec<u32> = (0..8).collect();
+        backend.start(&vec![prompt; rows]).unwrap();
+        let tokens = vec![5u32; rows];
+        let mut n = 0;
+        let step_ms = time(&mut || {
+            n += 1;
+            if n % 500 == 0 {
+                let prompt: Vec<u32> = (0..8).collect();
+                backend.start(&vec![prompt; rows]).unwrap();
+            }
+            backend.step(&tokens).unwrap();
+        });
+        let topk_ms = time(&mut || {
+            backend.top_k(40).unwrap();
+        });
+        let logits = Tensor::randn([rows as i64, 50257], (tch::Kind::Float, Device::Cuda(0)));
+        let one_ms = time(&mut || {
+            let _ = logits.topk(40, -1, true, true);
+        });
+        let two_ms = time(&mut || {
+            let padded =
+                logits
+                    .constant_pad_nd([0, 64 * 786 - 50257])
+                    .reshape([rows as i64, 64, 786]);
+            let (v, i) = padded.topk(40, -1, true, true);
+            let base = Tensor::arange(64, (tch::Kind::Int64, Device::Cuda(0))).unsqueeze(1) * 786;
+            let idx = (i + base).reshape([rows as i64, -1]);
+            let (v2, j) = v.reshape([rows as i64, -1]).topk(40, -1, true, true);
+            let _ = (v2, idx.gather(1, &j, false));
+        });
+        println!(
+            "rows {rows:>2}: step {step_ms:.3} ms, backend top_k {topk_ms:.3} ms, topk one-stage {one_ms:.3} ms, two-stage {two_ms:.3} ms"
         );
     }
 }
