@@ -8,7 +8,7 @@ use gptpipe_core::config::{
 use gptpipe_core::runner::RunError;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_generate::output::{render, write_atomic};
-use gptpipe_generate::stage::{job_of, open_backend};
+use gptpipe_generate::stage::{job_of, known_n_ctx, open_backend};
 use gptpipe_generate::{generate_range, Backends};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -167,6 +167,9 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     let seed = args.seed;
     let codec = gptpipe_generate::codec::gpt2()?;
     let job = job_of(&params, seed, codec.as_ref())?;
+    if let Some(n_ctx) = known_n_ctx(&source) {
+        job.check_fits(n_ctx).map_err(|e| invalid("prefix", e))?;
+    }
     let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
     job.check_fits(backend.n_ctx())
         .map_err(|e| invalid("prefix", e))?;

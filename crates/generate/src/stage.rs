@@ -58,6 +58,23 @@ pub fn choose_backend(choice: BackendChoice, source: &ModelSource) -> BackendCho
     }
 }
 
+/// The model's context length when it can be read without loading the model: an inline
+/// table's `n_ctx`, or `n_positions` (else `n_ctx`) of a folder's `config.json`. Lets a
+/// prefix that cannot fit fail before any model is loaded.
+pub fn known_n_ctx(source: &ModelSource) -> Option<usize> {
+    let dir = match source {
+        ModelSource::Inline(m) => return Some(m.n_ctx),
+        ModelSource::Folder(dir) | ModelSource::Stage { dir, .. } => dir,
+        ModelSource::Hub(_) => return None,
+    };
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    ["n_positions", "n_ctx"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(serde_json::Value::as_u64))
+        .map(|n| n as usize)
+}
+
 /// Builds the backend for `source`, or says why this build cannot.
 pub fn open_backend(
     backends: &Backends,
@@ -103,6 +120,9 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
     }
     if rendered.len() < params.nsamples {
         let source = ctx.resolve_model(&params.model);
+        if let Some(n_ctx) = known_n_ctx(&source) {
+            job.check_fits(n_ctx)?;
+        }
         let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
         job.check_fits(backend.n_ctx())?;
         let start = rendered.len();

@@ -218,3 +218,27 @@ fn a_missing_backend_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_prefix_too_long_for_an_inline_model_fails_before_loading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = GenerateParams {
+        model: ModelRef::Inline(gptpipe_core::config::InlineModel {
+            n_layer: 1,
+            n_head: 1,
+            n_embd: 8,
+            n_ctx: 4,
+            vocab_size: 50257,
+            dropout: 0.0,
+        }),
+        prefix: "abcdefgh".into(),
+        ..params(1, 1, SampleFormat::Text)
+    };
+    // No backend at all: the error must come before one is needed.
+    let err = run_with(&Backends::default(), p, dir.path(), None, "h").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("longer than the model's context of 4"),
+        "{err}"
+    );
+}
