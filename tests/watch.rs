@@ -386,3 +386,24 @@ fn the_binary_reruns_on_a_pipeline_edit_and_exits_cleanly_on_ctrl_c() {
     assert!(!std::fs::read_to_string(&dataset).unwrap().contains(">hi<"));
     assert_eq!(w.interrupt(), 0);
 }
+
+#[test]
+fn a_change_upstream_of_the_running_stage_cancels_it() {
+    // b reads a's output; a change to a's input makes b's running work useless.
+    let (dir, pipeline) = project(
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"a.txt\"]\n\n\
+         [stages.b]\nkind = \"prepare\"\ninputs = [\"@a\", \"b.txt\"]\n",
+    );
+    let d = dir.path();
+    std::fs::write(d.join("a.txt"), "one\n").unwrap();
+    std::fs::write(d.join("b.txt"), "bee\n").unwrap();
+    let w = Watching::start(&pipeline);
+    w.next("watch_cycle");
+    std::fs::write(d.join("b.txt"), "slow bee\n").unwrap();
+    assert_eq!(w.next("stage_started")["stage"], "b");
+    w.next("stage_progress");
+    std::fs::write(d.join("a.txt"), "two\n").unwrap();
+    let cycle = w.next("watch_cycle");
+    assert_eq!(names(&cycle["cancelled"]), ["b"], "{cycle}");
+    w.stop();
+}
