@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export GPTPIPE_PYTHON="$PWD/.venv/bin/python"
+# Build both binaries first: the integration tests run gptpipe, which starts gptpipe-worker.
+cargo build --workspace
 cargo test --workspace "$@"
 cargo test --no-default-features --features onnx -p gptpipe "$@"

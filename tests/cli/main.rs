@@ -3,6 +3,7 @@
 
 mod caching;
 mod config_errors;
+#[cfg(feature = "torch")]
 mod model_stages;
 mod pipelines;
 mod prepare;
