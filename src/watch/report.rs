@@ -40,23 +40,36 @@ impl Output {
         }
     }
 
-    fn json_line(&self, value: Value) {
+    /// One JSON object per line, `event` first as `run --json` prints it.
+    fn json_line(&self, value: &impl Serialize) {
         match &self.channel {
             Some(tx) => {
-                let _ = tx.send(value);
+                let _ = tx.send(serde_json::to_value(value).expect("serializes"));
             }
             None => {
                 use std::io::Write;
+                let line = serde_json::to_string(value).expect("serializes");
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{value}");
+                let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
         }
     }
 
+    /// A watch object: `event` first, then `body`'s fields.
+    fn tagged(&self, event: &str, body: &impl Serialize) {
+        #[derive(Serialize)]
+        struct Tagged<'a, T> {
+            event: &'a str,
+            #[serde(flatten)]
+            body: &'a T,
+        }
+        self.json_line(&Tagged { event, body });
+    }
+
     fn event(&self, event: &Event) {
         if self.json {
-            self.json_line(serde_json::to_value(event).expect("events serialize"));
+            self.json_line(event);
             return;
         }
         match event {
@@ -78,12 +91,12 @@ impl Output {
 
     pub fn pipeline_error(&self, cycle: u64, error: ConfigError) {
         if self.json {
-            self.json_line(serde_json::json!({
-                "event": "watch_pipeline_error",
+            let body = serde_json::json!({
                 "cycle": cycle,
                 "message": error.message,
                 "help": error.help,
-            }));
+            });
+            self.tagged("watch_pipeline_error", &body);
         } else {
             eprintln!("{:?}", miette::Report::new(error));
             eprintln!("[{}] pipeline has an error; waiting for a fix", clock());
@@ -92,11 +105,11 @@ impl Output {
 
     pub fn started(&self, pipeline: &std::path::Path, watching: usize) {
         if self.json {
-            self.json_line(serde_json::json!({
-                "event": "watch_started",
+            let body = serde_json::json!({
                 "pipeline": pipeline.display().to_string(),
                 "watching": watching,
-            }));
+            });
+            self.tagged("watch_started", &body);
         } else {
             eprintln!(
                 "watching {} ({watching} folders); Ctrl-C to stop",
@@ -107,9 +120,7 @@ impl Output {
 
     pub fn cycle(&self, summary: &CycleSummary) {
         if self.json {
-            let mut value = serde_json::to_value(summary).expect("summary serializes");
-            value["event"] = "watch_cycle".into();
-            self.json_line(value);
+            self.tagged("watch_cycle", summary);
         } else {
             eprintln!("[{}] {}", clock(), summary.line());
         }
@@ -117,7 +128,7 @@ impl Output {
 
     pub fn stopped(&self) {
         if self.json {
-            self.json_line(serde_json::json!({ "event": "watch_stopped" }));
+            self.tagged("watch_stopped", &serde_json::json!({}));
         } else {
             eprintln!("stopped");
         }
