@@ -94,6 +94,14 @@ fn rerun_set_revert_and_frozen() {
     assert_eq!(restored, vec!["a", "b"]);
     assert_eq!(p.read("work/a/dataset.txt"), dataset);
     assert_eq!(p.run(&["run", "p.toml", "--frozen"]).code, 0);
+
+    // A fresh checkout has the lock file but no outputs: --frozen checks that the lock file
+    // describes the pipeline and its inputs; status still says what is missing.
+    std::fs::remove_dir_all(p.path("work")).unwrap();
+    assert_eq!(p.run(&["run", "p.toml", "--frozen"]).code, 0);
+    assert!(status(&p, &[]).iter().any(|s| s["reasons"][0] == "output missing"));
+    p.file("data/c.csv", "title\nchanged\n");
+    assert_eq!(p.run(&["run", "p.toml", "--frozen"]).code, 3);
 }
 
 #[test]

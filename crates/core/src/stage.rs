@@ -164,6 +164,17 @@ pub mod versions {
     pub const FINETUNE: u32 = 1;
     pub const GENERATE: u32 = 1;
     pub const EXPORT: u32 = 1;
+
+    /// The version of `kind`.
+    pub fn of(kind: crate::config::StageKind) -> u32 {
+        use crate::config::StageKind::*;
+        match kind {
+            Prepare => PREPARE,
+            Finetune => FINETUNE,
+            Generate => GENERATE,
+            Export => EXPORT,
+        }
+    }
 }
 
 /// Runs one stage kind.
@@ -196,8 +207,10 @@ impl Registry {
         self.missing.insert(kind, why.into());
     }
 
+    /// The implementation version of `kind`; for a kind this build cannot run, the version
+    /// the builds that can run it use, so their cache keys and lock files agree.
     pub fn version(&self, kind: StageKind) -> u32 {
-        self.runners.get(&kind).map_or(0, |r| r.0)
+        self.runners.get(&kind).map_or_else(|| versions::of(kind), |r| r.0)
     }
 
     pub fn get(&self, kind: StageKind) -> anyhow::Result<&StageFn> {

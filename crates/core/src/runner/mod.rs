@@ -140,6 +140,7 @@ impl<'a> Runner<'a> {
         stage: &str,
         lock: &LockFile,
         upstream: &BTreeMap<String, String>,
+        check_outputs: bool,
     ) -> Result<Evaluation> {
         let material = self.material(stage, upstream)?;
         let key = material.key();
@@ -147,7 +148,7 @@ impl<'a> Runner<'a> {
             None => vec!["never run".to_owned()],
             Some(entry) => {
                 let mut r = key::stale_reasons(entry, &material);
-                if r.is_empty() {
+                if r.is_empty() && check_outputs {
                     r.extend(self.output_problem(stage, entry)?);
                 }
                 r
@@ -172,6 +173,16 @@ impl<'a> Runner<'a> {
 
     /// Fresh or stale, and why, for the selected stages, without running anything.
     pub fn status(&self, targets: &[String]) -> Result<Vec<StageStatus>, RunError> {
+        self.statuses(targets, true)
+    }
+
+    /// Whether the lock file still describes the pipeline and its inputs: `status` without
+    /// looking at published outputs, which a fresh CI checkout does not have (`--frozen`).
+    pub fn lock_status(&self, targets: &[String]) -> Result<Vec<StageStatus>, RunError> {
+        self.statuses(targets, false)
+    }
+
+    fn statuses(&self, targets: &[String], check_outputs: bool) -> Result<Vec<StageStatus>, RunError> {
         let selected = self.dag.select(targets).map_err(RunError::Config)?;
         let lock = LockFile::read(&self.pipeline.lock_path())?;
         let mut out: Vec<StageStatus> = Vec::new();
@@ -189,7 +200,7 @@ impl<'a> Runner<'a> {
                     .iter()
                     .map(|d| (d.clone(), lock.stages[d].output_hash.clone()))
                     .collect();
-                match self.evaluate(stage, &lock, &upstream) {
+                match self.evaluate(stage, &lock, &upstream, check_outputs) {
                     Ok(e) => e.reasons,
                     Err(e) => vec![format!("{e:#}")],
                 }
@@ -224,7 +235,11 @@ impl<'a> Runner<'a> {
             .select(&options.targets)
             .map_err(RunError::Config)?;
         if options.frozen || options.dry_run {
-            let statuses = self.status(&options.targets)?;
+            let statuses = if options.frozen {
+                self.lock_status(&options.targets)?
+            } else {
+                self.status(&options.targets)?
+            };
             let stale: Vec<StageStatus> = statuses
                 .into_iter()
                 .filter(|s| s.state == State::Stale)
@@ -343,7 +358,7 @@ impl<'a> Runner<'a> {
         let params = &self.pipeline.stages[stage];
         let eval = {
             let snapshot = lock.lock().unwrap().clone();
-            self.evaluate(stage, &snapshot, &upstream)?
+            self.evaluate(stage, &snapshot, &upstream, true)?
         };
         if !options.force {
             if eval.reasons.is_empty() {
