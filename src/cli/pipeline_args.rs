@@ -15,6 +15,6 @@ pub fn split(positionals: &[String]) -> (PathBuf, Vec<String>) {
     }
 }
 
-pub fn load(path: &PathBuf, sets: &[String]) -> Result<Pipeline, ConfigError> {
+pub fn load(path: &std::path::Path, sets: &[String]) -> Result<Pipeline, ConfigError> {
     config::load(path, &LoadOptions::from_env(sets.to_vec()))
 }

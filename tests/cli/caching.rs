@@ -99,7 +99,9 @@ fn rerun_set_revert_and_frozen() {
     // describes the pipeline and its inputs; status still says what is missing.
     std::fs::remove_dir_all(p.path("work")).unwrap();
     assert_eq!(p.run(&["run", "p.toml", "--frozen"]).code, 0);
-    assert!(status(&p, &[]).iter().any(|s| s["reasons"][0] == "output missing"));
+    assert!(status(&p, &[])
+        .iter()
+        .any(|s| s["reasons"][0] == "output missing"));
     p.file("data/c.csv", "title\nchanged\n");
     assert_eq!(p.run(&["run", "p.toml", "--frozen"]).code, 3);
 }

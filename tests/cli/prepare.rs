@@ -65,7 +65,7 @@ fn cleanup_of_a_sql_export() {
 #[test]
 fn invalid_utf8_names_file_and_line() {
     let p = Project::new();
-    p.file("data/in.csv", b"title\nfine\nbad \xff byte\n".to_vec());
+    p.file("data/in.csv", b"title\nfine\nbad \xff byte\n");
     pipeline(&p, "");
     let run = p.run(&["run", "p.toml"]);
     assert_eq!(run.code, 1);

@@ -210,7 +210,9 @@ impl Registry {
     /// The implementation version of `kind`; for a kind this build cannot run, the version
     /// the builds that can run it use, so their cache keys and lock files agree.
     pub fn version(&self, kind: StageKind) -> u32 {
-        self.runners.get(&kind).map_or_else(|| versions::of(kind), |r| r.0)
+        self.runners
+            .get(&kind)
+            .map_or_else(|| versions::of(kind), |r| r.0)
     }
 
     pub fn get(&self, kind: StageKind) -> anyhow::Result<&StageFn> {

@@ -8,6 +8,8 @@
 //! the corpus in `tests/corpus/config/`, which is also replayed as it is.
 //! `PROPTEST_CASES=100000 cargo test -p gptpipe-core --test fuzz_config` runs a long campaign.
 
+#![allow(clippy::result_large_err)] // ConfigError is large and cold, as in gptpipe-core
+
 use gptpipe_core::config::{load, pipeline_schema_json, ConfigError, LoadOptions};
 use gptpipe_core::dag::{Dag, DagFormat};
 use proptest::prelude::*;

@@ -182,7 +182,11 @@ impl<'a> Runner<'a> {
         self.statuses(targets, false)
     }
 
-    fn statuses(&self, targets: &[String], check_outputs: bool) -> Result<Vec<StageStatus>, RunError> {
+    fn statuses(
+        &self,
+        targets: &[String],
+        check_outputs: bool,
+    ) -> Result<Vec<StageStatus>, RunError> {
         let selected = self.dag.select(targets).map_err(RunError::Config)?;
         let lock = LockFile::read(&self.pipeline.lock_path())?;
         let mut out: Vec<StageStatus> = Vec::new();
