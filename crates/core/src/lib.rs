@@ -10,6 +10,7 @@ pub mod config;
 pub mod dag;
 pub mod events;
 pub mod fsutil;
+pub mod hub;
 pub mod inputs;
 pub mod remote;
 pub mod report;

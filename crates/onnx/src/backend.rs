@@ -41,7 +41,7 @@ impl OnnxBackend {
         }
         let dir: PathBuf = match source {
             ModelSource::Stage { dir, .. } | ModelSource::Folder(dir) => dir.clone(),
-            ModelSource::Hub(id) => crate::hub::hub_folder(id)?,
+            ModelSource::Hub(id) => gptpipe_core::hub::hub_folder(id)?,
             ModelSource::Inline(_) => bail!(
                 "an inline random model has no ONNX file: export it first or use backend = \"tch\""
             ),

@@ -16,7 +16,6 @@ pub mod config;
 pub mod export;
 pub mod gpt2;
 pub mod graph;
-pub mod hub;
 pub mod proto;
 pub mod runtime;
 pub mod stage;

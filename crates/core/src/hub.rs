@@ -1,0 +1,116 @@
+//! Hub ids: a GPT-2 repository downloaded once into the standard Hugging Face cache,
+//! checked against the hashes the hub gives. Shared by the libtorch and ONNX-only builds.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+const CONFIG_FILE: &str = "config.json";
+const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Files fetched from the hub besides the weights and config (when the repo has them).
+const TOKENIZER_FILES: [&str; 4] = [
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
+/// Downloads `id` into the Hugging Face cache (`HF_HOME`, else `~/.cache/huggingface`)
+/// unless it is there already, and returns the snapshot folder.
+pub fn hub_folder(id: &str) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::from_env();
+    let cached = cache.model(id.to_owned());
+    if let (Some(c), Some(w)) = (cached.get(CONFIG_FILE), cached.get(WEIGHTS_FILE)) {
+        if c.parent() == w.parent() {
+            return Ok(c.parent().unwrap().to_path_buf());
+        }
+    }
+    let alternative = format!(
+        "download it where there is network (e.g. `huggingface-cli download {id}`, which fills \
+         the same cache), or point `model` at a local folder holding {CONFIG_FILE} and \
+         {WEIGHTS_FILE}, e.g. model = \"./models/{}\"",
+        id.rsplit('/').next().unwrap_or(id)
+    );
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    if offline {
+        bail!("model {id:?} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set: {alternative}", cache.path().display());
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .with_retries(1)
+        .build()
+        .context("cannot set up the Hugging Face hub client")?;
+    let repo = api.model(id.to_owned());
+    let config = repo.get(CONFIG_FILE).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot download model {id:?} from the Hugging Face hub ({e}): {alternative}"
+        )
+    })?;
+    let weights = repo.get(WEIGHTS_FILE).map_err(|e| {
+        anyhow::anyhow!(
+            "model {id:?} has no downloadable {WEIGHTS_FILE} ({e}); pickle checkpoints \
+             (pytorch_model.bin) are refused because loading them can run code: {alternative}"
+        )
+    })?;
+    verify_blob(&weights)?;
+    for f in TOKENIZER_FILES {
+        let _ = repo.get(f);
+    }
+    let dir = config.parent().unwrap().to_path_buf();
+    if weights.parent() != Some(dir.as_path()) {
+        bail!("the Hugging Face cache for {id:?} is inconsistent (config and weights in different snapshots)");
+    }
+    Ok(dir)
+}
+
+/// The hub cache stores a large (LFS) file as `blobs/<sha256 of its content>`, linked from
+/// the snapshot: check a freshly downloaded file against that name.
+pub(crate) fn verify_blob(path: &std::path::Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let real = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let name = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(()); // not content-addressed (a small, non-LFS file)
+    }
+    let mut file =
+        std::fs::File::open(&real).with_context(|| format!("cannot read {}", real.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !digest.eq_ignore_ascii_case(name) {
+        bail!(
+            "{} is corrupt: its sha256 is {digest}, the hub's is {name}; delete it and run again",
+            real.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verify_blob;
+
+    #[test]
+    fn blobs_are_checked_against_their_sha256_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        // sha256("hello")
+        let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        std::fs::write(tmp.path().join(good), b"hello").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join(good), tmp.path().join("model.safetensors"))
+            .unwrap();
+        verify_blob(&tmp.path().join("model.safetensors")).unwrap();
+        std::fs::write(tmp.path().join(good), b"hellp").unwrap();
+        let e = verify_blob(&tmp.path().join("model.safetensors")).unwrap_err();
+        assert!(format!("{e:#}").contains("corrupt"), "{e:#}");
+        std::fs::write(tmp.path().join("config.json"), b"{}").unwrap();
+        verify_blob(&tmp.path().join("config.json")).unwrap();
+    }
+}
