@@ -8,6 +8,8 @@ mod model_stages;
 mod pipelines;
 mod prepare;
 mod schema;
+#[cfg(not(feature = "torch"))]
+mod without_torch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
