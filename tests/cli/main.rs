@@ -94,12 +94,15 @@ pub fn gptpipe() -> Command {
 }
 
 pub fn run_in(dir: &Path, args: &[&str]) -> Run {
-    let out: Output = gptpipe()
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GPTPIPE_STAGES__")
-        .output()
-        .expect("gptpipe runs");
+    let mut command = gptpipe();
+    command.args(args).current_dir(dir);
+    // Pipeline overrides from the caller's environment would change what the tests see.
+    for (var, _) in std::env::vars()
+        .filter(|(v, _)| v.starts_with("GPTPIPE_STAGES__") || v.starts_with("GPTPIPE_PIPELINE__"))
+    {
+        command.env_remove(var);
+    }
+    let out: Output = command.output().expect("gptpipe runs");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
