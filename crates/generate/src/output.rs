@@ -3,10 +3,9 @@
 //! `nsamples` keep these samples byte for byte.
 
 use crate::driver::Sample;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use gptpipe_core::config::{GenerateParams, SampleFormat};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 /// The file beside the samples that records how they were made.
@@ -89,23 +88,7 @@ pub fn previous_samples(dir: &Path, now: &Meta, output: &str) -> Option<Vec<Stri
     Some(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so
-/// a reader never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all().ok();
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
+pub use gptpipe_core::fsutil::write_atomic;
 
 /// Writes the samples file and `generate.json` into `dir`.
 pub fn write_outputs(dir: &Path, output: &str, rendered: &[String], mut meta: Meta) -> Result<()> {

@@ -179,15 +179,7 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
     write_atomic(path, &bytes)
 }
 
-/// Writes a file through a temporary sibling and a rename, so readers never see half.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
+pub use gptpipe_core::fsutil::write_atomic;
 
 /// Saves `model` as a Hugging Face folder: `config.json`, `model.safetensors` (fp32, tied
 /// head omitted as transformers does) and `generation_config.json`.
