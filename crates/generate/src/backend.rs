@@ -6,6 +6,7 @@
 //! Positions never exceed `n_ctx`: past the context the driver restarts the batch from the
 //! last `n_ctx - 1` tokens (the sliding window), so backends need no shifting logic.
 
+use crate::sampling::Sampling;
 use anyhow::Result;
 use gptpipe_core::stage::ModelSource;
 use std::sync::Arc;
@@ -57,6 +58,26 @@ pub trait Backend {
         Ok((0..logits.rows)
             .map(|r| crate::sampling::top_k_of(logits.row(r), k))
             .collect())
+    }
+
+    /// How many tokens per row [`Backend::sample_ahead`] can decode in one call with these
+    /// settings; 0 (the default) when the backend cannot sample by itself, and the driver
+    /// samples on the host one step at a time.
+    fn sample_ahead_limit(&self, _sampling: &Sampling) -> usize {
+        0
+    }
+
+    /// Decodes `n = uniforms[row].len()` tokens per row without returning to the host in
+    /// between (up to [`Backend::sample_ahead_limit`], and only while the cache has room):
+    /// token j of a row is picked from its current logits with `uniforms[row][j]` exactly as
+    /// [`Sampling::sample_row`] picks it, then fed. Returns the tokens `[rows][n]`; every
+    /// one of them has been fed, so the logits are those after the last.
+    fn sample_ahead(
+        &mut self,
+        _sampling: &Sampling,
+        _uniforms: &[Vec<f64>],
+    ) -> Result<Vec<Vec<u32>>> {
+        anyhow::bail!("this backend does not sample by itself")
     }
 }
 

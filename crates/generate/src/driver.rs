@@ -123,44 +123,79 @@ pub fn generate_batch(
     let mut active: Vec<usize> = (0..rows.len()).collect();
     let mut done_tokens = 0;
     loop {
-        let next = sample_next(backend, job, &mut rows, &active)?;
-        let mut keep = Vec::with_capacity(active.len());
-        for (pos, (&r, &token)) in active.iter().zip(&next).enumerate() {
-            let row = &mut rows[r];
-            row.context.push(token);
-            row.generated.push(token);
-            let before = row.bytes.len();
-            row.bytes.extend_from_slice(&codec.token_bytes(token));
-            if !needle.is_empty() {
-                // Only a match that ends in the new bytes can be new.
-                let from = before.saturating_sub(needle.len() - 1);
-                row.cut = find(&row.bytes[from..], needle).map(|i| from + i);
+        // Active rows have all generated the same number of tokens.
+        let remaining = job.length - rows[active[0]].generated.len();
+        let ahead = backend
+            .sample_ahead_limit(&job.sampling)
+            .min(n_ctx - seq_len)
+            .min(remaining);
+        let keep = if ahead > 0 {
+            // The backend samples `ahead` tokens per row by itself; rows that stop inside
+            // the block drop the tokens after their stop (the draws keep their places).
+            let uniforms: Vec<Vec<f64>> = active
+                .iter()
+                .map(|&r| (0..ahead).map(|_| rows[r].rng.next_f64()).collect())
+                .collect();
+            let block = backend.sample_ahead(&job.sampling, &uniforms)?;
+            ensure!(
+                block.len() == active.len() && block.iter().all(|b| b.len() == ahead),
+                "backend returned a block of the wrong shape"
+            );
+            seq_len += ahead;
+            let mut keep = Vec::with_capacity(active.len());
+            for (pos, (&r, tokens)) in active.iter().zip(&block).enumerate() {
+                let mut going = true;
+                for &token in tokens {
+                    done_tokens += 1;
+                    going = push_token(&mut rows[r], token, codec, needle, job.length);
+                    if !going {
+                        break;
+                    }
+                }
+                if going {
+                    keep.push(pos);
+                }
             }
-            if row.cut.is_none() && row.generated.len() < job.length {
-                keep.push(pos);
+            check(done_tokens)?;
+            if keep.is_empty() {
+                break;
             }
-        }
-        done_tokens += next.len();
-        check(done_tokens)?;
-        if keep.is_empty() {
-            break;
-        }
-        let tokens: Vec<u32> = keep.iter().map(|&p| next[p]).collect();
+            keep
+        } else {
+            let next = sample_next(backend, job, &mut rows, &active)?;
+            let mut keep = Vec::with_capacity(active.len());
+            for (pos, (&r, &token)) in active.iter().zip(&next).enumerate() {
+                if push_token(&mut rows[r], token, codec, needle, job.length) {
+                    keep.push(pos);
+                }
+            }
+            done_tokens += next.len();
+            check(done_tokens)?;
+            if keep.is_empty() {
+                break;
+            }
+            let tokens: Vec<u32> = keep.iter().map(|&p| next[p]).collect();
+            if keep.len() < active.len() {
+                active = keep.iter().map(|&p| active[p]).collect();
+                backend.retain(&keep)?;
+            }
+            if seq_len < n_ctx {
+                backend.step(&tokens)?;
+                seq_len += 1;
+            } else {
+                // Past the context: restart from the last n_ctx - 1 tokens of each row.
+                let window: Vec<Vec<u32>> = active
+                    .iter()
+                    .map(|&r| rows[r].context[rows[r].context.len() - (n_ctx - 1)..].to_vec())
+                    .collect();
+                backend.start(&window)?;
+                seq_len = n_ctx - 1;
+            }
+            continue;
+        };
         if keep.len() < active.len() {
             active = keep.iter().map(|&p| active[p]).collect();
             backend.retain(&keep)?;
-        }
-        if seq_len < n_ctx {
-            backend.step(&tokens)?;
-            seq_len += 1;
-        } else {
-            // Past the context: restart from the last n_ctx - 1 tokens of each row.
-            let window: Vec<Vec<u32>> = active
-                .iter()
-                .map(|&r| rows[r].context[rows[r].context.len() - (n_ctx - 1)..].to_vec())
-                .collect();
-            backend.start(&window)?;
-            seq_len = n_ctx - 1;
         }
     }
     Ok(rows.iter().map(|r| finish(job, r)).collect())
@@ -215,6 +250,21 @@ fn sample_next(
         }
     };
     Ok(tokens)
+}
+
+/// Appends a generated token to a row; false once the row is done (it contains the
+/// `truncate` string, or has `length` tokens).
+fn push_token(row: &mut Row, token: u32, codec: &dyn Codec, needle: &[u8], length: usize) -> bool {
+    row.context.push(token);
+    row.generated.push(token);
+    let before = row.bytes.len();
+    row.bytes.extend_from_slice(&codec.token_bytes(token));
+    if !needle.is_empty() {
+        // Only a match that ends in the new bytes can be new.
+        let from = before.saturating_sub(needle.len() - 1);
+        row.cut = find(&row.bytes[from..], needle).map(|i| from + i);
+    }
+    row.cut.is_none() && row.generated.len() < length
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

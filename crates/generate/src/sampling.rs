@@ -43,7 +43,8 @@ impl Sampling {
         self.temperature == 0.0 || self.top_k == 1
     }
 
-    fn penalizes(&self) -> bool {
+    /// Whether the repetition penalty is on (the sampler then needs each row's history).
+    pub fn penalizes(&self) -> bool {
         self.repetition_penalty != 1.0
     }
 

@@ -26,7 +26,19 @@ fn job(
 }
 
 fn run(job: &Job, n: usize, batch_size: usize, n_ctx: usize) -> (Vec<Sample>, Calls) {
+    run_ahead(job, n, batch_size, n_ctx, 0)
+}
+
+/// [`run`] on a backend that samples `ahead` tokens per call by itself (0: never).
+fn run_ahead(
+    job: &Job,
+    n: usize,
+    batch_size: usize,
+    n_ctx: usize,
+    ahead: usize,
+) -> (Vec<Sample>, Calls) {
     let mut backend = FakeBackend::new(n_ctx);
+    backend.ahead = ahead;
     let mut out = Vec::new();
     generate_range(
         &mut backend,
@@ -230,4 +242,39 @@ fn greedy_rows_agree_and_last_batch_is_smaller() {
     assert!(s.iter().all(|x| x.tokens == s[0].tokens));
     // Batches of 2, 2, 1: one start each.
     assert_eq!(calls.starts, 3);
+}
+
+#[test]
+fn sampling_ahead_on_the_backend_gives_the_same_samples() {
+    let jobs = [
+        job("ab", 40, sampled(), "", true),
+        job("ab", 40, sampled(), "<e>", false),
+        job("", 25, Sampling::greedy(), "", true),
+        job(
+            "c",
+            30,
+            Sampling {
+                temperature: 0.8,
+                top_k: 4,
+                top_p: 0.9,
+                ..Sampling::default()
+            },
+            "<e>",
+            true,
+        ),
+    ];
+    for j in &jobs {
+        // n_ctx 8 makes the window slide inside and between blocks.
+        for n_ctx in [8, 64] {
+            let (want, _) = run(j, 7, 3, n_ctx);
+            for (ahead, batch) in [(1, 1), (4, 3), (16, 7)] {
+                let (got, calls) = run_ahead(j, 7, batch, n_ctx, ahead);
+                assert_eq!(
+                    got, want,
+                    "ahead {ahead}, batch {batch}, n_ctx {n_ctx}, {j:?}"
+                );
+                assert!(calls.max_len <= n_ctx);
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use anyhow::{ensure, Result};
+use gptpipe_generate::Sampling;
 use gptpipe_generate::{Backend, Codec, Logits};
 use std::sync::{Arc, Mutex};
 
@@ -80,6 +81,8 @@ pub struct Calls {
 
 pub struct FakeBackend {
     pub n_ctx: usize,
+    /// Tokens per row it samples by itself in one `sample_ahead` (0: it does not).
+    pub ahead: usize,
     rows: Vec<Vec<u32>>,
     pub calls: Arc<Mutex<Calls>>,
 }
@@ -88,6 +91,7 @@ impl FakeBackend {
     pub fn new(n_ctx: usize) -> Self {
         Self {
             n_ctx,
+            ahead: 0,
             rows: Vec::new(),
             calls: Arc::default(),
         }
@@ -152,5 +156,38 @@ impl Backend for FakeBackend {
     fn logits(&mut self) -> Result<Logits> {
         let data: Vec<f32> = self.rows.iter().flat_map(|r| reference_logits(r)).collect();
         Ok(Logits::new(self.rows.len(), VOCAB, data))
+    }
+    fn sample_ahead_limit(&self, sampling: &Sampling) -> usize {
+        if sampling.penalizes() {
+            0
+        } else {
+            self.ahead
+        }
+    }
+    fn sample_ahead(
+        &mut self,
+        sampling: &Sampling,
+        uniforms: &[Vec<f64>],
+    ) -> Result<Vec<Vec<u32>>> {
+        let n = uniforms[0].len();
+        ensure!(
+            n <= self.ahead,
+            "a block of {n} tokens, limit {}",
+            self.ahead
+        );
+        let mut out = vec![Vec::new(); self.rows.len()];
+        for j in 0..n {
+            let tokens: Vec<u32> = self
+                .rows
+                .iter()
+                .zip(uniforms)
+                .map(|(r, u)| sampling.sample_row(&mut reference_logits(r), r, u[j]))
+                .collect();
+            for (o, &t) in out.iter_mut().zip(&tokens) {
+                o.push(t);
+            }
+            self.step(&tokens)?;
+        }
+        Ok(out)
     }
 }
