@@ -3,7 +3,11 @@
 //!
 //! cargo run --release -p gptpipe-torch --example train_bench -- \
 //!     [--device cpu|cuda] [--model gpt2|tiny|L,H,E] [--batch 16] [--seq 1024] \
-//!     [--steps 10] [--warmup 3] [--precision fp32|bf16] [--threads N]
+//!     [--steps 10] [--warmup 3] [--precision fp32|bf16] [--threads N] [--breakdown]
+//!
+//! `--breakdown` then times, averaged over a few iterations, forward+loss alone (no_grad),
+//! forward+loss+backward, and the optimizer update alone, and prints them as a second JSON
+//! line. `GPTPIPE_PAD_VOCAB=0` turns off the padded (aligned) lm_head on CUDA.
 
 use gptpipe_core::config::Optimizer as Kind;
 use gptpipe_torch::finetune::Optimizer;
@@ -20,6 +24,23 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 /// Peak memory our process held on the GPU, from nvidia-smi (includes the CUDA context).
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// Mean milliseconds of `f` over `iters` calls, after one untimed call; `sync` waits for the
+/// device before each clock read.
+fn time_ms(iters: usize, sync: &dyn Fn(), mut f: impl FnMut()) -> f64 {
+    f();
+    sync();
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    sync();
+    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
 fn gpu_memory_mb() -> Option<f64> {
     let out = std::process::Command::new("nvidia-smi")
         .args([
@@ -126,7 +147,37 @@ fn main() -> anyhow::Result<()> {
         "tokens_per_s": tok_s.round(),
         "peak_gpu_mem_mb": if device.is_cuda() { serde_json::json!(peak) } else { serde_json::Value::Null },
         "final_loss": last_loss,
+        "pad_vocab": model.pad_vocab(),
     });
     println!("{out}");
+
+    if flag("--breakdown") {
+        let iters = steps.clamp(1, 5);
+        let forward_ms = time_ms(iters, &sync, || {
+            tch::no_grad(|| {
+                let _ = model.loss(&x, true);
+            })
+        });
+        // Gradients stay allocated after zero_grad, so backward accumulates into them
+        // here as in a real step; the update then reads the last ones.
+        let backward_total_ms = time_ms(iters, &sync, || model.loss(&x, true).backward());
+        let optimizer_ms = time_ms(iters, &sync, || opt.apply(1e-4));
+        opt.zero_grad();
+        let step_ms = time_ms(iters, &sync, || {
+            model.loss(&x, true).backward();
+            opt.apply(1e-4);
+            opt.zero_grad();
+        });
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        let out = serde_json::json!({
+            "iters": iters,
+            "forward_ms": round(forward_ms),
+            "forward_backward_ms": round(backward_total_ms),
+            "backward_ms": round(backward_total_ms - forward_ms),
+            "optimizer_ms": round(optimizer_ms),
+            "step_ms": round(step_ms),
+        });
+        println!("{out}");
+    }
     Ok(())
 }

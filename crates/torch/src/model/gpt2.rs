@@ -43,6 +43,16 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     compute_kind: Option<Kind>,
+    pad_vocab: Option<bool>,
+}
+
+/// The training head's vocabulary is padded up to a multiple of this many rows.
+const VOCAB_ALIGN: i64 = 64;
+
+/// False when `GPTPIPE_PAD_VOCAB=0` (read once): the default on CUDA is then the unpadded head.
+fn pad_vocab_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GPTPIPE_PAD_VOCAB").map_or(true, |v| v.trim() != "0"))
 }
 
 impl Gpt2 {
@@ -88,6 +98,7 @@ impl Gpt2 {
             blocks,
             ln_f,
             compute_kind: None,
+            pad_vocab: None,
         }
     }
 
@@ -138,6 +149,19 @@ impl Gpt2 {
 
     pub fn compute_kind(&self) -> Kind {
         self.compute_kind.unwrap_or(self.wte.kind())
+    }
+
+    /// Whether [`Gpt2::loss`] computes its logits over a vocabulary padded with zero rows to
+    /// a multiple of 64 (then narrowed back; the result is the same). `None` (the default):
+    /// on CUDA unless `GPTPIPE_PAD_VOCAB=0`; `Some(_)` forces it either way (tests on CPU).
+    pub fn set_pad_vocab(&mut self, pad: Option<bool>) {
+        self.pad_vocab = pad;
+    }
+
+    /// Whether [`Gpt2::loss`] pads the head's vocabulary (see [`Gpt2::set_pad_vocab`]).
+    pub fn pad_vocab(&self) -> bool {
+        self.pad_vocab
+            .unwrap_or_else(|| self.device().is_cuda() && pad_vocab_env())
     }
 
     /// Converts the weights themselves (e.g. to bf16 for generation). Not for training.
@@ -258,7 +282,12 @@ impl Gpt2 {
         let h = self
             .hidden_states(input_ids, None, None, train)
             .narrow(1, 0, t - 1);
-        let logits = self.lm_head(&h).to_kind(Kind::Float);
+        let logits = if self.pad_vocab() {
+            self.lm_head_padded(&h)
+        } else {
+            self.lm_head(&h)
+        }
+        .to_kind(Kind::Float);
         let targets = input_ids.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
         logits
             .reshape([b * (t - 1), self.config.vocab_size as i64])
@@ -274,6 +303,23 @@ impl Gpt2 {
 
     fn lm_head(&self, h: &Tensor) -> Tensor {
         h.matmul(&self.w(&self.wte).tr())
+    }
+
+    /// [`Gpt2::lm_head`] over `wte` padded with zero rows to a multiple of [`VOCAB_ALIGN`]
+    /// (GPT-2: 50257 -> 50304), narrowed back to the real vocabulary. Why: with 50257
+    /// columns the logits' leading dimension is not a multiple of 8 elements, so cuBLAS
+    /// falls back to slow unaligned bf16 kernels for the forward matmul and both backward
+    /// ones. The padding is made per call from the (cast) weight, so only the real rows get
+    /// gradients; the padded logits are never read.
+    fn lm_head_padded(&self, h: &Tensor) -> Tensor {
+        let vocab = self.config.vocab_size as i64;
+        let pad = (VOCAB_ALIGN - vocab % VOCAB_ALIGN) % VOCAB_ALIGN;
+        if pad == 0 {
+            return self.lm_head(h);
+        }
+        // Pad spec runs from the last dimension: [E: 0, 0], [vocab: 0, pad].
+        let w = self.w(&self.wte).constant_pad_nd([0, 0, 0, pad]);
+        h.matmul(&w.tr()).narrow(-1, 0, vocab)
     }
 
     fn linear(&self, x: &Tensor, l: &Linear) -> Tensor {
