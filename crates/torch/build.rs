@@ -18,11 +18,12 @@ fn main() {
     }
 }
 
-/// Compiles `csrc/cuda_graph.cpp` (CUDA graph capture for generation, which tch does not
-/// bind) against a pip-installed libtorch, and sets `cfg(gptpipe_cuda_graph)`. Anything
-/// missing (headers, a compiler) only leaves generation on its eager path.
+/// Compiles `csrc/` (CUDA graph capture and FlashAttention decoding for generation, which
+/// tch does not bind) against a pip-installed libtorch, and sets `cfg(gptpipe_cuda_graph)`.
+/// Anything missing (headers, a compiler) only leaves generation on its eager path.
 fn cuda_graph_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=csrc/flash_decode.cpp");
     // <site-packages>/torch/lib: CUDA headers come from the nvidia-* wheels beside torch;
     // their crt/ folder is only in triton's copy.
     let torch = lib.join("..");
@@ -37,6 +38,7 @@ fn cuda_graph_shim(lib: &std::path::Path) {
         .cpp(true)
         .std("c++17")
         .file("csrc/cuda_graph.cpp")
+        .file("csrc/flash_decode.cpp")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))
