@@ -44,7 +44,7 @@ pub const BLOCK: usize = 16;
 const GRAPH_MAX_ROWS: i64 = 64;
 
 /// How decoding runs. [`DecodeOptions::for_device`] turns everything on for CUDA and off
-/// on the CPU; `GPTPIPE_DECODE_OFF=graphs,flash,sample,gelu` (any of them) turns parts off,
+/// on the CPU; `GPTPIPE_DECODE_OFF=graphs,flash,sample` (any of them) turns parts off,
 /// as does `GPTPIPE_CUDA_GRAPHS=0` for graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeOptions {
@@ -54,8 +54,6 @@ pub struct DecodeOptions {
     pub flash: bool,
     /// Sample on the device, in blocks of up to [`BLOCK`] tokens.
     pub sample_on_device: bool,
-    /// `c_fc`'s bias and tanh GELU in the matmul's epilogue (cuBLASLt).
-    pub fused_gelu: bool,
 }
 
 impl DecodeOptions {
@@ -67,7 +65,6 @@ impl DecodeOptions {
             graphs: on("graphs") && std::env::var("GPTPIPE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             flash: on("flash"),
             sample_on_device: on("sample"),
-            fused_gelu: on("gelu"),
         }
     }
 }
@@ -104,31 +101,51 @@ struct Layer {
     kv: Tensor,
 }
 
-/// Where the token of a decoding step sits: known to the host (eager steps), or read from
-/// a device buffer (graph-replayable steps).
+/// Where the token of a decoding step sits: known to the host (eager steps), or in the
+/// device buffers (`Buffers::pos`, `Buffers::used`; graph-replayable steps).
 #[derive(Clone, Copy)]
-enum At<'a> {
+enum At {
     Host(i64),
-    Device(&'a Tensor),
+    Buffers,
 }
 
 /// Device buffers at fixed addresses (captured graphs read and write them), sized for
 /// `cap` rows; rows `..rows` are in use.
 struct Buffers {
     cap: i64,
-    /// Next-token logits, fp32 `[cap, vocab]`.
+    /// Next-token logits `[cap, padded vocab]` in the compute kind, written by the lm_head
+    /// matmul itself; readers drop the padding columns.
     logits: Tensor,
-    /// The tokens a step feeds `[cap]`, and their position `[1]`.
+    /// The tokens a host-fed step feeds `[cap]`.
     ids: Tensor,
-    pos: Tensor,
-    /// A block's uniforms `[cap, BLOCK]` (fp32), the column of the current step `[1]`, and
-    /// the tokens picked `[cap, BLOCK]`.
+    /// The position of the step's token and the block column of the step `[2]` (one
+    /// increment advances both).
+    counters: Tensor,
+    /// Filled positions per row after the step's token, Int32 `[cap]` (FlashAttention).
+    used: Tensor,
+    /// A block's uniforms `[cap, BLOCK]` (fp32) and the tokens picked `[cap, BLOCK]`.
     uniforms: Tensor,
-    column: Tensor,
     picked: Tensor,
     /// 0..n_ctx, for masking positions not yet written.
     key_positions: Tensor,
     flash: Option<flash::Offsets>,
+}
+
+impl Buffers {
+    fn pos(&self) -> Tensor {
+        self.counters.narrow(0, 0, 1)
+    }
+
+    fn column(&self) -> Tensor {
+        self.counters.narrow(0, 1, 1)
+    }
+
+    /// Puts the step counters at `pos` and block column `column`.
+    fn seek(&self, pos: i64, column: i64) {
+        let _ = self.pos().fill_(pos);
+        let _ = self.column().fill_(column);
+        let _ = self.used.shallow_clone().fill_(pos + 1);
+    }
 }
 
 /// GPT-2 decoding on libtorch, batched, with rows that can leave the batch.
@@ -314,11 +331,11 @@ impl TchBackend {
         let block = BLOCK as i64;
         self.bufs = Some(Buffers {
             cap: b,
-            logits: Tensor::zeros([b, self.cfg.vocab_size as i64], (Kind::Float, device)),
+            logits: Tensor::zeros([b, self.lm_head.size()[0]], opts),
             ids: Tensor::zeros([b], (Kind::Int64, device)),
-            pos: Tensor::zeros([1], (Kind::Int64, device)),
+            counters: Tensor::zeros([2], (Kind::Int64, device)),
+            used: Tensor::zeros([b], (Kind::Int, device)),
             uniforms: Tensor::zeros([b, block], (Kind::Float, device)),
-            column: Tensor::zeros([1], (Kind::Int64, device)),
             picked: Tensor::zeros([b, block], (Kind::Int64, device)),
             key_positions: Tensor::arange(n_ctx, (Kind::Int64, device)),
             flash: self
@@ -331,22 +348,22 @@ impl TchBackend {
     /// One token per row (`ids` `[b]`) at position `at`: writes its keys and values into the
     /// cache and returns the final hidden states `[b, n_embd]`.
     fn decode(&self, b: i64, ids: &Tensor, at: At) -> Tensor {
+        let bufs = self.bufs();
         let tok = self.wte.index_select(0, ids);
         let mut x = match at {
             At::Host(p) => tok + self.wpe.get(p),
-            At::Device(pos) => tok + self.wpe.index_select(0, pos),
+            At::Buffers => tok + self.wpe.index_select(0, &bufs.pos()),
         };
         // Per step, shared by the layers: the filled length of each row (FlashAttention),
         // or the positions not yet written (masked attention over the whole cache).
         let used = self.opts.flash.then(|| match at {
             At::Host(p) => Tensor::full([b], p + 1, (Kind::Int, self.device())),
-            At::Device(pos) => (pos + 1).to_kind(Kind::Int).expand([b], false).contiguous(),
+            At::Buffers => bufs.used.narrow(0, 0, b),
         });
         let later = match at {
-            At::Device(pos) if !self.opts.flash => Some(self.bufs().key_positions.gt_tensor(pos)),
+            At::Buffers if !self.opts.flash => Some(bufs.key_positions.gt_tensor(&bufs.pos())),
             _ => None,
         };
-        let fused_gelu = self.opts.fused_gelu && self.cfg.gelu_tanh && self.device().is_cuda();
         let gelu = if self.cfg.gelu_tanh { "tanh" } else { "none" };
         for layer in &self.layers {
             let a = self.norm(&x, &layer.ln_1);
@@ -356,15 +373,7 @@ impl TchBackend {
                 None => self.attend_matmul(layer, &qkv, b, at, later.as_ref()),
             };
             x += layer.attn_proj.apply(&y);
-            let a = self.norm(&x, &layer.ln_2);
-            let m = if fused_gelu {
-                layer
-                    .c_fc
-                    .b
-                    .internal_addmm_activation(&a, &layer.c_fc.w, true)
-            } else {
-                layer.c_fc.apply(&a).gelu(gelu)
-            };
+            let m = layer.c_fc.apply(&self.norm(&x, &layer.ln_2)).gelu(gelu);
             x += layer.mlp_proj.apply(&m);
         }
         self.norm(&x, &self.ln_f)
@@ -389,8 +398,8 @@ impl TchBackend {
                 kv.narrow(3, p, 1).copy_(&new);
                 kv.narrow(3, 0, p + 1)
             }
-            At::Device(pos) => {
-                let _ = kv.shallow_clone().index_copy_(3, pos, &new);
+            At::Buffers => {
+                let _ = kv.shallow_clone().index_copy_(3, &self.bufs().pos(), &new);
                 kv
             }
         };
@@ -418,8 +427,8 @@ impl TchBackend {
             At::Host(p) => {
                 kv.narrow(2, p, 1).copy_(&new);
             }
-            At::Device(pos) => {
-                let _ = kv.shallow_clone().index_copy_(2, pos, &new);
+            At::Buffers => {
+                let _ = kv.shallow_clone().index_copy_(2, &self.bufs().pos(), &new);
             }
         }
         let q = qkv.select(1, 0).squeeze_dim(1);
@@ -456,22 +465,24 @@ impl TchBackend {
         )
     }
 
-    /// Next-token logits of the first `b` rows from their hidden states, into the buffer.
+    /// Next-token logits of the first `b` rows from their hidden states `[b, n_embd]`,
+    /// written into the buffer by the matmul.
     fn write_logits(&self, hidden: &Tensor, b: i64) {
-        let logits = hidden.matmul(&self.lm_head.tr());
-        let vocab = self.cfg.vocab_size as i64;
-        // One kernel: drops the padding and converts to fp32.
+        let _ = hidden.mm_out(&self.bufs().logits.narrow(0, 0, b), &self.lm_head.tr());
+    }
+
+    /// The logits of the first `b` rows, without the padding columns.
+    fn logits_of(&self, b: i64) -> Tensor {
         self.bufs()
             .logits
             .narrow(0, 0, b)
-            .copy_(&logits.narrow(1, 0, vocab));
+            .narrow(1, 0, self.cfg.vocab_size as i64)
     }
 
     /// The step a graph captures with host-fed tokens: token ids and position from the
     /// buffers, logits into the buffer.
     fn fed_step(&self, b: i64) {
-        let bufs = self.bufs();
-        let hidden = self.decode(b, &bufs.ids.narrow(0, 0, b), At::Device(&bufs.pos));
+        let hidden = self.decode(b, &self.bufs().ids.narrow(0, 0, b), At::Buffers);
         self.write_logits(&hidden, b);
     }
 
@@ -479,20 +490,23 @@ impl TchBackend {
     /// uniform of the current column, records it, feeds it, and advances position and column.
     fn sampled_step(&self, b: i64, s: &Sampling) {
         let bufs = self.bufs();
+        let column = bufs.column();
         let u = bufs
             .uniforms
             .narrow(0, 0, b)
-            .index_select(1, &bufs.column)
+            .index_select(1, &column)
             .squeeze_dim(1);
-        let token = sampler::sample(&bufs.logits.narrow(0, 0, b), &u, s);
+        let token = sampler::sample(&self.logits_of(b), &u, s);
         let _ = bufs
             .picked
             .narrow(0, 0, b)
-            .index_copy_(1, &bufs.column, &token.unsqueeze(1));
-        bufs.ids.narrow(0, 0, b).copy_(&token);
-        self.fed_step(b);
-        let _ = bufs.pos.shallow_clone().g_add_scalar_(1);
-        let _ = bufs.column.shallow_clone().g_add_scalar_(1);
+            .index_copy_(1, &column, &token.unsqueeze(1));
+        let hidden = self.decode(b, &token, At::Buffers);
+        self.write_logits(&hidden, b);
+        let _ = bufs.counters.shallow_clone().g_add_scalar_(1);
+        if self.opts.flash {
+            let _ = bufs.used.shallow_clone().g_add_scalar_(1);
+        }
     }
 
     /// Replays the graph of `key`, capturing it first if needed with `step` (whose warm-up
@@ -588,7 +602,7 @@ impl Backend for TchBackend {
             if self.graphs_on() {
                 let bufs = self.bufs();
                 bufs.ids.narrow(0, 0, b).copy_(&ids);
-                let _ = bufs.pos.shallow_clone().fill_(len);
+                bufs.seek(len, 0);
                 // The step only writes this position's keys and the logits: rerunning
                 // it is harmless, nothing to undo.
                 if self.replay((b, None), |this| this.fed_step(b), |_| ()) {
@@ -622,16 +636,17 @@ impl Backend for TchBackend {
 
     fn logits(&mut self) -> Result<Logits> {
         ensure!(self.bufs.is_some(), "logits before start");
-        let last = self.bufs().logits.narrow(0, 0, self.rows);
+        let last = self.logits_of(self.rows).to_kind(Kind::Float);
         let data: Vec<f32> = Vec::<f32>::try_from(last.to_device(Device::Cpu).reshape([-1]))?;
         Ok(Logits::new(self.rows as usize, self.cfg.vocab_size, data))
     }
 
     fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(f32, u32)>>> {
         ensure!(self.bufs.is_some(), "logits before start");
-        let last = self.bufs().logits.narrow(0, 0, self.rows);
+        let last = self.logits_of(self.rows);
         let k = k.min(self.cfg.vocab_size) as i64;
         let (values, indices) = last.topk(k, -1, true, true);
+        let values = values.to_kind(Kind::Float);
         let values: Vec<f32> = Vec::try_from(values.to_device(Device::Cpu).reshape([-1]))?;
         let indices: Vec<i64> = Vec::try_from(indices.to_device(Device::Cpu).reshape([-1]))?;
         let k = k as usize;
@@ -676,8 +691,7 @@ impl Backend for TchBackend {
                 .narrow(0, 0, b)
                 .narrow(1, 0, n as i64)
                 .copy_(&Tensor::from_slice(&flat).view([b, n as i64]));
-            let _ = bufs.column.shallow_clone().fill_(0);
-            let _ = bufs.pos.shallow_clone().fill_(len);
+            bufs.seek(len, 0);
             for j in 0..n as i64 {
                 // Capture runs the step once for real: put back the logits it consumed,
                 // the position and the column.
@@ -688,8 +702,7 @@ impl Backend for TchBackend {
                     if let Some(saved) = &saved {
                         bufs.logits.narrow(0, 0, b).copy_(saved);
                     }
-                    let _ = bufs.pos.shallow_clone().fill_(len + j);
-                    let _ = bufs.column.shallow_clone().fill_(j);
+                    bufs.seek(len + j, j);
                 };
                 let key = (b, Some(sampling_key(s)));
                 if !self.replay(key, |this| this.sampled_step(b, s), restore) {

@@ -5,8 +5,9 @@
 use gptpipe_generate::Sampling;
 use tch::{Kind, Tensor};
 
-/// The token of each row `[B]` (Int64) for fp32 logits `[B, V]` and uniforms `u` `[B]` in
-/// [0, 1). The repetition penalty is not applied here (callers sample on the host then).
+/// The token of each row `[B]` (Int64) for logits `[B, V]` (any float kind; the choice is
+/// made in fp32) and uniforms `u` `[B]` in [0, 1). The repetition penalty is not applied
+/// here (callers sample on the host then).
 pub fn sample(logits: &Tensor, u: &Tensor, s: &Sampling) -> Tensor {
     if s.is_greedy() {
         return logits.argmax(-1, false);
@@ -23,28 +24,23 @@ pub fn sample(logits: &Tensor, u: &Tensor, s: &Sampling) -> Tensor {
     } else {
         (logits.shallow_clone(), None)
     };
-    let max = match ids {
-        Some(_) => values.narrow(1, 0, 1),
-        None => values.amax([-1].as_slice(), true),
-    };
-    let mut weights = ((values - max) / s.temperature).exp();
+    let mut weights = (values.to_kind(Kind::Float) / s.temperature).softmax(-1, Kind::Float);
+    let mut cum = weights.cumsum(-1, Kind::Float);
+    let n = cum.size()[1];
     if s.top_p > 0.0 && s.top_p < 1.0 {
         // Keep a candidate while the mass before it is below top_p (the nucleus includes
         // the candidate that crosses it).
-        let total = weights.sum_dim_intlist(-1, true, Kind::Float);
-        let before = (weights.cumsum(-1, Kind::Float) - &weights) / total;
+        let before = &cum - &weights;
         weights = weights.multiply(&before.lt(s.top_p).to_kind(Kind::Float));
+        cum = weights.cumsum(-1, Kind::Float);
     }
-    let cum = weights.cumsum(-1, Kind::Float);
-    let n = cum.size()[1];
     let target = u.unsqueeze(1) * cum.narrow(1, n - 1, 1);
     // The first index whose cumulative weight exceeds the target: the count of those that
-    // do not. Rounding can leave none; then the last candidate with any weight.
-    let last = weights.gt(0.0).sum_dim_intlist(-1, true, Kind::Int64) - 1;
+    // do not (fewer than n, as u < 1; the clamp only guards rounding).
     let pick = cum
         .le_tensor(&target)
         .sum_dim_intlist(-1, true, Kind::Int64)
-        .minimum(&last.clamp_min(0));
+        .clamp_max(n - 1);
     match ids {
         Some(ids) => ids.gather(1, &pick, false).squeeze_dim(1),
         None => pick.squeeze_dim(1),
