@@ -195,7 +195,7 @@ fn gpu() {
                 ..off
             },
         ),
-        ("+flash", DecodeOptions::for_device(Device::Cuda(0))), DecodeOptions::for_device(Device::Cuda(0))),
+        ("+flash", DecodeOptions::for_device(Device::Cuda(0))),
     ];
     let mut reference: Option<Vec<Vec<u32>>> = None;
     for (name, opts) in variants {
