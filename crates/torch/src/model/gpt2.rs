@@ -33,15 +33,62 @@ enum Attend {
     Mask(Tensor),
 }
 
+/// The tensors one forward pass reads, arranged by layer.
+struct Weights {
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Weights {
+    /// Arranges the tensors `get` returns for Hugging Face's names.
+    fn build(n_layer: usize, get: impl Fn(&str) -> Tensor) -> Self {
+        let ln = |n: &str| LayerNorm {
+            weight: get(&format!("{n}.weight")),
+            bias: get(&format!("{n}.bias")),
+        };
+        let lin = |n: &str| Linear {
+            weight: get(&format!("{n}.weight")),
+            bias: get(&format!("{n}.bias")),
+        };
+        let blocks = (0..n_layer)
+            .map(|l| {
+                let h = format!("transformer.h.{l}");
+                Block {
+                    ln_1: ln(&format!("{h}.ln_1")),
+                    c_attn: lin(&format!("{h}.attn.c_attn")),
+                    attn_c_proj: lin(&format!("{h}.attn.c_proj")),
+                    ln_2: ln(&format!("{h}.ln_2")),
+                    c_fc: lin(&format!("{h}.mlp.c_fc")),
+                    mlp_c_proj: lin(&format!("{h}.mlp.c_proj")),
+                }
+            })
+            .collect();
+        Self {
+            wte: get("transformer.wte.weight"),
+            wpe: get("transformer.wpe.weight"),
+            blocks,
+            ln_f: ln("transformer.ln_f"),
+        }
+    }
+}
+
+/// Weights that are consecutive views of one buffer ([`Gpt2::flatten_parameters`]).
+struct FlatLayout {
+    buffer: Tensor,
+    names: Vec<String>,
+    sizes: Vec<i64>,
+    shapes: Vec<Vec<i64>>,
+}
+
 /// GPT-2 with a tied language-model head. Weights are leaf tensors owned by the model, in
 /// Hugging Face's names and layouts (see [`Gpt2::named_parameters`]).
 pub struct Gpt2 {
     pub config: Config,
     params: Vec<(String, Tensor)>,
-    wte: Tensor,
-    wpe: Tensor,
-    blocks: Vec<Block>,
-    ln_f: LayerNorm,
+    weights: Weights,
+    flat: Option<FlatLayout>,
     compute_kind: Option<Kind>,
     pad_vocab: Option<bool>,
 }
@@ -50,6 +97,16 @@ pub struct Gpt2 {
 const VOCAB_ALIGN: i64 = 64;
 
 /// False when `GPTPIPE_PAD_VOCAB=0` (read once): the default on CUDA is then the unpadded head.
+/// The tensor named `name` in `params`.
+fn lookup(params: &[(String, Tensor)], name: &str) -> Tensor {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no weight {name}"))
+        .1
+        .shallow_clone()
+}
+
 fn pad_vocab_env() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("GPTPIPE_PAD_VOCAB").map_or(true, |v| v.trim() != "0"))
@@ -58,45 +115,40 @@ fn pad_vocab_env() -> bool {
 impl Gpt2 {
     /// A model with zeroed weights on `device` (to be overwritten by loaded ones).
     pub fn zeros(config: &Config, device: Device) -> Self {
-        let mut params = Vec::new();
         let c = config;
         let (e, inner) = (c.n_embd as i64, c.n_inner as i64);
-        let mut p = |name: String, shape: &[i64]| {
-            let t = Tensor::zeros(shape, (Kind::Float, device));
-            params.push((name, t.shallow_clone()));
-            t
+        // Hugging Face's order: embeddings, then each block, then the final norm.
+        let mut shapes: Vec<(String, Vec<i64>)> = vec![
+            (
+                "transformer.wte.weight".into(),
+                vec![c.vocab_size as i64, e],
+            ),
+            ("transformer.wpe.weight".into(), vec![c.n_ctx as i64, e]),
+        ];
+        let mut add = |name: String, weight: Vec<i64>, bias: i64| {
+            shapes.push((format!("{name}.weight"), weight));
+            shapes.push((format!("{name}.bias"), vec![bias]));
         };
-        let ln = |p: &mut dyn FnMut(String, &[i64]) -> Tensor, name: &str| LayerNorm {
-            weight: p(format!("{name}.weight"), &[e]),
-            bias: p(format!("{name}.bias"), &[e]),
-        };
-        let lin =
-            |p: &mut dyn FnMut(String, &[i64]) -> Tensor, name: &str, i: i64, o: i64| Linear {
-                weight: p(format!("{name}.weight"), &[i, o]),
-                bias: p(format!("{name}.bias"), &[o]),
-            };
-        let wte = p("transformer.wte.weight".into(), &[c.vocab_size as i64, e]);
-        let wpe = p("transformer.wpe.weight".into(), &[c.n_ctx as i64, e]);
-        let mut blocks = Vec::new();
         for l in 0..c.n_layer {
             let h = format!("transformer.h.{l}");
-            blocks.push(Block {
-                ln_1: ln(&mut p, &format!("{h}.ln_1")),
-                c_attn: lin(&mut p, &format!("{h}.attn.c_attn"), e, 3 * e),
-                attn_c_proj: lin(&mut p, &format!("{h}.attn.c_proj"), e, e),
-                ln_2: ln(&mut p, &format!("{h}.ln_2")),
-                c_fc: lin(&mut p, &format!("{h}.mlp.c_fc"), e, inner),
-                mlp_c_proj: lin(&mut p, &format!("{h}.mlp.c_proj"), inner, e),
-            });
+            add(format!("{h}.ln_1"), vec![e], e);
+            add(format!("{h}.attn.c_attn"), vec![e, 3 * e], 3 * e);
+            add(format!("{h}.attn.c_proj"), vec![e, e], e);
+            add(format!("{h}.ln_2"), vec![e], e);
+            add(format!("{h}.mlp.c_fc"), vec![e, inner], inner);
+            add(format!("{h}.mlp.c_proj"), vec![inner, e], e);
         }
-        let ln_f = ln(&mut p, "transformer.ln_f");
+        add("transformer.ln_f".into(), vec![e], e);
+        let params: Vec<(String, Tensor)> = shapes
+            .into_iter()
+            .map(|(n, shape)| (n, Tensor::zeros(shape.as_slice(), (Kind::Float, device))))
+            .collect();
+        let weights = Weights::build(c.n_layer, |n| lookup(&params, n));
         Self {
             config: c.clone(),
             params,
-            wte,
-            wpe,
-            blocks,
-            ln_f,
+            weights,
+            flat: None,
             compute_kind: None,
             pad_vocab: None,
         }
@@ -137,7 +189,7 @@ impl Gpt2 {
     }
 
     pub fn device(&self) -> Device {
-        self.wte.device()
+        self.weights.wte.device()
     }
 
     /// Computes in `kind` (e.g. bf16) while the weights keep their own kind (fp32 master
@@ -148,7 +200,7 @@ impl Gpt2 {
     }
 
     pub fn compute_kind(&self) -> Kind {
-        self.compute_kind.unwrap_or(self.wte.kind())
+        self.compute_kind.unwrap_or(self.weights.wte.kind())
     }
 
     /// Whether [`Gpt2::loss`] computes its logits over a vocabulary padded with zero rows to
@@ -211,39 +263,53 @@ impl Gpt2 {
                 .get(n)
                 .map_or_else(|| old[n].shallow_clone(), |v| v.shallow_clone())
         });
+        self.flat = Some(FlatLayout {
+            buffer: flat.shallow_clone(),
+            names: names.to_vec(),
+            sizes: names.iter().map(|n| old[n].numel() as i64).collect(),
+            shapes: names.iter().map(|n| old[n].size()).collect(),
+        });
         flat
     }
 
     /// Points every field at `f(name)`.
     pub(crate) fn rebind(&mut self, f: impl Fn(&str) -> Tensor) {
-        let mut new = Vec::new();
-        for (n, _) in &self.params {
-            new.push((n.clone(), f(n)));
-        }
-        let get = |n: &str| new.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
-        self.wte = get("transformer.wte.weight");
-        self.wpe = get("transformer.wpe.weight");
-        let ln = |n: &str| LayerNorm {
-            weight: get(&format!("{n}.weight")),
-            bias: get(&format!("{n}.bias")),
-        };
-        let lin = |n: &str| Linear {
-            weight: get(&format!("{n}.weight")),
-            bias: get(&format!("{n}.bias")),
-        };
-        for (l, b) in self.blocks.iter_mut().enumerate() {
-            let h = format!("transformer.h.{l}");
-            *b = Block {
-                ln_1: ln(&format!("{h}.ln_1")),
-                c_attn: lin(&format!("{h}.attn.c_attn")),
-                attn_c_proj: lin(&format!("{h}.attn.c_proj")),
-                ln_2: ln(&format!("{h}.ln_2")),
-                c_fc: lin(&format!("{h}.mlp.c_fc")),
-                mlp_c_proj: lin(&format!("{h}.mlp.c_proj")),
-            };
-        }
-        self.ln_f = ln("transformer.ln_f");
+        let new: Vec<(String, Tensor)> =
+            self.params.iter().map(|(n, _)| (n.clone(), f(n))).collect();
+        self.weights = Weights::build(self.config.n_layer, |n| lookup(&new, n));
         self.params = new;
+        // Rebound weights are no longer views of the buffer.
+        self.flat = None;
+    }
+
+    /// The weights a forward pass reads, in the compute kind. When the trained weights are
+    /// one buffer that requires grad (see [`Gpt2::flatten_parameters`]), the buffer is cast
+    /// once and split into views: one cast kernel forward and one concatenation backward,
+    /// and the gradient lands in the buffer's `grad` as one tensor. Otherwise each weight
+    /// is cast once per pass (so a tied weight is not cast twice).
+    fn compute_weights(&self) -> Weights {
+        let cast = |t: &Tensor| match self.compute_kind {
+            Some(k) if k != t.kind() => t.to_kind(k),
+            _ => t.shallow_clone(),
+        };
+        let from_params = |n: &str| cast(&lookup(&self.params, n));
+        match &self.flat {
+            Some(flat) if flat.buffer.requires_grad() => {
+                let pieces = cast(&flat.buffer).split_with_sizes(flat.sizes.as_slice(), 0);
+                let views: std::collections::HashMap<&str, Tensor> = flat
+                    .names
+                    .iter()
+                    .zip(pieces.iter().zip(&flat.shapes))
+                    .map(|(n, (p, shape))| (n.as_str(), p.view(shape.as_slice())))
+                    .collect();
+                Weights::build(self.config.n_layer, |n| {
+                    views
+                        .get(n)
+                        .map_or_else(|| from_params(n), Tensor::shallow_clone)
+                })
+            }
+            _ => Weights::build(self.config.n_layer, from_params),
+        }
     }
 
     /// A cache for [`Gpt2::forward`] / [`Gpt2::forward_masked`].
@@ -270,8 +336,9 @@ impl Gpt2 {
         cache: Option<&mut KvCache>,
         train: bool,
     ) -> Tensor {
-        let h = self.hidden_states(input_ids, attention_mask, cache, train);
-        self.lm_head(&h)
+        let w = self.compute_weights();
+        let h = self.hidden_states_with(&w, input_ids, attention_mask, cache, train);
+        self.lm_head(&w, &h)
     }
 
     /// Mean next-token cross-entropy (fp32 scalar) of `input_ids` `[B, T]`, predicting
@@ -279,13 +346,14 @@ impl Gpt2 {
     pub fn loss(&self, input_ids: &Tensor, train: bool) -> Tensor {
         let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
         assert!(t >= 2, "the loss needs at least 2 tokens per row");
+        let w = self.compute_weights();
         let h = self
-            .hidden_states(input_ids, None, None, train)
+            .hidden_states_with(&w, input_ids, None, None, train)
             .narrow(1, 0, t - 1);
         let logits = if self.pad_vocab() {
-            self.lm_head_padded(&h)
+            self.lm_head_padded(&w, &h)
         } else {
-            self.lm_head(&h)
+            self.lm_head(&w, &h)
         }
         .to_kind(Kind::Float);
         let targets = input_ids.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
@@ -294,15 +362,8 @@ impl Gpt2 {
             .cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0)
     }
 
-    fn w(&self, t: &Tensor) -> Tensor {
-        match self.compute_kind {
-            Some(k) if k != t.kind() => t.to_kind(k),
-            _ => t.shallow_clone(),
-        }
-    }
-
-    fn lm_head(&self, h: &Tensor) -> Tensor {
-        h.matmul(&self.w(&self.wte).tr())
+    fn lm_head(&self, w: &Weights, h: &Tensor) -> Tensor {
+        h.matmul(&w.wte.tr())
     }
 
     /// [`Gpt2::lm_head`] over `wte` padded with zero rows to a multiple of [`VOCAB_ALIGN`]
@@ -311,23 +372,22 @@ impl Gpt2 {
     /// falls back to slow unaligned bf16 kernels for the forward matmul and both backward
     /// ones. The padding is made per call from the (cast) weight, so only the real rows get
     /// gradients; the padded logits are never read.
-    fn lm_head_padded(&self, h: &Tensor) -> Tensor {
+    fn lm_head_padded(&self, w: &Weights, h: &Tensor) -> Tensor {
         let vocab = self.config.vocab_size as i64;
         let pad = (VOCAB_ALIGN - vocab % VOCAB_ALIGN) % VOCAB_ALIGN;
         if pad == 0 {
-            return self.lm_head(h);
+            return self.lm_head(w, h);
         }
         // Pad spec runs from the last dimension: [E: 0, 0], [vocab: 0, pad].
-        let w = self.w(&self.wte).constant_pad_nd([0, 0, 0, pad]);
-        h.matmul(&w.tr()).narrow(-1, 0, vocab)
+        let padded = w.wte.constant_pad_nd([0, 0, 0, pad]);
+        h.matmul(&padded.tr()).narrow(-1, 0, vocab)
     }
 
     fn linear(&self, x: &Tensor, l: &Linear) -> Tensor {
         let mut shape = x.size();
         let inner = *shape.last().unwrap();
-        let w = self.w(&l.weight);
-        let out = w.size()[1];
-        let y = self.w(&l.bias).addmm(&x.reshape([-1, inner]), &w);
+        let out = l.weight.size()[1];
+        let y = l.bias.addmm(&x.reshape([-1, inner]), &l.weight);
         *shape.last_mut().unwrap() = out;
         y.reshape(shape)
     }
@@ -336,8 +396,8 @@ impl Gpt2 {
         let e = self.config.n_embd as i64;
         x.layer_norm(
             [e],
-            Some(&self.w(&ln.weight)),
-            Some(&self.w(&ln.bias)),
+            Some(&ln.weight),
+            Some(&ln.bias),
             self.config.layer_norm_epsilon,
             true,
         )
@@ -346,6 +406,18 @@ impl Gpt2 {
     /// The final hidden states `[B, T, n_embd]` (after `ln_f`).
     pub fn hidden_states(
         &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Tensor {
+        let w = self.compute_weights();
+        self.hidden_states_with(&w, input_ids, attention_mask, cache, train)
+    }
+
+    fn hidden_states_with(
+        &self,
+        w: &Weights,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
@@ -409,10 +481,10 @@ impl Gpt2 {
             }
         };
 
-        let tok = Tensor::embedding(&self.w(&self.wte), input_ids, -1, false, false);
-        let pos = Tensor::embedding(&self.w(&self.wpe), &positions, -1, false, false);
+        let tok = Tensor::embedding(&w.wte, input_ids, -1, false, false);
+        let pos = Tensor::embedding(&w.wpe, &positions, -1, false, false);
         let mut x = (tok + pos).dropout(c.embd_pdrop, train);
-        for (l, block) in self.blocks.iter().enumerate() {
+        for (l, block) in w.blocks.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
             let a = self.attention(
                 &self.layer_norm(&x, &block.ln_1),
@@ -446,7 +518,7 @@ impl Gpt2 {
             cache.mask = full_mask;
         }
         let _ = b;
-        self.layer_norm(&x, &self.ln_f)
+        self.layer_norm(&x, &w.ln_f)
     }
 
     fn attention(
