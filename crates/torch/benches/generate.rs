@@ -3,9 +3,11 @@
 //! CPU (default): a small random GPT-2 saved by transformers; tokens/s at batch 1 and 20.
 //!   cargo bench -p gptpipe-torch --bench generate
 //!   cargo bench -p gptpipe-torch --bench generate -- --layers 6 --heads 8 --embd 512 --new 64
-//! GPU: GPT-2 124M, random init, bf16: batch 1 x 256 and batch 20 x 1000 new tokens (ours
-//! only; run `shared/bench/hf_anchor_gpu.py` beside it for transformers' figures):
-//!   cargo bench -p gptpipe-torch --bench generate -- --gpu
+//! GPU: GPT-2 124M, random init, bf16: batch 1 x 256 and batch 20 x 1000 new tokens, with
+//! each decoding part (`DecodeOptions`) switched on in turn, and greedy agreement with eager
+//! decoding (ours only; run `shared/bench/hf_anchor_gpu.py` beside it for transformers'
+//! figures); `--parts` adds per-step times without the driver:
+//!   cargo bench -p gptpipe-torch --bench generate -- --gpu [--parts]
 //! Both use the peer's settings: an 8-token prompt, top_k = 40, temperature = 0.7.
 
 use gptpipe_generate::{generate_range, Backend, Job, Sampling};
@@ -14,7 +16,7 @@ use gptpipe_torch::model::{Config, Gpt2};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::Device;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -222,54 +224,37 @@ fn gpu() {
     }
 }
 
-/// Where a decoding step's time goes: the model step alone, and `top_k` alone (one-stage
-/// `topk` against a two-stage one on the same logits), per batch size.
+/// Where a decoding step's time goes, per row count: a host-fed step (`step`, then
+/// `top_k(40)` to the host), and a step inside `sample_ahead` blocks of 16 (sampling on the
+/// device; the host waits once per block), without the driver around them.
 fn parts(backend: &mut TchBackend) {
-    let time = |f: &mut dyn FnMut()| {
-        for _ in 0..5 {
-            f();
-        }
-        tch::Cuda::synchronize(0);
-        let t = Instant::now();
-        for _ in 0..100 {
-            f();
-        }
-        tch::Cuda::synchronize(0);
-        t.elapsed().as_secs_f64() * 1e3 / 100.0
-    };
+    let sampling = sampling();
     for rows in [1usize, 8, 20] {
         let prompt: Vec<u32> = (0..8).collect();
-        backend.start(&vec![prompt; rows]).unwrap();
-        let tokens = vec![5u32; rows];
-        let mut n = 0;
-        let step_ms = time(&mut || {
-            n += 1;
-            if n % 500 == 0 {
-                let prompt: Vec<u32> = (0..8).collect();
-                backend.start(&vec![prompt; rows]).unwrap();
+        let time_ms = |backend: &mut TchBackend, steps: usize, f: &dyn Fn(&mut TchBackend)| {
+            backend.start(&vec![prompt.clone(); rows]).unwrap();
+            f(backend);
+            tch::Cuda::synchronize(0);
+            backend.start(&vec![prompt.clone(); rows]).unwrap();
+            tch::Cuda::synchronize(0);
+            let t = Instant::now();
+            for _ in 0..steps {
+                f(backend);
             }
-            backend.step(&tokens).unwrap();
-        });
-        let topk_ms = time(&mut || {
-            backend.top_k(40).unwrap();
-        });
-        let logits = Tensor::randn([rows as i64, 50257], (tch::Kind::Float, Device::Cuda(0)));
-        let one_ms = time(&mut || {
-            let _ = logits.topk(40, -1, true, true);
-        });
-        let two_ms = time(&mut || {
-            let padded =
-                logits
-                    .constant_pad_nd([0, 64 * 786 - 50257])
-                    .reshape([rows as i64, 64, 786]);
-            let (v, i) = padded.topk(40, -1, true, true);
-            let base = Tensor::arange(64, (tch::Kind::Int64, Device::Cuda(0))).unsqueeze(1) * 786;
-            let idx = (i + base).reshape([rows as i64, -1]);
-            let (v2, j) = v.reshape([rows as i64, -1]).topk(40, -1, true, true);
-            let _ = (v2, idx.gather(1, &j, false));
-        });
+            tch::Cuda::synchronize(0);
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        let fed = time_ms(backend, 512, &|b| {
+            b.step(&vec![5u32; rows]).unwrap();
+            b.top_k(40).unwrap();
+        }) / 512.0;
+        let uniforms = vec![vec![0.5f64; 16]; rows];
+        let ahead = time_ms(backend, 32, &|b| {
+            b.sample_ahead(&sampling, &uniforms).unwrap();
+        }) / 512.0;
         println!(
-            "rows {rows:>2}: step {step_ms:.3} ms, backend top_k {topk_ms:.3} ms, topk one-stage {one_ms:.3} ms, two-stage {two_ms:.3} ms"
+            "rows {rows:>2}: host-fed step + top_k {fed:.3} ms, device-sampled step {ahead:.3} ms ({:.0} tokens/s)",
+            rows as f64 * 1e3 / ahead
         );
     }
 }
