@@ -1,6 +1,7 @@
 use super::pipeline_args;
 use crate::stages::registry;
 use clap::Args;
+use gptpipe_core::report::HumanSink;
 use gptpipe_core::runner::{RunError, Runner};
 
 #[derive(Args)]
@@ -15,7 +16,7 @@ pub fn run(args: GcArgs) -> Result<(), RunError> {
         .unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
     let pipeline = pipeline_args::load(&path, &[]).map_err(RunError::Config)?;
     let registry = registry();
-    let (runs, objects) = Runner::new(&pipeline, &registry)?.gc()?;
+    let (runs, objects) = Runner::new(&pipeline, &registry)?.gc(&HumanSink::new())?;
     eprintln!("removed {runs} cache entries and {objects} objects");
     Ok(())
 }

@@ -202,3 +202,132 @@ fn gc_drops_entries_the_lock_file_does_not_reference() {
         .ok();
     assert!(run.stages_with("stage_started").is_empty());
 }
+
+/// Two pipelines in one folder sharing the workdir `work`: a has stage `a`; b has `b` and
+/// `b2` (reading b's dataset).
+fn shared_workdir() -> Project {
+    let p = Project::new();
+    p.file("data/a.csv", "title\nshort\na longer title here\n");
+    p.file("data/b.csv", "title\nsomething else\nand more\n");
+    p.file("a.toml", shared_a(None));
+    p.file(
+        "b.toml",
+        "[pipeline]\nname = \"b\"\nworkdir = \"work\"\n\n\
+         [stages.b]\nkind = \"prepare\"\ninputs = [\"data/b.csv\"]\n\n\
+         [stages.b2]\nkind = \"prepare\"\ninputs = [\"@b\"]\nformat = \"text\"\n",
+    );
+    p
+}
+
+fn shared_a(min_length: Option<u32>) -> String {
+    let extra = min_length.map_or(String::new(), |n| format!("min_length = {n}\n"));
+    format!(
+        "[pipeline]\nname = \"a\"\nworkdir = \"work\"\n\n\
+         [stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n{extra}"
+    )
+}
+
+/// The cache keys a lock file records, by stage.
+fn lock_keys(p: &Project, lock: &str) -> std::collections::BTreeMap<String, String> {
+    let lock: toml::Table = toml::from_str(&p.read(lock)).unwrap();
+    lock["stages"]
+        .as_table()
+        .unwrap()
+        .iter()
+        .map(|(s, e)| (s.clone(), e["key"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn cached(p: &Project, key: &str) -> bool {
+    p.path(&format!("work/.gptpipe/cache/runs/{key}.json"))
+        .is_file()
+}
+
+#[test]
+fn gc_keeps_what_another_pipeline_sharing_the_workdir_references() {
+    let p = shared_workdir();
+    p.run(&["run", "a.toml"]).ok();
+    p.run(&["run", "b.toml"]).ok();
+    let old_a = lock_keys(&p, "a.toml.lock")["a"].clone();
+    let b_keys = lock_keys(&p, "b.toml.lock");
+    assert_eq!(b_keys.len(), 2);
+
+    // A changed parameter of a leaves a's old entry stale.
+    p.file("a.toml", shared_a(Some(8)));
+    let changed = p.run(&["run", "a.toml", "--json"]).ok();
+    assert_eq!(changed.stages_with("stage_started"), vec!["a"]);
+    let new_a = lock_keys(&p, "a.toml.lock")["a"].clone();
+    assert_ne!(old_a, new_a);
+
+    let gc = p.run(&["gc", "a.toml"]).ok();
+    // The old entry and the objects only it used (its outputs all differ).
+    assert!(
+        gc.stderr.contains("removed 1 cache entries and 3 objects"),
+        "{}",
+        gc.stderr
+    );
+    assert!(!cached(&p, &old_a) && cached(&p, &new_a));
+    assert!(b_keys.values().all(|k| cached(&p, k)));
+
+    // b restores everything from the cache: nothing runs.
+    for stage in ["b", "b2"] {
+        std::fs::remove_dir_all(p.path(&format!("work/{stage}"))).unwrap();
+    }
+    let rerun = p.run(&["run", "b.toml", "--json"]).ok();
+    assert!(
+        rerun.stages_with("stage_started").is_empty(),
+        "{}",
+        rerun.stdout
+    );
+    assert_eq!(rerun.stages_with("stage_cached"), vec!["b", "b2"]);
+    // And gc from b's side keeps a's entry.
+    let gc = p.run(&["gc", "b.toml"]).ok();
+    assert!(
+        gc.stderr.contains("removed 0 cache entries and 0 objects"),
+        "{}",
+        gc.stderr
+    );
+    assert!(cached(&p, &new_a));
+}
+
+#[test]
+fn gc_collects_the_entries_of_a_deleted_lock_file_and_keeps_all_for_a_broken_one() {
+    let p = shared_workdir();
+    p.run(&["run", "a.toml"]).ok();
+    p.run(&["run", "b.toml"]).ok();
+    let a_keys = lock_keys(&p, "a.toml.lock");
+    let b_keys = lock_keys(&p, "b.toml.lock");
+
+    // A lock file that does not parse: nothing is removed, and the warning names it.
+    let b_lock = p.read("b.toml.lock");
+    p.file("b.toml.lock", "stages = [broken");
+    let gc = p.run(&["gc", "a.toml"]).ok();
+    assert!(
+        gc.stderr.contains("warning:") && gc.stderr.contains("b.toml.lock"),
+        "{}",
+        gc.stderr
+    );
+    assert!(
+        gc.stderr.contains("removed 0 cache entries and 0 objects"),
+        "{}",
+        gc.stderr
+    );
+    assert!(b_keys.values().all(|k| cached(&p, k)));
+    p.file("b.toml.lock", b_lock);
+
+    // A deleted lock file: its entries go, a's stay, and it is forgotten.
+    std::fs::remove_file(p.path("b.toml.lock")).unwrap();
+    let gc = p.run(&["gc", "a.toml"]).ok();
+    assert!(
+        gc.stderr.contains("removed 2 cache entries"),
+        "{}",
+        gc.stderr
+    );
+    assert!(!gc.stderr.contains("warning"), "{}", gc.stderr);
+    assert!(b_keys.values().all(|k| !cached(&p, k)));
+    assert!(a_keys.values().all(|k| cached(&p, k)));
+    let records = std::fs::read_dir(p.path("work/.gptpipe/lockfiles"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 1);
+}

@@ -261,6 +261,10 @@ impl<'a> Runner<'a> {
         }
         let _guard = self.workdir.lock(events)?;
         self.workdir.clear_tmp()?;
+        // Every lock file write happens in this run, under the run lock: recording the lock
+        // file here (also when nothing turns out stale) lets `gc` from another pipeline
+        // sharing the workdir keep what it references.
+        self.workdir.remember_lock(&self.pipeline.lock_path())?;
         events.emit(Event::Plan {
             stages: selected.clone(),
         });
@@ -477,11 +481,11 @@ impl<'a> Runner<'a> {
         Ok(output_hash)
     }
 
-    /// Drops cache entries that the lock file does not reference.
-    pub fn gc(&self) -> Result<(usize, usize)> {
-        let _guard = self.workdir.lock(&crate::events::NullSink)?;
-        let lock = LockFile::read(&self.pipeline.lock_path())?;
-        let keep = lock.stages.values().map(|e| e.key.clone()).collect();
-        self.workdir.store.gc(&keep)
+    /// Drops cache entries that no lock file using the workdir references: this pipeline's
+    /// and those of other pipelines that ran in the same workdir (see [`Workdir::gc`]).
+    /// Returns (entries removed, objects removed).
+    pub fn gc(&self, events: &dyn EventSink) -> Result<(usize, usize)> {
+        let _guard = self.workdir.lock(events)?;
+        self.workdir.gc(&self.pipeline.lock_path(), events)
     }
 }

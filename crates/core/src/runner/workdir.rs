@@ -1,10 +1,14 @@
 //! The workdir's layout: `<workdir>/<stage>/` holds published outputs; `.gptpipe/` holds the
-//! cache, the memo, temporary build folders, stage state and the run lock.
+//! cache, the memo, temporary build folders, stage state, the run lock, and the lock files
+//! that use the workdir (`lockfiles/`: one small file per lock file, named by a hash of its
+//! absolute path and holding that path), which `gc` must all respect.
 
-use crate::cache::{Memo, Store};
+use crate::cache::hash::hash_bytes;
+use crate::cache::{LockFile, Memo, Store};
 use crate::events::{Event, EventSink};
 use anyhow::{Context, Result};
 use fs4::fs_std::FileExt;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,5 +121,212 @@ impl Workdir {
                 .with_context(|| format!("cannot publish {}", target.display()))?;
         }
         Ok(())
+    }
+
+    /// Records that the lock file `lock` describes outputs cached in this workdir, so that
+    /// `gc` run from any pipeline sharing the workdir keeps what it references. Idempotent;
+    /// one file per lock file, so concurrent runs of different pipelines never collide.
+    pub fn remember_lock(&self, lock: &Path) -> Result<()> {
+        let lock = absolute_lock_path(lock)?;
+        let bytes = path_to_bytes(&lock);
+        let record = self.meta.join("lockfiles").join(&hash_bytes(&bytes)[..32]);
+        if std::fs::read(&record).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        crate::fsutil::write_atomic(&record, &bytes)
+    }
+
+    /// Drops cache entries and objects that no lock file using this workdir references:
+    /// `own` (the pipeline being collected; an unreadable one is an error) and every lock
+    /// file recorded by [`Workdir::remember_lock`]. A recorded lock file that no longer
+    /// exists is forgotten; one that cannot be read or parsed keeps the whole cache, with a
+    /// warning naming it. Call under the run lock. Returns (entries removed, objects removed).
+    pub fn gc(&self, own: &Path, events: &dyn EventSink) -> Result<(usize, usize)> {
+        let own_lock = LockFile::read(own)?;
+        if own.is_file() {
+            self.remember_lock(own)?;
+        }
+        let own = absolute_lock_path(own)?;
+        let mut keep: BTreeSet<String> = own_lock.stages.into_values().map(|e| e.key).collect();
+        let mut unsure = false;
+        let dir = self.meta.join("lockfiles");
+        let records = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.collect::<std::io::Result<Vec<_>>>()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        for record in records {
+            let record = record.path();
+            // Temporary files of an interrupted `write_atomic`.
+            if record
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            let mut warn = |why: String| {
+                unsure = true;
+                events.emit(Event::Warning {
+                    message: format!(
+                        "{why}; gc keeps every cache entry until it is fixed or deleted"
+                    ),
+                });
+            };
+            let lock = match std::fs::read(&record) {
+                Ok(bytes) => path_from_bytes(bytes),
+                Err(e) => {
+                    warn(format!("cannot read {}: {e}", record.display()));
+                    continue;
+                }
+            };
+            if !lock.is_absolute() {
+                warn(format!("{} does not name a lock file", record.display()));
+                continue;
+            }
+            match lock.try_exists() {
+                Ok(false) => std::fs::remove_file(&record)
+                    .with_context(|| format!("cannot remove {}", record.display()))?,
+                Ok(true) if lock == own => {}
+                Ok(true) => match LockFile::read(&lock) {
+                    Ok(l) => keep.extend(l.stages.into_values().map(|e| e.key)),
+                    Err(e) => warn(format!("{e:#}")),
+                },
+                Err(e) => warn(format!("cannot read {}: {e}", lock.display())),
+            }
+        }
+        if unsure {
+            return Ok((0, 0));
+        }
+        self.store.gc(&keep)
+    }
+}
+
+/// `lock` as an absolute path with its folder's symbolic links resolved, so that one lock
+/// file reached through different paths is recorded once. The file itself need not exist.
+fn absolute_lock_path(lock: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(lock)
+        .with_context(|| format!("cannot make {} absolute", lock.display()))?;
+    Ok(match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => match dir.canonicalize() {
+            Ok(dir) => dir.join(name),
+            Err(_) => abs,
+        },
+        _ => abs,
+    })
+}
+
+#[cfg(unix)]
+fn path_to_bytes(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().to_vec()
+}
+
+#[cfg(unix)]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(bytes).into()
+}
+
+#[cfg(not(unix))]
+fn path_to_bytes(path: &Path) -> Vec<u8> {
+    path.to_string_lossy().into_owned().into_bytes()
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    String::from_utf8_lossy(&bytes).into_owned().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{LockEntry, Manifest};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Warnings(Mutex<Vec<String>>);
+
+    impl EventSink for Warnings {
+        fn emit(&self, event: Event) {
+            if let Event::Warning { message } = event {
+                self.0.lock().unwrap().push(message);
+            }
+        }
+    }
+
+    /// Caches one file with `content` under `key`.
+    fn cache(workdir: &Workdir, key: &str, content: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("out.txt"), content).unwrap();
+        let manifest = Manifest::of_dir(dir.path(), crate::cache::hash::hash_file).unwrap();
+        workdir.store.save(key, dir.path(), &manifest).unwrap();
+    }
+
+    fn write_lock(path: &Path, key: &str) {
+        let entry = LockEntry {
+            kind: "prepare".into(),
+            version: 1,
+            key: key.into(),
+            params: toml::Table::new(),
+            inputs: Default::default(),
+            upstream: Default::default(),
+            output_hash: String::new(),
+            outputs: Default::default(),
+            links: Default::default(),
+        };
+        let mut lock = LockFile::default();
+        lock.stages.insert("s".into(), entry);
+        lock.write(path).unwrap();
+    }
+
+    fn records(root: &Path) -> usize {
+        std::fs::read_dir(root.join(".gptpipe/lockfiles"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn gc_keeps_what_any_recorded_lock_file_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("work");
+        let workdir = Workdir::open(&root).unwrap();
+        let (a, b) = (
+            dir.path().join("a.toml.lock"),
+            dir.path().join("b.toml.lock"),
+        );
+        for (key, content) in [("ka", "a"), ("kb", "b"), ("old", "old")] {
+            cache(&workdir, key, content);
+        }
+        write_lock(&a, "ka");
+        write_lock(&b, "kb");
+        workdir.remember_lock(&a).unwrap();
+        workdir.remember_lock(&b).unwrap();
+        // Recording again, through another spelling of the same path, adds nothing.
+        workdir
+            .remember_lock(&dir.path().join(".").join("b.toml.lock"))
+            .unwrap();
+        assert_eq!(records(&root), 2);
+
+        let warnings = Warnings::default();
+        assert_eq!(workdir.gc(&a, &warnings).unwrap(), (1, 1));
+        assert!(workdir.store.has("ka") && workdir.store.has("kb"));
+        assert!(!workdir.store.has("old"));
+
+        // A lock file that does not parse keeps everything, and says which file it is.
+        cache(&workdir, "old", "old");
+        std::fs::write(&b, "not = [a lock").unwrap();
+        assert_eq!(workdir.gc(&a, &warnings).unwrap(), (0, 0));
+        assert!(workdir.store.has("old") && workdir.store.has("kb"));
+        let said = warnings.0.lock().unwrap().clone();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("b.toml.lock"), "{said:?}");
+
+        // A deleted lock file is forgotten and its entries are collected.
+        std::fs::remove_file(&b).unwrap();
+        assert_eq!(workdir.gc(&a, &warnings).unwrap(), (2, 2));
+        assert!(workdir.store.has("ka"));
+        assert!(!workdir.store.has("kb") && !workdir.store.has("old"));
+        assert_eq!(records(&root), 1);
+        assert_eq!(warnings.0.lock().unwrap().len(), 1);
     }
 }
