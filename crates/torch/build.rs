@@ -24,6 +24,7 @@ fn main() {
 fn cuda_graph_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo:rerun-if-changed=csrc/flash_decode.cpp");
+    println!("cargo:rerun-if-changed=csrc/fused_adam.cpp");
     // <site-packages>/torch/lib: CUDA headers come from the nvidia-* wheels beside torch;
     // their crt/ folder is only in triton's copy.
     let torch = lib.join("..");
@@ -39,6 +40,7 @@ fn cuda_graph_shim(lib: &std::path::Path) {
         .std("c++17")
         .file("csrc/cuda_graph.cpp")
         .file("csrc/flash_decode.cpp")
+        .file("csrc/fused_adam.cpp")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"))

@@ -57,7 +57,7 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
         })
         .collect();
 
-    let train = |flat: bool| {
+    let train = |flat: bool, fused: bool| {
         let mut model = weights::load_folder(&dir, Device::Cpu).unwrap();
         let names: Vec<String> = model
             .named_parameters()
@@ -74,6 +74,7 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
             Some(b) => Optimizer::new_flat(kind, wd, &params, b),
             None => Optimizer::new(kind, wd, &params),
         };
+        opt.set_fused(Some(fused));
         let mut losses = Vec::new();
         for micro in &steps {
             let mut total = 0.0;
@@ -86,6 +87,7 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
                 opt.clip_grad_norm(clip);
             }
             opt.apply(lr);
+            assert_eq!(opt.last_step_fused(), fused);
             opt.zero_grad();
             losses.push(total / micro.len() as f64);
         }
@@ -106,9 +108,21 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
         ],
     );
     let theirs: Vec<f64> = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    for flat in [false, true] {
-        let (model, ours) = train(flat);
-        let name = &format!("{name}{}", if flat { " (flat buffer)" } else { "" });
+    // The fused kernel (forced on the CPU) only where it applies: Adam(W) over the buffer.
+    let can_fuse = kind != Kind::Sgd && gptpipe_torch::finetune::fused::BUILT;
+    for (flat, fused) in [(false, false), (true, false), (true, true)] {
+        if fused && !can_fuse {
+            continue;
+        }
+        let (model, ours) = train(flat, fused);
+        let name = &format!(
+            "{name}{}",
+            match (flat, fused) {
+                (false, _) => "",
+                (true, false) => " (flat buffer)",
+                (true, true) => " (flat buffer, fused)",
+            }
+        );
         for (a, b) in ours.iter().zip(&theirs) {
             assert!((a - b).abs() < 1e-5, "{name}: loss {a} vs PyTorch {b}");
         }

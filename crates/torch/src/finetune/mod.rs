@@ -12,6 +12,7 @@
 //! resumed at step s from a checkpoint continues exactly as the straight run would.
 
 mod data;
+pub mod fused;
 mod optim;
 mod plot;
 mod state;

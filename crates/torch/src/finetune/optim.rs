@@ -1,6 +1,9 @@
 //! Adam, AdamW and SGD, written out so the update is exactly PyTorch's (the single-tensor
-//! `torch.optim` code paths) and the moments can be saved for an exact resume.
+//! `torch.optim` code paths) and the moments can be saved for an exact resume. Over a flat
+//! buffer on CUDA, Adam and AdamW update in one kernel instead ([`super::fused`]:
+//! torch.optim's `fused=True`, the same update up to rounding).
 
+use super::fused;
 use anyhow::{bail, Result};
 use gptpipe_core::config::Optimizer as Kind;
 use tch::Tensor;
@@ -22,12 +25,29 @@ pub struct Optimizer {
     /// Set when the parameters are views of one buffer ([`Optimizer::new_flat`]): the
     /// buffer and the moments as buffers of the same layout.
     flat: Option<Flat>,
+    /// See [`Optimizer::set_fused`].
+    fused: Option<bool>,
+    /// Whether the last update went through the fused kernel.
+    last_fused: bool,
 }
 
 struct Flat {
     params: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// The step count as the fused kernel reads it: an fp32 scalar on the buffer's device
+    /// (torch.optim's `state_step` with `fused=True`), set from [`Optimizer::step`] before
+    /// every fused update, so it is not part of the saved state.
+    step: Tensor,
+    /// Set when the fused kernel refused a call: the written-out update is used from then on.
+    fused_failed: bool,
+}
+
+/// False when `GPTPIPE_FUSED_ADAM=0` (read once): the flat update on CUDA is then the
+/// written-out one.
+fn fused_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GPTPIPE_FUSED_ADAM").map_or(true, |v| v.trim() != "0"))
 }
 
 impl Optimizer {
@@ -43,6 +63,8 @@ impl Optimizer {
             exp_avg: params.iter().map(|(_, t)| zeros(t)).collect(),
             exp_avg_sq: params.iter().map(|(_, t)| zeros(t)).collect(),
             flat: None,
+            fused: None,
+            last_fused: false,
         }
     }
 
@@ -73,12 +95,28 @@ impl Optimizer {
             flat.numel() as i64,
             "the parameters must tile the buffer"
         );
+        let step = Tensor::zeros([], (tch::Kind::Float, flat.device()));
         opt.flat = Some(Flat {
             params: flat,
             exp_avg: m,
             exp_avg_sq: v,
+            step,
+            fused_failed: false,
         });
         opt
+    }
+
+    /// Whether Adam and AdamW over a flat buffer ([`Optimizer::new_flat`]) update in one
+    /// fused kernel. `None` (the default): on CUDA unless `GPTPIPE_FUSED_ADAM=0`; `Some(_)`
+    /// forces it either way (tests run the kernel on the CPU). Without the libtorch shim, or
+    /// when the kernel refuses a call, the written-out update runs instead.
+    pub fn set_fused(&mut self, fused: Option<bool>) {
+        self.fused = fused;
+    }
+
+    /// Whether the last [`Optimizer::apply`] went through the fused kernel.
+    pub fn last_step_fused(&self) -> bool {
+        self.last_fused
     }
 
     pub fn params(&self) -> &[Tensor] {
@@ -149,7 +187,8 @@ impl Optimizer {
     /// One update with learning rate `lr`.
     pub fn apply(&mut self, lr: f64) {
         self.step += 1;
-        if let Some(flat) = &self.flat {
+        self.last_fused = false;
+        if let Some(flat) = &mut self.flat {
             let grads: Vec<Tensor> = self
                 .params
                 .iter()
@@ -163,6 +202,42 @@ impl Optimizer {
                 })
                 .collect();
             let g = Tensor::cat(&grads, 0);
+            let fused = self.kind != Kind::Sgd
+                && !flat.fused_failed
+                && self
+                    .fused
+                    .unwrap_or_else(|| flat.params.device().is_cuda() && fused_env());
+            if fused {
+                let result = tch::no_grad(|| {
+                    // torch.optim increments `state_step` before the kernel, which reads the
+                    // new count for the bias corrections.
+                    let _ = flat.step.fill_(self.step as f64);
+                    fused::adam_step(
+                        &flat.params,
+                        &g,
+                        &flat.exp_avg,
+                        &flat.exp_avg_sq,
+                        &flat.step,
+                        lr,
+                        (BETA1, BETA2),
+                        self.weight_decay,
+                        EPS,
+                        self.kind == Kind::Adamw,
+                    )
+                });
+                match result {
+                    Ok(()) => {
+                        self.last_fused = true;
+                        return;
+                    }
+                    Err(e) => {
+                        if fused::BUILT {
+                            eprintln!("fused Adam update unavailable, using the unfused one: {e}");
+                        }
+                        flat.fused_failed = true;
+                    }
+                }
+            }
             let (mut p, mut m, mut v) = (
                 flat.params.shallow_clone(),
                 flat.exp_avg.shallow_clone(),
