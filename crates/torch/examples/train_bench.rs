@@ -96,11 +96,11 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(n, _)| n.clone())
         .collect();
-    let flat = model.flatten_parameters(&names);
+    let flat = model.flatten_parameters(&names).set_requires_grad(true);
     let params: Vec<(String, Tensor)> = model
         .named_parameters()
         .iter()
-        .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     let mut opt = Optimizer::new_flat(Kind::Adamw, 0.01, &params, flat);
     tch::manual_seed(1);

@@ -64,12 +64,21 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
             .iter()
             .map(|(n, _)| n.clone())
             .collect();
-        let buffer = flat.then(|| model.flatten_parameters(&names));
+        // Flat as the finetune stage does it: the buffer is the leaf autograd fills.
+        let buffer = flat.then(|| model.flatten_parameters(&names).set_requires_grad(true));
         let params: Vec<(String, Tensor)> = model
             .named_parameters()
             .iter()
-            .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
+            .map(|(n, t)| {
+                let t = if flat {
+                    t.shallow_clone()
+                } else {
+                    t.set_requires_grad(true)
+                };
+                (n.clone(), t)
+            })
             .collect();
+        let buffer_grad = buffer.as_ref().map(Tensor::shallow_clone);
         let mut opt = match buffer {
             Some(b) => Optimizer::new_flat(kind, wd, &params, b),
             None => Optimizer::new(kind, wd, &params),
@@ -82,6 +91,9 @@ fn check(kind: Kind, name: &str, wd: f64, accum: usize, clip: f64) {
                 let loss = model.loss(&ids_tensor(ids), true);
                 (&loss / micro.len() as f64).backward();
                 total += loss.double_value(&[]);
+            }
+            if let Some(b) = &buffer_grad {
+                assert!(b.grad().defined(), "the gradient should land in the buffer");
             }
             if clip > 0.0 {
                 opt.clip_grad_norm(clip);

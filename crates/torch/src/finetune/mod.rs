@@ -129,13 +129,14 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         .map(|(n, _)| n.clone())
         .filter(|n| !p.only_train_transformer_layers || n.starts_with("transformer.h."))
         .collect();
-    // One buffer for all trained weights: the optimizer updates it in a few kernels.
-    let flat = model.flatten_parameters(&names);
+    // One buffer for all trained weights, and the leaf autograd fills: the forward casts
+    // it once, backward leaves one gradient, the optimizer updates it in one kernel.
+    let flat = model.flatten_parameters(&names).set_requires_grad(true);
     let trainable: Vec<(String, Tensor)> = model
         .named_parameters()
         .iter()
         .filter(|(n, _)| names.contains(n))
-        .map(|(n, t)| (n.clone(), t.set_requires_grad(true)))
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
     let mut opt = Optimizer::new_flat(p.optimizer, p.weight_decay, &trainable, flat);
     let (mut trainer, mut metrics) = match &resume {

@@ -69,7 +69,10 @@ impl Optimizer {
     }
 
     /// An optimizer over parameters that are consecutive views of `flat` (see
-    /// `Gpt2::flatten_parameters`), in the same order: one update for all of them.
+    /// `Gpt2::flatten_parameters`), in the same order: one update for all of them. When
+    /// `flat` requires grad and the model reads its weights through it (as `Gpt2` does),
+    /// backward leaves one gradient tensor and nothing is gathered per step; otherwise the
+    /// parameters' own gradients are.
     pub fn new_flat(
         kind: Kind,
         weight_decay: f64,
@@ -123,13 +126,30 @@ impl Optimizer {
         &self.params
     }
 
+    /// The gradients: the flat buffer's own when it is the leaf that autograd fills (the
+    /// model reads its weights through it, see `Gpt2::compute_weights`), else each
+    /// parameter's. Undefined ones are left out.
+    fn grads(&self) -> Vec<Tensor> {
+        if let Some(g) = self.flat_grad() {
+            return vec![g];
+        }
+        self.params
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+
+    fn flat_grad(&self) -> Option<Tensor> {
+        let flat = self.flat.as_ref()?;
+        let g = flat.params.grad();
+        g.defined().then_some(g)
+    }
+
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_();
-                let _ = g.zero_();
-            }
+        for mut g in self.grads() {
+            let _ = g.detach_();
+            let _ = g.zero_();
         }
     }
 
@@ -137,24 +157,16 @@ impl Optimizer {
     /// `clip_grad_norm_`); returns the norm before clipping.
     pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
         tch::no_grad(|| {
-            let norms: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.grad())
-                .filter(|g| g.defined())
-                .map(|g| g.norm())
-                .collect();
+            let grads = self.grads();
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
             if norms.is_empty() {
                 return 0.0;
             }
             let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
             let coef = max_norm / (total + 1e-6);
             if coef < 1.0 {
-                for p in &self.params {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(coef);
-                    }
+                for mut g in grads {
+                    let _ = g.g_mul_scalar_(coef);
                 }
             }
             total
@@ -164,10 +176,8 @@ impl Optimizer {
     /// Whether every gradient is finite (fp16 loss scaling skips the step otherwise).
     pub fn grads_finite(&self) -> bool {
         tch::no_grad(|| {
-            self.params
+            self.grads()
                 .iter()
-                .map(|p| p.grad())
-                .filter(|g| g.defined())
                 .all(|g| bool::try_from(g.isfinite().all()).unwrap_or(false))
         })
     }
@@ -175,11 +185,8 @@ impl Optimizer {
     /// Multiplies every gradient by `factor` (undoes a loss scale).
     pub fn scale_grads(&self, factor: f64) {
         tch::no_grad(|| {
-            for p in &self.params {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(factor);
-                }
+            for mut g in self.grads() {
+                let _ = g.g_mul_scalar_(factor);
             }
         })
     }
@@ -188,20 +195,24 @@ impl Optimizer {
     pub fn apply(&mut self, lr: f64) {
         self.step += 1;
         self.last_fused = false;
+        let flat_grad = self.flat_grad();
         if let Some(flat) = &mut self.flat {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| {
-                    let g = p.grad();
-                    if g.defined() {
-                        g.reshape([-1])
-                    } else {
-                        p.zeros_like().reshape([-1])
-                    }
-                })
-                .collect();
-            let g = Tensor::cat(&grads, 0);
+            // The buffer's own gradient, or the parameters' gathered into one.
+            let g = flat_grad.unwrap_or_else(|| {
+                let grads: Vec<Tensor> = self
+                    .params
+                    .iter()
+                    .map(|p| {
+                        let g = p.grad();
+                        if g.defined() {
+                            g.reshape([-1])
+                        } else {
+                            p.zeros_like().reshape([-1])
+                        }
+                    })
+                    .collect();
+                Tensor::cat(&grads, 0)
+            });
             let fused = self.kind != Kind::Sgd
                 && !flat.fused_failed
                 && self

@@ -248,16 +248,16 @@ impl Gpt2 {
         let flat = Tensor::zeros([total], (Kind::Float, self.device()));
         let mut views = std::collections::HashMap::new();
         let mut offset = 0;
-        tch::no_grad(|| {
-            for n in names {
-                let t = &old[n];
-                let len = t.numel() as i64;
-                let view = flat.narrow(0, offset, len).view(t.size().as_slice());
-                view.shallow_clone().copy_(t);
-                views.insert(n.clone(), view);
-                offset += len;
-            }
-        });
+        // The views are made in grad mode, so that they stay usable (as differentiable
+        // views) once the buffer requires grad.
+        for n in names {
+            let t = &old[n];
+            let len = t.numel() as i64;
+            let view = flat.narrow(0, offset, len).view(t.size().as_slice());
+            tch::no_grad(|| view.shallow_clone().copy_(t));
+            views.insert(n.clone(), view);
+            offset += len;
+        }
         self.rebind(|n| {
             views
                 .get(n)
