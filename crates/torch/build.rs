@@ -22,9 +22,7 @@ fn main() {
 /// tch does not bind) against a pip-installed libtorch, and sets `cfg(gptpipe_cuda_graph)`.
 /// Anything missing (headers, a compiler) only leaves generation on its eager path.
 fn cuda_graph_shim(lib: &std::path::Path) {
-    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
-    println!("cargo:rerun-if-changed=csrc/flash_decode.cpp");
-    println!("cargo:rerun-if-changed=csrc/fused_adam.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     // <site-packages>/torch/lib: CUDA headers come from the nvidia-* wheels beside torch;
     // their crt/ folder is only in triton's copy.
     let torch = lib.join("..");
@@ -38,6 +36,7 @@ fn cuda_graph_shim(lib: &std::path::Path) {
     let result = cc::Build::new()
         .cpp(true)
         .std("c++17")
+        .file("csrc/shim.cpp")
         .file("csrc/cuda_graph.cpp")
         .file("csrc/flash_decode.cpp")
         .file("csrc/fused_adam.cpp")

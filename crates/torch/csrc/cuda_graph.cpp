@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <optional>
 
+#include "shim.h"
+
 namespace {
 struct Graph {
   at::cuda::CUDAGraph graph;
@@ -28,56 +30,41 @@ void* gptpipe_graph_new() {
 
 // Makes a fresh side stream of `device` current (ops run there until stream_end).
 int gptpipe_graph_stream_begin(void* g, int device) {
-  try {
+  return gptpipe::guarded([&] {
     auto* graph = static_cast<Graph*>(g);
     graph->previous.emplace(c10::cuda::getCurrentCUDAStream(device));
     c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, device));
-    return 0;
-  } catch (...) {
-    return 1;
-  }
+  });
 }
 
 int gptpipe_graph_capture_begin(void* g) {
-  try {
+  return gptpipe::guarded([&] {
     static_cast<Graph*>(g)->graph.capture_begin();
-    return 0;
-  } catch (...) {
-    return 1;
-  }
+  });
 }
 
 int gptpipe_graph_capture_end(void* g) {
-  try {
+  return gptpipe::guarded([&] {
     static_cast<Graph*>(g)->graph.capture_end();
-    return 0;
-  } catch (...) {
-    return 1;
-  }
+  });
 }
 
 // Waits for the side stream, then restores the previous current stream.
 int gptpipe_graph_stream_end(void* g) {
-  try {
+  return gptpipe::guarded([&] {
     auto* graph = static_cast<Graph*>(g);
     if (graph->previous) {
       c10::cuda::device_synchronize();
       c10::cuda::setCurrentCUDAStream(*graph->previous);
       graph->previous.reset();
     }
-    return 0;
-  } catch (...) {
-    return 1;
-  }
+  });
 }
 
 int gptpipe_graph_replay(void* g) {
-  try {
+  return gptpipe::guarded([&] {
     static_cast<Graph*>(g)->graph.replay();
-    return 0;
-  } catch (...) {
-    return 1;
-  }
+  });
 }
 
 void gptpipe_graph_free(void* g) { delete static_cast<Graph*>(g); }

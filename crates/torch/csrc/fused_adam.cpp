@@ -1,16 +1,12 @@
 // The Adam/AdamW update in one pass over flat buffers through libtorch's fused kernels
 // (`_fused_adam_`, `_fused_adamw_`: torch.optim's `fused=True`), which tch does not bind.
 // Each list holds one tensor (the flat parameter buffer, its gradient, the two moments,
-// and the step count: an fp32 scalar on the same device, already incremented). Exceptions
-// become a non-zero return and a message.
+// and the step count: an fp32 scalar on the same device, already incremented).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
-#include <string>
 
-namespace {
-thread_local std::string last_error;
-}
+#include "shim.h"
 
 extern "C" {
 // `decoupled` picks AdamW (weight decay applied to the parameters) over Adam (added to the
@@ -19,7 +15,7 @@ int gptpipe_fused_adam(const at::Tensor* param, const at::Tensor* grad,
                        const at::Tensor* exp_avg, const at::Tensor* exp_avg_sq,
                        const at::Tensor* step, double lr, double beta1, double beta2,
                        double weight_decay, double eps, int decoupled) {
-  try {
+  return gptpipe::guarded([&] {
     at::TensorList params(*param), grads(*grad), exp_avgs(*exp_avg),
         exp_avg_sqs(*exp_avg_sq), steps(*step);
     at::TensorList max_exp_avg_sqs{};
@@ -30,16 +26,6 @@ int gptpipe_fused_adam(const at::Tensor* param, const at::Tensor* grad,
       at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
                        beta1, beta2, weight_decay, eps, false, false);
     }
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return 1;
-  } catch (...) {
-    last_error = "unknown C++ exception";
-    return 1;
-  }
+  });
 }
-
-// The message of the last failure on this thread (valid until the next call).
-const char* gptpipe_fused_adam_last_error() { return last_error.c_str(); }
 }

@@ -5,6 +5,7 @@ pub mod device;
 pub mod finetune;
 pub mod generation;
 pub mod model;
+mod shim;
 pub mod source;
 pub mod weights;
 

@@ -32,7 +32,7 @@ impl Offsets {
         let b = q.size()[0];
         let cu_q = self.cu_q.narrow(0, 0, b + 1);
         let cu_k = self.cu_k.narrow(0, 0, b + 1);
-        ffi::decode(q, keys, values, &cu_q, &cu_k, used_k, self.max_k, scale)
+        decode(q, keys, values, &cu_q, &cu_k, used_k, self.max_k, scale)
     }
 }
 
@@ -53,43 +53,41 @@ pub fn available(device: Device) -> bool {
     })
 }
 
-#[cfg(gptpipe_cuda_graph)]
-mod ffi {
-    use std::ffi::{c_char, c_int, c_void, CStr};
-    use tch::Tensor;
-
-    extern "C" {
-        fn gptpipe_flash_decode(
-            q: *const c_void,
-            k: *const c_void,
-            v: *const c_void,
-            cu_q: *const c_void,
-            cu_k: *const c_void,
-            used_k: *const c_void,
-            max_k: i64,
-            scale: f64,
-            out: *mut *mut c_void,
-        ) -> c_int;
-        fn gptpipe_flash_last_error() -> *const c_char;
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn decode(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        cu_q: &Tensor,
-        cu_k: &Tensor,
-        used_k: &Tensor,
-        max_k: i64,
-        scale: f64,
-    ) -> Option<Tensor> {
-        let ptr = |t: &Tensor| t.as_ptr() as *const c_void;
+/// The shim's kernel call; `None` (with the reason printed when `GPTPIPE_DEBUG_FLASH` is
+/// set) when it refuses or is not built.
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cu_q: &Tensor,
+    cu_k: &Tensor,
+    used_k: &Tensor,
+    max_k: i64,
+    scale: f64,
+) -> Option<Tensor> {
+    #[cfg(gptpipe_cuda_graph)]
+    {
+        use crate::shim::{self, ptr};
+        use std::ffi::{c_int, c_void};
+        extern "C" {
+            fn gptpipe_flash_decode(
+                q: *const c_void,
+                k: *const c_void,
+                v: *const c_void,
+                cu_q: *const c_void,
+                cu_k: *const c_void,
+                used_k: *const c_void,
+                max_k: i64,
+                scale: f64,
+                out: *mut *mut c_void,
+            ) -> c_int;
+        }
         let mut out: *mut c_void = std::ptr::null_mut();
         // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`) borrowed for the
         // call; on success the shim hands over a new `at::Tensor*`, which tch then owns.
-        unsafe {
-            let rc = gptpipe_flash_decode(
+        let rc = unsafe {
+            gptpipe_flash_decode(
                 ptr(q),
                 ptr(k),
                 ptr(v),
@@ -99,34 +97,22 @@ mod ffi {
                 max_k,
                 scale,
                 &mut out,
-            );
-            if rc != 0 || out.is_null() {
+            )
+        };
+        match shim::check(rc) {
+            // SAFETY: see above.
+            Ok(()) if !out.is_null() => Some(unsafe { Tensor::from_ptr(out as *mut _) }),
+            result => {
                 if std::env::var_os("GPTPIPE_DEBUG_FLASH").is_some() {
-                    let msg = CStr::from_ptr(gptpipe_flash_last_error()).to_string_lossy();
-                    eprintln!("flash decoding unavailable: {msg}");
+                    eprintln!("flash decoding unavailable: {result:?}");
                 }
-                return None;
+                None
             }
-            Some(Tensor::from_ptr(out as *mut _))
         }
     }
-}
-
-#[cfg(not(gptpipe_cuda_graph))]
-mod ffi {
-    use tch::Tensor;
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn decode(
-        _q: &Tensor,
-        _k: &Tensor,
-        _v: &Tensor,
-        _cu_q: &Tensor,
-        _cu_k: &Tensor,
-        _used_k: &Tensor,
-        _max_k: i64,
-        _scale: f64,
-    ) -> Option<Tensor> {
+    #[cfg(not(gptpipe_cuda_graph))]
+    {
+        let _ = (q, k, v, cu_q, cu_k, used_k, max_k, scale);
         None
     }
 }
