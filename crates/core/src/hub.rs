@@ -4,8 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
-const CONFIG_FILE: &str = "config.json";
-const WEIGHTS_FILE: &str = "model.safetensors";
+use crate::model_folder::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// Files fetched from the hub besides the weights and config (when the repo has them).
 const TOKENIZER_FILES: [&str; 4] = [

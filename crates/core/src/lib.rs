@@ -12,6 +12,7 @@ pub mod events;
 pub mod fsutil;
 pub mod hub;
 pub mod inputs;
+pub mod model_folder;
 pub mod remote;
 pub mod report;
 pub mod runner;

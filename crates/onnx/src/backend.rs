@@ -49,11 +49,9 @@ impl OnnxBackend {
         if dir.join(MODEL_FILE).is_file() {
             return Self::load(&dir, None);
         }
-        ensure!(
-            dir.join("model.safetensors").is_file(),
-            "{} has neither {MODEL_FILE} nor model.safetensors",
-            dir.display()
-        );
+        // No export: the weights are exported on the fly, if the folder has loadable ones.
+        gptpipe_core::model_folder::check_folder(&dir)
+            .with_context(|| format!("{} has no {MODEL_FILE}", dir.display()))?;
         let scratch = tempfile::Builder::new()
             .prefix("gptpipe-onnx-")
             .tempdir()

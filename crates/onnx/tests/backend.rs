@@ -179,3 +179,18 @@ fn safetensors_folder_is_exported_on_the_fly_and_cuda_is_refused() {
         .unwrap();
     assert!(err.to_string().contains("CPU"), "{err}");
 }
+
+/// A folder with only a pickle checkpoint is refused with the same explanation the libtorch
+/// build gives (pickle can run code; how to convert), not a bare "file missing".
+#[test]
+fn a_pickle_only_folder_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"not really a pickle").unwrap();
+    let err = match OnnxBackend::open(&ModelSource::Folder(dir.path().to_path_buf()), "cpu") {
+        Ok(_) => panic!("a pickle-only folder should be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("pickle"), "{err}");
+    assert!(err.contains("safe_serialization=True"), "{err}");
+}

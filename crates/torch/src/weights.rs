@@ -8,47 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-
-/// Checks that `dir` holds a loadable model, with an error that says what is missing.
-pub fn check_folder(dir: &Path) -> Result<()> {
-    if !dir.is_dir() {
-        bail!("model folder {} does not exist", dir.display());
-    }
-    let weights = dir.join(WEIGHTS_FILE);
-    if !weights.is_file() {
-        if dir.join("pytorch_model.bin").exists() {
-            bail!(
-                "{} holds only pytorch_model.bin, a pickle checkpoint: loading pickle can run \
-                 arbitrary code, so gptpipe refuses it. Convert it once with transformers \
-                 (`GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, \
-                 safe_serialization=True)`) to get model.safetensors",
-                dir.display()
-            );
-        }
-        if dir.join("model.safetensors.index.json").exists() {
-            bail!(
-                "{} holds a sharded checkpoint (model.safetensors.index.json); save it as \
-                 one model.safetensors file",
-                dir.display()
-            );
-        }
-        bail!(
-            "model folder {} has no {WEIGHTS_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
-             and {WEIGHTS_FILE})",
-            dir.display()
-        );
-    }
-    if !dir.join(CONFIG_FILE).is_file() {
-        bail!(
-            "model folder {} has no {CONFIG_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
-             and {WEIGHTS_FILE})",
-            dir.display()
-        );
-    }
-    Ok(())
-}
+pub use gptpipe_core::model_folder::{check_folder, CONFIG_FILE, WEIGHTS_FILE};
 
 /// Loads a model folder onto `device` (fp32 weights).
 pub fn load_folder(dir: &Path, device: Device) -> Result<Gpt2> {

@@ -1,0 +1,73 @@
+//! Hugging Face model folders as gptpipe reads them: `config.json` + one
+//! `model.safetensors`. Shared by the libtorch and ONNX-only builds, so both explain a
+//! folder they cannot load the same way.
+
+use anyhow::{bail, Result};
+use std::path::Path;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Checks that `dir` holds a loadable model, with an error that says what is missing.
+pub fn check_folder(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("model folder {} does not exist", dir.display());
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        if dir.join("pytorch_model.bin").exists() {
+            bail!(
+                "{} holds only pytorch_model.bin, a pickle checkpoint: loading pickle can run \
+                 arbitrary code, so gptpipe refuses it. Convert it once with transformers \
+                 (`GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, \
+                 safe_serialization=True)`) to get model.safetensors",
+                dir.display()
+            );
+        }
+        if dir.join("model.safetensors.index.json").exists() {
+            bail!(
+                "{} holds a sharded checkpoint (model.safetensors.index.json); save it as \
+                 one model.safetensors file",
+                dir.display()
+            );
+        }
+        bail!(
+            "model folder {} has no {WEIGHTS_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
+             and {WEIGHTS_FILE})",
+            dir.display()
+        );
+    }
+    if !dir.join(CONFIG_FILE).is_file() {
+        bail!(
+            "model folder {} has no {CONFIG_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
+             and {WEIGHTS_FILE})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(files: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(dir.path().join(f), "{}").unwrap();
+        }
+        match check_folder(dir.path()) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn each_incomplete_folder_says_what_is_missing() {
+        assert_eq!(error_of(&[CONFIG_FILE, WEIGHTS_FILE]), "ok");
+        assert!(error_of(&[CONFIG_FILE, "pytorch_model.bin"]).contains("pickle"));
+        assert!(error_of(&[CONFIG_FILE, "model.safetensors.index.json"]).contains("sharded"));
+        assert!(error_of(&[WEIGHTS_FILE]).contains("has no config.json"));
+        assert!(error_of(&[]).contains("has no model.safetensors"));
+    }
+}
