@@ -161,7 +161,7 @@ pub fn resolve_model(
 /// that a runner which delegates a stage to another process keys it the same way.
 pub mod versions {
     pub const PREPARE: u32 = 1;
-    pub const FINETUNE: u32 = 1;
+    pub const FINETUNE: u32 = 2;
     pub const GENERATE: u32 = 1;
     pub const EXPORT: u32 = 1;
 

@@ -380,6 +380,102 @@ fn early_stopping_stops_when_validation_stops_improving() {
     assert!(trainer.contains("\"stopped_early\": true"), "{trainer}");
 }
 
+/// The validation loss of the model saved in `dir`, on the harness' data as `train` splits it.
+fn saved_val_loss(h: &Harness, dir: &Path, val_split: f64, batch_size: usize) -> f64 {
+    use gptpipe_torch::finetune::{validation_loss, Dataset};
+    let model = weights::load_folder(dir, tch::Device::Cpu).unwrap();
+    let chunks = Dataset::load(
+        &gptpipe_core::stage::InputSource::Stage {
+            name: "prep".into(),
+            kind: gptpipe_core::config::StageKind::Prepare,
+            dir: h.upstream["prep"].dir.clone(),
+        },
+        50000,
+    )
+    .unwrap();
+    let data = Dataset::new(
+        chunks,
+        model.config.n_ctx,
+        val_split,
+        model.config.vocab_size,
+    )
+    .unwrap();
+    validation_loss(&model, &data, batch_size)
+}
+
+#[test]
+fn early_stopping_saves_the_best_weights_and_resumes_to_the_same_ones() {
+    let h = harness();
+    let setup = |p: &mut gptpipe_core::config::FinetuneParams, steps: u64| {
+        p.steps = steps;
+        p.learning_rate = 0.5;
+        p.val_split = 0.2;
+        p.val_every = 1;
+        p.early_stopping_patience = 3;
+    };
+    let out = h.path("o");
+    h.run("train", &out, &h.path("s"), None, |p| setup(p, 60))
+        .unwrap();
+    let m = read_metrics(&out);
+    let val: Vec<f64> = m.iter().map(|x| x["val_loss"].as_f64().unwrap()).collect();
+    let (stop, last) = (m.len() as u64, val[val.len() - 1]);
+    assert!(stop < 60, "ran all {stop} steps");
+    let (best_i, best) =
+        val.iter().copied().enumerate().fold(
+            (0, f64::INFINITY),
+            |a, (i, v)| if v < a.1 { (i, v) } else { a },
+        );
+    let best_step = best_i as u64 + 1;
+    assert_eq!(stop, best_step + 3, "{val:?}");
+    assert!(last > best + 1e-3, "the last weights are no worse: {val:?}");
+    let trainer: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("training_state/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(trainer["stopped_early"], true, "{trainer}");
+    assert_eq!(trainer["best_step"], best_step, "{trainer}");
+    assert_eq!(trainer["step"], stop, "{trainer}");
+    // The output's final state is not a resumable middle: it has no best-weights copy.
+    assert!(!out.join("training_state/best_weights.safetensors").exists());
+
+    // The saved model is the best one, not the last.
+    let saved = saved_val_loss(&h, &out, 0.2, 4);
+    assert!(
+        (saved - best).abs() < 1e-5,
+        "saved model: val_loss {saved}, best {best}, last {last}"
+    );
+
+    // A run that ends after the best step (no early stop yet) keeps its last weights and
+    // saves the best ones beside them; continuing it stops at the same step with the same
+    // weights as the straight run.
+    let mid = h.path("mid");
+    h.run("train", &mid, &h.path("s2"), None, |p| {
+        setup(p, best_step + 2)
+    })
+    .unwrap();
+    assert!((saved_val_loss(&h, &mid, 0.2, 4) - val[best_step as usize + 1]).abs() < 1e-5);
+    assert!(mid
+        .join("training_state/best_weights.safetensors")
+        .is_file());
+    let resumed = h.path("resumed");
+    h.run("train", &resumed, &h.path("s3"), Some(&mid), |p| {
+        setup(p, 60)
+    })
+    .unwrap();
+    assert_eq!(read_metrics(&resumed).len() as u64, stop);
+    let d = same_weights(&out, &resumed);
+    assert!(d == 0.0, "the resumed run saved other weights ({d})");
+
+    // Without early stopping the same training keeps the last weights.
+    let plain = h.path("plain");
+    h.run("train", &plain, &h.path("s4"), None, |p| {
+        setup(p, stop);
+        p.early_stopping_patience = 0;
+    })
+    .unwrap();
+    assert!((saved_val_loss(&h, &plain, 0.2, 4) - last).abs() < 1e-5);
+}
+
 #[test]
 fn the_output_loads_in_transformers_with_its_tokenizer() {
     let h = harness();

@@ -10,6 +10,11 @@
 //! Determinism and resume: the windows of step s come from a stateless mix of (seed, s),
 //! and libtorch's generator (dropout) is re-seeded from (seed, s) at every step, so a run
 //! resumed at step s from a checkpoint continues exactly as the straight run would.
+//!
+//! Early stopping (`early_stopping_patience > 0`) keeps a copy of the trained weights at
+//! every improvement of the validation loss ([`BestWeights`]) and, when it stops, restores
+//! them: the output holds the best weights seen, not the last. A run that reaches `steps`
+//! keeps its final weights.
 
 mod data;
 pub mod fused;
@@ -19,7 +24,7 @@ mod state;
 
 pub use data::{mix, read_tokens_bin, Dataset};
 pub use optim::Optimizer;
-pub use state::{identity, Checkpoint, TrainerState};
+pub use state::{identity, Checkpoint, StateFiles, TrainerState};
 
 use crate::device::{compute_kind, parse_device};
 use crate::model::{Config, Gpt2};
@@ -138,6 +143,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         .filter(|(n, _)| names.contains(n))
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .collect();
+    let mut best = BestWeights::new(flat.shallow_clone(), &trainable);
     let mut opt = Optimizer::new_flat(p.optimizer, p.weight_decay, &trainable, flat);
     let (mut trainer, mut metrics) = match &resume {
         Some(c) => {
@@ -160,6 +166,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
                 step: 0,
                 avg_loss: (0.0, 0.0),
                 best_val_loss: None,
+                best_step: None,
                 evals_without_improvement: 0,
                 stopped_early: false,
                 loss_scale: if compute == Some(Kind::Half) {
@@ -173,6 +180,21 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         ),
     };
     trainer.identity = identity;
+    if p.early_stopping_patience > 0 && !trainer.stopped_early {
+        if let (Some(c), Some(b)) = (&resume, trainer.best_step) {
+            if b == trainer.step {
+                best.keep();
+            } else if let Some(tensors) = c.best_tensors()? {
+                best.load(&tensors)?;
+            } else {
+                ctx.warn(format!(
+                    "{} lacks the weights of step {b} (the best validation loss): if early \
+                     stopping triggers, the output keeps the last weights",
+                    c.model_dir.display()
+                ));
+            }
+        }
+    }
     ctx.log(format!(
         "training {} parameters ({} trainable) on {:?} in {:?}; {} training tokens, windows of {}",
         config.num_parameters(),
@@ -195,14 +217,13 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     while trainer.step < p.steps && !trainer.stopped_early {
         if let Err(e) = ctx.check_cancelled() {
             if trainer.step > 0 {
-                let _ = state::save_checkpoint(
-                    ctx.state_dir,
-                    &model,
-                    &trainer,
-                    &opt.state_tensors(),
-                    &metrics,
-                    p.max_checkpoints,
-                );
+                let files = StateFiles {
+                    trainer: &trainer,
+                    optimizer: &opt.state_tensors(),
+                    best: &best.to_save(p, &trainer),
+                    metrics: &metrics,
+                };
+                let _ = state::save_checkpoint(ctx.state_dir, &model, &files, p.max_checkpoints);
             }
             return Err(e);
         }
@@ -228,18 +249,37 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         if let Some(v) = val_loss {
             if trainer.best_val_loss.is_none_or(|b| v < b) {
                 trainer.best_val_loss = Some(v);
+                trainer.best_step = Some(step);
                 trainer.evals_without_improvement = 0;
+                if p.early_stopping_patience > 0 {
+                    best.keep();
+                }
             } else {
                 trainer.evals_without_improvement += 1;
                 if p.early_stopping_patience > 0
                     && trainer.evals_without_improvement >= p.early_stopping_patience
                 {
+                    // The stop is final: the output (and the final checkpoint) hold the
+                    // best step's weights with the stopping step's counters, metrics and
+                    // optimizer moments, marked `stopped_early`, so a resume from either
+                    // (a raised `steps`, a killed publish) trains no further and writes
+                    // the same weights. Moments that match the restored weights would
+                    // need a second copy of them, for a state that never trains again.
                     trainer.stopped_early = true;
-                    ctx.log(format!(
-                        "early stopping at step {step}: validation loss has not improved for {} evaluations (best {:.4})",
-                        trainer.evals_without_improvement,
-                        trainer.best_val_loss.unwrap_or(f64::NAN)
-                    ));
+                    let n = trainer.evals_without_improvement;
+                    let best_loss = trainer.best_val_loss.unwrap_or(f64::NAN);
+                    match trainer.best_step.filter(|_| best.restore()) {
+                        Some(b) => ctx.log(format!(
+                            "early stopping at step {step}: restored the weights of step {b} \
+                             (val_loss {best_loss:.4}); validation loss had not improved for \
+                             {n} evaluations"
+                        )),
+                        None => ctx.warn(format!(
+                            "early stopping at step {step}: validation loss has not improved \
+                             for {n} evaluations (best {best_loss:.4}), but the best weights \
+                             are unknown: keeping the last ones"
+                        )),
+                    }
                 }
             }
         }
@@ -266,17 +306,122 @@ pub fn run(ctx: &StageContext) -> Result<()> {
             ctx.log(format!("sample at step {step}:\n{text}"));
         }
         if p.save_every > 0 && step % p.save_every == 0 && step < p.steps {
-            state::save_checkpoint(
-                ctx.state_dir,
-                &model,
-                &trainer,
-                &opt.state_tensors(),
-                &metrics,
-                p.max_checkpoints,
-            )?;
+            let files = StateFiles {
+                trainer: &trainer,
+                optimizer: &opt.state_tensors(),
+                best: &best.to_save(p, &trainer),
+                metrics: &metrics,
+            };
+            state::save_checkpoint(ctx.state_dir, &model, &files, p.max_checkpoints)?;
         }
     }
-    write_outputs(ctx, p, &model, folder.as_deref(), &trainer, &opt, &metrics)
+    let files = StateFiles {
+        trainer: &trainer,
+        optimizer: &opt.state_tensors(),
+        best: &best.to_save(p, &trainer),
+        metrics: &metrics,
+    };
+    write_outputs(ctx, p, &model, folder.as_deref(), &files)
+}
+
+/// Early stopping's copy of the trained weights at the best validation loss so far (the
+/// step is `TrainerState::best_step`): a copy of the flat buffer training updates (see
+/// `Gpt2::flatten_parameters`), taken at every improvement.
+///
+/// The copy lives in host memory whatever the device: on a GPU it would be a fifth buffer
+/// the size of the trained weights next to the four training holds (weights, gradient, two
+/// Adam moments), 6 GB more for GPT-2 XL, while the copy to the host costs one transfer per
+/// improvement, rare next to training steps and cheap next to the evaluation that decides
+/// it.
+struct BestWeights {
+    /// The buffer training updates (a handle on the optimizer's).
+    flat: Tensor,
+    /// Its copy, on the CPU; `None` until the first improvement.
+    copy: Option<Tensor>,
+    /// The names and shapes that tile the buffer, in order.
+    layout: Vec<(String, Vec<i64>)>,
+}
+
+impl BestWeights {
+    fn new(flat: Tensor, trainable: &[(String, Tensor)]) -> Self {
+        Self {
+            flat,
+            copy: None,
+            layout: trainable
+                .iter()
+                .map(|(n, t)| (n.clone(), t.size()))
+                .collect(),
+        }
+    }
+
+    /// Copies the current weights (the buffer is allocated once).
+    fn keep(&mut self) {
+        let flat = &self.flat;
+        let copy = self
+            .copy
+            .get_or_insert_with(|| Tensor::empty(flat.size(), (flat.kind(), Device::Cpu)));
+        tch::no_grad(|| copy.copy_(flat));
+    }
+
+    /// Puts the kept weights back into the buffer; false when there are none.
+    fn restore(&self) -> bool {
+        let Some(copy) = &self.copy else {
+            return false;
+        };
+        tch::no_grad(|| self.flat.shallow_clone().copy_(copy));
+        true
+    }
+
+    /// The kept weights by name, as views of the copy.
+    fn named(&self, copy: &Tensor) -> Vec<(String, Tensor)> {
+        let mut offset = 0;
+        self.layout
+            .iter()
+            .map(|(n, shape)| {
+                let len: i64 = shape.iter().product();
+                let view = copy.narrow(0, offset, len).view(shape.as_slice());
+                offset += len;
+                (n.clone(), view)
+            })
+            .collect()
+    }
+
+    /// What a checkpoint must hold for an exact resume: the kept weights while early
+    /// stopping may still restore them and they are not the current ones; else nothing.
+    fn to_save(&self, p: &FinetuneParams, trainer: &TrainerState) -> Vec<(String, Tensor)> {
+        match &self.copy {
+            Some(copy)
+                if p.early_stopping_patience > 0
+                    && !trainer.stopped_early
+                    && trainer.best_step.is_some_and(|b| b < trainer.step) =>
+            {
+                self.named(copy)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes the kept weights from a checkpoint's [`state::BEST_FILE`].
+    fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let map: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let copy = Tensor::empty(self.flat.size(), (self.flat.kind(), Device::Cpu));
+        for (n, mut view) in self.named(&copy) {
+            let Some(src) = map.get(n.as_str()) else {
+                bail!("the saved best weights lack {n}");
+            };
+            if src.size() != view.size() {
+                bail!(
+                    "the saved best weight {n} has shape {:?}, expected {:?}",
+                    src.size(),
+                    view.size()
+                );
+            }
+            tch::no_grad(|| view.copy_(src));
+        }
+        self.copy = Some(copy);
+        Ok(())
+    }
 }
 
 /// Where to continue from: `restore_from = "latest"` takes the newest compatible state (a
@@ -322,6 +467,36 @@ pub fn learning_rate(p: &FinetuneParams, step: u64) -> f64 {
     } else {
         p.learning_rate
     }
+}
+
+/// Mean next-token loss of `model` over `data`'s validation windows (at most
+/// `MAX_VAL_WINDOWS`, in batches of up to `batch_size`, dropout off): the `val_loss` of the
+/// metrics and of early stopping.
+pub fn validation_loss(model: &Gpt2, data: &Dataset, batch_size: usize) -> f64 {
+    let windows = data.val_windows(MAX_VAL_WINDOWS);
+    let (mut sum, mut count) = (0.0, 0.0);
+    tch::no_grad(|| {
+        let mut i = 0;
+        while i < windows.len() {
+            let len = windows[i].len();
+            let mut j = i;
+            while j < windows.len() && j - i < batch_size.max(1) && windows[j].len() == len {
+                j += 1;
+            }
+            let rows: Vec<i64> = windows[i..j]
+                .iter()
+                .flat_map(|w| w.iter().map(|&t| t as i64))
+                .collect();
+            let ids = Tensor::from_slice(&rows)
+                .reshape([(j - i) as i64, len as i64])
+                .to_device(model.device());
+            let n = ((j - i) * (len - 1)) as f64;
+            sum += model.loss(&ids, false).double_value(&[]) * n;
+            count += n;
+            i = j;
+        }
+    });
+    sum / count.max(1.0)
 }
 
 struct Run<'a> {
@@ -384,35 +559,8 @@ impl Run<'_> {
         Ok(loss)
     }
 
-    /// Mean next-token loss over the validation windows (dropout off).
     fn evaluate(&self) -> f64 {
-        let windows = self.data.val_windows(MAX_VAL_WINDOWS);
-        let (mut sum, mut count) = (0.0, 0.0);
-        tch::no_grad(|| {
-            let mut i = 0;
-            while i < windows.len() {
-                let len = windows[i].len();
-                let mut j = i;
-                while j < windows.len()
-                    && j - i < self.p.batch_size.max(1)
-                    && windows[j].len() == len
-                {
-                    j += 1;
-                }
-                let rows: Vec<i64> = windows[i..j]
-                    .iter()
-                    .flat_map(|w| w.iter().map(|&t| t as i64))
-                    .collect();
-                let ids = Tensor::from_slice(&rows)
-                    .reshape([(j - i) as i64, len as i64])
-                    .to_device(self.device);
-                let n = ((j - i) * (len - 1)) as f64;
-                sum += self.model.loss(&ids, false).double_value(&[]) * n;
-                count += n;
-                i = j;
-            }
-        });
-        sum / count.max(1.0)
+        validation_loss(self.model, self.data, self.p.batch_size)
     }
 
     /// `sample_num` texts of `sample_length` tokens (clipped to the context), top-k 40,
@@ -466,17 +614,15 @@ fn write_outputs(
     p: &FinetuneParams,
     model: &Gpt2,
     source_dir: Option<&Path>,
-    trainer: &TrainerState,
-    opt: &Optimizer,
-    metrics: &[serde_json::Value],
+    files: &StateFiles,
 ) -> Result<()> {
     let out = ctx.out_dir;
+    let metrics = files.metrics;
     weights::save_folder(model, out)?;
     write_tokenizer(out, source_dir, &model.config)?;
-    let optimizer = opt.state_tensors();
     let state_dir = out.join(state::OUTPUT_STATE_DIR);
     std::fs::create_dir_all(&state_dir)?;
-    state::write_state_files(&state_dir, trainer, &optimizer, metrics)?;
+    state::write_state_files(&state_dir, files)?;
     let mut lines = String::new();
     for m in metrics {
         lines.push_str(&serde_json::to_string(m)?);
@@ -486,14 +632,9 @@ fn write_outputs(
     if let Err(e) = plot::write_loss_svg(&out.join("loss.svg"), metrics) {
         ctx.warn(format!("could not draw loss.svg: {e:#}"));
     }
-    state::save_checkpoint(
-        ctx.state_dir,
-        model,
-        trainer,
-        &optimizer,
-        metrics,
-        p.max_checkpoints,
-    )?;
+    // The state folder keeps a copy until the runner has published the output (it then
+    // empties the folder): a run killed before that resumes from it at the last step.
+    state::save_checkpoint(ctx.state_dir, model, files, p.max_checkpoints)?;
     Ok(())
 }
 

@@ -4,9 +4,13 @@
 //! all a resume needs of them.
 //!
 //! A checkpoint folder holds `config.json` + `model.safetensors` (a loadable model),
-//! `optimizer.safetensors`, `trainer.json` and `metrics.jsonl`. Checkpoints live in the
-//! stage's state folder as `checkpoint-<step>` and, for the finished run, in the output's
-//! `training_state/` (weights at the output's root).
+//! `optimizer.safetensors`, `trainer.json` and `metrics.jsonl`, plus, with early stopping
+//! on, `best_weights.safetensors` (the trained weights of the best validation loss so far)
+//! when those are not the checkpoint's own weights. Checkpoints live in the stage's state
+//! folder as `checkpoint-<step>` and, for the finished run, in the output's
+//! `training_state/` (weights at the output's root). The runner empties the state folder
+//! once the output is published (see `StageContext::state_dir`): from then on the output
+//! is what a raised `steps` continues from.
 
 use crate::weights::{self, read_safetensors, write_atomic};
 use anyhow::{Context, Result};
@@ -18,6 +22,7 @@ pub const TRAINER_FILE: &str = "trainer.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const OUTPUT_STATE_DIR: &str = "training_state";
+pub const BEST_FILE: &str = "best_weights.safetensors";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {
@@ -28,6 +33,11 @@ pub struct TrainerState {
     /// gpt-2-simple's smoothed loss: `(sum, count)`, both decayed by 0.99 per step.
     pub avg_loss: (f64, f64),
     pub best_val_loss: Option<f64>,
+    /// The step whose weights gave `best_val_loss` (absent from states of earlier versions).
+    /// After an early stop, the weights saved are this step's, while `step`, the metrics
+    /// and the optimizer moments are those of the step that stopped.
+    #[serde(default)]
+    pub best_step: Option<u64>,
     pub evals_without_improvement: u64,
     pub stopped_early: bool,
     /// fp16 only: the dynamic loss scale.
@@ -103,6 +113,15 @@ impl Checkpoint {
         read_safetensors(&path)
     }
 
+    /// The saved best weights (see [`BEST_FILE`]), when the checkpoint has them.
+    pub fn best_tensors(&self) -> Result<Option<Vec<(String, tch::Tensor)>>> {
+        let path = self.state_dir.join(BEST_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_safetensors(&path).map(Some)
+    }
+
     pub fn metrics(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.state_dir.join(METRICS_FILE)).unwrap_or_default();
         text.lines()
@@ -124,15 +143,30 @@ pub fn list_checkpoints(state_dir: &Path) -> Vec<Checkpoint> {
     out
 }
 
+/// What a checkpoint holds besides the model.
+pub struct StateFiles<'a> {
+    pub trainer: &'a TrainerState,
+    /// The optimizer moments (none for SGD).
+    pub optimizer: &'a [(String, tch::Tensor)],
+    /// The trained weights at the best validation loss, when early stopping may still
+    /// restore them and they differ from the model's; empty otherwise.
+    pub best: &'a [(String, tch::Tensor)],
+    pub metrics: &'a [serde_json::Value],
+}
+
 /// Writes the state files into `dir` (which must exist).
-pub fn write_state_files(
-    dir: &Path,
-    trainer: &TrainerState,
-    optimizer: &[(String, tch::Tensor)],
-    metrics: &[serde_json::Value],
-) -> Result<()> {
+pub fn write_state_files(dir: &Path, files: &StateFiles) -> Result<()> {
+    let StateFiles {
+        trainer,
+        optimizer,
+        best,
+        metrics,
+    } = *files;
     if !optimizer.is_empty() {
         weights::write_safetensors(optimizer, &dir.join(OPTIMIZER_FILE))?;
+    }
+    if !best.is_empty() {
+        weights::write_safetensors(best, &dir.join(BEST_FILE))?;
     }
     let mut lines = String::new();
     for m in metrics {
@@ -152,11 +186,10 @@ pub fn write_state_files(
 pub fn save_checkpoint(
     state_dir: &Path,
     model: &crate::model::Gpt2,
-    trainer: &TrainerState,
-    optimizer: &[(String, tch::Tensor)],
-    metrics: &[serde_json::Value],
+    files: &StateFiles,
     keep: usize,
 ) -> Result<PathBuf> {
+    let trainer = files.trainer;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let name = format!("checkpoint-{:09}", trainer.step);
@@ -164,7 +197,7 @@ pub fn save_checkpoint(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     weights::save_folder(model, &tmp)?;
-    write_state_files(&tmp, trainer, optimizer, metrics)?;
+    write_state_files(&tmp, files)?;
     let dest = state_dir.join(&name);
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
