@@ -603,6 +603,13 @@ fn kill_9_during_finetune_resumes_from_the_checkpoint_and_equals_a_straight_run(
     let straight = project();
     straight.run(&[]).ok();
     let weights = |p: &Project| std::fs::read(p.path("work/train/model.safetensors")).unwrap();
+    // A finished run's checkpoints go once its output is published: the output holds the
+    // final training state.
+    let state = |p: &Project| p.path("work/.gptpipe/state/train");
+    assert!(
+        !state(&straight).exists(),
+        "a finished run left its checkpoints"
+    );
 
     let p = project();
     let (mut child, rx) = p.spawn(&[]);
@@ -614,9 +621,7 @@ fn kill_9_during_finetune_resumes_from_the_checkpoint_and_equals_a_straight_run(
     }
     kill9(&mut child);
     assert!(!p.path("work/train").exists());
-    let checkpoints = std::fs::read_dir(p.path("work/.gptpipe/state/train"))
-        .unwrap()
-        .count();
+    let checkpoints = std::fs::read_dir(state(&p)).unwrap().count();
     assert!(checkpoints > 0, "no checkpoint survived the kill");
 
     let resumed = p.run(&[]).ok();
@@ -638,5 +643,6 @@ fn kill_9_during_finetune_resumes_from_the_checkpoint_and_equals_a_straight_run(
         weights(&p) == weights(&straight),
         "the resumed weights differ from a straight run's"
     );
+    assert!(!state(&p).exists(), "the resumed run left its checkpoints");
     p.assert_fresh();
 }

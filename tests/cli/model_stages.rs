@@ -137,4 +137,32 @@ fn finetune_generate_export_through_the_worker() {
         ])
         .ok();
     assert_eq!(again.stages_with("stage_started"), ["samples"]);
+
+    // The finished finetune left no checkpoint behind: raising `steps` continues from the
+    // published output's training state.
+    let state = p.path("work/.gptpipe/state/train");
+    assert!(
+        !state.exists(),
+        "the finished finetune left its checkpoints"
+    );
+    let more = p
+        .run(&[
+            "run",
+            "p.toml",
+            "train",
+            "--json",
+            "--set",
+            "stages.train.steps=35",
+        ])
+        .ok();
+    assert_eq!(more.stages_with("stage_started"), ["train"]);
+    assert!(
+        more.stdout.contains("resuming from step 30"),
+        "{}",
+        more.stdout
+    );
+    assert!(
+        !state.exists(),
+        "the continued finetune left its checkpoints"
+    );
 }

@@ -58,7 +58,9 @@ pub struct StageContext<'a> {
     /// a stage that reuses it (to continue training, or to keep earlier samples) checks
     /// that it is compatible first.
     pub previous_output: Option<&'a Path>,
-    /// A folder that survives failed and killed runs (checkpoints to resume from).
+    /// A folder that survives failed and killed runs (checkpoints to resume from). The
+    /// runner removes it once this run's output is published and recorded, so what a later
+    /// run needs from a finished one belongs in the output (see `previous_output`).
     pub state_dir: &'a Path,
     /// Upstream stages this stage references, by name.
     pub upstream: &'a BTreeMap<String, Upstream>,

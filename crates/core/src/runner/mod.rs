@@ -437,6 +437,17 @@ impl<'a> Runner<'a> {
         self.workdir.store.save(&eval.key, &out_dir, &manifest)?;
         self.workdir.publish(stage, &out_dir)?;
         let hash = self.record(stage, &eval, Some(&manifest), lock)?;
+        // What the stage kept to resume an unfinished run (a finetune's checkpoints) is no
+        // longer needed: the output is in the cache, published and in the lock file, and
+        // holds whatever continuing from it needs. Not before: a run killed between the
+        // stage's return and this point (the output in `tmp` is then lost) resumes from the
+        // state folder. Not after a cache restore either: the folder may then hold an
+        // unfinished run of other parameters. Failing here loses nothing.
+        if let Err(e) = self.workdir.clear_state(stage) {
+            events.emit(Event::Warning {
+                message: format!("[{stage}] {e:#}"),
+            });
+        }
         events.emit(Event::StageFinished {
             stage: stage.into(),
             seconds: started.elapsed().as_secs_f64(),

@@ -102,6 +102,21 @@ impl Workdir {
         Ok(dir)
     }
 
+    /// Removes `stage`'s state folder once its new output is published and recorded (see
+    /// [`crate::stage::StageContext::state_dir`]). The folder is first moved into a fresh
+    /// build folder, so a kill during the removal leaves either all of it or none of it (the
+    /// build folders are cleared at the start of every run).
+    pub fn clear_state(&self, stage: &str) -> Result<()> {
+        let dir = self.meta.join("state").join(stage);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let tmp = self.tmp_dir(stage)?;
+        std::fs::rename(&dir, tmp.join("state"))
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))
+    }
+
     /// Replaces `stage`'s published output by `built`. The old output stays in place until
     /// the new one is complete; each step is a rename.
     pub fn publish(&self, stage: &str, built: &Path) -> Result<()> {
