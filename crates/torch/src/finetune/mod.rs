@@ -217,12 +217,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     while trainer.step < p.steps && !trainer.stopped_early {
         if let Err(e) = ctx.check_cancelled() {
             if trainer.step > 0 {
-                let files = StateFiles {
-                    trainer: &trainer,
-                    optimizer: &opt.state_tensors(),
-                    best: &best.to_save(p, &trainer),
-                    metrics: &metrics,
-                };
+                let files = state_files(p, &trainer, &opt, &best, &metrics);
                 let _ = state::save_checkpoint(ctx.state_dir, &model, &files, p.max_checkpoints);
             }
             return Err(e);
@@ -306,22 +301,28 @@ pub fn run(ctx: &StageContext) -> Result<()> {
             ctx.log(format!("sample at step {step}:\n{text}"));
         }
         if p.save_every > 0 && step % p.save_every == 0 && step < p.steps {
-            let files = StateFiles {
-                trainer: &trainer,
-                optimizer: &opt.state_tensors(),
-                best: &best.to_save(p, &trainer),
-                metrics: &metrics,
-            };
+            let files = state_files(p, &trainer, &opt, &best, &metrics);
             state::save_checkpoint(ctx.state_dir, &model, &files, p.max_checkpoints)?;
         }
     }
-    let files = StateFiles {
-        trainer: &trainer,
-        optimizer: &opt.state_tensors(),
-        best: &best.to_save(p, &trainer),
-        metrics: &metrics,
-    };
+    let files = state_files(p, &trainer, &opt, &best, &metrics);
     write_outputs(ctx, p, &model, folder.as_deref(), &files)
+}
+
+/// What a checkpoint (or the output's training state) holds besides the model, as of now.
+fn state_files<'a>(
+    p: &FinetuneParams,
+    trainer: &'a TrainerState,
+    opt: &Optimizer,
+    best: &BestWeights,
+    metrics: &'a [serde_json::Value],
+) -> StateFiles<'a> {
+    StateFiles {
+        trainer,
+        optimizer: opt.state_tensors(),
+        best: best.to_save(p, trainer),
+        metrics,
+    }
 }
 
 /// Early stopping's copy of the trained weights at the best validation loss so far (the
@@ -339,7 +340,8 @@ struct BestWeights {
     /// Its copy, on the CPU; `None` until the first improvement.
     copy: Option<Tensor>,
     /// The names and shapes that tile the buffer, in order.
-    layout: Vec<(String, Vec<i64>)>,
+    names: Vec<String>,
+    shapes: Vec<Vec<i64>>,
 }
 
 impl BestWeights {
@@ -347,10 +349,8 @@ impl BestWeights {
         Self {
             flat,
             copy: None,
-            layout: trainable
-                .iter()
-                .map(|(n, t)| (n.clone(), t.size()))
-                .collect(),
+            names: trainable.iter().map(|(n, _)| n.clone()).collect(),
+            shapes: trainable.iter().map(|(_, t)| t.size()).collect(),
         }
     }
 
@@ -374,15 +374,10 @@ impl BestWeights {
 
     /// The kept weights by name, as views of the copy.
     fn named(&self, copy: &Tensor) -> Vec<(String, Tensor)> {
-        let mut offset = 0;
-        self.layout
+        self.names
             .iter()
-            .map(|(n, shape)| {
-                let len: i64 = shape.iter().product();
-                let view = copy.narrow(0, offset, len).view(shape.as_slice());
-                offset += len;
-                (n.clone(), view)
-            })
+            .cloned()
+            .zip(crate::model::tile(copy, &self.shapes))
             .collect()
     }
 

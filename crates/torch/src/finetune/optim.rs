@@ -84,20 +84,9 @@ impl Optimizer {
         opt.params = params.iter().map(|(_, t)| t.shallow_clone()).collect();
         let zeros = flat.zeros_like();
         let (m, v) = (zeros.zeros_like(), zeros);
-        let mut offset = 0;
-        for (_, t) in params {
-            let len = t.numel() as i64;
-            opt.exp_avg
-                .push(m.narrow(0, offset, len).view(t.size().as_slice()));
-            opt.exp_avg_sq
-                .push(v.narrow(0, offset, len).view(t.size().as_slice()));
-            offset += len;
-        }
-        assert_eq!(
-            offset,
-            flat.numel() as i64,
-            "the parameters must tile the buffer"
-        );
+        let shapes: Vec<Vec<i64>> = params.iter().map(|(_, t)| t.size()).collect();
+        opt.exp_avg = crate::model::tile(&m, &shapes);
+        opt.exp_avg_sq = crate::model::tile(&v, &shapes);
         let step = Tensor::zeros([], (tch::Kind::Float, flat.device()));
         opt.flat = Some(Flat {
             params: flat,

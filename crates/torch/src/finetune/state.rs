@@ -147,26 +147,21 @@ pub fn list_checkpoints(state_dir: &Path) -> Vec<Checkpoint> {
 pub struct StateFiles<'a> {
     pub trainer: &'a TrainerState,
     /// The optimizer moments (none for SGD).
-    pub optimizer: &'a [(String, tch::Tensor)],
+    pub optimizer: Vec<(String, tch::Tensor)>,
     /// The trained weights at the best validation loss, when early stopping may still
     /// restore them and they differ from the model's; empty otherwise.
-    pub best: &'a [(String, tch::Tensor)],
+    pub best: Vec<(String, tch::Tensor)>,
     pub metrics: &'a [serde_json::Value],
 }
 
 /// Writes the state files into `dir` (which must exist).
 pub fn write_state_files(dir: &Path, files: &StateFiles) -> Result<()> {
-    let StateFiles {
-        trainer,
-        optimizer,
-        best,
-        metrics,
-    } = *files;
-    if !optimizer.is_empty() {
-        weights::write_safetensors(optimizer, &dir.join(OPTIMIZER_FILE))?;
+    let (trainer, metrics) = (files.trainer, files.metrics);
+    if !files.optimizer.is_empty() {
+        weights::write_safetensors(&files.optimizer, &dir.join(OPTIMIZER_FILE))?;
     }
-    if !best.is_empty() {
-        weights::write_safetensors(best, &dir.join(BEST_FILE))?;
+    if !files.best.is_empty() {
+        weights::write_safetensors(&files.best, &dir.join(BEST_FILE))?;
     }
     let mut lines = String::new();
     for m in metrics {

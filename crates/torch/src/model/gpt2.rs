@@ -1,6 +1,7 @@
 //! GPT-2's forward pass, as `transformers`' `GPT2LMHeadModel` computes it.
 
 use super::{Config, KvCache};
+use std::collections::HashMap;
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// A Conv1D of Hugging Face's GPT-2: `y = x @ weight + bias`, weight `[in, out]`.
@@ -78,7 +79,6 @@ impl Weights {
 struct FlatLayout {
     buffer: Tensor,
     names: Vec<String>,
-    sizes: Vec<i64>,
     shapes: Vec<Vec<i64>>,
 }
 
@@ -98,13 +98,12 @@ const VOCAB_ALIGN: i64 = 64;
 
 /// False when `GPTPIPE_PAD_VOCAB=0` (read once): the default on CUDA is then the unpadded head.
 /// The tensor named `name` in `params`.
-fn lookup(params: &[(String, Tensor)], name: &str) -> Tensor {
+/// `params` by name (handles on the same tensors).
+fn by_name(params: &[(String, Tensor)]) -> HashMap<&str, Tensor> {
     params
         .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no weight {name}"))
-        .1
-        .shallow_clone()
+        .map(|(n, t)| (n.as_str(), t.shallow_clone()))
+        .collect()
 }
 
 fn pad_vocab_env() -> bool {
@@ -143,7 +142,8 @@ impl Gpt2 {
             .into_iter()
             .map(|(n, shape)| (n, Tensor::zeros(shape.as_slice(), (Kind::Float, device))))
             .collect();
-        let weights = Weights::build(c.n_layer, |n| lookup(&params, n));
+        let by_name = by_name(&params);
+        let weights = Weights::build(c.n_layer, |n| by_name[n].shallow_clone());
         Self {
             config: c.clone(),
             params,
@@ -244,20 +244,21 @@ impl Gpt2 {
             .iter()
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect();
-        let total: i64 = names.iter().map(|n| old[n].numel() as i64).sum();
+        let shapes: Vec<Vec<i64>> = names.iter().map(|n| old[n].size()).collect();
+        let total: i64 = shapes.iter().map(|s| s.iter().product::<i64>()).sum();
         let flat = Tensor::zeros([total], (Kind::Float, self.device()));
-        let mut views = std::collections::HashMap::new();
-        let mut offset = 0;
         // The views are made in grad mode, so that they stay usable (as differentiable
         // views) once the buffer requires grad.
-        for n in names {
-            let t = &old[n];
-            let len = t.numel() as i64;
-            let view = flat.narrow(0, offset, len).view(t.size().as_slice());
-            tch::no_grad(|| view.shallow_clone().copy_(t));
-            views.insert(n.clone(), view);
-            offset += len;
-        }
+        let views: std::collections::HashMap<&str, Tensor> = names
+            .iter()
+            .map(String::as_str)
+            .zip(super::tile(&flat, &shapes))
+            .collect();
+        tch::no_grad(|| {
+            for (n, view) in &views {
+                view.shallow_clone().copy_(&old[*n]);
+            }
+        });
         self.rebind(|n| {
             views
                 .get(n)
@@ -266,8 +267,7 @@ impl Gpt2 {
         self.flat = Some(FlatLayout {
             buffer: flat.shallow_clone(),
             names: names.to_vec(),
-            sizes: names.iter().map(|n| old[n].numel() as i64).collect(),
-            shapes: names.iter().map(|n| old[n].size()).collect(),
+            shapes,
         });
         flat
     }
@@ -276,7 +276,8 @@ impl Gpt2 {
     pub(crate) fn rebind(&mut self, f: impl Fn(&str) -> Tensor) {
         let new: Vec<(String, Tensor)> =
             self.params.iter().map(|(n, _)| (n.clone(), f(n))).collect();
-        self.weights = Weights::build(self.config.n_layer, |n| lookup(&new, n));
+        let by_name = by_name(&new);
+        self.weights = Weights::build(self.config.n_layer, |n| by_name[n].shallow_clone());
         self.params = new;
         // Rebound weights are no longer views of the buffer.
         self.flat = None;
@@ -292,24 +293,17 @@ impl Gpt2 {
             Some(k) if k != t.kind() => t.to_kind(k),
             _ => t.shallow_clone(),
         };
-        let from_params = |n: &str| cast(&lookup(&self.params, n));
-        match &self.flat {
-            Some(flat) if flat.buffer.requires_grad() => {
-                let pieces = cast(&flat.buffer).split_with_sizes(flat.sizes.as_slice(), 0);
-                let views: std::collections::HashMap<&str, Tensor> = flat
-                    .names
-                    .iter()
-                    .zip(pieces.iter().zip(&flat.shapes))
-                    .map(|(n, (p, shape))| (n.as_str(), p.view(shape.as_slice())))
-                    .collect();
-                Weights::build(self.config.n_layer, |n| {
-                    views
-                        .get(n)
-                        .map_or_else(|| from_params(n), Tensor::shallow_clone)
-                })
+        let mut weights = by_name(&self.params);
+        if let Some(flat) = self.flat.as_ref().filter(|f| f.buffer.requires_grad()) {
+            // Cast, then split: one cast kernel forward; backward, one concatenation
+            // gathers the pieces' gradients into the buffer's.
+            let sizes: Vec<i64> = flat.shapes.iter().map(|s| s.iter().product()).collect();
+            let pieces = cast(&flat.buffer).split_with_sizes(sizes.as_slice(), 0);
+            for ((n, piece), shape) in flat.names.iter().zip(pieces).zip(&flat.shapes) {
+                weights.insert(n, piece.view(shape.as_slice()));
             }
-            _ => Weights::build(self.config.n_layer, from_params),
         }
+        Weights::build(self.config.n_layer, |n| cast(&weights[n]))
     }
 
     /// A cache for [`Gpt2::forward`] / [`Gpt2::forward_masked`].

@@ -29,3 +29,29 @@ mod gpt2;
 pub use cache::KvCache;
 pub use config::Config;
 pub use gpt2::Gpt2;
+
+use tch::Tensor;
+
+/// Consecutive views of the 1-D `buffer`, one per shape, in order: the layout of
+/// [`Gpt2::flatten_parameters`], which the optimizer's moments and early stopping's copy of
+/// the weights share. The shapes must tile the buffer exactly. The views are lasting ones
+/// (`narrow`, which allows in-place updates of the buffer); a forward pass splits its cast
+/// of the buffer with `split_with_sizes` instead, for one gradient concatenation.
+pub fn tile(buffer: &Tensor, shapes: &[Vec<i64>]) -> Vec<Tensor> {
+    let mut offset = 0;
+    let views = shapes
+        .iter()
+        .map(|shape| {
+            let len: i64 = shape.iter().product();
+            let view = buffer.narrow(0, offset, len).view(shape.as_slice());
+            offset += len;
+            view
+        })
+        .collect();
+    assert_eq!(
+        offset,
+        buffer.numel() as i64,
+        "the shapes must tile the buffer"
+    );
+    views
+}
