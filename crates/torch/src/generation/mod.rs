@@ -692,10 +692,11 @@ impl Backend for TchBackend {
                 .narrow(1, 0, n as i64)
                 .copy_(&Tensor::from_slice(&flat).view([b, n as i64]));
             bufs.seek(len, 0);
+            let key = (b, Some(sampling_key(s)));
             for j in 0..n as i64 {
                 // Capture runs the step once for real: put back the logits it consumed,
                 // the position and the column.
-                let saved = (!self.graphs.has(&(b, Some(sampling_key(s)))) && self.graphs_on())
+                let saved = (!self.graphs.has(&key) && self.graphs_on())
                     .then(|| self.bufs().logits.narrow(0, 0, b).copy());
                 let restore = |this: &Self| {
                     let bufs = this.bufs();
@@ -704,7 +705,6 @@ impl Backend for TchBackend {
                     }
                     bufs.seek(len + j, j);
                 };
-                let key = (b, Some(sampling_key(s)));
                 if !self.replay(key, |this| this.sampled_step(b, s), restore) {
                     self.sampled_step(b, s);
                 }
