@@ -10,118 +10,21 @@
 //!   cargo bench -p gptpipe-torch --bench generate -- --gpu [--parts]
 //! Both use the peer's settings: an 8-token prompt, top_k = 40, temperature = 0.7.
 
-use gptpipe_generate::{generate_range, Backend, Job, Sampling};
+#[path = "../../generate/benches/common/mod.rs"]
+mod common;
+
+use common::{arg, ours, sampling, theirs};
+use gptpipe_generate::{Backend, Sampling};
 use gptpipe_torch::generation::TchBackend;
 use gptpipe_torch::model::{Config, Gpt2};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 use tch::Device;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().expect("a number"))
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("GPTPIPE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"))
-}
-
-fn sampling() -> Sampling {
-    Sampling {
-        temperature: 0.7,
-        top_k: 40,
-        ..Sampling::default()
-    }
-}
-
-/// Tokens/s of ours: `batch` samples of `new` tokens each, after one short warm-up.
-fn ours(backend: &mut dyn Backend, batch: usize, new: usize) -> f64 {
-    let codec = gptpipe_generate::codec::gpt2().unwrap();
-    let prompt: Vec<u32> = (0..8).map(|i| (i * 977 + 13) % 50257).collect();
-    let run = |backend: &mut dyn Backend, length: usize| {
-        let job = Job {
-            prompt: prompt.clone(),
-            prefix: String::new(),
-            include_prefix: false,
-            length,
-            sampling: sampling(),
-            seed: 0,
-            truncate: String::new(),
-        };
-        let mut tokens = 0;
-        let t = Instant::now();
-        generate_range(
-            backend,
-            codec.as_ref(),
-            &job,
-            0..batch,
-            batch,
-            &mut |_| Ok(()),
-            &mut |s| {
-                tokens += s.iter().map(|s| s.tokens.len()).sum::<usize>();
-                Ok(())
-            },
-        )
-        .unwrap();
-        tokens as f64 / t.elapsed().as_secs_f64()
-    };
-    run(backend, 16);
-    run(backend, new)
-}
-
-/// Tokens/s of transformers' `generate` on the model in `dir`, same settings.
-fn theirs(dir: &Path, batch: usize, new: usize, threads: i32) -> f64 {
-    let script = r#"
-import sys, time, torch, transformers
-d, batch, new, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch.set_num_threads(threads)
-m = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
-x = torch.tensor([[(i * 977 + 13) % 50257 for i in range(8)]] * batch)
-kw = dict(do_sample=True, top_k=40, temperature=0.7, pad_token_id=0,
-          attention_mask=torch.ones_like(x))
-with torch.no_grad():
-    m.generate(x, max_new_tokens=16, min_new_tokens=16, **kw)
-    t = time.time()
-    m.generate(x, max_new_tokens=new, min_new_tokens=new, **kw)
-print(batch * new / (time.time() - t))
-"#;
-    let out = Command::new(python())
-        .args(["-c", script, dir.to_str().unwrap()])
-        .args([batch.to_string(), new.to_string(), threads.to_string()])
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .output()
-        .expect("cannot run the reference python (GPTPIPE_PYTHON or .venv/bin/python)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
 
 fn cpu() {
     let (layers, heads, embd) = (arg("--layers", 4), arg("--heads", 4), arg("--embd", 256));
     let new = arg("--new", 64);
     let tmp = tempfile::tempdir().unwrap();
-    let script = r#"
-import sys, torch, transformers
-d, L, H, E = sys.argv[1], *map(int, sys.argv[2:5])
-torch.manual_seed(0)
-transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=L, n_head=H, n_embd=E)).save_pretrained(d)
-"#;
-    let status = Command::new(python())
-        .args(["-c", script, tmp.path().to_str().unwrap()])
-        .args([layers, heads, embd].map(|x| x.to_string()))
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::save_random_model(tmp.path(), layers, heads, embd);
     let threads = tch::get_num_threads();
     println!(
         "CPU, {threads} threads, GPT-2 n_layer={layers} n_head={heads} n_embd={embd} (vocab 50257), \
@@ -135,37 +38,19 @@ transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=L, n_head=H, n_embd
         let model = gptpipe_torch::weights::load_folder(tmp.path(), Device::Cpu).unwrap();
         let mut backend = TchBackend::new(model);
         let a = ours(&mut backend, batch, new);
-        let b = theirs(tmp.path(), batch, new, threads);
+        let b = theirs(tmp.path(), batch, new, threads as usize);
         println!("{batch:>6} {a:>14.1} {b:>16.1} {:>6.2}x", a / b);
     }
 }
 
 fn greedy_tokens(backend: &mut dyn Backend, rows: usize, length: usize) -> Vec<Vec<u32>> {
-    let codec = gptpipe_generate::codec::gpt2().unwrap();
-    let job = Job {
-        prompt: (0..8).map(|i| (i * 977 + 13) % 50257).collect(),
-        prefix: String::new(),
-        include_prefix: false,
-        length,
-        sampling: Sampling::greedy(),
-        seed: 0,
-        truncate: String::new(),
-    };
-    let mut out = Vec::new();
-    generate_range(
+    common::tokens(
         backend,
-        codec.as_ref(),
-        &job,
-        0..rows,
+        common::codec().as_ref(),
+        Sampling::greedy(),
         rows,
-        &mut |_| Ok(()),
-        &mut |s| {
-            out.extend(s.into_iter().map(|s| s.tokens));
-            Ok(())
-        },
+        length,
     )
-    .unwrap();
-    out
 }
 
 fn gpu() {

@@ -1,0 +1,133 @@
+//! What the generation benches of every backend share (`crates/torch/benches/generate.rs`,
+//! `crates/onnx/benches/generate.rs` include this file), so their figures sit side by side:
+//! an 8-token prompt, top_k = 40, temperature = 0.7, one short warm-up run before each
+//! measurement, and transformers' `generate` with the same settings as the peer.
+
+#![allow(dead_code)]
+
+use gptpipe_generate::{generate_range, Backend, Codec, Job, Sampling};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The value of `--name N` on the command line, or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect("a number"))
+}
+
+/// The Python with transformers: `GPTPIPE_PYTHON`, else the project's `.venv`.
+pub fn python() -> PathBuf {
+    std::env::var_os("GPTPIPE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"))
+}
+
+pub fn sampling() -> Sampling {
+    Sampling {
+        temperature: 0.7,
+        top_k: 40,
+        ..Sampling::default()
+    }
+}
+
+/// GPT-2's tokenizer.
+pub fn codec() -> Box<dyn Codec> {
+    gptpipe_generate::codec::gpt2().unwrap()
+}
+
+/// The tokens of samples `0..rows` (one batch) of `length` new tokens after the prompt.
+pub fn tokens(
+    backend: &mut dyn Backend,
+    codec: &dyn Codec,
+    sampling: Sampling,
+    rows: usize,
+    length: usize,
+) -> Vec<Vec<u32>> {
+    let job = Job {
+        prompt: (0..8).map(|i| (i * 977 + 13) % 50257).collect(),
+        prefix: String::new(),
+        include_prefix: false,
+        length,
+        sampling,
+        seed: 0,
+        truncate: String::new(),
+    };
+    let mut out = Vec::new();
+    generate_range(
+        backend,
+        codec,
+        &job,
+        0..rows,
+        rows,
+        &mut |_| Ok(()),
+        &mut |s| {
+            out.extend(s.into_iter().map(|s| s.tokens));
+            Ok(())
+        },
+    )
+    .unwrap();
+    out
+}
+
+/// Tokens/s of ours: `batch` samples of `new` tokens each, after one short warm-up.
+pub fn ours(backend: &mut dyn Backend, batch: usize, new: usize) -> f64 {
+    let codec = codec();
+    tokens(backend, codec.as_ref(), sampling(), batch, 16);
+    let t = Instant::now();
+    let n: usize = tokens(backend, codec.as_ref(), sampling(), batch, new)
+        .iter()
+        .map(Vec::len)
+        .sum();
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Tokens/s of transformers' `generate` on the model in `dir`, same settings.
+pub fn theirs(dir: &Path, batch: usize, new: usize, threads: usize) -> f64 {
+    let script = r#"
+import sys, time, torch, transformers
+d, batch, new, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+m = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
+x = torch.tensor([[(i * 977 + 13) % 50257 for i in range(8)]] * batch)
+kw = dict(do_sample=True, top_k=40, temperature=0.7, pad_token_id=0,
+          attention_mask=torch.ones_like(x))
+with torch.no_grad():
+    m.generate(x, max_new_tokens=16, min_new_tokens=16, **kw)
+    t = time.time()
+    m.generate(x, max_new_tokens=new, min_new_tokens=new, **kw)
+print(batch * new / (time.time() - t))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, dir.to_str().unwrap()])
+        .args([batch.to_string(), new.to_string(), threads.to_string()])
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .expect("cannot run the reference python (GPTPIPE_PYTHON or .venv/bin/python)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Saves a random GPT-2 (seed 0, vocab 50257) made by transformers into `dir`.
+pub fn save_random_model(dir: &Path, layers: usize, heads: usize, embd: usize) {
+    let script = r#"
+import sys, torch, transformers
+d, L, H, E = sys.argv[1], *map(int, sys.argv[2:5])
+torch.manual_seed(0)
+transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=L, n_head=H, n_embd=E)).save_pretrained(d)
+"#;
+    let status = Command::new(python())
+        .args(["-c", script, dir.to_str().unwrap()])
+        .args([layers, heads, embd].map(|x| x.to_string()))
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .status()
+        .unwrap();
+    assert!(status.success(), "transformers could not save the model");
+}
