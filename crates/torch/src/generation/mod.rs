@@ -59,8 +59,17 @@ pub struct DecodeOptions {
 impl DecodeOptions {
     pub fn for_device(device: Device) -> Self {
         let cuda = device.is_cuda();
+        const PARTS: [&str; 3] = ["graphs", "flash", "sample"];
         let off = std::env::var("GPTPIPE_DECODE_OFF").unwrap_or_default();
-        let on = |name: &str| cuda && !off.split(',').any(|o| o.trim() == name);
+        let off: Vec<&str> = off
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
+        for unknown in off.iter().filter(|o| !PARTS.contains(o)) {
+            eprintln!("GPTPIPE_DECODE_OFF: no decoding part {unknown:?} (known: {PARTS:?})");
+        }
+        let on = |name: &str| cuda && !off.contains(&name);
         Self {
             graphs: on("graphs") && std::env::var("GPTPIPE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             flash: on("flash"),
