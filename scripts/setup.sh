@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch, transformers, onnx, onnxruntime, safetensors, numpy" 2>/dev/null; then
-  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
 fi
 ln -sfn "$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')" .venv/libtorch
 ORT_LIB=$(.venv/bin/python -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[-1])')
