@@ -16,7 +16,7 @@ mod graph;
 pub mod sampler;
 
 use crate::device::parse_device;
-use crate::model::{Config, Gpt2};
+use crate::model::{Config, Gpt2, LayerNorm, Linear, Weights, VOCAB_ALIGN};
 use crate::source::load_model;
 use anyhow::{ensure, Context, Result};
 use gptpipe_core::stage::ModelSource;
@@ -78,27 +78,10 @@ impl DecodeOptions {
     }
 }
 
-struct Linear {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Linear {
-    /// `x [N, in] -> [N, out]`.
-    fn apply(&self, x: &Tensor) -> Tensor {
-        self.b.addmm(x, &self.w)
-    }
-}
-
-struct Norm {
-    w: Tensor,
-    b: Tensor,
-}
-
 struct Layer {
-    ln_1: Norm,
+    ln_1: LayerNorm,
     attn_proj: Linear,
-    ln_2: Norm,
+    ln_2: LayerNorm,
     c_fc: Linear,
     mlp_proj: Linear,
     /// `c_attn` with the attention scale folded into its query columns, so a decoding
@@ -164,11 +147,11 @@ pub struct TchBackend {
     kind: Kind,
     opts: DecodeOptions,
     wte: Tensor,
-    /// `wte` padded with zero rows to a multiple of 64 on a GPU, so the logits matmul has
-    /// aligned shapes; the extra logits are dropped.
+    /// `wte` padded with zero rows to a multiple of [`VOCAB_ALIGN`] on a GPU, so the logits
+    /// matmul has aligned shapes; the extra logits are dropped.
     lm_head: Tensor,
     wpe: Tensor,
-    ln_f: Norm,
+    ln_f: LayerNorm,
     layers: Vec<Layer>,
     /// Tokens per row in the cache.
     len: i64,
@@ -196,8 +179,8 @@ fn scaled_qkv(lin: &Linear, e: i64, scale: f64) -> Linear {
         Tensor::cat(&[t.narrow(dim, 0, e) * scale, t.narrow(dim, e, 2 * e)], dim)
     };
     Linear {
-        w: scale_cols(&lin.w, 1),
-        b: scale_cols(&lin.b, 0),
+        weight: scale_cols(&lin.weight, 1),
+        bias: scale_cols(&lin.bias, 0),
     }
 }
 
@@ -227,39 +210,31 @@ impl TchBackend {
             .iter()
             .map(|(n, t)| (n.as_str(), t.to_kind(kind).detach()))
             .collect();
-        let get = |n: &str| w[n].shallow_clone();
-        let norm = |n: &str| Norm {
-            w: get(&format!("{n}.weight")),
-            b: get(&format!("{n}.bias")),
-        };
-        let lin = |n: &str| Linear {
-            w: get(&format!("{n}.weight")),
-            b: get(&format!("{n}.bias")),
-        };
         let cfg = model.config.clone();
+        let weights = Weights::build(cfg.n_layer, |n| w[n].shallow_clone());
         let layers = tch::no_grad(|| {
-            (0..cfg.n_layer)
-                .map(|l| {
-                    let h = format!("transformer.h.{l}");
-                    Layer {
-                        ln_1: norm(&format!("{h}.ln_1")),
-                        attn_proj: lin(&format!("{h}.attn.c_proj")),
-                        ln_2: norm(&format!("{h}.ln_2")),
-                        c_fc: lin(&format!("{h}.mlp.c_fc")),
-                        mlp_proj: lin(&format!("{h}.mlp.c_proj")),
-                        c_attn_scaled: scaled_qkv(
-                            &lin(&format!("{h}.attn.c_attn")),
-                            cfg.n_embd as i64,
-                            attn_scale(&cfg, l),
-                        ),
-                        kv: Tensor::new(),
-                    }
+            weights
+                .blocks
+                .into_iter()
+                .enumerate()
+                .map(|(l, block)| Layer {
+                    c_attn_scaled: scaled_qkv(
+                        &block.c_attn,
+                        cfg.n_embd as i64,
+                        attn_scale(&cfg, l),
+                    ),
+                    ln_1: block.ln_1,
+                    attn_proj: block.attn_c_proj,
+                    ln_2: block.ln_2,
+                    c_fc: block.c_fc,
+                    mlp_proj: block.mlp_c_proj,
+                    kv: Tensor::new(),
                 })
                 .collect()
         });
-        let wte = get("transformer.wte.weight");
+        let wte = weights.wte;
         let vocab = cfg.vocab_size as i64;
-        let padded = (vocab + 63) / 64 * 64;
+        let padded = (vocab + VOCAB_ALIGN - 1) / VOCAB_ALIGN * VOCAB_ALIGN;
         let lm_head = if device.is_cuda() && padded != vocab {
             tch::no_grad(|| wte.constant_pad_nd([0, 0, 0, padded - vocab]))
         } else {
@@ -268,8 +243,8 @@ impl TchBackend {
         Self {
             wte,
             lm_head,
-            wpe: get("transformer.wpe.weight"),
-            ln_f: norm("transformer.ln_f"),
+            wpe: weights.wpe,
+            ln_f: weights.ln_f,
             layers,
             cfg,
             kind,
@@ -299,12 +274,12 @@ impl TchBackend {
         self.opts.graphs && self.rows <= GRAPH_MAX_ROWS && self.graphs.usable(self.device())
     }
 
-    fn norm(&self, x: &Tensor, n: &Norm) -> Tensor {
+    fn norm(&self, x: &Tensor, n: &LayerNorm) -> Tensor {
         let e = self.cfg.n_embd as i64;
         x.layer_norm(
             [e],
-            Some(&n.w),
-            Some(&n.b),
+            Some(&n.weight),
+            Some(&n.bias),
             self.cfg.layer_norm_epsilon,
             true,
         )

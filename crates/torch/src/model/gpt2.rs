@@ -5,23 +5,30 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// A Conv1D of Hugging Face's GPT-2: `y = x @ weight + bias`, weight `[in, out]`.
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+impl Linear {
+    /// `x [N, in] -> [N, out]` (Conv1D layout: `weight` is `[in, out]`).
+    pub(crate) fn apply(&self, x: &Tensor) -> Tensor {
+        self.bias.addmm(x, &self.weight)
+    }
 }
 
-struct Block {
-    ln_1: LayerNorm,
-    c_attn: Linear,
-    attn_c_proj: Linear,
-    ln_2: LayerNorm,
-    c_fc: Linear,
-    mlp_c_proj: Linear,
+pub(crate) struct LayerNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+}
+
+pub(crate) struct Block {
+    pub(crate) ln_1: LayerNorm,
+    pub(crate) c_attn: Linear,
+    pub(crate) attn_c_proj: Linear,
+    pub(crate) ln_2: LayerNorm,
+    pub(crate) c_fc: Linear,
+    pub(crate) mlp_c_proj: Linear,
 }
 
 /// How the queries of one forward may attend to the keys.
@@ -34,17 +41,18 @@ enum Attend {
     Mask(Tensor),
 }
 
-/// The tensors one forward pass reads, arranged by layer.
-struct Weights {
-    wte: Tensor,
-    wpe: Tensor,
-    blocks: Vec<Block>,
-    ln_f: LayerNorm,
+/// The tensors one forward pass reads, arranged by layer (also how the generation backend
+/// picks its weights out of a model).
+pub(crate) struct Weights {
+    pub(crate) wte: Tensor,
+    pub(crate) wpe: Tensor,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) ln_f: LayerNorm,
 }
 
 impl Weights {
     /// Arranges the tensors `get` returns for Hugging Face's names.
-    fn build(n_layer: usize, get: impl Fn(&str) -> Tensor) -> Self {
+    pub(crate) fn build(n_layer: usize, get: impl Fn(&str) -> Tensor) -> Self {
         let ln = |n: &str| LayerNorm {
             weight: get(&format!("{n}.weight")),
             bias: get(&format!("{n}.bias")),
@@ -93,11 +101,10 @@ pub struct Gpt2 {
     pad_vocab: Option<bool>,
 }
 
-/// The training head's vocabulary is padded up to a multiple of this many rows.
-const VOCAB_ALIGN: i64 = 64;
+/// The language-model head's vocabulary is padded up to a multiple of this many rows (in
+/// training and in decoding), so its matmuls have aligned shapes.
+pub(crate) const VOCAB_ALIGN: i64 = 64;
 
-/// False when `GPTPIPE_PAD_VOCAB=0` (read once): the default on CUDA is then the unpadded head.
-/// The tensor named `name` in `params`.
 /// `params` by name (handles on the same tensors).
 fn by_name(params: &[(String, Tensor)]) -> HashMap<&str, Tensor> {
     params
@@ -106,6 +113,7 @@ fn by_name(params: &[(String, Tensor)]) -> HashMap<&str, Tensor> {
         .collect()
 }
 
+/// False when `GPTPIPE_PAD_VOCAB=0` (read once): the default on CUDA is then the unpadded head.
 fn pad_vocab_env() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("GPTPIPE_PAD_VOCAB").map_or(true, |v| v.trim() != "0"))
@@ -381,7 +389,7 @@ impl Gpt2 {
         let mut shape = x.size();
         let inner = *shape.last().unwrap();
         let out = l.weight.size()[1];
-        let y = l.bias.addmm(&x.reshape([-1, inner]), &l.weight);
+        let y = l.apply(&x.reshape([-1, inner]));
         *shape.last_mut().unwrap() = out;
         y.reshape(shape)
     }

@@ -29,6 +29,7 @@ mod gpt2;
 pub use cache::KvCache;
 pub use config::Config;
 pub use gpt2::Gpt2;
+pub(crate) use gpt2::{LayerNorm, Linear, Weights, VOCAB_ALIGN};
 
 use tch::Tensor;
 
