@@ -66,6 +66,7 @@ fn runner_registry() -> Registry {
             remote_stage(worker.clone()),
         );
         r.register(StageKind::Export, versions::EXPORT, remote_stage(worker));
+        gptpipe_generate::register_checks(&mut r);
     } else {
         r.unavailable(
             StageKind::Finetune,

@@ -107,6 +107,87 @@ fn impossible_values_are_refused_before_any_work() {
 }
 
 #[test]
+fn a_prefix_longer_than_the_context_is_refused_before_any_stage_runs() {
+    // The model's context is known from the pipeline: through `@train` to its inline table.
+    let pipeline = "[stages.data]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n\n\
+                    [stages.train]\nkind = \"finetune\"\ndataset = \"@data\"\n\
+                    model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 8 }\n\n\
+                    [stages.g]\nkind = \"generate\"\nmodel = \"@train\"\n\
+                    prefix = \"one two three four five six seven eight nine\"\n";
+    check(
+        pipeline,
+        &[],
+        &[
+            "p.toml:16:1",
+            "stage `g`: the prefix is 9 tokens, longer than the model's context of 8 tokens",
+        ],
+    );
+    let p = Project::new();
+    p.file("data/a.csv", "title\nhello world\n");
+    p.file("p.toml", format!("{HEAD}{pipeline}"));
+    assert_eq!(p.run(&["run", "p.toml"]).code, 2);
+    assert!(!p.dir.path().join("runs/t/data").exists(), "a stage ran");
+    assert_eq!(p.run(&["status", "p.toml"]).code, 2);
+    // A prefix that fits, and one for a stage not selected, are fine.
+    let fits = pipeline.replace(" nine", "");
+    p.file("p.toml", format!("{HEAD}{fits}"));
+    assert_eq!(p.run(&["status", "p.toml"]).code, 0);
+    p.file("p.toml", format!("{HEAD}{pipeline}"));
+    assert_eq!(p.run(&["status", "p.toml", "data"]).code, 0);
+}
+
+#[test]
+fn a_reference_to_the_wrong_kind_of_stage_is_refused() {
+    const DATA: &str = "[stages.data]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n\n";
+    check(
+        &format!("{DATA}[stages.g]\nkind = \"generate\"\nmodel = \"@data\"\n"),
+        &[],
+        &[
+            "p.toml:10:1",
+            "`model` refers to `@data`, a prepare stage",
+            "takes a finetune stage or an export stage",
+        ],
+    );
+    check(
+        &format!(
+            "{DATA}[stages.t]\nkind = \"finetune\"\ndataset = \"data/a.csv\"\n\n\
+             [stages.t2]\nkind = \"finetune\"\ndataset = \"@t\"\nmodel = \"@t\"\n"
+        ),
+        &[],
+        &["`dataset` refers to `@t`, a finetune stage"],
+    );
+    check(
+        &format!(
+            "{DATA}[stages.t]\nkind = \"finetune\"\ndataset = \"@data\"\n\n\
+             [stages.x]\nkind = \"export\"\nmodel = \"@t\"\n\n\
+             [stages.g]\nkind = \"generate\"\nmodel = \"@x\"\nbackend = \"tch\"\n"
+        ),
+        &[],
+        &[
+            "`model` refers to `@x`, an export stage",
+            "takes a finetune stage",
+        ],
+    );
+}
+
+#[test]
+fn settings_that_contradict_each_other_are_refused() {
+    check(
+        "[stages.t]\nkind = \"finetune\"\ndataset = \"data/a.csv\"\nearly_stopping_patience = 3\n",
+        &[],
+        &[
+            "p.toml:7:1",
+            "early_stopping_patience needs a validation set",
+        ],
+    );
+    check(
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\nheader = false\ncolumn = \"title\"\n",
+        &[],
+        &["p.toml:8:1", "column \"title\" is a name, but header = false"],
+    );
+}
+
+#[test]
 fn set_and_env_errors_name_their_origin() {
     check(
         "[stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n",
@@ -152,4 +233,39 @@ fn missing_pipeline_file_is_a_usage_error() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn a_broken_lock_file_points_at_the_line_and_says_how_to_recover() {
+    let p = Project::new();
+    p.file("data/a.csv", "title\nhello world\n");
+    p.file(
+        "p.toml",
+        format!("{HEAD}[stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n"),
+    );
+    assert_eq!(p.run(&["run", "p.toml"]).code, 0);
+    let lock = p.dir.path().join("p.toml.lock");
+    let text = std::fs::read_to_string(&lock).unwrap();
+    std::fs::write(&lock, format!("{text}<<<<<<< HEAD\n")).unwrap();
+    let line = text.lines().count() + 1;
+    for args in [
+        &["run", "p.toml"][..],
+        &["status", "p.toml"],
+        &["run", "p.toml", "--frozen"],
+    ] {
+        let run = p.run(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains(&format!("p.toml.lock:{line}:1: not a valid lock file"))
+                && run.stderr.contains("delete it and run again"),
+            "{}",
+            run.stderr
+        );
+    }
+    // Deleting it, as the message says, costs nothing: the result comes from the cache.
+    std::fs::remove_file(&lock).unwrap();
+    let run = p.run(&["run", "p.toml", "--json"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("\"stage_cached\""), "{}", run.stdout);
 }

@@ -182,12 +182,19 @@ pub mod versions {
 /// Runs one stage kind.
 pub type StageFn = Arc<dyn Fn(&StageContext) -> anyhow::Result<()> + Send + Sync>;
 
+/// Checks a stage's parameters against the pipeline before anything runs, for what the
+/// config layer cannot judge on its own (a prefix needs the tokenizer to be measured):
+/// `Err((key, message))` names the offending key.
+pub type CheckFn =
+    Arc<dyn Fn(&Pipeline, &StageParams) -> Result<(), (&'static str, String)> + Send + Sync>;
+
 /// The stage kinds this build can run, each with the version of its implementation (part
 /// of every cache key, so a changed implementation invalidates old results).
 #[derive(Clone, Default)]
 pub struct Registry {
     runners: BTreeMap<StageKind, (u32, StageFn)>,
     missing: BTreeMap<StageKind, String>,
+    checks: BTreeMap<StageKind, CheckFn>,
 }
 
 impl Registry {
@@ -202,6 +209,36 @@ impl Registry {
         run: impl Fn(&StageContext) -> anyhow::Result<()> + Send + Sync + 'static,
     ) {
         self.runners.insert(kind, (version, Arc::new(run)));
+    }
+
+    /// Adds a check that stages of `kind` must pass before any stage of a run starts.
+    pub fn check(
+        &mut self,
+        kind: StageKind,
+        check: impl Fn(&Pipeline, &StageParams) -> Result<(), (&'static str, String)>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.checks.insert(kind, Arc::new(check));
+    }
+
+    /// Runs the check of stage `name`'s kind, if there is one; the error points at its key.
+    pub fn preflight(
+        &self,
+        pipeline: &Pipeline,
+        name: &str,
+    ) -> Result<(), crate::config::ConfigError> {
+        let params = &pipeline.stages[name];
+        match self.checks.get(&params.kind()) {
+            Some(check) => check(pipeline, params).map_err(|(key, message)| {
+                pipeline.origins.error_at(
+                    &["stages".to_owned(), name.to_owned(), key.to_owned()],
+                    crate::config::ConfigError::new(format!("stage `{name}`: {message}")),
+                )
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Records why this build cannot run `kind` (for example: built without libtorch).

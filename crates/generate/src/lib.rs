@@ -22,10 +22,17 @@ pub use sampling::Sampling;
 use gptpipe_core::config::StageKind;
 use gptpipe_core::stage::Registry;
 
-/// Adds the generate stage, running models through `backends`.
+/// Adds the generate stage, running models through `backends`, and its checks.
 pub fn register(registry: &mut Registry, backends: Backends) {
     registry.register(StageKind::Generate, stage::VERSION, move |ctx| {
         let codec = codec::gpt2()?;
         stage::run_stage(ctx, &backends, codec.as_ref())
     });
+    register_checks(registry);
+}
+
+/// Adds only the generate stage's checks before a run (for a runner that delegates the
+/// stage itself to another process).
+pub fn register_checks(registry: &mut Registry) {
+    registry.check(StageKind::Generate, stage::check_prefix_fits);
 }

@@ -6,8 +6,10 @@ use crate::driver::{generate_range, Job};
 use crate::output::{previous_samples, render, write_outputs, Meta};
 use crate::sampling::Sampling;
 use anyhow::{bail, Context, Result};
-use gptpipe_core::config::{Backend as BackendChoice, GenerateParams, StageKind, StageParams};
-use gptpipe_core::stage::{ModelSource, StageContext};
+use gptpipe_core::config::{
+    Backend as BackendChoice, GenerateParams, ModelRef, Pipeline, StageKind, StageParams,
+};
+use gptpipe_core::stage::{resolve_model, ModelSource, StageContext};
 
 /// Version of this stage's implementation: part of its cache key. Raise it when the same
 /// parameters would give different samples.
@@ -73,6 +75,52 @@ pub fn known_n_ctx(source: &ModelSource) -> Option<usize> {
         .iter()
         .find_map(|k| config.get(*k).and_then(serde_json::Value::as_u64))
         .map(|n| n as usize)
+}
+
+/// GPT-2's context on the hub's own GPT-2 repositories (they all have 1024 positions), so
+/// that a prefix can be measured before anything is downloaded.
+const HUB_GPT2_N_CTX: usize = 1024;
+
+/// The context of the model `model` names in `pipeline`, when it is known before anything
+/// runs: an inline table, a folder's `config.json`, one of OpenAI's GPT-2 hub ids, or a
+/// stage that trains or exports such a model.
+pub fn planned_n_ctx(pipeline: &Pipeline, model: &ModelRef) -> Option<usize> {
+    if let ModelRef::Named(name) = model {
+        if let Some(stage) = name.strip_prefix('@') {
+            return match pipeline.stages.get(stage)? {
+                StageParams::Finetune(p) => planned_n_ctx(pipeline, &p.model),
+                StageParams::Export(p) => planned_n_ctx(pipeline, &p.model),
+                _ => None,
+            };
+        }
+    }
+    match resolve_model(pipeline, &Default::default(), model) {
+        ModelSource::Hub(id) => {
+            let bare = id.strip_prefix("openai-community/").unwrap_or(&id);
+            matches!(bare, "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl")
+                .then_some(HUB_GPT2_N_CTX)
+        }
+        source => known_n_ctx(&source),
+    }
+}
+
+/// The spec's "a prefix longer than the context is a config error before any work
+/// starts": measures the prefix when the model's context is known from the pipeline (the
+/// stage checks again against the loaded model).
+pub fn check_prefix_fits(
+    pipeline: &Pipeline,
+    params: &StageParams,
+) -> Result<(), (&'static str, String)> {
+    let StageParams::Generate(p) = params else {
+        return Ok(());
+    };
+    let Some(n_ctx) = planned_n_ctx(pipeline, &p.model).filter(|_| !p.prefix.is_empty()) else {
+        return Ok(());
+    };
+    let checked = crate::codec::gpt2()
+        .and_then(|codec| job_of(p, 0, codec.as_ref()))
+        .and_then(|job| job.check_fits(n_ctx));
+    checked.map_err(|e| ("prefix", format!("{e:#}")))
 }
 
 /// Builds the backend for `source`, or says why this build cannot.

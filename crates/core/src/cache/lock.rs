@@ -1,6 +1,7 @@
 //! The lock file beside the pipeline (`<pipeline>.lock`, TOML, meant to be committed): for
 //! each stage, its cache key, effective params, and input and output hashes.
 
+use crate::config::ConfigError;
 use crate::fsutil::write_atomic;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -38,11 +39,23 @@ pub struct LockEntry {
 }
 
 impl LockFile {
-    /// Reads the lock file; a missing one is empty.
+    /// Reads the lock file; a missing one is empty. One that does not parse (a merge
+    /// conflict, a hand edit) is a [`ConfigError`] pointing at the line.
     pub fn read(path: &Path) -> Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .with_context(|| format!("{} is not a valid lock file", path.display())),
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                let name = path.display().to_string();
+                let error = ConfigError::new(format!("not a valid lock file: {}", e.message()))
+                    .with_help(
+                        "gptpipe writes this file: resolve the merge conflict, or delete it \
+                         and run again (results in the cache are reused, not recomputed)",
+                    );
+                let error = match e.span() {
+                    Some(span) => error.at(&name, &text, span, "here"),
+                    None => error.from_origin(&name),
+                };
+                anyhow::Error::new(error)
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }

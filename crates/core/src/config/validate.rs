@@ -3,7 +3,7 @@
 
 use super::error::{suggest, ConfigError};
 use super::params::*;
-use super::{Pipeline, StageParams};
+use super::{Pipeline, StageKind, StageParams};
 use std::collections::BTreeMap;
 
 pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
@@ -46,6 +46,23 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
                     .with_help(help),
                 ));
             }
+            let found = p.stages[&target].kind();
+            let accepted = accepted_kinds(params, key);
+            if !accepted.contains(&found) {
+                let names: Vec<String> = accepted.iter().map(|k| a_stage(*k)).collect();
+                return Err(at(
+                    &["stages", name, key],
+                    ConfigError::new(format!(
+                        "stage `{name}`: `{key}` refers to `@{target}`, {}",
+                        a_stage(found)
+                    ))
+                    .with_help(format!(
+                        "`{key}` of a {} stage takes {}",
+                        params.kind(),
+                        names.join(" or ")
+                    )),
+                ));
+            }
         }
         if let Err((key, message)) = check_values(params) {
             return Err(at(
@@ -68,6 +85,25 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// "a prepare stage", "an export stage".
+fn a_stage(kind: StageKind) -> String {
+    let article = if kind == StageKind::Export { "an" } else { "a" };
+    format!("{article} {kind} stage")
+}
+
+/// The kinds of stage that `key` of `params` may refer to with `@stage`.
+fn accepted_kinds(params: &StageParams, key: &str) -> &'static [StageKind] {
+    use StageKind::*;
+    match (params, key) {
+        // Text in: a prepare stage's dataset or a generate stage's samples.
+        (StageParams::Prepare(_), _) => &[Prepare, Generate],
+        (StageParams::Finetune(_), "dataset") => &[Prepare],
+        (StageParams::Generate(g), _) if g.backend != Backend::Tch => &[Finetune, Export],
+        // Weights in: libtorch reads a finetune stage's safetensors folder.
+        _ => &[Finetune],
+    }
 }
 
 /// A cycle through `@` references, as names with the first repeated at the end.
@@ -209,6 +245,12 @@ fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
             p.delimiter
         ),
     )?;
+    if let (false, ColumnRef::Name(column)) = (p.header, &p.column) {
+        return Err((
+            "column",
+            format!("column {column:?} is a name, but header = false: use a 0-based index"),
+        ));
+    }
     if let (Some(min), Some(max)) = (p.min_length, p.max_length) {
         ensure(
             min <= max,
@@ -261,6 +303,11 @@ fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
         (0.0..1.0).contains(&p.val_split),
         "val_split",
         format!("val_split must be in [0, 1), not {}", p.val_split),
+    )?;
+    ensure(
+        p.early_stopping_patience == 0 || p.val_split > 0.0,
+        "early_stopping_patience",
+        "early_stopping_patience needs a validation set: set val_split (for example 0.1)".into(),
     )?;
     ensure(
         p.combine > 0,

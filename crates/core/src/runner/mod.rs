@@ -72,8 +72,12 @@ pub enum RunError {
 }
 
 impl From<anyhow::Error> for RunError {
+    /// A [`ConfigError`] keeps its kind (exit 2) through `anyhow`.
     fn from(e: anyhow::Error) -> Self {
-        RunError::Other(e)
+        match e.downcast::<ConfigError>() {
+            Ok(config) => RunError::Config(config),
+            Err(e) => RunError::Other(e),
+        }
     }
 }
 
@@ -188,6 +192,7 @@ impl<'a> Runner<'a> {
         check_outputs: bool,
     ) -> Result<Vec<StageStatus>, RunError> {
         let selected = self.dag.select(targets).map_err(RunError::Config)?;
+        self.preflight(&selected)?;
         let lock = LockFile::read(&self.pipeline.lock_path())?;
         let mut out: Vec<StageStatus> = Vec::new();
         let mut stale = BTreeSet::new();
@@ -226,6 +231,16 @@ impl<'a> Runner<'a> {
         Ok(out)
     }
 
+    /// The stage kinds' own checks of the selected stages, before any work starts.
+    fn preflight(&self, selected: &[String]) -> Result<(), RunError> {
+        for stage in selected {
+            self.registry
+                .preflight(self.pipeline, stage)
+                .map_err(RunError::Config)?;
+        }
+        Ok(())
+    }
+
     /// Runs the selected stages that are stale.
     pub fn run(
         &self,
@@ -238,6 +253,7 @@ impl<'a> Runner<'a> {
             .dag
             .select(&options.targets)
             .map_err(RunError::Config)?;
+        self.preflight(&selected)?;
         if options.frozen || options.dry_run {
             let statuses = if options.frozen {
                 self.lock_status(&options.targets)?
