@@ -642,7 +642,7 @@ fn kill_9_during_finetune_resumes_from_the_checkpoint_and_equals_a_straight_run(
         .next()
         .unwrap_or_else(|| panic!("no resume: {}", resumed.stdout));
     assert!(
-        resumed_from >= 10 && resumed_from < 100 && resumed_from % 10 == 0,
+        (10..100).contains(&resumed_from) && resumed_from % 10 == 0,
         "resumed from step {resumed_from}"
     );
     let first_step = resumed.with("stage_progress")[0]["step"].as_u64().unwrap();
