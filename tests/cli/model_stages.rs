@@ -166,3 +166,48 @@ fn finetune_generate_export_through_the_worker() {
         "the continued finetune left its checkpoints"
     );
 }
+
+#[test]
+fn a_folder_of_text_files_is_a_dataset_and_each_file_is_part_of_the_key() {
+    let p = Project::new();
+    // As gpt-2-simple's `load_dataset` walks a folder: every file below it.
+    p.file(
+        "texts/a.txt",
+        "The fox jumps over the lazy dog.\n".repeat(20),
+    );
+    p.file(
+        "texts/more/b.txt",
+        "The dog sleeps under the old tree.\n".repeat(20),
+    );
+    p.file(
+        "p.toml",
+        "[pipeline]\nname = \"f\"\nworkdir = \"work\"\n\n[stages.train]\nkind = \"finetune\"\n\
+         dataset = \"texts\"\nmodel = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
+         steps = 3\nbatch_size = 2\naccumulate_gradients = 1\ndevice = \"cpu\"\nsample_every = 0\n",
+    );
+    p.run(&["run", "p.toml", "--json"]).ok();
+    assert!(p.path("work/train/model.safetensors").is_file());
+    let lock = p.read("p.toml.lock");
+    assert!(
+        lock.contains("texts/a.txt") && lock.contains("texts/more/b.txt"),
+        "{lock}"
+    );
+
+    // A change to a nested file makes the stage stale, and names the file.
+    p.file("texts/more/b.txt", "Something else entirely.\n".repeat(20));
+    let status = p.run(&["status", "p.toml"]).ok();
+    assert!(
+        status.stdout.contains("stale") && status.stdout.contains("texts/more/b.txt"),
+        "{}",
+        status.stdout
+    );
+    let rerun = p.run(&["run", "p.toml", "--json"]).ok();
+    assert_eq!(rerun.stages_with("stage_started"), ["train"]);
+
+    // An empty folder is an error naming it, before any training.
+    p.file("empty/.keep", "");
+    std::fs::remove_file(p.path("empty/.keep")).unwrap();
+    let run = p.run(&["run", "p.toml", "--set", "stages.train.dataset=\"empty\""]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("empty"), "{}", run.stderr);
+}

@@ -72,11 +72,15 @@ pub fn stage_inputs(
         StageParams::Finetune(p) => {
             model(&p.model)?;
             if !p.dataset.starts_with('@') {
+                // A text file, or a folder of them (every file below it, as the stage reads).
                 let path = pipeline.resolve_path(&p.dataset);
-                if !path.is_file() {
-                    bail!("dataset file not found: {}", path.display());
+                if !path.exists() {
+                    bail!(
+                        "dataset not found: {} (give \"@prepare-stage\", a text file or a folder)",
+                        path.display()
+                    );
                 }
-                files.push(path);
+                files.extend(expand(pipeline, &p.dataset)?);
             }
         }
         StageParams::Export(p) => model(&p.model)?,

@@ -179,12 +179,11 @@ fn text_files(path: &Path) -> Result<Vec<PathBuf>> {
             path.display()
         );
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot list {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
+    // Every file below it, sorted, as gpt-2-simple's `os.walk` and the cache key see them.
+    let files: Vec<PathBuf> = gptpipe_core::fsutil::list_files_following(path)?
+        .into_iter()
+        .map(|rel| path.join(rel))
         .collect();
-    files.sort();
     if files.is_empty() {
         bail!("dataset folder {} has no files", path.display());
     }
