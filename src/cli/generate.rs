@@ -50,30 +50,71 @@ pub struct GenerateArgs {
           default_missing_value = "true", value_name = "BOOL", help_heading = "Text")]
     pub include_prefix: bool,
     /// New tokens per sample; past the model's context the window slides
-    #[arg(long, default_value_t = 1023, help_heading = "Text")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 1023,
+        help_heading = "Text"
+    )]
     pub length: usize,
 
-    /// 0 means greedy decoding
-    #[arg(long, default_value_t = 0.7, help_heading = "Sampling")]
+    /// 0 means greedy decoding (numeric flags take negative values, so that the range
+    /// checks, not the parser, explain them)
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 0.7,
+        help_heading = "Sampling"
+    )]
     pub temperature: f64,
     /// Sample among the k most likely tokens (0: off)
-    #[arg(long, default_value_t = 0, help_heading = "Sampling")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 0,
+        help_heading = "Sampling"
+    )]
     pub top_k: usize,
     /// Nucleus sampling: the smallest set of tokens with this much probability (0: off)
-    #[arg(long, default_value_t = 0.0, help_heading = "Sampling")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 0.0,
+        help_heading = "Sampling"
+    )]
     pub top_p: f64,
     /// Penalise tokens already in the sample (1: off), as transformers does
-    #[arg(long, default_value_t = 1.0, help_heading = "Sampling")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 1.0,
+        help_heading = "Sampling"
+    )]
     pub repetition_penalty: f64,
     /// Sample i depends on (seed, i) only
-    #[arg(long, default_value_t = 42, help_heading = "Sampling")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 42,
+        help_heading = "Sampling"
+    )]
     pub seed: u64,
 
     /// Number of samples
-    #[arg(long, default_value_t = 1, help_heading = "Batching")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 1,
+        help_heading = "Batching"
+    )]
     pub nsamples: usize,
     /// Samples generated together (does not change the samples)
-    #[arg(long, default_value_t = 1, help_heading = "Batching")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 1,
+        help_heading = "Batching"
+    )]
     pub batch_size: usize,
 
     /// Write the samples to this file (atomically) instead of stdout

@@ -211,3 +211,52 @@ fn a_folder_of_text_files_is_a_dataset_and_each_file_is_part_of_the_key() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("empty"), "{}", run.stderr);
 }
+
+#[test]
+fn one_off_generate_takes_the_stage_options_as_flags() {
+    let p = Project::new();
+    p.file("data/titles.csv", titles());
+    p.file(
+        "p.toml",
+        "[pipeline]\nname = \"f\"\nworkdir = \"work\"\n\n[stages.titles]\nkind = \"prepare\"\n\
+         inputs = [\"data/titles.csv\"]\n\n[stages.train]\nkind = \"finetune\"\n\
+         dataset = \"@titles\"\nmodel = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
+         steps = 3\nbatch_size = 2\naccumulate_gradients = 1\ndevice = \"cpu\"\nsample_every = 0\n",
+    );
+    p.run(&["run", "p.toml"]).ok();
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", "work/train", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        p.run(&args)
+    };
+
+    // Samples do not depend on the batch size, on stdout or in a file.
+    let sampled = ["--length", "6", "--nsamples", "3", "--temperature", "0.9"];
+    let one = generate(&[&sampled[..], &["--format", "jsonl"]].concat()).ok();
+    let lines: Vec<&str> = one.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", one.stdout);
+    for (i, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["index"], i, "{line}");
+    }
+    generate(&[&sampled[..], &["--batch-size", "2", "-o", "s.jsonl"]].concat()).ok();
+    assert_eq!(p.read("s.jsonl"), one.stdout);
+
+    // Bad values are usage errors naming the flag, negative numbers included.
+    let bad = generate(&["--temperature", "-1"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("--temperature: temperature must not be negative"),
+        "{}",
+        bad.stderr
+    );
+    let long = ["word"; 40].join(" ");
+    let bad = generate(&["--prefix", &long]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("--prefix: the prefix is 40 tokens"),
+        "{}",
+        bad.stderr
+    );
+}
