@@ -269,3 +269,47 @@ fn a_broken_lock_file_points_at_the_line_and_says_how_to_recover() {
     assert_eq!(run.code, 0);
     assert!(run.stdout.contains("\"stage_cached\""), "{}", run.stdout);
 }
+
+#[test]
+fn an_override_of_a_stage_that_does_not_exist_names_its_origin() {
+    const PIPELINE: &str = "[stages.Train-GPU]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n";
+    check(
+        PIPELINE,
+        &["--set", "stages.trian-gpu.min_length=3"],
+        &[
+            "--set stages.trian-gpu.min_length=3: the pipeline has no stage `trian-gpu`",
+            "did you mean `Train-GPU`?",
+        ],
+    );
+    let p = Project::new();
+    p.file("data/a.csv", "title\nhello world\nhi\n");
+    p.file("p.toml", format!("{HEAD}{PIPELINE}"));
+    let run = |var: &str| {
+        crate::gptpipe()
+            .args(["run", "p.toml"])
+            .env(var, "4")
+            .current_dir(p.dir.path())
+            .output()
+            .unwrap()
+    };
+    let typo = run("GPTPIPE_STAGES__TRAIN__MIN_LENGTH");
+    assert_eq!(typo.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        err.contains("environment variable GPTPIPE_STAGES__TRAIN__MIN_LENGTH: the pipeline has no stage `train`"),
+        "{err}"
+    );
+    // Variable names are upper case and have no `-`: TRAIN_GPU is the stage Train-GPU.
+    let ok = run("GPTPIPE_STAGES__TRAIN_GPU__MIN_LENGTH");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dataset = p.read("runs/t/Train-GPU/dataset.txt");
+    assert!(
+        dataset.contains("hello world") && !dataset.contains("hi"),
+        "{dataset}"
+    );
+}

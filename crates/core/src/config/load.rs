@@ -52,6 +52,11 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
         let span = e.span().unwrap_or(0..0);
         ConfigError::new(e.message().trim().to_owned()).at(&file_name, &text, span, "here")
     })?;
+    let file_stages: Vec<String> = doc
+        .get("stages")
+        .and_then(|s| s.as_table_like())
+        .map(|t| t.iter().map(|(k, _)| k.to_owned()).collect())
+        .unwrap_or_default();
     let mut origins = Origins::new(file_name.clone(), text.clone(), doc);
 
     let mut figment = Figment::new().merge(Toml::string(&text));
@@ -59,9 +64,12 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        let keys: Vec<String> = rest.split("__").map(|k| k.to_lowercase()).collect();
+        let mut keys: Vec<String> = rest.split("__").map(|k| k.to_lowercase()).collect();
         if !matches!(keys[0].as_str(), "pipeline" | "stages") || keys.len() < 2 {
             continue;
+        }
+        if keys[0] == "stages" {
+            keys[1] = env_stage_name(&keys[1], &file_stages);
         }
         figment = figment.merge(Serialized::default(&keys.join("."), parse_value(value)));
         origins.record(keys, Origin::Env(var.clone()));
@@ -79,6 +87,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
         origins.record(keys, Origin::Set(arg.clone()));
     }
 
+    check_override_stages(&origins, &file_stages)?;
     let raw: RawPipeline = figment
         .extract()
         .map_err(|e| figment_error(e, &[], &["pipeline", "stages"], &origins))?;
@@ -107,6 +116,46 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
     };
     validate::validate(&pipeline)?;
     Ok(pipeline)
+}
+
+/// The stage an environment variable's (lowercased) stage part means: variable names are
+/// usually upper case and cannot hold `-`, so `TRAIN_GPU` finds a stage `Train-GPU`.
+fn env_stage_name(part: &str, file_stages: &[String]) -> String {
+    file_stages
+        .iter()
+        .find(|s| s.to_lowercase().replace('-', "_") == part)
+        .cloned()
+        .unwrap_or_else(|| part.to_owned())
+}
+
+/// An override of a stage the file does not have is a typo, not a new stage (unless it
+/// gives the new stage's `kind`): the error names the variable or `--set` argument.
+fn check_override_stages(origins: &Origins, file_stages: &[String]) -> Result<(), ConfigError> {
+    let overrides = origins.overrides();
+    let defines = |stage: &str| {
+        overrides.iter().any(|(path, _)| {
+            path.len() >= 2 && path[1] == stage && (path.len() == 2 || path[2] == "kind")
+        })
+    };
+    for (path, origin) in overrides {
+        if path.len() < 3 || path[0] != "stages" {
+            continue;
+        }
+        let stage = &path[1];
+        if file_stages.contains(stage) || defines(stage) {
+            continue;
+        }
+        let help = match suggest(stage, file_stages.iter().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("stages in this pipeline: {}", file_stages.join(", ")),
+        };
+        return Err(ConfigError::new(format!(
+            "{}: the pipeline has no stage `{stage}`",
+            origin.describe()
+        ))
+        .with_help(help));
+    }
+    Ok(())
 }
 
 /// A `--set` or environment value in TOML value syntax; anything else is a plain string,

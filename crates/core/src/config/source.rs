@@ -12,6 +12,16 @@ pub enum Origin {
     Set(String),
 }
 
+impl Origin {
+    /// "environment variable GPTPIPE_…" or "--set KEY=VALUE".
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Env(var) => format!("environment variable {var}"),
+            Origin::Set(arg) => format!("--set {arg}"),
+        }
+    }
+}
+
 /// The pipeline file's text with its spans, and the keys that later layers overrode.
 #[derive(Debug, Clone, Default)]
 pub struct Origins {
@@ -35,15 +45,17 @@ impl Origins {
         self.overrides.insert(path, origin);
     }
 
+    /// The keys later layers set, and where.
+    pub fn overrides(&self) -> &BTreeMap<Vec<String>, Origin> {
+        &self.overrides
+    }
+
     /// An error about the key at `path` (or the deepest part of it that exists), located
     /// where that key was written.
     pub fn error_at(&self, path: &[String], error: ConfigError) -> ConfigError {
         for len in (1..=path.len()).rev() {
             if let Some(origin) = self.overrides.get(&path[..len]) {
-                return match origin {
-                    Origin::Env(var) => error.from_origin(&format!("environment variable {var}")),
-                    Origin::Set(arg) => error.from_origin(&format!("--set {arg}")),
-                };
+                return error.from_origin(&origin.describe());
             }
         }
         match self.span_of(path) {
