@@ -189,7 +189,7 @@ fn affected_stages(
         let all_changed = new.workdir != old.workdir;
         for (name, params) in &old.stages {
             let same = new.stages.get(name).is_some_and(|p| {
-                p.kind() == params.kind() && keyed_params(p) == keyed_params(params)
+                p.kind() == params.kind() && p.keyed_json() == params.keyed_json()
             });
             if all_changed || !same {
                 hit.insert(name.clone());
@@ -200,18 +200,6 @@ fn affected_stages(
     let downstream: Vec<String> = hit.iter().flat_map(|s| dag.downstream(s)).collect();
     hit.extend(downstream);
     hit
-}
-
-/// A stage's params without the keys that stay out of its cache key: changing those does
-/// not make a running stage's work useless.
-fn keyed_params(params: &config::StageParams) -> serde_json::Value {
-    let mut json = params.to_json();
-    if let Some(o) = json.as_object_mut() {
-        for k in params.volatile_keys() {
-            o.remove(*k);
-        }
-    }
-    json
 }
 
 /// Blocks until a relevant change (returned) or until `stop` is set (None).

@@ -260,3 +260,60 @@ fn one_off_generate_takes_the_stage_options_as_flags() {
         bad.stderr
     );
 }
+
+#[test]
+fn restoring_from_a_checkpoint_folder_keys_the_stage_on_its_content() {
+    let p = Project::new();
+    p.file("data/titles.csv", titles());
+    let base = "[pipeline]\nname = \"f\"\nworkdir = \"work\"\n\n[stages.titles]\nkind = \"prepare\"\n\
+                inputs = [\"data/titles.csv\"]\n\n[stages.base]\nkind = \"finetune\"\n\
+                dataset = \"@titles\"\nmodel = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
+                steps = 3\nbatch_size = 2\naccumulate_gradients = 1\ndevice = \"cpu\"\nsample_every = 0\n";
+    let more = "\n[stages.more]\nkind = \"finetune\"\ndataset = \"@titles\"\n\
+                model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\nrestore_from = \"ckpt\"\n\
+                steps = 5\nbatch_size = 2\naccumulate_gradients = 1\ndevice = \"cpu\"\nsample_every = 0\n";
+    let copy_base_to_ckpt = || {
+        let _ = std::fs::remove_dir_all(p.path("ckpt"));
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .args([p.path("work/base"), p.path("ckpt")])
+            .status()
+            .unwrap();
+        assert!(copied.success());
+    };
+    p.file("p.toml", base);
+    p.run(&["run", "p.toml"]).ok();
+    copy_base_to_ckpt();
+
+    p.file("p.toml", format!("{base}{more}"));
+    let run = p.run(&["run", "p.toml", "--json"]).ok();
+    assert_eq!(run.stages_with("stage_started"), ["more"]);
+    assert!(
+        run.stdout.contains("resuming from step 3"),
+        "{}",
+        run.stdout
+    );
+    let fresh = p.run(&["status", "p.toml", "--json"]).ok();
+    assert!(!fresh.stdout.contains("stale"), "{}", fresh.stdout);
+
+    // Other weights in the checkpoint folder: the stage is stale and names the file.
+    p.run(&["run", "p.toml", "base", "--set", "stages.base.seed=9"])
+        .ok();
+    copy_base_to_ckpt();
+    let status = p.run(&["status", "p.toml", "more"]).ok();
+    assert!(
+        status.stdout.contains("more") && status.stdout.contains("ckpt/model.safetensors"),
+        "{}",
+        status.stdout
+    );
+    // A missing checkpoint folder is named before any training.
+    std::fs::remove_dir_all(p.path("ckpt")).unwrap();
+    let status = p.run(&["status", "p.toml", "more"]);
+    assert!(
+        status
+            .stdout
+            .contains("restore_from: checkpoint folder not found"),
+        "{}",
+        status.stdout
+    );
+}

@@ -82,6 +82,16 @@ pub fn stage_inputs(
                 }
                 files.extend(expand(pipeline, &p.dataset)?);
             }
+            if p.restores_from_path() {
+                let path = pipeline.resolve_path(&p.restore_from);
+                if !path.is_dir() {
+                    bail!(
+                        "restore_from: checkpoint folder not found: {} (or use \"latest\" or \"fresh\")",
+                        path.display()
+                    );
+                }
+                files.extend(expand(pipeline, &p.restore_from)?);
+            }
         }
         StageParams::Export(p) => model(&p.model)?,
         StageParams::Generate(p) => model(&p.model)?,

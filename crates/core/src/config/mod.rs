@@ -90,21 +90,41 @@ impl StageParams {
     }
 
     /// Keys that do not change a stage's output, so they stay out of its cache key.
-    pub fn volatile_keys(&self) -> &'static [&'static str] {
+    pub fn volatile_keys(&self) -> Vec<&'static str> {
         match self {
-            Self::Prepare(_) | Self::Export(_) => &[],
-            Self::Finetune(_) => &[
-                "print_every",
-                "sample_every",
-                "sample_length",
-                "sample_num",
-                "save_every",
-                "max_checkpoints",
-                "restore_from",
-            ],
+            Self::Prepare(_) | Self::Export(_) => vec![],
+            Self::Finetune(p) => {
+                let mut keys = vec![
+                    "print_every",
+                    "sample_every",
+                    "sample_length",
+                    "sample_num",
+                    "save_every",
+                    "max_checkpoints",
+                ];
+                // "latest" resumes this same training (a resume is exact) and "fresh"
+                // starts it over: the same weights either way. A path starts from other
+                // weights: it stays in the key, and its files are inputs.
+                if !p.restores_from_path() {
+                    keys.push("restore_from");
+                }
+                keys
+            }
             // A sample depends on (seed, index) only, never on how samples are batched.
-            Self::Generate(_) => &["batch_size"],
+            Self::Generate(_) => vec!["batch_size"],
         }
+    }
+
+    /// The effective parameters that enter the cache key: [`Self::to_json`] without the
+    /// volatile keys.
+    pub fn keyed_json(&self) -> serde_json::Value {
+        let mut json = self.to_json();
+        if let Some(o) = json.as_object_mut() {
+            for k in self.volatile_keys() {
+                o.remove(k);
+            }
+        }
+        json
     }
 
     /// Parameters of `kind` from their JSON form (as [`Self::to_json`] writes it).

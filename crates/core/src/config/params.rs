@@ -202,6 +202,13 @@ pub struct FinetuneParams {
     pub early_stopping_patience: u64,
 }
 
+impl FinetuneParams {
+    /// Whether `restore_from` names a checkpoint folder rather than "latest" or "fresh".
+    pub fn restores_from_path(&self) -> bool {
+        !matches!(self.restore_from.as_str(), "latest" | "fresh")
+    }
+}
+
 impl Default for FinetuneParams {
     fn default() -> Self {
         Self {

@@ -31,17 +31,6 @@ impl KeyMaterial {
     }
 }
 
-/// Removes `volatile` keys from a params object.
-pub fn without(params: &serde_json::Value, volatile: &[&str]) -> serde_json::Value {
-    let mut p = params.clone();
-    if let Some(o) = p.as_object_mut() {
-        for k in volatile {
-            o.remove(*k);
-        }
-    }
-    p
-}
-
 /// Why `entry` (what the lock file recorded) does not match `now`; empty when it does.
 pub fn stale_reasons(entry: &LockEntry, now: &KeyMaterial) -> Vec<String> {
     let mut reasons = Vec::new();

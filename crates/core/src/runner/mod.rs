@@ -132,7 +132,7 @@ impl<'a> Runner<'a> {
         Ok(KeyMaterial {
             kind: params.kind().to_string(),
             version: self.registry.version(params.kind()),
-            params: key::without(&params.to_json(), params.volatile_keys()),
+            params: params.keyed_json(),
             inputs,
             upstream: upstream.clone(),
         })
