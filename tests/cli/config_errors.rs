@@ -39,6 +39,20 @@ fn misspelt_key_points_at_it_and_suggests() {
 }
 
 #[test]
+fn misspelt_key_in_an_inline_model_is_named_with_a_suggestion() {
+    check(
+        "[stages.t]\nkind = \"finetune\"\ndataset = \"data/a.csv\"\n\
+         model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctxx = 128 }\n",
+        &[],
+        &[
+            "p.toml:7:49",
+            "unknown key `n_ctxx`",
+            "did you mean `n_ctx`?",
+        ],
+    );
+}
+
+#[test]
 fn wrong_type_names_the_key() {
     check(
         "[stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\ndedupe = \"yes\"\n",

@@ -8,13 +8,38 @@ use serde::{Deserialize, Serialize};
 
 /// A model to load: a hub id, a local folder, `"@stage"`, or an inline table for a fresh
 /// random model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ModelRef {
     /// `"gpt2"`, `"gpt2-medium"`, `"org/repo"`, `"./models/mine"` or `"@train"`.
     Named(String),
     /// A fresh model with random weights.
     Inline(InlineModel),
+}
+
+/// By hand rather than `untagged`: a table is read as an [`InlineModel`] directly, so a
+/// misspelt key in it is reported by name (with a suggestion), not as "no variant matched".
+impl<'de> Deserialize<'de> for ModelRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ModelRef;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a hub id, a folder, \"@stage\", or a table of n_layer, n_head, n_embd")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelRef, E> {
+                Ok(ModelRef::Named(v.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ModelRef, A::Error> {
+                InlineModel::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ModelRef::Inline)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Default for ModelRef {
