@@ -1,5 +1,6 @@
 //! `[PIPELINE] [STAGE...]`: the first positional is the pipeline file when it looks like
-//! one (a `.toml` name or an existing file); otherwise it is `gptpipe.toml` here.
+//! one (a `.toml` name, an existing file, or anything with `.` or `/`, which stage names
+//! cannot hold); otherwise it is `gptpipe.toml` here.
 
 use gptpipe_core::config::{self, ConfigError, LoadOptions, Pipeline};
 use std::path::PathBuf;
@@ -8,7 +9,11 @@ pub const DEFAULT_PIPELINE: &str = "gptpipe.toml";
 
 pub fn split(positionals: &[String]) -> (PathBuf, Vec<String>) {
     match positionals.split_first() {
-        Some((first, rest)) if first.ends_with(".toml") || PathBuf::from(first).is_file() => {
+        Some((first, rest))
+            if first.ends_with(".toml")
+                || first.contains(['.', '/'])
+                || PathBuf::from(first).is_file() =>
+        {
             (PathBuf::from(first), rest.to_vec())
         }
         _ => (PathBuf::from(DEFAULT_PIPELINE), positionals.to_vec()),

@@ -327,3 +327,18 @@ fn an_override_of_a_stage_that_does_not_exist_names_its_origin() {
         "{dataset}"
     );
 }
+
+#[test]
+fn a_mistyped_pipeline_path_is_named_not_taken_for_a_stage() {
+    let p = Project::new();
+    for path in ["pipeline.tml", "conf/p"] {
+        let run = p.run(&["run", path]);
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr
+                .contains(&format!("cannot read pipeline file {path}")),
+            "{}",
+            run.stderr
+        );
+    }
+}
