@@ -71,6 +71,11 @@ fn invalid_utf8_names_file_and_line() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("data/in.csv:3:"), "{}", run.stderr);
     assert!(
+        run.stderr.contains("on_error = \"skip\" to drop such rows"),
+        "{}",
+        run.stderr
+    );
+    assert!(
         run.stderr.to_lowercase().contains("utf-8"),
         "{}",
         run.stderr
@@ -86,6 +91,25 @@ fn invalid_utf8_names_file_and_line() {
         p.read("work/d/report.json").contains("utf"),
         "{}",
         p.read("work/d/report.json")
+    );
+}
+
+#[test]
+fn invalid_utf8_in_a_text_file_says_skip_drops_the_file() {
+    // A text file is one row: its line is named, and the hint says what skip would drop.
+    let p = Project::new();
+    p.file("data/in.txt", b"line one\nline \xff two\n");
+    p.file(
+        "p.toml",
+        "[pipeline]\nname = \"t\"\nworkdir = \"work\"\n[stages.d]\nkind = \"prepare\"\ninputs = [\"data/in.txt\"]\n",
+    );
+    let run = p.run(&["run", "p.toml"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("data/in.txt:2: invalid UTF-8 (set on_error = \"skip\" to drop this file)"),
+        "{}",
+        run.stderr
     );
 }
 

@@ -81,6 +81,10 @@ pub(crate) fn read(
         warned: 0,
         on_error: p.on_error,
         display: &input.display,
+        skipped_unit: match input.format {
+            InputFormat::Text => "this file",
+            _ => "such rows",
+        },
         send,
     };
     match input.format {
@@ -100,6 +104,8 @@ struct Sink<'a> {
     warned: usize,
     on_error: OnError,
     display: &'a str,
+    /// What `on_error = "skip"` drops: a record, or a whole text file (it is one row).
+    skipped_unit: &'static str,
     send: &'a mut Send<'a>,
 }
 
@@ -120,7 +126,10 @@ impl Sink<'_> {
     fn bad(&mut self, line: u64, why: DropReason, message: String) -> anyhow::Result<()> {
         let message = format!("{}:{line}: {message}", self.display);
         match self.on_error {
-            OnError::Error => bail!("{message} (set on_error = \"skip\" to drop such rows)"),
+            OnError::Error => bail!(
+                "{message} (set on_error = \"skip\" to drop {})",
+                self.skipped_unit
+            ),
             OnError::Skip => {
                 self.batch.dropped.push(why);
                 if self.warned < MAX_WARNINGS {
