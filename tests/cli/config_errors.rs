@@ -114,6 +114,11 @@ fn impossible_values_are_refused_before_any_work() {
         &["n_embd (64) must be divisible by n_head (3)"],
     );
     check(
+        "[stages.g]\nkind = \"generate\"\nmodel = { n_layer = 1, n_head = 1, n_embd = 8, n_ctx = 1 }\n",
+        &[],
+        &["n_ctx must be at least 2"],
+    );
+    check(
         "[stages.g]\nkind = \"generate\"\noutput = \"../../escape.txt\"\n",
         &[],
         &["must be a relative path inside the stage folder"],

@@ -196,6 +196,14 @@ fn check_model(m: &ModelRef) -> Result<(), Invalid> {
                 "n_layer, n_head, n_embd and n_ctx must be positive".into(),
             )?;
             ensure(
+                m.n_ctx >= 2,
+                "model",
+                format!(
+                    "n_ctx must be at least 2 (a token and the next one to learn), not {}",
+                    m.n_ctx
+                ),
+            )?;
+            ensure(
                 m.n_embd % m.n_head == 0,
                 "model",
                 format!(
