@@ -53,6 +53,17 @@ fn misspelt_key_in_an_inline_model_is_named_with_a_suggestion() {
 }
 
 #[test]
+fn misspelt_key_in_an_array_of_tables_points_at_its_own_line() {
+    check(
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\n\n\
+         [[stages.a.replace]]\npattern = \"x\"\nwith = \"y\"\n\n\
+         [[stages.a.replace]]\npattern = \"z\"\nwiht = \"y\"\n",
+        &[],
+        &["p.toml:14:1", "unknown key `wiht`", "did you mean `with`?"],
+    );
+}
+
+#[test]
 fn wrong_type_names_the_key() {
     check(
         "[stages.a]\nkind = \"prepare\"\ninputs = [\"data/a.csv\"]\ndedupe = \"yes\"\n",

@@ -70,8 +70,17 @@ impl Origins {
         let mut found: Option<Range<usize>> = None;
         let mut item: Option<&Item> = Some(doc.as_item());
         let mut inline: Option<&Value> = None;
+        let mut element: Option<&toml_edit::Table> = None;
         for key in path {
+            // An array element: figment's path names it by its index.
+            let index = key.parse::<usize>().ok();
             if let Some(value) = inline {
+                if let (Some(i), Some(array)) = (index, value.as_array()) {
+                    let Some(element) = array.get(i) else { break };
+                    found = element.span().or(found);
+                    inline = Some(element);
+                    continue;
+                }
                 let Some((k, v)) = value.as_inline_table().and_then(|t| t.get_key_value(key))
                 else {
                     break;
@@ -80,10 +89,18 @@ impl Origins {
                 inline = v.as_value();
                 continue;
             }
-            let Some((k, v)) = item
-                .and_then(Item::as_table_like)
-                .and_then(|t| t.get_key_value(key))
-            else {
+            if let (Some(i), Some(Item::ArrayOfTables(array))) = (index, item) {
+                let Some(table) = array.get(i) else { break };
+                found = table.span().or(found);
+                item = None;
+                element = Some(table);
+                continue;
+            }
+            let table: Option<&dyn toml_edit::TableLike> = match element.take() {
+                Some(t) => Some(t as &dyn toml_edit::TableLike),
+                None => item.and_then(Item::as_table_like),
+            };
+            let Some((k, v)) = table.and_then(|t| t.get_key_value(key)) else {
                 break;
             };
             found = k.span().or(v.span()).or(found);
