@@ -358,3 +358,19 @@ fn a_mistyped_pipeline_path_is_named_not_taken_for_a_stage() {
         );
     }
 }
+
+#[test]
+fn a_prefix_too_long_for_gpt2_is_refused_before_any_download() {
+    // OpenAI's GPT-2 repositories have 1024 positions: no download is needed to know it
+    // (these machines are offline, so a download would fail with another message).
+    let p = Project::new();
+    let prefix = ["word"; 1100].join(" ");
+    let run = p.run(&["generate", "--model", "gpt2", "--prefix", &prefix]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the prefix is 1100 tokens, longer than the model's context of 1024"),
+        "{}",
+        run.stderr
+    );
+}

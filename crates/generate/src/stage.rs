@@ -61,13 +61,18 @@ pub fn choose_backend(choice: BackendChoice, source: &ModelSource) -> BackendCho
 }
 
 /// The model's context length when it can be read without loading the model: an inline
-/// table's `n_ctx`, or `n_positions` (else `n_ctx`) of a folder's `config.json`. Lets a
-/// prefix that cannot fit fail before any model is loaded.
+/// table's `n_ctx`, `n_positions` (else `n_ctx`) of a folder's `config.json`, or that of
+/// OpenAI's GPT-2 repositories on the hub. Lets a prefix that cannot fit fail before any
+/// model is loaded or downloaded.
 pub fn known_n_ctx(source: &ModelSource) -> Option<usize> {
     let dir = match source {
         ModelSource::Inline(m) => return Some(m.n_ctx),
         ModelSource::Folder(dir) | ModelSource::Stage { dir, .. } => dir,
-        ModelSource::Hub(_) => return None,
+        ModelSource::Hub(id) => {
+            let bare = id.strip_prefix("openai-community/").unwrap_or(id);
+            return matches!(bare, "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl")
+                .then_some(HUB_GPT2_N_CTX);
+        }
     };
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -77,8 +82,8 @@ pub fn known_n_ctx(source: &ModelSource) -> Option<usize> {
         .map(|n| n as usize)
 }
 
-/// GPT-2's context on the hub's own GPT-2 repositories (they all have 1024 positions), so
-/// that a prefix can be measured before anything is downloaded.
+/// The context of OpenAI's GPT-2 repositories on the hub (all four sizes have 1024
+/// positions).
 const HUB_GPT2_N_CTX: usize = 1024;
 
 /// The context of the model `model` names in `pipeline`, when it is known before anything
@@ -94,14 +99,7 @@ pub fn planned_n_ctx(pipeline: &Pipeline, model: &ModelRef) -> Option<usize> {
             };
         }
     }
-    match resolve_model(pipeline, &Default::default(), model) {
-        ModelSource::Hub(id) => {
-            let bare = id.strip_prefix("openai-community/").unwrap_or(&id);
-            matches!(bare, "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl")
-                .then_some(HUB_GPT2_N_CTX)
-        }
-        source => known_n_ctx(&source),
-    }
+    known_n_ctx(&resolve_model(pipeline, &Default::default(), model))
 }
 
 /// The spec's "a prefix longer than the context is a config error before any work
