@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The files of one stage output: relative path -> content hash.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -79,7 +80,11 @@ impl Store {
             let parent = object.parent().expect("objects have a parent");
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
-            let tmp = parent.join(format!(".{hash}.{}.tmp", std::process::id()));
+            // Unique per save, not per process: parallel stages (`--jobs`) may store the same
+            // object at once, and a shared temporary name made one rename fail.
+            static SAVES: AtomicU64 = AtomicU64::new(0);
+            let n = SAVES.fetch_add(1, Ordering::Relaxed);
+            let tmp = parent.join(format!(".{hash}.{}.{n}.tmp", std::process::id()));
             link_or_copy(&dir.join(rel), &tmp)?;
             std::fs::rename(&tmp, &object)
                 .with_context(|| format!("cannot write {}", object.display()))?;
@@ -177,4 +182,48 @@ fn copy_verified(from: &Path, to: &Path, expected: &str) -> Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_saves_of_the_same_object_all_succeed() {
+        for round in 0..40 {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = Store::new(tmp.path().join("cache"));
+            let outputs: Vec<PathBuf> = (0..4)
+                .map(|i| {
+                    let dir = tmp.path().join(format!("out{i}"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    std::fs::write(dir.join("shared.json"), format!("same {round}")).unwrap();
+                    dir
+                })
+                .collect();
+            let manifest = Manifest::of_dir(&outputs[0], crate::cache::hash::hash_file).unwrap();
+            let start = std::sync::Barrier::new(outputs.len());
+            std::thread::scope(|s| {
+                for (i, dir) in outputs.iter().enumerate() {
+                    let (store, manifest, start) = (&store, &manifest, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        store.save(&format!("key{i}"), dir, manifest).unwrap();
+                    });
+                }
+            });
+            for (i, dir) in outputs.iter().enumerate() {
+                let restored = tmp.path().join(format!("restored{i}"));
+                std::fs::create_dir_all(&restored).unwrap();
+                assert!(matches!(
+                    store.restore(&format!("key{i}"), &restored).unwrap(),
+                    Restore::Restored(_)
+                ));
+                assert_eq!(
+                    std::fs::read(restored.join("shared.json")).unwrap(),
+                    std::fs::read(dir.join("shared.json")).unwrap()
+                );
+            }
+        }
+    }
 }
