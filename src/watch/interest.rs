@@ -141,8 +141,19 @@ fn stage_patterns(pipeline: &Pipeline, params: &StageParams) -> Patterns {
         }
         StageParams::Finetune(params) => {
             model(&mut p, &params.model);
+            let mut file_or_tree = |entry: &str| {
+                let path = pipeline.resolve_path(entry);
+                if path.is_dir() {
+                    p.trees.push(absolute(&path));
+                } else {
+                    add_file(&mut p, &path);
+                }
+            };
             if !params.dataset.starts_with('@') {
-                add_file(&mut p, &pipeline.resolve_path(&params.dataset));
+                file_or_tree(&params.dataset);
+            }
+            if params.restores_from_path() {
+                file_or_tree(&params.restore_from);
             }
         }
         StageParams::Export(params) => model(&mut p, &params.model),
@@ -281,6 +292,31 @@ mod tests {
         assert!(!i.is_relevant(&d.join("runs/t/a/dataset.txt")));
         assert_eq!(i.watches().get(&d), Some(&false));
         assert_eq!(i.watches().get(&d.join("data")), Some(&true));
+    }
+
+    #[test]
+    fn a_finetune_dataset_folder_and_restore_folder_are_watched_as_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(d.join("corpus/part")).unwrap();
+        std::fs::create_dir_all(d.join("ckpt")).unwrap();
+        let p = pipeline(
+            &d,
+            "[stages.t]\nkind = \"finetune\"\ndataset = \"corpus\"\nrestore_from = \"ckpt\"\n\
+             model = { n_layer = 1, n_head = 1, n_embd = 8 }\n",
+        );
+        let i = Interest::of(&p, &["t".into()]);
+        let touched = |p: &Path| i.stages_touched(&[p.to_path_buf()]);
+        assert_eq!(touched(&d.join("corpus/new.txt")), ["t".to_string()].into());
+        assert_eq!(
+            touched(&d.join("corpus/part/f1.txt")),
+            ["t".to_string()].into()
+        );
+        assert_eq!(
+            touched(&d.join("ckpt/model.safetensors")),
+            ["t".to_string()].into()
+        );
+        assert_eq!(i.watches().get(&d.join("corpus")), Some(&true));
     }
 
     #[test]
