@@ -96,6 +96,18 @@ fn finetune_generate_export_through_the_worker() {
         run.stdout
     );
 
+    // Generation reports progress now and then, not once per token: greedy_tch decodes
+    // 2 x 12 tokens in a fraction of a second.
+    let generate_progress = run
+        .stages_with("stage_progress")
+        .iter()
+        .filter(|s| *s == "greedy_tch")
+        .count();
+    assert!(
+        (1..12).contains(&generate_progress),
+        "{generate_progress} progress events"
+    );
+
     // Samples start after the prefix and stop before the end token: neither is in them.
     let samples = p.read("work/samples/samples.txt");
     let delim = format!("{}\n", "=".repeat(20));

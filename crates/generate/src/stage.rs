@@ -145,6 +145,9 @@ pub fn open_backend(
     factory(source, device)
 }
 
+/// The shortest time between two progress events of a generate stage.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs the generate stage for `ctx`.
 pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> Result<()> {
     let StageParams::Generate(params) = ctx.params else {
@@ -175,13 +178,22 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
         let total = ((params.nsamples - start) * params.length) as u64;
         // Tokens of finished batches, for progress across batches.
         let done_before = std::cell::Cell::new(0u64);
+        // A decoding step can take well under a millisecond: progress events go out at
+        // most every PROGRESS_EVERY, not once per token.
+        let last_progress = std::cell::Cell::new(None::<std::time::Instant>);
         let mut check = |done: usize| {
             ctx.check_cancelled()?;
-            ctx.progress(
-                done_before.get() + done as u64,
-                total,
-                serde_json::json!({}),
-            );
+            if last_progress
+                .get()
+                .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)
+            {
+                last_progress.set(Some(std::time::Instant::now()));
+                ctx.progress(
+                    done_before.get() + done as u64,
+                    total,
+                    serde_json::json!({}),
+                );
+            }
             Ok(())
         };
         let mut on_batch = |samples: Vec<crate::driver::Sample>| {
