@@ -177,6 +177,39 @@ fn missing_input_fails_clearly_and_keeps_outputs() {
 }
 
 #[test]
+fn every_planned_stage_is_accounted_for_when_a_failure_stops_the_run() {
+    let p = project();
+    std::fs::remove_file(p.path("data/a.csv")).unwrap();
+    let run = p.run(&["run", "p.toml", "--json"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stages_with("stage_failed"), ["a"]);
+    // b waits on a; c is independent but the run stopped before it (no --keep-going).
+    assert_eq!(run.stages_with("stage_skipped"), ["b", "c"]);
+    let finished = run.events().pop().unwrap();
+    assert_eq!(finished["event"], "run_finished");
+    assert_eq!(
+        (&finished["ran"], &finished["failed"], &finished["skipped"]),
+        (&0.into(), &1.into(), &2.into()),
+        "{finished}"
+    );
+    let human = p.run(&["run", "p.toml"]);
+    assert!(
+        human
+            .stderr
+            .contains("[c] skipped: the run stopped after a failure")
+            || human
+                .stdout
+                .contains("[c] skipped: the run stopped after a failure"),
+        "{}{}",
+        human.stdout,
+        human.stderr
+    );
+    let keep_going = p.run(&["run", "p.toml", "--json", "--keep-going"]);
+    assert_eq!(keep_going.stages_with("stage_finished"), ["c"]);
+    assert_eq!(keep_going.stages_with("stage_skipped"), ["b"]);
+}
+
+#[test]
 fn gc_drops_entries_the_lock_file_does_not_reference() {
     let p = project();
     p.run(&["run", "p.toml"]).ok();

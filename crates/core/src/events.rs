@@ -58,6 +58,8 @@ pub enum Event {
         ran: usize,
         cached: usize,
         failed: usize,
+        /// Not run: an upstream stage failed, or a failure stopped the run first.
+        skipped: usize,
         seconds: f64,
     },
 }

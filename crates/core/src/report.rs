@@ -132,10 +132,17 @@ impl EventSink for HumanSink {
                 ran,
                 cached,
                 failed,
+                skipped,
                 seconds,
-            } => self.println(format!(
-                "{ran} ran, {cached} cached, {failed} failed in {seconds:.1}s"
-            )),
+            } => {
+                let skipped = match skipped {
+                    0 => String::new(),
+                    n => format!(", {n} skipped"),
+                };
+                self.println(format!(
+                    "{ran} ran, {cached} cached, {failed} failed{skipped} in {seconds:.1}s"
+                ))
+            }
         }
     }
 }

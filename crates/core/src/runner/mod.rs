@@ -349,12 +349,26 @@ impl<'a> Runner<'a> {
                 }
             }
         });
+        // Stages a failure stopped the run before (without --keep-going) are reported too,
+        // so every planned stage has an outcome.
+        for stage in &selected {
+            if !outcomes.contains_key(stage) {
+                events.emit(Event::StageSkipped {
+                    stage: stage.clone(),
+                    reason: "the run stopped after a failure (--keep-going runs the independent \
+                             stages)"
+                        .into(),
+                });
+                outcomes.insert(stage.clone(), Outcome::Skipped);
+            }
+        }
         self.workdir.memo.save()?;
         let count = |o: &[Outcome]| outcomes.values().filter(|x| o.contains(x)).count();
         events.emit(Event::RunFinished {
             ran: count(&[Outcome::Ran]),
             cached: count(&[Outcome::Fresh, Outcome::Restored]),
             failed: count(&[Outcome::Failed]),
+            skipped: count(&[Outcome::Skipped]),
             seconds: start.elapsed().as_secs_f64(),
         });
         let failed: Vec<String> = outcomes
