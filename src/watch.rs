@@ -15,7 +15,7 @@ pub use report::{CycleSummary, Output};
 
 use gptpipe_core::config::{self, ConfigError, LoadOptions, Pipeline};
 use gptpipe_core::dag::Dag;
-use gptpipe_core::runner::{RunError, RunOptions, Runner};
+use gptpipe_core::runner::{Cancellation, RunError, RunOptions, Runner};
 use gptpipe_core::stage::Registry;
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
@@ -127,7 +127,7 @@ fn run_cycle(
     tx: &mpsc::Sender<Msg>,
     stop: &AtomicBool,
 ) -> (CycleSummary, BTreeSet<PathBuf>) {
-    let cancel = AtomicBool::new(false);
+    let cancel = Cancellation::default();
     let sink = CycleSink::new(out, &cancel);
     let run_options = RunOptions {
         targets: options.targets.clone(),
@@ -156,7 +156,7 @@ fn run_cycle(
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if stop.load(Ordering::SeqCst) {
-                        cancel.store(true, Ordering::SeqCst);
+                        cancel.cancel_all();
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("we hold a sender"),

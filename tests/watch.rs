@@ -54,13 +54,17 @@ struct Watching {
 
 impl Watching {
     fn start(pipeline: &Path) -> Self {
+        Self::start_with_jobs(pipeline, 1)
+    }
+
+    fn start_with_jobs(pipeline: &Path, jobs: usize) -> Self {
         let (tx, rx) = mpsc::channel();
         let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let options = WatchOptions {
             pipeline: pipeline.to_path_buf(),
             targets: Vec::new(),
             sets: Vec::new(),
-            jobs: 1,
+            jobs,
             debounce: Duration::from_millis(100),
         };
         let thread = std::thread::spawn(move || {
@@ -294,6 +298,35 @@ fn stopping_during_a_run_keeps_the_old_output_and_caches_nothing() {
         .as_str()
         .unwrap();
     assert_eq!(recorded, gptpipe_core::cache::hash::hash_bytes(b"fast\n"));
+}
+
+#[test]
+fn with_parallel_stages_a_change_cancels_only_the_stage_it_touches() {
+    let (dir, pipeline) = project(TWO_STAGES);
+    let d = dir.path();
+    std::fs::write(d.join("a.txt"), "slow a\n").unwrap();
+    std::fs::write(d.join("b.txt"), "slow b\n").unwrap();
+    let w = Watching::start_with_jobs(&pipeline, 2);
+    let mut started = std::collections::BTreeSet::new();
+    while started.len() < 2 {
+        started.insert(
+            w.next("stage_progress")["stage"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    std::fs::write(d.join("a.txt"), "slow a, edited\n").unwrap();
+    let cycle = w.next("watch_cycle");
+    assert_eq!(names(&cycle["cancelled"]), ["a"], "{cycle}");
+    assert_eq!(names(&cycle["ran"]), ["b"], "{cycle}");
+    let next = w.next("watch_cycle");
+    assert_eq!(names(&next["ran"]), ["a"], "{next}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("work/a/dataset.txt")).unwrap(),
+        "slow a, edited\n"
+    );
+    w.stop();
 }
 
 // ---- the real binary ----

@@ -4,7 +4,6 @@ use clap::Args;
 use gptpipe_core::events::{EventSink, JsonSink};
 use gptpipe_core::report::HumanSink;
 use gptpipe_core::runner::{RunError, RunOptions, Runner};
-use std::sync::atomic::AtomicBool;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -53,6 +52,6 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         keep_going: args.keep_going,
     };
     runner
-        .run(&options, sink.as_ref(), &AtomicBool::new(false))
+        .run(&options, sink.as_ref(), &Default::default())
         .map(|_| ())
 }

@@ -4,12 +4,12 @@
 use gptpipe_core::config::ConfigError;
 use gptpipe_core::events::{Event, EventSink};
 use gptpipe_core::report::HumanSink;
+use gptpipe_core::runner::Cancellation;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 
 /// Where watch output goes.
@@ -197,10 +197,11 @@ impl CycleSummary {
 }
 
 /// The event sink of one cycle's run: tallies outcomes, forwards what is worth showing,
-/// and cancels the run when a stage whose inputs changed is (or starts) running.
+/// and cancels a stage whose inputs changed while it is (or when it starts) running;
+/// other stages finish.
 pub struct CycleSink<'a> {
     out: &'a Output,
-    cancel: &'a AtomicBool,
+    cancel: &'a Cancellation,
     state: Mutex<State>,
 }
 
@@ -213,7 +214,7 @@ struct State {
 }
 
 impl<'a> CycleSink<'a> {
-    pub fn new(out: &'a Output, cancel: &'a AtomicBool) -> Self {
+    pub fn new(out: &'a Output, cancel: &'a Cancellation) -> Self {
         Self {
             out,
             cancel,
@@ -221,13 +222,13 @@ impl<'a> CycleSink<'a> {
         }
     }
 
-    /// Notes stages that a change made stale; cancels the run if one of them is running.
+    /// Notes stages that a change made stale; cancels those of them that are running.
     pub fn mark_affected(&self, stages: BTreeSet<String>) {
         let mut s = self.state.lock().unwrap();
-        s.affected.extend(stages);
-        if s.running.iter().any(|r| s.affected.contains(r)) {
-            self.cancel.store(true, Ordering::SeqCst);
+        for stage in stages.iter().filter(|st| s.running.contains(*st)) {
+            self.cancel.cancel_stage(stage);
         }
+        s.affected.extend(stages);
     }
 
     pub fn into_summary(self) -> CycleSummary {
@@ -243,7 +244,7 @@ impl EventSink for CycleSink<'_> {
                 s.running.insert(stage.clone());
                 // Its inputs changed after the plan was made: stop before doing work.
                 if s.affected.contains(stage) {
-                    self.cancel.store(true, Ordering::SeqCst);
+                    self.cancel.cancel_stage(stage);
                 }
             }
             Event::StageFinished { stage, .. } => {
@@ -253,7 +254,7 @@ impl EventSink for CycleSink<'_> {
             Event::StageCached { stage, .. } => s.summary.cached.push(stage.clone()),
             Event::StageFailed { stage, error } => {
                 s.running.remove(stage);
-                if self.cancel.load(Ordering::SeqCst) && error.contains("cancelled") {
+                if self.cancel.is_cancelled(stage) && error.contains("cancelled") {
                     s.summary.cancelled.push(stage.clone());
                 } else {
                     if !self.out.json {

@@ -5,7 +5,7 @@ use gptpipe_core::config::{load, LoadOptions, StageKind};
 use gptpipe_core::events::NullSink;
 use gptpipe_core::runner::{Outcome, RunOptions, Runner};
 use gptpipe_core::stage::Registry;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const PIPELINE: &str = r#"
@@ -50,7 +50,7 @@ fn the_state_folder_survives_failures_and_goes_once_the_output_is_published() {
             ..RunOptions::default()
         };
         runner
-            .run(&options, &NullSink, &AtomicBool::new(false))
+            .run(&options, &NullSink, &Default::default())
             .map_err(|e| format!("{e:?}"))
     };
 

@@ -17,8 +17,8 @@ use crate::stage::{Registry, StageContext, Upstream};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::AtomicBool;
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -42,6 +42,43 @@ impl Default for RunOptions {
             jobs: 1,
             keep_going: false,
         }
+    }
+}
+
+/// Stops a run's stages: all of them (Ctrl-C), or single ones (watch mode cancels only
+/// the stages a change touched, and lets the others finish).
+#[derive(Debug, Default)]
+pub struct Cancellation {
+    all: AtomicBool,
+    stages: Mutex<BTreeMap<String, Arc<AtomicBool>>>,
+}
+
+impl Cancellation {
+    pub fn cancel_all(&self) {
+        let stages = self.stages.lock().unwrap();
+        self.all.store(true, Ordering::SeqCst);
+        for flag in stages.values() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn cancel_stage(&self, stage: &str) {
+        self.flag(stage).store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `stage` was cancelled, alone or with the whole run.
+    pub fn is_cancelled(&self, stage: &str) -> bool {
+        self.flag(stage).load(Ordering::SeqCst)
+    }
+
+    /// The flag `stage` polls while it runs.
+    fn flag(&self, stage: &str) -> Arc<AtomicBool> {
+        let mut stages = self.stages.lock().unwrap();
+        let all = self.all.load(Ordering::SeqCst);
+        stages
+            .entry(stage.to_owned())
+            .or_insert_with(|| Arc::new(AtomicBool::new(all)))
+            .clone()
     }
 }
 
@@ -246,7 +283,7 @@ impl<'a> Runner<'a> {
         &self,
         options: &RunOptions,
         events: &dyn EventSink,
-        cancel: &AtomicBool,
+        cancel: &Cancellation,
     ) -> Result<BTreeMap<String, Outcome>, RunError> {
         let start = Instant::now();
         let selected = self
@@ -391,7 +428,7 @@ impl<'a> Runner<'a> {
         lock: &Mutex<LockFile>,
         options: &RunOptions,
         events: &dyn EventSink,
-        cancel: &AtomicBool,
+        cancel: &Cancellation,
     ) -> Result<(Outcome, String)> {
         let params = &self.pipeline.stages[stage];
         let eval = {
@@ -457,7 +494,7 @@ impl<'a> Runner<'a> {
             upstream: &upstream_dirs,
             inputs_hash: &inputs_hash,
             events,
-            cancel,
+            cancel: &cancel.flag(stage),
         };
         if let Err(e) = run(&ctx) {
             let _ = std::fs::remove_dir_all(&out_dir);
