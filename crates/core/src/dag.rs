@@ -138,27 +138,30 @@ impl Dag {
                 s.push_str("}\n");
             }
             DagFormat::Mermaid => {
+                // Ids by position: names may hold `-` (not allowed in ids), differ only in
+                // `-` and `_`, or be Mermaid keywords such as `end`; the label keeps the name.
+                let id: BTreeMap<&str, String> = self
+                    .order
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| (name.as_str(), format!("s{i}")))
+                    .collect();
                 s.push_str("graph LR\n");
                 for name in &self.order {
                     let _ = writeln!(
                         s,
                         "  {}[\"{name} ({})\"]",
-                        mermaid_id(name),
+                        id[name.as_str()],
                         self.kinds[name]
                     );
                 }
                 for (name, d) in &self.deps {
                     for from in d {
-                        let _ = writeln!(s, "  {} --> {}", mermaid_id(from), mermaid_id(name));
+                        let _ = writeln!(s, "  {} --> {}", id[from.as_str()], id[name.as_str()]);
                     }
                 }
             }
         }
         s
     }
-}
-
-/// Mermaid ids cannot hold `-`.
-fn mermaid_id(name: &str) -> String {
-    name.replace('-', "_")
 }
