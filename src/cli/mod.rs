@@ -46,6 +46,15 @@ enum Command {
     RunStage,
 }
 
+/// A count flag that must be positive (`--jobs 0` would run nothing).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Exit codes of the spec.
 pub mod exit {
     pub const OK: i32 = 0;

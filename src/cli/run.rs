@@ -19,8 +19,8 @@ pub struct RunArgs {
     /// Run nothing; exit 3 if a selected stage is stale (for CI)
     #[arg(long)]
     pub frozen: bool,
-    /// Stages to run at once
-    #[arg(long, short, default_value_t = 1)]
+    /// Stages to run at once (at least 1)
+    #[arg(long, short, default_value_t = 1, value_parser = super::at_least_one)]
     pub jobs: usize,
     /// Override a key: --set stages.train.steps=2000 (TOML value syntax)
     #[arg(long = "set", value_name = "KEY=VALUE")]

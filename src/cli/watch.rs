@@ -13,8 +13,8 @@ pub struct WatchArgs {
     /// Override a key, as for `run` (applied again at every reload)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// Stages to run at once
-    #[arg(long, short, default_value_t = 1)]
+    /// Stages to run at once (at least 1)
+    #[arg(long, short, default_value_t = 1, value_parser = super::at_least_one)]
     pub jobs: usize,
     /// Milliseconds the files must be quiet before a cycle starts
     #[arg(long, default_value_t = 200, value_name = "MS")]

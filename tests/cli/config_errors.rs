@@ -374,3 +374,13 @@ fn a_prefix_too_long_for_gpt2_is_refused_before_any_download() {
         run.stderr
     );
 }
+
+#[test]
+fn zero_jobs_is_a_usage_error() {
+    let p = Project::new();
+    for command in ["run", "watch"] {
+        let run = p.run(&[command, "--jobs", "0"]);
+        assert_eq!(run.code, 2, "{command}: {}", run.stderr);
+        assert!(run.stderr.contains("must be at least 1"), "{}", run.stderr);
+    }
+}

@@ -45,15 +45,23 @@ fn fields_text(fields: &serde_json::Map<String, serde_json::Value>) -> String {
     fields
         .iter()
         .map(|(k, v)| match v {
-            serde_json::Value::Number(n) => match n.as_f64() {
-                Some(f) if !n.is_i64() && !n.is_u64() => format!("{k}={f:.4}"),
-                _ => format!("{k}={n}"),
-            },
+            serde_json::Value::Number(n) if n.is_f64() => {
+                format!("{k}={}", float_text(n.as_f64().unwrap_or(f64::NAN)))
+            }
             serde_json::Value::String(s) => format!("{k}={s}"),
             other => format!("{k}={other}"),
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Rates as whole numbers, losses with 4 decimals, learning rates in scientific notation.
+fn float_text(f: f64) -> String {
+    match f.abs() {
+        a if a >= 100.0 => format!("{f:.0}"),
+        a if a >= 0.01 || a == 0.0 => format!("{f:.4}"),
+        _ => format!("{f:.2e}"),
+    }
 }
 
 impl EventSink for HumanSink {
@@ -98,7 +106,8 @@ impl EventSink for HumanSink {
                     if due {
                         last.insert(stage.clone(), Instant::now());
                         drop(last);
-                        self.println(format!("[{stage}] {step}/{total} {text}"));
+                        let line = format!("[{stage}] {step}/{total} {text}");
+                        self.println(line.trim_end().to_owned());
                     }
                 }
             }
@@ -144,5 +153,21 @@ impl EventSink for HumanSink {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_fields_read_well() {
+        let fields = serde_json::json!({
+            "step_loss": 3.14159, "lr": 5e-5, "tokens_per_s": 2335.0, "rows": 60, "zero": 0.0
+        });
+        assert_eq!(
+            fields_text(fields.as_object().unwrap()),
+            "lr=5.00e-5 rows=60 step_loss=3.1416 tokens_per_s=2335 zero=0.0000"
+        );
     }
 }
