@@ -163,11 +163,11 @@ mod tests {
     #[test]
     fn progress_fields_read_well() {
         let fields = serde_json::json!({
-            "step_loss": 3.14159, "lr": 5e-5, "tokens_per_s": 2335.0, "rows": 60, "zero": 0.0
+            "step_loss": 3.25678, "lr": 5e-5, "tokens_per_s": 2335.0, "rows": 60, "zero": 0.0
         });
         assert_eq!(
             fields_text(fields.as_object().unwrap()),
-            "lr=5.00e-5 rows=60 step_loss=3.1416 tokens_per_s=2335 zero=0.0000"
+            "lr=5.00e-5 rows=60 step_loss=3.2568 tokens_per_s=2335 zero=0.0000"
         );
     }
 }
