@@ -35,6 +35,8 @@ pub struct Interest {
     stages: BTreeMap<String, Patterns>,
     /// Folder -> watched recursively.
     watches: BTreeMap<PathBuf, bool>,
+    /// Folders to watch that do not exist yet.
+    pending: Vec<PathBuf>,
 }
 
 impl Interest {
@@ -45,6 +47,7 @@ impl Interest {
             ignored: Vec::new(),
             stages: BTreeMap::new(),
             watches: BTreeMap::new(),
+            pending: Vec::new(),
         };
         interest.watch_parent(&interest.pipeline_file.clone());
         interest
@@ -86,7 +89,9 @@ impl Interest {
         if self.ignored.iter().any(|i| path.starts_with(i)) {
             return false;
         }
-        path == self.pipeline_file || self.stages.values().any(|p| p.matches(path))
+        path == self.pipeline_file
+            || self.stages.values().any(|p| p.matches(path))
+            || self.pending.iter().any(|p| p.starts_with(path))
     }
 
     /// The stages whose inputs include one of `paths` (not their downstream).
@@ -100,16 +105,26 @@ impl Interest {
 
     fn watch_parent(&mut self, file: &Path) {
         if let Some(dir) = file.parent() {
-            self.watches.entry(dir.to_path_buf()).or_insert(false);
+            self.watch_dir(dir, false);
         }
     }
 
     fn watch_tree(&mut self, dir: &Path) {
+        self.watch_dir(dir, true);
+    }
+
+    /// Watches `dir`; one that does not exist yet is waited for from its nearest existing
+    /// ancestor, where the creation of the first missing folder shows (and is relevant, so
+    /// the next cycle watches deeper).
+    fn watch_dir(&mut self, dir: &Path, recursive: bool) {
         if dir.is_dir() {
-            self.watches.insert(dir.to_path_buf(), true);
-        } else {
-            // Gone (or not made yet): its creation shows in its parent.
-            self.watch_parent(dir);
+            let entry = self.watches.entry(dir.to_path_buf()).or_insert(false);
+            *entry |= recursive;
+            return;
+        }
+        self.pending.push(dir.to_path_buf());
+        if let Some(existing) = dir.ancestors().skip(1).find(|a| a.is_dir()) {
+            self.watches.entry(existing.to_path_buf()).or_insert(false);
         }
     }
 }
@@ -317,6 +332,29 @@ mod tests {
             ["t".to_string()].into()
         );
         assert_eq!(i.watches().get(&d.join("corpus")), Some(&true));
+    }
+
+    #[test]
+    fn an_input_under_folders_not_made_yet_is_waited_for_from_the_nearest_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        let p = pipeline(
+            &d,
+            "[stages.a]\nkind = \"prepare\"\ninputs = [\"incoming/today/new.csv\"]\n",
+        );
+        let i = Interest::of(&p, &["a".into()]);
+        assert_eq!(i.watches().get(&d), Some(&false));
+        assert!(i.is_relevant(&d.join("incoming")));
+        assert!(!i.is_relevant(&d.join("elsewhere")));
+        // Once `incoming` exists, the next plan watches it, down to the file's folder.
+        std::fs::create_dir_all(d.join("incoming")).unwrap();
+        let i = Interest::of(&p, &["a".into()]);
+        assert_eq!(i.watches().get(&d.join("incoming")), Some(&false));
+        assert!(i.is_relevant(&d.join("incoming/today")));
+        std::fs::create_dir_all(d.join("incoming/today")).unwrap();
+        let i = Interest::of(&p, &["a".into()]);
+        assert_eq!(i.watches().get(&d.join("incoming/today")), Some(&false));
+        assert!(i.is_relevant(&d.join("incoming/today/new.csv")));
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct CycleSummary {
     pub failed: Vec<Failure>,
     /// Stopped because a change touched their inputs; they run again next cycle.
     pub cancelled: Vec<String>,
+    /// Stopped by Ctrl-C, which ends the watch.
+    pub stopped: Vec<String>,
     pub skipped: Vec<String>,
     /// A run-level error (the workdir could not be opened...).
     pub error: Option<String>,
@@ -178,6 +180,9 @@ impl CycleSummary {
                 "cancelled {} (inputs changed)",
                 self.cancelled.join(", ")
             ));
+        }
+        if !self.stopped.is_empty() {
+            parts.push(format!("stopped {} (Ctrl-C)", self.stopped.join(", ")));
         }
         if !self.ran.is_empty() {
             parts.push(format!("ran {}", self.ran.join(", ")));
@@ -254,7 +259,9 @@ impl EventSink for CycleSink<'_> {
             Event::StageCached { stage, .. } => s.summary.cached.push(stage.clone()),
             Event::StageFailed { stage, error } => {
                 s.running.remove(stage);
-                if self.cancel.is_cancelled(stage) && error.contains("cancelled") {
+                if self.cancel.all_cancelled() && error.contains("cancelled") {
+                    s.summary.stopped.push(stage.clone());
+                } else if self.cancel.is_cancelled(stage) && error.contains("cancelled") {
                     s.summary.cancelled.push(stage.clone());
                 } else {
                     if !self.out.json {

@@ -210,6 +210,26 @@ fn every_planned_stage_is_accounted_for_when_a_failure_stops_the_run() {
 }
 
 #[test]
+fn dry_run_and_frozen_events_have_the_frame_of_a_run() {
+    let p = project();
+    p.run(&["run", "p.toml"]).ok();
+    p.file("data/c.csv", "title\nchanged\n");
+    for args in [&["--dry-run"][..], &["--frozen"]] {
+        let mut full = vec!["run", "p.toml", "--json"];
+        full.extend_from_slice(args);
+        let events = p.run(&full).events();
+        assert_eq!(events.first().unwrap()["event"], "plan", "{args:?}");
+        let last = events.last().unwrap();
+        assert_eq!(last["event"], "run_finished", "{args:?}");
+        assert_eq!((&last["cached"], &last["skipped"]), (&2.into(), &1.into()));
+        assert!(events
+            .iter()
+            .any(|e| e["stage"] == "c"
+                && e["message"].as_str().unwrap_or("").starts_with("would run")));
+    }
+}
+
+#[test]
 fn gc_drops_entries_the_lock_file_does_not_reference() {
     let p = project();
     p.run(&["run", "p.toml"]).ok();

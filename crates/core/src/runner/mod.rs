@@ -66,6 +66,11 @@ impl Cancellation {
         self.flag(stage).store(true, Ordering::SeqCst);
     }
 
+    /// Whether the whole run was cancelled.
+    pub fn all_cancelled(&self) -> bool {
+        self.all.load(Ordering::SeqCst)
+    }
+
     /// Whether `stage` was cancelled, alone or with the whole run.
     pub fn is_cancelled(&self, stage: &str) -> bool {
         self.flag(stage).load(Ordering::SeqCst)
@@ -292,35 +297,46 @@ impl<'a> Runner<'a> {
             .map_err(RunError::Config)?;
         self.preflight(&selected)?;
         if options.frozen || options.dry_run {
+            // The same frame as a real run (plan first, run_finished last); stages that
+            // would run count as skipped.
+            events.emit(Event::Plan {
+                stages: selected.clone(),
+            });
             let statuses = if options.frozen {
                 self.lock_status(&options.targets)?
             } else {
                 self.status(&options.targets)?
             };
-            let stale: Vec<StageStatus> = statuses
-                .into_iter()
-                .filter(|s| s.state == State::Stale)
-                .collect();
+            let (stale, fresh): (Vec<StageStatus>, Vec<StageStatus>) =
+                statuses.into_iter().partition(|s| s.state == State::Stale);
             for s in &stale {
                 events.emit(Event::StageLog {
                     stage: s.stage.clone(),
                     message: format!("would run: {}", s.reasons.join("; ")),
                 });
             }
+            events.emit(Event::RunFinished {
+                ran: 0,
+                cached: fresh.len(),
+                failed: 0,
+                skipped: stale.len(),
+                seconds: start.elapsed().as_secs_f64(),
+            });
             if options.frozen && !stale.is_empty() {
                 return Err(RunError::Stale(stale));
             }
             return Ok(BTreeMap::new());
         }
+        // First, before the wait for another run's lock and its warning (events.md).
+        events.emit(Event::Plan {
+            stages: selected.clone(),
+        });
         let _guard = self.workdir.lock(events)?;
         self.workdir.clear_tmp()?;
         // Every lock file write happens in this run, under the run lock: recording the lock
         // file here (also when nothing turns out stale) lets `gc` from another pipeline
         // sharing the workdir keep what it references.
         self.workdir.remember_lock(&self.pipeline.lock_path())?;
-        events.emit(Event::Plan {
-            stages: selected.clone(),
-        });
 
         let lock = Mutex::new(LockFile::read(&self.pipeline.lock_path())?);
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
