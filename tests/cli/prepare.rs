@@ -148,3 +148,30 @@ fn empty_result_is_an_error_and_keeps_the_old_output() {
             == 1
     );
 }
+
+#[test]
+fn the_last_progress_event_carries_the_final_counts() {
+    let p = Project::new();
+    let mut csv = String::from("title\n");
+    for i in 0..50 {
+        csv.push_str(&format!("a short title number {i}\n"));
+    }
+    p.file("data/in.csv", csv);
+    pipeline(&p, "");
+    let run = p.run(&["run", "p.toml", "--json"]).ok();
+    let progress: Vec<serde_json::Value> = run
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "stage_progress")
+        .collect();
+    let last = progress.last().unwrap();
+    assert_eq!(last["step"], last["total"], "{last}");
+    let report: serde_json::Value = serde_json::from_str(&p.read("work/d/report.json")).unwrap();
+    assert_eq!(last["tokens"], report["tokens"], "{last} vs {report}");
+    assert_eq!(last["rows"], 50);
+    // Only that one says step == total.
+    assert_eq!(
+        progress.iter().filter(|e| e["step"] == e["total"]).count(),
+        1
+    );
+}

@@ -87,11 +87,16 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
             let counts = &mut report.inputs[batch.input].counts;
             writer.add(&batch, input, &cleaner, counts)?;
             let kept: u64 = report.inputs.iter().map(|i| i.counts.rows_kept).sum();
-            ctx.progress(
-                offsets[batch.input] + batch.consumed,
-                total,
-                serde_json::json!({ "rows": kept, "tokens": writer.tokens }),
-            );
+            let step = offsets[batch.input] + batch.consumed;
+            // The encoder holds back the text after the last boundary: the event that says
+            // step == total comes after `finish`, with the final token count.
+            if step < total {
+                ctx.progress(
+                    step,
+                    total,
+                    serde_json::json!({ "rows": kept, "tokens": writer.tokens }),
+                );
+            }
             let _ = back_tx.send(batch);
         }
         Ok(())
@@ -102,6 +107,11 @@ pub fn run(ctx: &StageContext) -> anyhow::Result<()> {
         bail!("no rows left after cleaning: {}", report.counts.summary());
     }
     let (tokens, bytes) = writer.finish()?;
+    ctx.progress(
+        total,
+        total,
+        serde_json::json!({ "rows": report.counts.rows_kept, "tokens": tokens }),
+    );
     report.tokens = tokens;
     report.bytes = bytes;
     let json = serde_json::to_vec_pretty(&report)?;
