@@ -112,7 +112,9 @@ pub fn check_prefix_fits(
     let StageParams::Generate(p) = params else {
         return Ok(());
     };
-    let Some(n_ctx) = planned_n_ctx(pipeline, &p.model).filter(|_| !p.prefix.is_empty()) else {
+    // GPT-2's tokens are byte-level, at least one byte each: a prefix of at most n_ctx
+    // bytes fits without loading the tokenizer (tens of ms on every `status` and no-op run).
+    let Some(n_ctx) = planned_n_ctx(pipeline, &p.model).filter(|n| p.prefix.len() > *n) else {
         return Ok(());
     };
     let checked = crate::codec::gpt2()
