@@ -94,14 +94,7 @@ impl StageParams {
         match self {
             Self::Prepare(_) | Self::Export(_) => vec![],
             Self::Finetune(p) => {
-                let mut keys = vec![
-                    "print_every",
-                    "sample_every",
-                    "sample_length",
-                    "sample_num",
-                    "save_every",
-                    "max_checkpoints",
-                ];
+                let mut keys = FinetuneParams::REPORTING_KEYS.to_vec();
                 // "latest" resumes this same training (a resume is exact) and "fresh"
                 // starts it over: the same weights either way. A path starts from other
                 // weights: it stays in the key, and its files are inputs.

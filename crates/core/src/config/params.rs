@@ -228,6 +228,16 @@ pub struct FinetuneParams {
 }
 
 impl FinetuneParams {
+    /// Keys of reporting and checkpoint cadence: they never change the trained weights.
+    pub const REPORTING_KEYS: [&'static str; 6] = [
+        "print_every",
+        "sample_every",
+        "sample_length",
+        "sample_num",
+        "save_every",
+        "max_checkpoints",
+    ];
+
     /// Whether `restore_from` names a checkpoint folder rather than "latest" or "fresh".
     pub fn restores_from_path(&self) -> bool {
         !matches!(self.restore_from.as_str(), "latest" | "fresh")

@@ -50,16 +50,11 @@ pub struct TrainerState {
 pub fn identity(p: &FinetuneParams, inputs_hash: &str, version: u32) -> String {
     let mut v = serde_json::to_value(p).expect("params serialize");
     let obj = v.as_object_mut().expect("params are a table");
-    for k in [
-        "steps",
-        "print_every",
-        "sample_every",
-        "sample_length",
-        "sample_num",
-        "save_every",
-        "max_checkpoints",
-        "restore_from",
-    ] {
+    // Where a run resumed from does not change what it is training.
+    for k in ["steps", "restore_from"]
+        .into_iter()
+        .chain(FinetuneParams::REPORTING_KEYS)
+    {
         obj.remove(k);
     }
     let text = format!(
