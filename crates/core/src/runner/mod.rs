@@ -73,7 +73,10 @@ impl Cancellation {
 
     /// Whether `stage` was cancelled, alone or with the whole run.
     pub fn is_cancelled(&self, stage: &str) -> bool {
-        self.flag(stage).load(Ordering::SeqCst)
+        match self.stages.lock().unwrap().get(stage) {
+            Some(flag) => flag.load(Ordering::SeqCst),
+            None => self.all_cancelled(),
+        }
     }
 
     /// The flag `stage` polls while it runs.
@@ -219,26 +222,23 @@ impl<'a> Runner<'a> {
 
     /// Fresh or stale, and why, for the selected stages, without running anything.
     pub fn status(&self, targets: &[String]) -> Result<Vec<StageStatus>, RunError> {
-        self.statuses(targets, true)
-    }
-
-    /// Whether the lock file still describes the pipeline and its inputs: `status` without
-    /// looking at published outputs, which a fresh CI checkout does not have (`--frozen`).
-    pub fn lock_status(&self, targets: &[String]) -> Result<Vec<StageStatus>, RunError> {
-        self.statuses(targets, false)
-    }
-
-    fn statuses(
-        &self,
-        targets: &[String],
-        check_outputs: bool,
-    ) -> Result<Vec<StageStatus>, RunError> {
         let selected = self.dag.select(targets).map_err(RunError::Config)?;
         self.preflight(&selected)?;
+        self.statuses(&selected, true)
+    }
+
+    /// The statuses of `selected` stages, already checked by [`Self::preflight`]. Without
+    /// `check_outputs`, whether the lock file still describes the pipeline and its inputs,
+    /// ignoring published outputs, which a fresh CI checkout does not have (`--frozen`).
+    fn statuses(
+        &self,
+        selected: &[String],
+        check_outputs: bool,
+    ) -> Result<Vec<StageStatus>, RunError> {
         let lock = LockFile::read(&self.pipeline.lock_path())?;
         let mut out: Vec<StageStatus> = Vec::new();
         let mut stale = BTreeSet::new();
-        for stage in &selected {
+        for stage in selected {
             let deps = &self.dag.deps[stage];
             let stale_deps: Vec<&String> = deps.iter().filter(|d| stale.contains(*d)).collect();
             let reasons = if !stale_deps.is_empty() {
@@ -296,17 +296,15 @@ impl<'a> Runner<'a> {
             .select(&options.targets)
             .map_err(RunError::Config)?;
         self.preflight(&selected)?;
+        // First, before the wait for another run's lock and its warning (events.md).
+        events.emit(Event::Plan {
+            stages: selected.clone(),
+        });
         if options.frozen || options.dry_run {
             // The same frame as a real run (plan first, run_finished last); stages that
-            // would run count as skipped.
-            events.emit(Event::Plan {
-                stages: selected.clone(),
-            });
-            let statuses = if options.frozen {
-                self.lock_status(&options.targets)?
-            } else {
-                self.status(&options.targets)?
-            };
+            // would run count as skipped. --frozen ignores missing outputs (a fresh CI
+            // checkout has none).
+            let statuses = self.statuses(&selected, !options.frozen)?;
             let (stale, fresh): (Vec<StageStatus>, Vec<StageStatus>) =
                 statuses.into_iter().partition(|s| s.state == State::Stale);
             for s in &stale {
@@ -327,10 +325,6 @@ impl<'a> Runner<'a> {
             }
             return Ok(BTreeMap::new());
         }
-        // First, before the wait for another run's lock and its warning (events.md).
-        events.emit(Event::Plan {
-            stages: selected.clone(),
-        });
         let _guard = self.workdir.lock(events)?;
         self.workdir.clear_tmp()?;
         // Every lock file write happens in this run, under the run lock: recording the lock
