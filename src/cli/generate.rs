@@ -58,8 +58,8 @@ pub struct GenerateArgs {
     )]
     pub length: usize,
 
-    /// 0 means greedy decoding (numeric flags take negative values, so that the range
-    /// checks, not the parser, explain them)
+    // Numeric flags take negative values, so the range checks, not the parser, explain them.
+    /// 0 means greedy decoding
     #[arg(
         long,
         allow_negative_numbers = true,
