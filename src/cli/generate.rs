@@ -7,7 +7,7 @@ use gptpipe_core::config::{
 };
 use gptpipe_core::runner::RunError;
 use gptpipe_core::stage::ModelSource;
-use gptpipe_generate::output::{render, write_atomic};
+use gptpipe_generate::output::{render, OutputFile};
 use gptpipe_generate::stage::{job_of, known_n_ctx, open_backend};
 use gptpipe_generate::{generate_range, Backends};
 use std::io::Write;
@@ -117,7 +117,9 @@ pub struct GenerateArgs {
     )]
     pub batch_size: usize,
 
-    /// Write the samples to this file (atomically) instead of stdout
+    /// Write the samples to this file instead of stdout: a regular file is replaced
+    /// atomically (through a link, its target), a device or FIFO is written in place; its
+    /// folder must exist
     #[arg(long, short, help_heading = "Output")]
     pub output: Option<PathBuf>,
     /// "text" (samples separated by --sample-delim) or "jsonl"; default: by the output's
@@ -205,6 +207,13 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
         return Err(invalid(key, message));
     }
     let source = model_source(&args.model)?;
+    // Where the samples go is checked before any work (a missing folder is not created).
+    let output = match &args.output {
+        Some(path) => {
+            Some(OutputFile::check(path).map_err(|e| invalid("output", format!("{e:#}")))?)
+        }
+        None => None,
+    };
     let seed = args.seed;
     let codec = gptpipe_generate::codec::gpt2()?;
     let job = job_of(&params, seed, codec.as_ref())?;
@@ -240,8 +249,8 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
             Ok(())
         },
     )?;
-    if let Some(path) = &args.output {
-        write_atomic(path, rendered.concat().as_bytes())?;
+    if let Some(output) = &output {
+        output.write(rendered.concat().as_bytes())?;
     }
     Ok(())
 }

@@ -34,6 +34,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<(), RunError> {
+    say_when_interrupted();
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
     let registry = registry();
@@ -54,4 +55,46 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     runner
         .run(&options, sink.as_ref(), &Default::default())
         .map(|_| ())
+}
+
+/// SIGINT and SIGTERM still end a run at once (workers die with the runner, a stage builds
+/// in a temporary folder, so published outputs stay as they were), but no longer without
+/// a word: one line on stderr says so, then the signal's default action ends the process,
+/// so the shell sees 130 or 143 and a script running gptpipe stops too.
+fn say_when_interrupted() {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TERMINAL: AtomicBool = AtomicBool::new(false);
+    const SIGINT_LINE: &[u8] = b"gptpipe: interrupted (SIGINT); the stages that were running \
+        were stopped, outputs kept as they were\n";
+    const SIGTERM_LINE: &[u8] = b"gptpipe: terminated (SIGTERM); the stages that were running \
+        were stopped, outputs kept as they were\n";
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        let line = if sig == libc::SIGINT {
+            SIGINT_LINE
+        } else {
+            SIGTERM_LINE
+        };
+        // Only async-signal-safe calls: write, signal, raise. On a terminal the line may
+        // follow a progress bar, so it starts on a fresh line.
+        // SAFETY: the buffers are static; raise re-delivers the signal with its default
+        // action once this handler returns.
+        unsafe {
+            if TERMINAL.load(Ordering::Relaxed) {
+                libc::write(2, b"\n".as_ptr().cast(), 1);
+            }
+            libc::write(2, line.as_ptr().cast(), line.len());
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+
+    TERMINAL.store(std::io::stderr().is_terminal(), Ordering::Relaxed);
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only makes async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
 }

@@ -2,14 +2,20 @@
 //! one process-wide environment, and a session over an exported GPT-2 that runs
 //! `input_ids` + past into logits + present.
 //!
-//! The library is looked up, first match wins:
+//! The library is looked up in these places only, first match wins:
 //! 1. `ORT_DYLIB_PATH` (an error if it names a missing file);
-//! 2. `libonnxruntime.so` or `.venv/libonnxruntime.so` in the executable's folder or any
-//!    folder above it (a deployment copies the library beside the binary; the dev set-up
-//!    puts it in the workspace's `.venv/`, above `target/`), then the same in the current
-//!    folder and its ancestors;
-//! 3. the `onnxruntime` Python wheel of `$VIRTUAL_ENV` or of a `.venv` found as above:
-//!    `lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*`.
+//! 2. the executable's own folder, `<exe dir>/libonnxruntime.so`, and its installation,
+//!    `<exe dir>/../lib/libonnxruntime.so` (a deployment puts the library beside the
+//!    binary or in the prefix's `lib/`);
+//! 3. for a cargo build run from its own `target/` folder, the workspace it was built in
+//!    (found from this crate's compile-time `CARGO_MANIFEST_DIR`): its
+//!    `.venv/libonnxruntime.so` (scripts/setup.sh makes it), then the `onnxruntime` wheel
+//!    of that `.venv`;
+//! 4. `$VIRTUAL_ENV/libonnxruntime.so`, then the `onnxruntime` wheel of `$VIRTUAL_ENV`.
+//!
+//! A wheel's library is `lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*`.
+//! The current folder, the pipeline's folder and their parents are never searched: loading
+//! a library runs its code, and a repository being worked on is not trusted to supply it.
 
 use crate::config::Gpt2Config;
 use crate::gpt2::{
@@ -33,35 +39,76 @@ pub fn library_path() -> Result<PathBuf> {
         ensure!(p.is_file(), "ORT_DYLIB_PATH={} does not exist", p.display());
         return Ok(p);
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    for root in &roots {
-        for candidate in [root.join(LIB_NAME), root.join(".venv").join(LIB_NAME)] {
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    let mut venvs: Vec<PathBuf> = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    venvs.extend(roots.iter().map(|r| r.join(".venv")).filter(|v| v.is_dir()));
-    for venv in venvs {
-        if let Some(p) = wheel_library(&venv) {
+    let exe = std::env::current_exe().ok();
+    let virtual_env = std::env::var_os("VIRTUAL_ENV")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let workspace = build_workspace();
+    let places = search_places(exe.as_deref(), workspace.as_deref(), virtual_env.as_deref());
+    for place in &places {
+        let found = match place {
+            Place::File(p) => p.is_file().then(|| p.clone()),
+            Place::Wheel(venv) => wheel_library(venv),
+        };
+        if let Some(p) = found {
             return Ok(p);
         }
     }
     bail!(
         "ONNX Runtime's shared library ({LIB_NAME}) was not found: set ORT_DYLIB_PATH to it, \
-         put it beside the gptpipe binary, or `pip install onnxruntime` into ./.venv \
-         (scripts/setup.sh does)"
+         put it beside the gptpipe binary (or in ../lib), or activate a virtualenv with \
+         onnxruntime installed (VIRTUAL_ENV); the current folder is never searched"
     )
+}
+
+/// One place where the library may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// This file.
+    File(PathBuf),
+    /// The `onnxruntime` wheel of this virtualenv.
+    Wheel(PathBuf),
+}
+
+/// The workspace this crate was built in (two folders above its manifest), if it still
+/// exists.
+fn build_workspace() -> Option<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .ok()
+}
+
+/// The places searched after `ORT_DYLIB_PATH`, in order, for an executable at `exe`, a
+/// build `workspace` and an active `virtual_env`. Nothing here depends on the current
+/// folder.
+pub fn search_places(
+    exe: Option<&Path>,
+    workspace: Option<&Path>,
+    virtual_env: Option<&Path>,
+) -> Vec<Place> {
+    let mut places = Vec::new();
+    if let Some(dir) = exe.and_then(Path::parent) {
+        places.push(Place::File(dir.join(LIB_NAME)));
+        if let Some(prefix) = dir.parent() {
+            places.push(Place::File(prefix.join("lib").join(LIB_NAME)));
+        }
+    }
+    if let (Some(exe), Some(ws)) = (exe, workspace) {
+        let target = ws.join("target");
+        // A `target` that is a link to elsewhere holds executables by their real path.
+        let real_target = target.canonicalize().unwrap_or_else(|_| target.clone());
+        if exe.starts_with(&target) || exe.starts_with(&real_target) {
+            let venv = ws.join(".venv");
+            places.push(Place::File(venv.join(LIB_NAME)));
+            places.push(Place::Wheel(venv));
+        }
+    }
+    if let Some(venv) = virtual_env {
+        places.push(Place::File(venv.join(LIB_NAME)));
+        places.push(Place::Wheel(venv.to_path_buf()));
+    }
+    places
 }
 
 /// `lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*` of a virtualenv.
@@ -408,4 +455,46 @@ fn gather_rows<T: Copy>(src: &[T], row: usize, keep: &[usize]) -> Vec<T> {
         out.extend_from_slice(&src[r * row..(r + 1) * row]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_installed_binary_looks_beside_itself_and_in_its_prefix_only() {
+        // Not in the workspace it was built in, whose `.venv` is then not searched.
+        let places = search_places(
+            Some(Path::new("/opt/gp/bin/gptpipe")),
+            Some(Path::new("/home/me/gptpipe")),
+            None,
+        );
+        assert_eq!(
+            places,
+            vec![
+                Place::File("/opt/gp/bin/libonnxruntime.so".into()),
+                Place::File("/opt/gp/lib/libonnxruntime.so".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cargo_build_in_its_target_folder_uses_its_workspace_venv_then_virtual_env() {
+        let places = search_places(
+            Some(Path::new("/ws/target/debug/deps/t-123")),
+            Some(Path::new("/ws")),
+            Some(Path::new("/venv")),
+        );
+        assert_eq!(
+            places,
+            vec![
+                Place::File("/ws/target/debug/deps/libonnxruntime.so".into()),
+                Place::File("/ws/target/debug/lib/libonnxruntime.so".into()),
+                Place::File("/ws/.venv/libonnxruntime.so".into()),
+                Place::Wheel("/ws/.venv".into()),
+                Place::File("/venv/libonnxruntime.so".into()),
+                Place::Wheel("/venv".into()),
+            ]
+        );
+    }
 }
