@@ -90,6 +90,17 @@ impl Gpt2Config {
             .n_positions
             .or(raw.n_ctx)
             .context("config.json has neither n_positions nor n_ctx")?;
+        gptpipe_core::model_folder::check_shape(
+            raw.n_layer,
+            raw.n_head,
+            raw.n_embd,
+            n_positions,
+            raw.vocab_size,
+        )
+        .map_err(|(key, message)| match key {
+            "n_ctx" => anyhow::anyhow!("{message} (n_ctx is `n_positions` in config.json)"),
+            _ => anyhow::anyhow!("{message}"),
+        })?;
         Ok(Self {
             n_layer: raw.n_layer,
             n_head: raw.n_head,

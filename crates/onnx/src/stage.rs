@@ -6,7 +6,9 @@ use crate::graph::Float;
 use crate::runtime::{OnnxGpt2, SessionOptions};
 use crate::{FP16_REL_TOLERANCE, FP32_TOLERANCE};
 use anyhow::{bail, ensure, Context, Result};
-use gptpipe_core::config::{ExportFormat, ExportParams, ExportPrecision, StageKind, StageParams};
+use gptpipe_core::config::{
+    ExportFormat, ExportParams, ExportPrecision, ModelRef, StageKind, StageParams,
+};
 use gptpipe_core::stage::{ModelSource, StageContext};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -104,7 +106,12 @@ pub fn run_stage(ctx: &StageContext, reference: &ReferenceLogits) -> Result<()> 
         "reference_max_abs_logit": v.reference_max,
         "probe_tokens": probe_ids(exported.config.vocab_size, exported.config.n_positions).len(),
         "passed": passed,
-        "source": src.display().to_string(),
+        // The model as the pipeline names it ("@train", a hub id, a folder as written), not
+        // where it lies on this machine: the report must not depend on the host.
+        "source": match model {
+            ModelRef::Named(name) => name.clone(),
+            ModelRef::Inline(_) => "inline".to_owned(),
+        },
         "model": {
             "n_layer": exported.config.n_layer,
             "n_head": exported.config.n_head,
@@ -117,13 +124,13 @@ pub fn run_stage(ctx: &StageContext, reference: &ReferenceLogits) -> Result<()> 
             "model.onnx.data": size("model.onnx.data"),
         },
         "external_data": exported.written.external_data_bytes.is_some(),
-        "timings_s": {
-            "build": exported.build_s,
-            "write": exported.write_s,
-            "load": load_s,
-            "validate": validate_s,
-        },
     });
+    // Timings go to the log, not into export.json: the output must not differ between two
+    // exports of the same weights.
+    ctx.log(format!(
+        "export took {:.2} s to build, {:.2} s to write, {:.2} s to load and {:.2} s to validate",
+        exported.build_s, exported.write_s, load_s, validate_s
+    ));
     write_json_atomic(&ctx.out_dir.join("export.json"), &report)?;
     ctx.progress(2, 2, json!({"max_abs_diff": v.max_abs_diff()}));
     ensure!(

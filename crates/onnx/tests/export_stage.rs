@@ -114,9 +114,8 @@ fn fp32_export_is_validated_and_self_contained() {
         .unwrap()
         .len();
     assert_eq!(report["files"]["model.onnx"].as_u64(), Some(size));
-    for t in ["build", "write", "load", "validate"] {
-        assert!(report["timings_s"][t].as_f64().is_some(), "{report}");
-    }
+    // No timings: two exports of the same weights write the same files.
+    assert!(report.get("timings_s").is_none(), "{report}");
     // The folder alone is enough to generate: graph, config and tokenizer.
     for f in [
         "model.onnx",

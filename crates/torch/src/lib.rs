@@ -4,6 +4,7 @@
 pub mod device;
 pub mod finetune;
 pub mod generation;
+pub mod memory;
 pub mod model;
 mod shim;
 pub mod source;

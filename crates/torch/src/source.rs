@@ -35,7 +35,12 @@ pub fn model_folder(source: &ModelSource) -> Result<Option<PathBuf>> {
 /// Loads the model of `source` on `device`; an inline model is initialised from `seed`.
 pub fn load_model(source: &ModelSource, device: Device, seed: u64) -> Result<Gpt2> {
     match source {
-        ModelSource::Inline(m) => Ok(Gpt2::random(&Config::from_inline(m)?, device, seed)),
+        ModelSource::Inline(m) => {
+            let config = Config::from_inline(m)?;
+            crate::memory::ensure_fits(&crate::memory::weights(&config), device)
+                .context("inline model")?;
+            Ok(Gpt2::random(&config, device, seed))
+        }
         other => {
             let dir = model_folder(other)?.expect("not inline");
             weights::load_folder(&dir, device)

@@ -14,6 +14,8 @@ pub use gptpipe_core::model_folder::{check_folder, CONFIG_FILE, WEIGHTS_FILE};
 pub fn load_folder(dir: &Path, device: Device) -> Result<Gpt2> {
     check_folder(dir)?;
     let config = Config::from_json_file(&dir.join(CONFIG_FILE))?;
+    crate::memory::ensure_fits(&crate::memory::weights(&config), device)
+        .with_context(|| format!("model {}", dir.display()))?;
     let model = Gpt2::zeros(&config, device);
     load_weights(&model, &dir.join(WEIGHTS_FILE))?;
     Ok(model)

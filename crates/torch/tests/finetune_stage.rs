@@ -68,9 +68,12 @@ fn learns_a_repetitive_dataset_and_writes_outputs() {
         last < 0.3,
         "the repetitive text is not learned: loss {first} -> {last}"
     );
-    for k in ["step", "loss", "avg_loss", "val_loss", "tokens_per_s", "lr"] {
+    for k in ["step", "loss", "avg_loss", "val_loss", "lr"] {
         assert!(m[149].get(k).is_some(), "metrics lack {k}");
     }
+    // No timing: the same training writes the same metrics (the speed is in the progress
+    // events).
+    assert!(m[149].get("tokens_per_s").is_none(), "{}", m[149]);
 }
 
 fn weights_of(dir: &Path) -> Vec<(String, tch::Tensor)> {

@@ -116,6 +116,18 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let chunks = Dataset::load(&ctx.resolve_input(&p.dataset), p.combine)
         .with_context(|| format!("loading dataset {:?}", p.dataset))?;
     let data = Dataset::new(chunks, config.n_ctx, p.val_split, config.vocab_size)?;
+    // Before any weight is allocated: a model or batch that cannot fit is an error that
+    // says so, not an allocation failure inside libtorch.
+    let sample_num = if p.sample_every > 0 { p.sample_num } else { 0 };
+    let need = crate::memory::finetune(
+        &config,
+        data.window,
+        p.batch_size,
+        compute,
+        p.optimizer,
+        sample_num,
+    );
+    crate::memory::ensure_fits(&need, device)?;
 
     let resume = find_resume(ctx, p, &identity)?;
     let mut model = match (&resume, &folder) {
@@ -280,12 +292,13 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         }
         let elapsed = window_start.0.elapsed().as_secs_f64();
         let tokens_per_s = tokens_per_step * (step - window_start.1) as f64 / elapsed.max(1e-9);
+        // Only what the training computed: a timing would make the output (and everything
+        // downstream of it) differ between two runs that trained the same weights.
         metrics.push(json!({
             "step": step,
             "loss": loss,
             "avg_loss": avg_loss,
             "val_loss": val_loss,
-            "tokens_per_s": tokens_per_s,
             "lr": lr,
         }));
         if p.print_every > 0 && (step % p.print_every == 0 || step == p.steps) {
@@ -430,21 +443,64 @@ fn find_resume(
     match p.restore_from.as_str() {
         "fresh" => Ok(None),
         "latest" => {
-            let mut candidates = state::list_checkpoints(ctx.state_dir);
+            // Checkpoints of the state folder must pass their checksums; a damaged one is
+            // said and removed, and the resume falls back to an older one (or to a fresh
+            // start). The previous output is the cache's to check.
+            let (checkpoints, unreadable) = state::scan_checkpoints(ctx.state_dir);
+            for (dir, e) in unreadable {
+                ctx.warn(format!(
+                    "checkpoint {} is damaged ({e:#}): not resuming from it; removed it",
+                    dir.display()
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let mut candidates: Vec<(Checkpoint, bool)> =
+                checkpoints.into_iter().map(|c| (c, true)).collect();
             if let Some(prev) = ctx.previous_output {
                 if let Ok(c) = Checkpoint::open(prev) {
-                    candidates.push(c);
+                    candidates.push((c, false));
                 }
             }
-            Ok(candidates
-                .into_iter()
-                .filter(|c| c.trainer.identity == identity && c.trainer.step <= p.steps)
-                .max_by_key(|c| c.trainer.step))
+            candidates.retain(|(c, _)| c.trainer.identity == identity && c.trainer.step <= p.steps);
+            // Newest first; at the same step, the previous output before a checkpoint.
+            candidates.sort_by_key(|(c, checked)| (std::cmp::Reverse(c.trainer.step), *checked));
+            for (c, checked) in candidates {
+                if !checked {
+                    return Ok(Some(c));
+                }
+                match c.verify() {
+                    Ok(()) => return Ok(Some(c)),
+                    // Written by an earlier gptpipe: it cannot be checked, so it is not
+                    // resumed from, but it is not known to be damaged either: kept.
+                    Err(_) if !c.has_checksums() => ctx.warn(format!(
+                        "checkpoint {} has no checksums (an earlier gptpipe wrote it): not \
+                         resuming from it",
+                        c.model_dir.display()
+                    )),
+                    Err(e) => {
+                        ctx.warn(format!(
+                            "checkpoint {} is damaged ({e:#}): not resuming from it; removed it",
+                            c.model_dir.display()
+                        ));
+                        let _ = std::fs::remove_dir_all(&c.model_dir);
+                    }
+                }
+            }
+            Ok(None)
         }
         path => {
             let path = ctx.pipeline.resolve_path(path);
             let c = Checkpoint::open(&path)
                 .with_context(|| format!("restore_from = {:?}", p.restore_from))?;
+            if c.has_checksums() {
+                c.verify().with_context(|| {
+                    format!(
+                        "restore_from = {:?}: {} is damaged",
+                        p.restore_from,
+                        path.display()
+                    )
+                })?;
+            }
             if c.trainer.identity != identity {
                 ctx.warn(format!(
                     "restoring from {} although it was trained with other parameters or data",

@@ -11,11 +11,17 @@
 //! `training_state/` (weights at the output's root). The runner empties the state folder
 //! once the output is published (see `StageContext::state_dir`): from then on the output
 //! is what a raised `steps` continues from.
+//!
+//! A checkpoint in the state folder also holds [`CHECKSUM_FILE`], the blake3 hash of each of
+//! its other files, written last before the folder is renamed into place: a resume checks
+//! it first ([`Checkpoint::verify`]) and never continues from a damaged checkpoint.
 
 use crate::weights::{self, read_safetensors, write_atomic};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use gptpipe_core::cache::hash::hash_file;
 use gptpipe_core::config::FinetuneParams;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const TRAINER_FILE: &str = "trainer.json";
@@ -23,6 +29,10 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const OUTPUT_STATE_DIR: &str = "training_state";
 pub const BEST_FILE: &str = "best_weights.safetensors";
+/// A checkpoint's record of its files: `{"blake3": {"<file>": "<hex>", ...}}`.
+pub const CHECKSUM_FILE: &str = "checksums.json";
+/// The prefix of a checkpoint being written (a leftover of a killed or failed save).
+const TMP_PREFIX: &str = ".tmp-";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainerState {
@@ -117,6 +127,40 @@ impl Checkpoint {
         read_safetensors(&path).map(Some)
     }
 
+    /// Checks the checkpoint's files against its [`CHECKSUM_FILE`]: each recorded file
+    /// present with its hash, and no other file. A checkpoint of the state folder always
+    /// has one (a save writes it last, before the rename that makes the checkpoint
+    /// visible); an error names what is wrong.
+    pub fn verify(&self) -> Result<()> {
+        let path = self.model_dir.join(CHECKSUM_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("it has no {CHECKSUM_FILE}")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let recorded: Checksums = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a checksum record", path.display()))?;
+        let found = file_hashes(&self.model_dir)?;
+        for (name, hash) in &recorded.blake3 {
+            match found.get(name) {
+                None => bail!("{name} is missing"),
+                Some(h) if h != hash => bail!("{name} does not match its checksum"),
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = found.keys().find(|n| !recorded.blake3.contains_key(*n)) {
+            bail!("{extra} is not one of the files it was saved with");
+        }
+        Ok(())
+    }
+
+    /// Whether the checkpoint holds a checksum record ([`Checkpoint::verify`] can check it).
+    pub fn has_checksums(&self) -> bool {
+        self.model_dir.join(CHECKSUM_FILE).is_file()
+    }
+
     pub fn metrics(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.state_dir.join(METRICS_FILE)).unwrap_or_default();
         text.lines()
@@ -125,17 +169,78 @@ impl Checkpoint {
     }
 }
 
-/// Checkpoints in a state folder, newest step last.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checksums {
+    blake3: BTreeMap<String, String>,
+}
+
+/// The blake3 hash of each file of a checkpoint folder but [`CHECKSUM_FILE`].
+fn file_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == CHECKSUM_FILE {
+            continue;
+        }
+        out.insert(name, hash_file(&entry.path())?);
+    }
+    Ok(out)
+}
+
+/// Records the hash of every file of `dir` in its [`CHECKSUM_FILE`].
+fn write_checksums(dir: &Path) -> Result<()> {
+    let record = Checksums {
+        blake3: file_hashes(dir)?,
+    };
+    write_atomic(
+        &dir.join(CHECKSUM_FILE),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )
+}
+
+/// Checkpoints in a state folder, newest step last (those whose training state cannot be
+/// read are left out: see [`scan_checkpoints`]).
 pub fn list_checkpoints(state_dir: &Path) -> Vec<Checkpoint> {
-    let mut out: Vec<Checkpoint> = std::fs::read_dir(state_dir)
+    scan_checkpoints(state_dir).0
+}
+
+/// The checkpoints of a state folder, newest step last, and the `checkpoint-*` folders
+/// that are not readable checkpoints, with why.
+pub fn scan_checkpoints(state_dir: &Path) -> (Vec<Checkpoint>, Vec<(PathBuf, anyhow::Error)>) {
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(state_dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
-        .filter_map(|e| Checkpoint::open(&e.path()).ok())
-        .collect();
-    out.sort_by_key(|c| c.trainer.step);
-    out
+    {
+        match Checkpoint::open(&entry.path()) {
+            Ok(c) => good.push(c),
+            Err(e) => bad.push((entry.path(), e)),
+        }
+    }
+    good.sort_by_key(|c: &Checkpoint| c.trainer.step);
+    (good, bad)
+}
+
+/// Removes the temporary folders of saves that did not finish (killed, or failed on a full
+/// disk). Only one run of a stage writes its state folder at a time (the workdir's run
+/// lock), so every one of them is stale when a save starts.
+fn remove_stale_tmp(state_dir: &Path) {
+    for entry in std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX))
+    {
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
 }
 
 /// What a checkpoint holds besides the model.
@@ -182,15 +287,25 @@ pub fn save_checkpoint(
     let trainer = files.trainer;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    remove_stale_tmp(state_dir);
     let name = format!("checkpoint-{:09}", trainer.step);
-    let tmp = state_dir.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    weights::save_folder(model, &tmp)?;
-    write_state_files(&tmp, files)?;
+    let tmp = state_dir.join(format!("{TMP_PREFIX}{name}"));
     let dest = state_dir.join(&name);
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        weights::save_folder(model, &tmp)?;
+        write_state_files(&tmp, files)?;
+        // Last: a checkpoint with its checksums is complete.
+        write_checksums(&tmp)?;
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))
+    })();
+    if let Err(e) = written {
+        // A partial checkpoint (a full disk, say) is never resumed from: do not keep it.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let all = list_checkpoints(state_dir);
     let mine: Vec<&Checkpoint> = all
         .iter()
@@ -207,4 +322,101 @@ pub fn save_checkpoint(
         let _ = std::fs::remove_dir_all(&c.model_dir);
     }
     Ok(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Config, Gpt2};
+    use gptpipe_core::config::InlineModel;
+
+    fn model() -> Gpt2 {
+        let m = InlineModel {
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            n_ctx: 8,
+            vocab_size: 50257,
+            dropout: 0.0,
+        };
+        Gpt2::random(&Config::from_inline(&m).unwrap(), tch::Device::Cpu, 1)
+    }
+
+    fn trainer(step: u64) -> TrainerState {
+        TrainerState {
+            identity: "id".into(),
+            step,
+            avg_loss: (0.0, 0.0),
+            best_val_loss: None,
+            best_step: None,
+            evals_without_improvement: 0,
+            stopped_early: false,
+            loss_scale: 1.0,
+            good_steps: 0,
+        }
+    }
+
+    fn save(dir: &Path, model: &Gpt2, step: u64) -> Result<PathBuf> {
+        let trainer = trainer(step);
+        let files = StateFiles {
+            trainer: &trainer,
+            optimizer: Vec::new(),
+            best: Vec::new(),
+            metrics: &[],
+        };
+        save_checkpoint(dir, model, &files, 3)
+    }
+
+    #[test]
+    fn a_saved_checkpoint_verifies_and_a_damaged_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = model();
+        let saved = save(dir.path(), &model, 10).unwrap();
+        let c = Checkpoint::open(&saved).unwrap();
+        c.verify().unwrap();
+
+        // One bit of the weights, same size.
+        let weights = saved.join(weights::WEIGHTS_FILE);
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&weights, &bytes).unwrap();
+        let e = c.verify().unwrap_err().to_string();
+        assert!(e.contains("model.safetensors does not match"), "{e}");
+
+        // Truncated, missing, an extra file, no record at all.
+        std::fs::write(&weights, b"").unwrap();
+        assert!(c.verify().is_err());
+        std::fs::remove_file(&weights).unwrap();
+        assert!(c.verify().unwrap_err().to_string().contains("missing"));
+        let saved = save(dir.path(), &model, 20).unwrap();
+        let c = Checkpoint::open(&saved).unwrap();
+        std::fs::write(saved.join(BEST_FILE), b"planted").unwrap();
+        assert!(c.verify().unwrap_err().to_string().contains(BEST_FILE));
+        std::fs::remove_file(saved.join(BEST_FILE)).unwrap();
+        c.verify().unwrap();
+        std::fs::remove_file(saved.join(CHECKSUM_FILE)).unwrap();
+        assert!(c.verify().unwrap_err().to_string().contains(CHECKSUM_FILE));
+    }
+
+    #[test]
+    fn a_save_removes_stale_partial_saves_and_a_failed_one_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = model();
+        let stale = dir.path().join(".tmp-checkpoint-000000005");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join(weights::WEIGHTS_FILE), b"half").unwrap();
+        save(dir.path(), &model, 10).unwrap();
+        assert!(!stale.exists(), "a stale partial save survived a save");
+
+        // The rename into place fails (a file is in the way): no partial folder stays.
+        std::fs::write(dir.path().join("checkpoint-000000020"), b"in the way").unwrap();
+        assert!(save(dir.path(), &model, 20).is_err());
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TMP_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -537,6 +537,11 @@ impl Backend for TchBackend {
             "rows of a batch must have the same length"
         );
         let b = rows.len() as i64;
+        // A batch larger than the buffers allocates new ones: check first that they fit.
+        if self.bufs.as_ref().is_none_or(|bufs| bufs.cap < b) {
+            let need = crate::memory::generation(&self.cfg, rows.len(), t, self.kind);
+            crate::memory::ensure_fits(&need, self.device())?;
+        }
         let flat: Vec<u32> = rows.concat();
         let ids = self.ids(&flat, b);
         let mut cache = self.model.new_cache();

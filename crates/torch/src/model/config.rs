@@ -166,6 +166,24 @@ impl Config {
                 bail!("{k} must be at least 1");
             }
         }
+        gptpipe_core::model_folder::check_shape(
+            self.n_layer,
+            self.n_head,
+            self.n_embd,
+            self.n_ctx,
+            self.vocab_size,
+        )
+        .map_err(|(key, message)| match key {
+            "n_ctx" => anyhow::anyhow!("{message} (n_ctx is `n_positions` in config.json)"),
+            _ => anyhow::anyhow!("{message}"),
+        })?;
+        let max_inner = gptpipe_core::model_folder::MAX_N_INNER;
+        if self.n_inner > max_inner {
+            bail!(
+                "n_inner = {} is more than gptpipe's limit of {max_inner}",
+                self.n_inner
+            );
+        }
         if !self.n_embd.is_multiple_of(self.n_head) {
             bail!(
                 "n_embd ({}) must be divisible by n_head ({})",
