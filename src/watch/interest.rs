@@ -30,7 +30,8 @@ impl Patterns {
 #[derive(Debug)]
 pub struct Interest {
     pipeline_file: PathBuf,
-    /// Never relevant: the workdir (outputs, cache) and the lock file, which runs write.
+    /// Never relevant: what gptpipe owns in the workdir (stage outputs, `.gptpipe/`) and the
+    /// lock file, which runs write. The rest of the workdir may hold inputs (`workdir = "."`).
     ignored: Vec<PathBuf>,
     stages: BTreeMap<String, Patterns>,
     /// Folder -> watched recursively.
@@ -56,7 +57,8 @@ impl Interest {
     /// The pipeline file and the inputs of `selected` stages.
     pub fn of(pipeline: &Pipeline, selected: &[String]) -> Self {
         let mut interest = Self::pipeline_only(&pipeline.path);
-        interest.ignored = vec![absolute(&pipeline.workdir), absolute(&pipeline.lock_path())];
+        interest.ignored = gptpipe_core::inputs::Owned::of(pipeline).roots().to_vec();
+        interest.ignored.push(absolute(&pipeline.lock_path()));
         for stage in selected {
             let patterns = stage_patterns(pipeline, &pipeline.stages[stage]);
             for f in &patterns.files {

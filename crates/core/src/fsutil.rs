@@ -88,22 +88,86 @@ pub fn list_files_following(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Hard-links `from` to `to`, or copies it where links are impossible.
-pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+/// Copies `from` to a new file `to`, sharing blocks (a reflink) where the file system can,
+/// so that the two never share an inode: editing one never changes the other. Cache
+/// objects and published outputs are made this way (a hard link would let an edit of a
+/// published file damage the cached object).
+pub fn clone_or_copy(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    if std::fs::hard_link(from, to).is_err() {
+    if !reflink(from, to) {
         std::fs::copy(from, to)
             .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     }
     Ok(())
 }
 
+/// A reflink of `from` as the new file `to` (Btrfs, XFS, bcachefs...); false, leaving no
+/// `to`, where the file system cannot.
+#[cfg(target_os = "linux")]
+fn reflink(from: &Path, to: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    let (Ok(src), Ok(dst)) = (
+        std::fs::File::open(from),
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(to),
+    ) else {
+        return false;
+    };
+    // SAFETY: both descriptors are open for the duration of the call.
+    let ok = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0;
+    if !ok {
+        drop(dst);
+        let _ = std::fs::remove_file(to);
+    }
+    ok
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reflink(_: &Path, _: &Path) -> bool {
+    false
+}
+
+/// A relative path made only of ordinary names: no root, no `..`, no `.`, not empty.
+/// Names read from files gptpipe does not control (cache manifests) must be such paths
+/// before anything is written under them.
+pub fn is_plain_relative(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty()
+        && !path.contains('\0')
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_clone_is_a_separate_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("sub/b"));
+        std::fs::write(&a, b"original").unwrap();
+        clone_or_copy(&a, &b).unwrap();
+        std::fs::write(&a, b"edited!!").unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"original");
+    }
+
+    #[test]
+    fn plain_relative_paths() {
+        for ok in ["a", "a/b.txt", "a/./b"] {
+            assert!(is_plain_relative(ok), "{ok}");
+        }
+        for bad in ["", "/etc/x", "../x", "a/../../x", "./a", ".."] {
+            assert!(!is_plain_relative(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn atomic_writes_get_ordinary_permissions() {

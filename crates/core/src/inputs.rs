@@ -4,43 +4,217 @@
 use crate::config::{ModelRef, Pipeline, StageParams};
 use crate::stage::{resolve_model, ModelSource};
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Expands one `inputs` entry (a file, a folder or a glob, relative to the pipeline file)
-/// to the files it names, sorted. Nothing found is an error naming the entry.
-pub fn expand(pipeline: &Pipeline, entry: &str) -> Result<Vec<PathBuf>> {
-    let path = pipeline.resolve_path(entry);
-    if path.is_file() {
-        return Ok(vec![path]);
+/// The files a stage has already listed, by identity (device and inode), so that a file
+/// reached twice (named twice, through a link, or through a link loop) is read once.
+#[derive(Debug, Default)]
+pub struct FileSet(HashSet<(u64, u64)>);
+
+impl FileSet {
+    /// True the first time `path`'s file is seen.
+    pub fn first_time(&mut self, path: &Path) -> Result<bool> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read input {}", path.display()))?;
+        Ok(self.0.insert((meta.dev(), meta.ino())))
     }
-    if path.is_dir() {
-        let files = crate::fsutil::list_files_following(&path)?
-            .into_iter()
-            .map(|rel| path.join(rel))
-            .collect::<Vec<_>>();
-        if files.is_empty() {
-            bail!("input folder {} is empty", path.display());
+}
+
+/// Expands one `inputs` entry (a file, a folder or a glob, relative to the pipeline file)
+/// to the files it names, sorted, leaving out files `seen` already holds. Folders and
+/// globs never reach into what gptpipe owns (the workdir's `.gptpipe/` and stage folders),
+/// never follow a link loop, and list each folder once. Nothing found is an error naming
+/// the entry.
+pub fn expand(pipeline: &Pipeline, entry: &str, seen: &mut FileSet) -> Result<Vec<PathBuf>> {
+    let path = pipeline.resolve_path(entry);
+    let owned = Owned::of(pipeline);
+    let mut keep_new = |files: Vec<PathBuf>| -> Result<Vec<PathBuf>> {
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            if seen.first_time(&f)? {
+                out.push(f);
+            }
         }
-        return Ok(files);
+        Ok(out)
+    };
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => return keep_new(vec![path]),
+        Ok(meta) if meta.is_dir() => {
+            let files = walk(&path, &owned)?;
+            if files.is_empty() {
+                bail!("input folder {} is empty", path.display());
+            }
+            return keep_new(files);
+        }
+        Ok(_) => bail!(
+            "input {} is not a regular file or folder (a device, FIFO or socket): gptpipe \
+             reads only files",
+            path.display()
+        ),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot read input {}", path.display()))
+        }
+        Err(_) => {}
     }
     if entry.contains(['*', '?', '[']) {
-        let pattern = path.to_string_lossy().into_owned();
-        let mut files: Vec<PathBuf> = glob::glob(&pattern)
-            .with_context(|| format!("invalid glob {entry:?}"))?
-            .filter_map(|p| p.ok())
-            .filter(|p| p.is_file())
+        let (root, rest) = split_glob(entry);
+        let root: PathBuf = pipeline
+            .resolve_path(&root.to_string_lossy())
+            .components()
             .collect();
-        files.sort();
+        let full = format!(
+            "{}/{}",
+            glob::Pattern::escape(&root.to_string_lossy()),
+            rest.to_string_lossy()
+        );
+        let pattern =
+            glob::Pattern::new(&full).with_context(|| format!("invalid glob {entry:?}"))?;
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        let files: Vec<PathBuf> = if root.is_dir() {
+            walk(&root, &owned)?
+                .into_iter()
+                .filter(|f| pattern.matches_path_with(f, options))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if files.is_empty() {
             bail!(
                 "input glob {entry:?} matches no file (looked in {})",
                 pipeline.dir.display()
             );
         }
-        return Ok(files);
+        return keep_new(files);
     }
     bail!("input file not found: {}", path.display())
+}
+
+/// A glob split into the folder its matches lie in (its components before the first
+/// wildcard, cleaned of `.`) and the pattern below that folder.
+pub(crate) fn split_glob(entry: &str) -> (PathBuf, PathBuf) {
+    let wild = |c: &std::path::Component| c.as_os_str().to_string_lossy().contains(['*', '?', '[']);
+    let parts: Vec<_> = Path::new(entry).components().collect();
+    let at = parts.iter().position(wild).unwrap_or(parts.len());
+    let root: PathBuf = parts[..at].iter().collect();
+    let root = if root.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        root
+    };
+    (root, parts[at..].iter().collect())
+}
+
+/// The regular files below `dir`, following links (a data folder assembled from links, a
+/// Hugging Face snapshot), as paths under `dir`, sorted. Each real folder is listed once,
+/// so neither a loop nor two links to one folder reads anything twice; what gptpipe owns is
+/// skipped; a dangling link is an error naming it.
+fn walk(dir: &Path, owned: &Owned) -> Result<Vec<PathBuf>> {
+    fn visit(
+        dir: &Path,
+        owned: &Owned,
+        done: &mut HashSet<PathBuf>,
+        out: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let real = dir
+            .canonicalize()
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        if owned.holds(&real) || !done.insert(real) {
+            return Ok(());
+        }
+        let mut entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        entries.sort();
+        for path in entries {
+            let meta = std::fs::metadata(&path)
+                .with_context(|| format!("{} is a broken link", path.display()))?;
+            if meta.is_dir() {
+                visit(&path, owned, done, out)?;
+            } else if meta.is_file() {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    visit(dir, owned, &mut HashSet::new(), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// What gptpipe owns in a pipeline's workdir: `.gptpipe/` and every stage's output folder.
+/// Never an input: a folder or glob over the workdir would read the stages' own outputs
+/// (the dataset growing at every run) or the cache.
+pub struct Owned(Vec<PathBuf>);
+
+impl Owned {
+    pub fn of(pipeline: &Pipeline) -> Self {
+        let workdir = &pipeline.workdir;
+        let mut roots = vec![normalize(&workdir.join(crate::runner::META_DIR))];
+        roots.extend(pipeline.stages.keys().map(|s| normalize(&workdir.join(s))));
+        Self(roots)
+    }
+
+    /// The owned folders, absolute and normalized.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.0
+    }
+
+    /// The owned folder `path` (absolute, normalized) is in or is, if any.
+    pub fn root_of(&self, path: &Path) -> Option<&Path> {
+        self.0
+            .iter()
+            .find(|r| path.starts_with(r))
+            .map(PathBuf::as_path)
+    }
+
+    fn holds(&self, path: &Path) -> bool {
+        self.root_of(path).is_some()
+    }
+}
+
+/// `path` made absolute, with the links of its longest existing ancestor resolved and the
+/// rest (which does not exist yet) cleaned lexically: two spellings of one place compare
+/// equal before the place exists.
+pub fn normalize(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    let base = loop {
+        if let Ok(real) = existing.canonicalize() {
+            break real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            // `..` at the end, or the root: clean what is left lexically.
+            _ => break existing.to_path_buf(),
+        }
+    };
+    let mut out = base;
+    for part in rest.iter().rev() {
+        out.push(part);
+    }
+    let mut clean = PathBuf::new();
+    for c in out.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => clean.push(c),
+        }
+    }
+    clean
 }
 
 /// The files a stage reads, keyed by their path as the lock file records it (relative to
@@ -50,23 +224,32 @@ pub fn stage_inputs(
     params: &StageParams,
 ) -> Result<BTreeMap<String, PathBuf>> {
     let mut files = Vec::new();
+    let mut seen = FileSet::default();
     let mut model = |m: &ModelRef| -> Result<()> {
         if let ModelSource::Folder(dir) = resolve_model(pipeline, &BTreeMap::new(), m) {
             if !dir.is_dir() {
                 bail!("model folder not found: {}", dir.display());
             }
-            files.extend(
-                crate::fsutil::list_files_following(&dir)?
-                    .into_iter()
-                    .map(|r| dir.join(r)),
-            );
+            // Checked before anything is hashed: `model = "/"` would hash the whole disk.
+            let config = dir.join(crate::model_folder::CONFIG_FILE);
+            if !config.is_file() {
+                bail!(
+                    "{} is not a model folder: it has no {} (a Hugging Face folder needs {} \
+                     and {})",
+                    dir.display(),
+                    crate::model_folder::CONFIG_FILE,
+                    crate::model_folder::CONFIG_FILE,
+                    crate::model_folder::WEIGHTS_FILE
+                );
+            }
+            files.extend(walk(&dir, &Owned(Vec::new()))?);
         }
         Ok(())
     };
     match params {
         StageParams::Prepare(p) => {
             for entry in p.inputs.iter().filter(|e| !e.starts_with('@')) {
-                files.extend(expand(pipeline, entry)?);
+                files.extend(expand(pipeline, entry, &mut seen)?);
             }
         }
         StageParams::Finetune(p) => {
@@ -80,7 +263,7 @@ pub fn stage_inputs(
                         path.display()
                     );
                 }
-                files.extend(expand(pipeline, &p.dataset)?);
+                files.extend(expand(pipeline, &p.dataset, &mut seen)?);
             }
             if p.restores_from_path() {
                 let path = pipeline.resolve_path(&p.restore_from);
@@ -90,7 +273,7 @@ pub fn stage_inputs(
                         path.display()
                     );
                 }
-                files.extend(expand(pipeline, &p.restore_from)?);
+                files.extend(expand(pipeline, &p.restore_from, &mut FileSet::default())?);
             }
         }
         StageParams::Export(p) => model(&p.model)?,

@@ -1,5 +1,7 @@
-//! The file-state memo: remembers each file's hash with its size, mtime and inode, so an
-//! unchanged file is never read again (a no-op rerun over gigabytes of inputs stays fast).
+//! The file-state memo: remembers each file's hash with its size, mtime, ctime and inode,
+//! so an unchanged file is never read again (a no-op rerun over gigabytes of inputs stays
+//! fast). The ctime is there because a user can set the mtime back after an edit (`touch
+//! -r`, `cp -p`, an unpacked archive) but not the ctime, which every write moves.
 
 use super::hash::hash_file;
 use crate::fsutil::write_atomic;
@@ -15,6 +17,9 @@ use std::time::{Duration, SystemTime};
 struct FileState {
     size: u64,
     mtime_ns: i128,
+    /// Absent (0) in memos of earlier versions, which then never match and are rehashed.
+    #[serde(default)]
+    ctime_ns: i128,
     inode: u64,
 }
 
@@ -23,6 +28,7 @@ impl FileState {
         Self {
             size: meta.len(),
             mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
             inode: meta.ino(),
         }
     }

@@ -1,11 +1,12 @@
 //! The content-addressed store: file objects by hash, and run manifests by cache key (a run
 //! cache, as DVC has: a key seen before restores its outputs without running anything).
 
-use crate::fsutil::{link_or_copy, list_files, write_atomic};
+use crate::fsutil::{clone_or_copy, is_plain_relative, list_files, write_atomic};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,13 +38,45 @@ impl Manifest {
         }
         h.finalize().to_hex().to_string()
     }
+
+    /// Why this manifest cannot be trusted to restore from, if it can't: every name must be
+    /// a plain relative path (nothing may be written outside the stage folder), no name may
+    /// be a folder of another, and every hash must be a blake3 hex digest.
+    pub fn problem(&self) -> Option<String> {
+        for (name, hash) in &self.files {
+            if !is_plain_relative(name) {
+                return Some(format!(
+                    "it names the file {name:?}, outside the stage folder"
+                ));
+            }
+            if !is_hash(hash) {
+                return Some(format!(
+                    "its hash {hash:?} for {name} is not a blake3 digest"
+                ));
+            }
+            let mut dir = Path::new(name).parent();
+            while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+                if self.files.contains_key(d.to_string_lossy().as_ref()) {
+                    return Some(format!("{} is both a file and a folder", d.display()));
+                }
+                dir = d.parent();
+            }
+        }
+        None
+    }
+}
+
+/// A blake3 hex digest, as [`crate::cache::hash`] writes them.
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What `restore` found.
 pub enum Restore {
     Restored(Manifest),
     Missing,
-    /// An object did not match its hash: the entry was dropped.
+    /// The entry could not be trusted (unreadable, a name outside the stage folder, an object
+    /// missing or not matching its hash): it was dropped, and the reason is given.
     Corrupt(String),
 }
 
@@ -56,7 +89,9 @@ impl Store {
         Self { root }
     }
 
+    /// Where the object of `hash` lives; `hash` must be a digest (see [`Manifest::problem`]).
     fn object(&self, hash: &str) -> PathBuf {
+        debug_assert!(is_hash(hash), "{hash:?}");
         self.root.join("objects").join(&hash[..2]).join(hash)
     }
 
@@ -74,7 +109,9 @@ impl Store {
     pub fn save(&self, key: &str, dir: &Path, manifest: &Manifest) -> Result<()> {
         for (rel, hash) in &manifest.files {
             let object = self.object(hash);
-            if object.is_file() {
+            // Earlier versions hard-linked objects to published files: such an object is
+            // replaced by a copy, so that editing the old published file cannot reach it.
+            if std::fs::metadata(&object).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
                 continue;
             }
             let parent = object.parent().expect("objects have a parent");
@@ -85,7 +122,9 @@ impl Store {
             static SAVES: AtomicU64 = AtomicU64::new(0);
             let n = SAVES.fetch_add(1, Ordering::Relaxed);
             let tmp = parent.join(format!(".{hash}.{}.{n}.tmp", std::process::id()));
-            link_or_copy(&dir.join(rel), &tmp)?;
+            // A copy, never a hard link: the output folder is published, and an edit of a
+            // published file must not reach the cached object.
+            clone_or_copy(&dir.join(rel), &tmp)?;
             std::fs::rename(&tmp, &object)
                 .with_context(|| format!("cannot write {}", object.display()))?;
         }
@@ -93,30 +132,45 @@ impl Store {
     }
 
     /// Copies the outputs stored under `key` into the empty folder `dest`, checking every
-    /// object against its hash on the way.
+    /// object against its hash on the way. An entry that cannot be trusted is dropped and
+    /// reported as [`Restore::Corrupt`]; an error writing `dest` (a full disk) is an error,
+    /// and keeps the entry.
     pub fn restore(&self, key: &str, dest: &Path) -> Result<Restore> {
-        let Ok(bytes) = std::fs::read(self.run(key)) else {
-            return Ok(Restore::Missing);
+        let run = self.run(key);
+        let bytes = match std::fs::read(&run) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Restore::Missing),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", run.display())),
         };
-        let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) else {
-            let _ = std::fs::remove_file(self.run(key));
-            return Ok(Restore::Corrupt(format!("run entry {key} is unreadable")));
+        let drop_entry = |why: String| {
+            let _ = std::fs::remove_file(&run);
+            Ok(Restore::Corrupt(why))
         };
+        let manifest = match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(m) => m,
+            Err(e) => return drop_entry(format!("run entry {key} is unreadable ({e})")),
+        };
+        if let Some(why) = manifest.problem() {
+            return drop_entry(format!("run entry {key} is invalid: {why}"));
+        }
         for (rel, hash) in &manifest.files {
             let object = self.object(hash);
             let target = dest.join(rel);
             if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
             }
-            match copy_verified(&object, &target, hash) {
-                Ok(true) => {}
-                Ok(false) | Err(_) => {
+            match copy_verified(&object, &target, hash)? {
+                Copied::Verified => {}
+                Copied::Missing => {
+                    return drop_entry(format!("cached object for {rel} is missing"));
+                }
+                Copied::Mismatch => {
                     let _ = std::fs::remove_file(&object);
-                    let _ = std::fs::remove_file(self.run(key));
-                    return Ok(Restore::Corrupt(format!(
+                    return drop_entry(format!(
                         "cached object for {rel} does not match its hash {}",
                         &hash[..12]
-                    )));
+                    ));
                 }
             }
         }
@@ -162,31 +216,92 @@ impl Store {
     }
 }
 
-/// Copies `from` to `to` while hashing it; false (and no `to`) when the hash differs.
-fn copy_verified(from: &Path, to: &Path, expected: &str) -> Result<bool> {
-    let mut src = std::fs::File::open(from)?;
-    let mut dst = std::fs::File::create(to)?;
+enum Copied {
+    Verified,
+    /// `from` does not exist.
+    Missing,
+    /// `from`'s content does not match the expected hash (`to` was removed).
+    Mismatch,
+}
+
+/// Copies `from` to `to` while hashing it. Reading `from` and writing `to` fail with
+/// errors that name the file, so a full disk is not mistaken for a damaged object.
+fn copy_verified(from: &Path, to: &Path, expected: &str) -> Result<Copied> {
+    let mut src = match std::fs::File::open(from) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Copied::Missing),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", from.display())),
+    };
+    let mut dst =
+        std::fs::File::create(to).with_context(|| format!("cannot write {}", to.display()))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = src.read(&mut buf)?;
+        let n = src
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", from.display()))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])?;
+        dst.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", to.display()))?;
     }
     if hasher.finalize().to_hex().as_str() != expected {
         drop(dst);
         let _ = std::fs::remove_file(to);
-        return Ok(false);
+        return Ok(Copied::Mismatch);
     }
-    Ok(true)
+    Ok(Copied::Verified)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full disk while restoring is the disk's error, and the valid entry and its
+    /// objects stay (they were reported as damaged and deleted).
+    #[test]
+    fn a_restore_onto_a_full_disk_reports_it_and_keeps_the_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let full = tmp.path().join("full");
+        std::fs::create_dir_all(&full).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&full)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("note: cannot mount a tmpfs here (not root?); skipped");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&full);
+        let store = Store::new(tmp.path().join("cache"));
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("big.bin"), vec![7u8; 1 << 20]).unwrap();
+        let manifest = Manifest::of_dir(&out, crate::cache::hash::hash_file).unwrap();
+        store.save("k", &out, &manifest).unwrap();
+
+        let err = match store.restore("k", &full) {
+            Err(e) => format!("{e:#}"),
+            Ok(_) => panic!("a restore onto a full disk succeeded"),
+        };
+        assert!(err.contains("No space left on device"), "{err}");
+        assert!(store.has("k"));
+        let restored = tmp.path().join("restored");
+        std::fs::create_dir_all(&restored).unwrap();
+        assert!(matches!(
+            store.restore("k", &restored).unwrap(),
+            Restore::Restored(_)
+        ));
+    }
 
     #[test]
     fn parallel_saves_of_the_same_object_all_succeed() {

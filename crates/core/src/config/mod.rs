@@ -168,6 +168,41 @@ impl StageParams {
         refs
     }
 
+    /// `(key, value)` for every input this stage names by path, not as `"@stage"` or a hub
+    /// id: prepare's `inputs` (files, folders, globs), finetune's `dataset` and a
+    /// `restore_from` folder, a model folder.
+    pub fn path_inputs(&self, pipeline: &Pipeline) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let model = |m: &ModelRef| match crate::stage::resolve_model(pipeline, &BTreeMap::new(), m)
+        {
+            crate::stage::ModelSource::Folder(_) => match m {
+                ModelRef::Named(s) => Some(("model", s.clone())),
+                ModelRef::Inline(_) => None,
+            },
+            _ => None,
+        };
+        match self {
+            Self::Prepare(p) => out.extend(
+                p.inputs
+                    .iter()
+                    .filter(|i| !i.starts_with('@'))
+                    .map(|i| ("inputs", i.clone())),
+            ),
+            Self::Finetune(p) => {
+                if !p.dataset.starts_with('@') && !p.dataset.is_empty() {
+                    out.push(("dataset", p.dataset.clone()));
+                }
+                if p.restores_from_path() {
+                    out.push(("restore_from", p.restore_from.clone()));
+                }
+                out.extend(model(&p.model));
+            }
+            Self::Export(p) => out.extend(model(&p.model)),
+            Self::Generate(p) => out.extend(model(&p.model)),
+        }
+        out
+    }
+
     /// The seed a sampling stage uses, if the kind samples.
     pub fn seed(&self) -> Option<u64> {
         match self {

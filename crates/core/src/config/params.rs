@@ -384,3 +384,12 @@ impl Default for GenerateParams {
         }
     }
 }
+
+impl GenerateParams {
+    /// The file the generate stage writes beside its samples: how they were made, so that
+    /// a larger `nsamples` keeps them (`gptpipe_generate::output::META_FILE`).
+    pub const META_FILE: &'static str = "generate.json";
+    /// Names in a generate stage's folder that `output` may not take (or be below): the
+    /// stage writes them itself.
+    pub const RESERVED_OUTPUTS: &'static [&'static str] = &[Self::META_FILE];
+}

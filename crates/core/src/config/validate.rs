@@ -17,16 +17,28 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
             ConfigError::new("`pipeline.name` is empty"),
         ));
     }
+    if !is_folder_name(&p.name) {
+        return Err(at(
+            &["pipeline", "name"],
+            ConfigError::new(format!("invalid pipeline name {:?}", p.name)).with_help(format!(
+                "the name becomes the default workdir runs/<name>: one folder name of at most \
+                 {MAX_NAME} characters, without / or a leading dot"
+            )),
+        ));
+    }
     for (name, params) in &p.stages {
         if name.is_empty()
+            || name.len() > MAX_NAME
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(at(
                 &["stages", name],
-                ConfigError::new(format!("invalid stage name `{name}`"))
-                    .with_help("stage names become folder names: use letters, digits, - and _"),
+                ConfigError::new(format!("invalid stage name `{name}`")).with_help(format!(
+                    "stage names become folder names: use letters, digits, - and _, at most \
+                     {MAX_NAME} of them"
+                )),
             ));
         }
         for (key, target) in params.references() {
@@ -71,6 +83,7 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
             ));
         }
     }
+    check_inputs_outside_owned(p)?;
     if let Some(cycle) = find_cycle(&p.stages) {
         let first = &cycle[0];
         let key = p.stages[first]
@@ -83,6 +96,53 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
             ConfigError::new(format!("stages form a cycle: {}", cycle.join(" -> ")))
                 .with_help("a stage cannot use its own output, directly or through others"),
         ));
+    }
+    Ok(())
+}
+
+/// The longest pipeline or stage name: it becomes a folder name, with suffixes added to
+/// it for build folders, well under the usual 255-byte limit.
+const MAX_NAME: usize = 128;
+
+/// A name that can be one folder's name: no separator, not `.`/`..` or hidden.
+fn is_folder_name(name: &str) -> bool {
+    name.len() <= MAX_NAME && !name.starts_with('.') && !name.contains(['/', '\\', '\0'])
+}
+
+/// Refuses a path input that lies in what gptpipe owns in the workdir: a stage's output
+/// folder (publishing it would replace the input, and with it the user's files when the
+/// folder was theirs) or `.gptpipe/`. Folders and globs that merely contain the workdir
+/// are fine: their walk skips it.
+fn check_inputs_outside_owned(p: &Pipeline) -> Result<(), ConfigError> {
+    let owned = crate::inputs::Owned::of(p);
+    for (name, params) in &p.stages {
+        for (key, value) in params.path_inputs(p) {
+            // A glob is judged by the folder its matches lie in.
+            let (root, _) = crate::inputs::split_glob(&value);
+            let path = crate::inputs::normalize(&p.resolve_path(&root.to_string_lossy()));
+            let Some(root) = owned.root_of(&path) else {
+                continue;
+            };
+            let whose = match root.file_name().and_then(|n| n.to_str()) {
+                Some(stage) if p.stages.contains_key(stage) => {
+                    format!("stage `{stage}`'s output folder")
+                }
+                _ => "gptpipe's cache folder".to_owned(),
+            };
+            let path: Vec<String> = vec!["stages".into(), name.clone(), key.into()];
+            return Err(p.origins.error_at(
+                &path,
+                ConfigError::new(format!(
+                    "stage `{name}`: `{key}` {value:?} is inside {} ({whose})",
+                    root.display()
+                ))
+                .with_help(
+                    "gptpipe replaces a stage's output folder each time it publishes it: to \
+                     read another stage's output use \"@stage\"; for your own files, rename \
+                     the stage or choose another `workdir`",
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -195,6 +255,7 @@ fn check_model(m: &ModelRef) -> Result<(), Invalid> {
                 "model",
                 "n_layer, n_head, n_embd and n_ctx must be positive".into(),
             )?;
+            check_inline_shape(m)?;
             ensure(
                 m.n_ctx >= 2,
                 "model",
@@ -226,6 +287,14 @@ fn check_model(m: &ModelRef) -> Result<(), Invalid> {
             )
         }
     }
+}
+
+/// An inline model's shape within [`crate::model_folder::SHAPE_LIMITS`]: larger ones
+/// cannot be allocated anywhere, and their sizes would overflow before the worker's memory
+/// estimate could refuse them.
+fn check_inline_shape(m: &InlineModel) -> Result<(), Invalid> {
+    crate::model_folder::check_shape(m.n_layer, m.n_head, m.n_embd, m.n_ctx, m.vocab_size)
+        .map_err(|(_, message)| ("model", format!("model.{message}")))
 }
 
 fn check_device(d: &str) -> Result<(), Invalid> {
@@ -353,6 +422,7 @@ fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
         "nsamples must be at least 1".into(),
     )?;
     ensure(p.length > 0, "length", "length must be at least 1".into())?;
+    check_generate_sizes(p)?;
     ensure(
         p.repetition_penalty > 0.0,
         "repetition_penalty",
@@ -373,5 +443,62 @@ fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
             p.output
         ),
     )?;
+    // The stage writes its own files beside the samples: an output of the same name (or
+    // below it) would be overwritten by them, or make them fail.
+    let first = out.components().next().map(|c| c.as_os_str());
+    if let Some(name) = GenerateParams::RESERVED_OUTPUTS
+        .iter()
+        .find(|r| first == Some(std::ffi::OsStr::new(r)))
+    {
+        return Err((
+            "output",
+            format!(
+                "output {:?} is reserved: the generate stage writes {name} itself; choose \
+                 another name (such as \"samples.txt\" or \"samples.jsonl\")",
+                p.output
+            ),
+        ));
+    }
     check_device(&p.device)
+}
+
+/// Rows of one generation batch at most: each row holds a KV cache of the whole context.
+const MAX_GENERATE_BATCH: usize = 1 << 16;
+/// Samples of one generate stage at most: they are held in memory until written.
+const MAX_NSAMPLES: usize = 10_000_000;
+/// New tokens per sample at most (longer than the context slides the window).
+const MAX_LENGTH: usize = 1 << 20;
+
+/// Counts of a generate stage that no run could hold in memory (and whose products, such
+/// as nsamples * length tokens, would overflow): config errors before any work. Sizes
+/// within these bounds are checked against the machine's memory once the model's shape
+/// is known.
+fn check_generate_sizes(p: &GenerateParams) -> Result<(), Invalid> {
+    for (key, value, max, why) in [
+        (
+            "batch_size",
+            p.batch_size,
+            MAX_GENERATE_BATCH,
+            "each row of a batch holds a KV cache of the model's whole context",
+        ),
+        (
+            "nsamples",
+            p.nsamples,
+            MAX_NSAMPLES,
+            "the samples are held in memory until they are written",
+        ),
+        (
+            "length",
+            p.length,
+            MAX_LENGTH,
+            "each sample keeps every token it generates",
+        ),
+    ] {
+        ensure(
+            value <= max,
+            key,
+            format!("{key} = {value} is more than the limit of {max}: {why}"),
+        )?;
+    }
+    Ok(())
 }

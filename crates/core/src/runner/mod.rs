@@ -6,7 +6,7 @@ mod key;
 mod workdir;
 
 pub use key::KeyMaterial;
-pub use workdir::Workdir;
+pub use workdir::{Workdir, META_DIR};
 
 use crate::cache::lock::json_to_toml;
 use crate::cache::{LockEntry, LockFile, Manifest, Restore};
@@ -17,6 +17,7 @@ use crate::stage::{Registry, StageContext, Upstream};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
@@ -96,6 +97,10 @@ pub struct StageStatus {
     pub stage: String,
     pub state: State,
     pub reasons: Vec<String>,
+    /// The stage could not be evaluated (a missing input, a path that is not a model
+    /// folder): a run would fail it, so `--dry-run` and `--frozen` fail too.
+    #[serde(skip)]
+    pub broken: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -157,7 +162,7 @@ impl<'a> Runner<'a> {
             pipeline,
             registry,
             dag: Dag::new(pipeline),
-            workdir: Workdir::open(&pipeline.workdir)?,
+            workdir: Workdir::open(&pipeline.workdir),
         })
     }
 
@@ -241,6 +246,7 @@ impl<'a> Runner<'a> {
         for stage in selected {
             let deps = &self.dag.deps[stage];
             let stale_deps: Vec<&String> = deps.iter().filter(|d| stale.contains(*d)).collect();
+            let mut broken = false;
             let reasons = if !stale_deps.is_empty() {
                 stale_deps
                     .iter()
@@ -253,7 +259,10 @@ impl<'a> Runner<'a> {
                     .collect();
                 match self.evaluate(stage, &lock, &upstream, check_outputs) {
                     Ok(e) => e.reasons,
-                    Err(e) => vec![format!("{e:#}")],
+                    Err(e) => {
+                        broken = true;
+                        vec![format!("{e:#}")]
+                    }
                 }
             };
             if !reasons.is_empty() {
@@ -267,9 +276,10 @@ impl<'a> Runner<'a> {
                     State::Stale
                 },
                 reasons,
+                broken,
             });
         }
-        self.workdir.memo.save()?;
+        // Read-only: the memo is saved by runs only, so `status` writes nothing.
         Ok(out)
     }
 
@@ -307,19 +317,31 @@ impl<'a> Runner<'a> {
             let statuses = self.statuses(&selected, !options.frozen)?;
             let (stale, fresh): (Vec<StageStatus>, Vec<StageStatus>) =
                 statuses.into_iter().partition(|s| s.state == State::Stale);
+            let mut broken = Vec::new();
             for s in &stale {
-                events.emit(Event::StageLog {
-                    stage: s.stage.clone(),
-                    message: format!("would run: {}", s.reasons.join("; ")),
-                });
+                if s.broken {
+                    events.emit(Event::StageFailed {
+                        stage: s.stage.clone(),
+                        error: format!("would fail: {}", s.reasons.join("; ")),
+                    });
+                    broken.push(s.stage.clone());
+                } else {
+                    events.emit(Event::StageLog {
+                        stage: s.stage.clone(),
+                        message: format!("would run: {}", s.reasons.join("; ")),
+                    });
+                }
             }
             events.emit(Event::RunFinished {
                 ran: 0,
                 cached: fresh.len(),
-                failed: 0,
-                skipped: stale.len(),
+                failed: broken.len(),
+                skipped: stale.len() - broken.len(),
                 seconds: start.elapsed().as_secs_f64(),
             });
+            if !broken.is_empty() {
+                return Err(RunError::Failed(broken));
+            }
             if options.frozen && !stale.is_empty() {
                 return Err(RunError::Stale(stale));
             }
@@ -370,7 +392,12 @@ impl<'a> Runner<'a> {
                         let lock = &lock;
                         let stage = stage.clone();
                         scope.spawn(move || {
-                            let r = self.process(&stage, upstream, lock, options, events, cancel);
+                            // A panic becomes the stage's error: the loop below waits for
+                            // every stage it started, and would wait forever.
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                self.process(&stage, upstream, lock, options, events, cancel)
+                            }))
+                            .unwrap_or_else(|panic| Err(panic_error(panic)));
                             let _ = tx.send((stage, r));
                         });
                     }
@@ -455,10 +482,17 @@ impl<'a> Runner<'a> {
                 });
                 return Ok((Outcome::Fresh, hash));
             }
+            // Before any work: a folder that is not ours would only be refused at the end.
+            self.workdir
+                .check_publishable(stage, self.recorded_outputs(stage, lock).as_ref())?;
             let tmp = self.workdir.tmp_dir(stage)?;
-            match self.workdir.store.restore(&eval.key, &tmp)? {
+            let restored = self.workdir.store.restore(&eval.key, &tmp);
+            if restored.is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            match restored? {
                 Restore::Restored(manifest) => {
-                    self.workdir.publish(stage, &tmp)?;
+                    self.publish(stage, &tmp, lock)?;
                     let hash = self.record(stage, &eval, Some(&manifest), lock)?;
                     events.emit(Event::StageCached {
                         stage: stage.into(),
@@ -475,6 +509,8 @@ impl<'a> Runner<'a> {
         }
 
         let run = self.registry.get(params.kind())?;
+        self.workdir
+            .check_publishable(stage, self.recorded_outputs(stage, lock).as_ref())?;
         events.emit(Event::StageStarted {
             stage: stage.into(),
             kind: params.kind().to_string(),
@@ -482,6 +518,7 @@ impl<'a> Runner<'a> {
         let started = Instant::now();
         let out_dir = self.workdir.tmp_dir(stage)?;
         let previous = self.workdir.output(stage);
+        let previous_ok = self.reusable_output(stage, lock, events)?;
         let upstream_dirs: BTreeMap<String, Upstream> = self.dag.deps[stage]
             .iter()
             .map(|d| {
@@ -499,7 +536,7 @@ impl<'a> Runner<'a> {
             params,
             pipeline: self.pipeline,
             out_dir: &out_dir,
-            previous_output: previous.is_dir().then_some(previous.as_path()),
+            previous_output: previous_ok.then_some(previous.as_path()),
             state_dir: &state_dir,
             upstream: &upstream_dirs,
             inputs_hash: &inputs_hash,
@@ -512,7 +549,7 @@ impl<'a> Runner<'a> {
         }
         let manifest = Manifest::of_dir(&out_dir, |p| self.workdir.memo.hash(p))?;
         self.workdir.store.save(&eval.key, &out_dir, &manifest)?;
-        self.workdir.publish(stage, &out_dir)?;
+        self.publish(stage, &out_dir, lock)?;
         let hash = self.record(stage, &eval, Some(&manifest), lock)?;
         // What the stage kept to resume an unfinished run (a finetune's checkpoints) is no
         // longer needed: the output is in the cache, published and in the lock file, and
@@ -531,6 +568,59 @@ impl<'a> Runner<'a> {
             output_hash: hash.clone(),
         });
         Ok((Outcome::Ran, hash))
+    }
+
+    /// Publishes `built` as `stage`'s output (see [`Workdir::publish`]).
+    fn publish(&self, stage: &str, built: &Path, lock: &Mutex<LockFile>) -> Result<()> {
+        let recorded = self.recorded_outputs(stage, lock);
+        self.workdir.publish(stage, built, recorded.as_ref())
+    }
+
+    /// The output files the lock file records for `stage`.
+    fn recorded_outputs(
+        &self,
+        stage: &str,
+        lock: &Mutex<LockFile>,
+    ) -> Option<BTreeMap<String, String>> {
+        lock.lock()
+            .unwrap()
+            .stages
+            .get(stage)
+            .map(|e| e.outputs.clone())
+    }
+
+    /// Whether `stage`'s published output is exactly what the lock file recorded, so that
+    /// the stage may build on it (a finetune resumes from it, a generate stage keeps its
+    /// samples). An output edited by hand is never reused: it is not what its hash says.
+    fn reusable_output(
+        &self,
+        stage: &str,
+        lock: &Mutex<LockFile>,
+        events: &dyn EventSink,
+    ) -> Result<bool> {
+        let dir = self.workdir.output(stage);
+        if !dir.is_dir() {
+            return Ok(false);
+        }
+        let recorded = lock
+            .lock()
+            .unwrap()
+            .stages
+            .get(stage)
+            .map(|e| e.output_hash.clone());
+        let Some(recorded) = recorded else {
+            return Ok(false);
+        };
+        let actual = Manifest::of_dir(&dir, |p| self.workdir.memo.hash(p))?.tree_hash();
+        if actual != recorded {
+            events.emit(Event::Warning {
+                message: format!(
+                    "[{stage}] the published output was modified since it was recorded; not \
+                     reusing it"
+                ),
+            });
+        }
+        Ok(actual == recorded)
     }
 
     /// Writes the stage's lock entry (a new output when `manifest` is given) and returns
@@ -576,4 +666,14 @@ impl<'a> Runner<'a> {
         let _guard = self.workdir.lock(events)?;
         self.workdir.gc(&self.pipeline.lock_path(), events)
     }
+}
+
+/// A stage thread's panic as an error: its message, where it said one.
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into());
+    anyhow::anyhow!("internal error (a bug in gptpipe, please report it): {message}")
 }

@@ -6,12 +6,15 @@
 use crate::cache::hash::hash_bytes;
 use crate::cache::{LockFile, Memo, Store};
 use crate::events::{Event, EventSink};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use fs4::fs_std::FileExt;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The workdir's own folder, beside the stage folders.
+pub const META_DIR: &str = ".gptpipe";
 
 pub struct Workdir {
     root: PathBuf,
@@ -30,16 +33,17 @@ impl Drop for RunLock {
 }
 
 impl Workdir {
-    pub fn open(root: &Path) -> Result<Self> {
-        let meta = root.join(".gptpipe");
-        std::fs::create_dir_all(&meta)
-            .with_context(|| format!("cannot create workdir {}", root.display()))?;
-        Ok(Self {
+    /// Opens the workdir without writing anything: read-only commands (`status`,
+    /// `--dry-run`, `--frozen`) work on a workdir that does not exist or cannot be written.
+    /// [`Workdir::lock`] creates it.
+    pub fn open(root: &Path) -> Self {
+        let meta = root.join(META_DIR);
+        Self {
             root: root.to_path_buf(),
             store: Store::new(meta.join("cache")),
             memo: Memo::open(meta.join("memo.json")),
             meta,
-        })
+        }
     }
 
     /// Where `stage` publishes its outputs.
@@ -49,6 +53,8 @@ impl Workdir {
 
     /// Takes the workdir's run lock, waiting (and saying so) while another run holds it.
     pub fn lock(&self, events: &dyn EventSink) -> Result<RunLock> {
+        std::fs::create_dir_all(&self.meta)
+            .with_context(|| format!("cannot create workdir {}", self.root.display()))?;
         let path = self.meta.join("run.lock");
         let file = File::options()
             .create(true)
@@ -118,10 +124,25 @@ impl Workdir {
     }
 
     /// Replaces `stage`'s published output by `built`. The old output stays in place until
-    /// the new one is complete; each step is a rename.
-    pub fn publish(&self, stage: &str, built: &Path) -> Result<()> {
+    /// the new one is complete; each step is a rename. A folder gptpipe did not publish is
+    /// never replaced (see [`Workdir::check_ours`]): that is an error, and nothing moves.
+    /// `recorded` is the file list the lock file records for `stage`, if any.
+    pub fn publish(
+        &self,
+        stage: &str,
+        built: &Path,
+        recorded: Option<&BTreeMap<String, String>>,
+    ) -> Result<()> {
         let target = self.output(stage);
-        if target.exists() {
+        let old = self.check_publishable(stage, recorded)?;
+        // Recorded before the rename, with the old folder: a kill at any point leaves a
+        // record that names whichever of the two is in place.
+        let new = FolderId::of(
+            &std::fs::metadata(built)
+                .with_context(|| format!("cannot read {}", built.display()))?,
+        );
+        self.record_published(stage, old.into_iter().chain([new]))?;
+        if old.is_some() {
             let trash = self.meta.join("trash");
             std::fs::create_dir_all(&trash)?;
             let old = trash.join(format!("{stage}.{}", std::process::id()));
@@ -136,6 +157,74 @@ impl Workdir {
                 .with_context(|| format!("cannot publish {}", target.display()))?;
         }
         Ok(())
+    }
+
+    /// Checks that `stage` may be published (see [`Workdir::check_ours`]), before any work
+    /// is done for it; returns the identity of the folder in place, if any.
+    pub fn check_publishable(
+        &self,
+        stage: &str,
+        recorded: Option<&BTreeMap<String, String>>,
+    ) -> Result<Option<FolderId>> {
+        let target = self.output(stage);
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) => {
+                self.check_ours(stage, &target, &meta, recorded)?;
+                Ok(Some(FolderId::of(&meta)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", target.display())),
+        }
+    }
+
+    /// Refuses a folder at `stage`'s output path that gptpipe did not publish there: the
+    /// user's own folder (a stage named `data` in `workdir = "."`), a link, a file. Ours is
+    /// a folder whose identity [`Workdir::publish`] recorded; or, for workdirs published
+    /// before those records existed, a folder holding only files the lock file lists
+    /// for the stage.
+    fn check_ours(
+        &self,
+        stage: &str,
+        target: &Path,
+        meta: &std::fs::Metadata,
+        recorded: Option<&BTreeMap<String, String>>,
+    ) -> Result<()> {
+        let ours = meta.is_dir()
+            && (self.published(stage).contains(&FolderId::of(meta))
+                || recorded.is_some_and(|files| {
+                    crate::fsutil::list_files(target).is_ok_and(|found| {
+                        found
+                            .iter()
+                            .all(|f| files.contains_key(f.to_string_lossy().as_ref()))
+                    })
+                }));
+        if ours {
+            return Ok(());
+        }
+        bail!(
+            "{} already exists and was not made by gptpipe: publishing stage `{stage}` would \
+             replace it. Nothing was changed; move it away, rename the stage, or choose \
+             another `workdir`",
+            target.display()
+        )
+    }
+
+    fn published_record(&self, stage: &str) -> PathBuf {
+        self.meta.join("published").join(stage)
+    }
+
+    /// The folder identities recorded for `stage` (see [`Workdir::publish`]).
+    fn published(&self, stage: &str) -> Vec<FolderId> {
+        std::fs::read_to_string(self.published_record(stage))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(FolderId::parse)
+            .collect()
+    }
+
+    fn record_published(&self, stage: &str, ids: impl Iterator<Item = FolderId>) -> Result<()> {
+        let text: String = ids.map(|id| format!("{}:{}\n", id.dev, id.ino)).collect();
+        crate::fsutil::write_atomic(&self.published_record(stage), text.as_bytes())
     }
 
     /// Records that the lock file `lock` describes outputs cached in this workdir, so that
@@ -157,6 +246,7 @@ impl Workdir {
     /// exists is forgotten; one that cannot be read or parsed keeps the whole cache, with a
     /// warning naming it. Call under the run lock. Returns (entries removed, objects removed).
     pub fn gc(&self, own: &Path, events: &dyn EventSink) -> Result<(usize, usize)> {
+        self.remove_partial_checkpoints();
         let own_lock = LockFile::read(own)?;
         if own.is_file() {
             self.remember_lock(own)?;
@@ -213,6 +303,56 @@ impl Workdir {
             return Ok((0, 0));
         }
         self.store.gc(&keep)
+    }
+
+    /// Removes the `.tmp-*` leftovers of checkpoint saves that did not finish (a kill, a
+    /// full disk) from every stage's state folder, `.gptpipe/state/<stage>/`; complete
+    /// checkpoints stay. Called under the run lock, so no save is under way. Returns how
+    /// many it removed.
+    fn remove_partial_checkpoints(&self) -> usize {
+        let mut removed = 0;
+        let stages = std::fs::read_dir(self.meta.join("state"));
+        for stage in stages.into_iter().flatten().filter_map(|e| e.ok()) {
+            let entries = std::fs::read_dir(stage.path());
+            for entry in entries.into_iter().flatten().filter_map(|e| e.ok()) {
+                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let path = entry.path();
+                let gone = match entry.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                    _ => std::fs::remove_file(&path),
+                };
+                removed += usize::from(gone.is_ok());
+            }
+        }
+        removed
+    }
+}
+
+/// A folder's identity: its device and inode, which a rename keeps and another folder
+/// made at the same path does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FolderId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FolderId {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let (dev, ino) = line.split_once(':')?;
+        Some(Self {
+            dev: dev.parse().ok()?,
+            ino: ino.parse().ok()?,
+        })
     }
 }
 
@@ -304,7 +444,7 @@ mod tests {
     fn gc_keeps_what_any_recorded_lock_file_references() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("work");
-        let workdir = Workdir::open(&root).unwrap();
+        let workdir = Workdir::open(&root);
         let (a, b) = (
             dir.path().join("a.toml.lock"),
             dir.path().join("b.toml.lock"),

@@ -39,11 +39,13 @@ pub(crate) fn resolve(ctx: &StageContext, p: &PrepareParams) -> anyhow::Result<V
         ),
     };
     let mut out = Vec::new();
+    // A file named twice, or reached again through a link, is read once.
+    let mut seen = gptpipe_core::inputs::FileSet::default();
     for entry in &p.inputs {
         let files = if entry.starts_with('@') {
             stage_files(ctx, entry)?
         } else {
-            gptpipe_core::inputs::expand(ctx.pipeline, entry)?
+            gptpipe_core::inputs::expand(ctx.pipeline, entry, &mut seen)?
         };
         for path in files {
             let ext = path

@@ -1,0 +1,285 @@
+//! What the runner promises a hostile user (issue 10): it never publishes over a folder it
+//! did not make, never lets an edit of a published file reach the cache, never hands a
+//! stage an output that differs from its record, never writes outside a stage folder for a
+//! crafted cache entry, never hangs on a stage that panics, and never writes from a
+//! read-only command.
+
+use gptpipe_core::config::{load, LoadOptions, Pipeline, StageKind};
+use gptpipe_core::events::{Event, EventSink};
+use gptpipe_core::runner::{Outcome, RunError, RunOptions, Runner};
+use gptpipe_core::stage::Registry;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Event>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, event: Event) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    fn warnings(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Warning { message } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct Project {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Project {
+    /// A pipeline with one prepare stage `a` reading data.txt, in workdir `work`.
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::write(dir.join("data.txt"), "x").unwrap();
+        let p = Self { _tmp: tmp, dir };
+        p.pipeline("min_length = 1");
+        p
+    }
+
+    fn pipeline(&self, extra: &str) {
+        let text = format!(
+            "[pipeline]\nname = \"s\"\nworkdir = \"work\"\n[stages.a]\nkind = \"prepare\"\n\
+             inputs = [\"data.txt\"]\n{extra}\n"
+        );
+        std::fs::write(self.dir.join("p.toml"), text).unwrap();
+    }
+
+    fn load(&self) -> Pipeline {
+        load(&self.dir.join("p.toml"), &LoadOptions::default()).unwrap()
+    }
+
+    fn out(&self, file: &str) -> PathBuf {
+        self.dir.join("work/a").join(file)
+    }
+}
+
+/// Runs `pipeline` with `registry` on another thread, failing the test if it hangs.
+fn run_with(
+    pipeline: &Pipeline,
+    registry: Registry,
+    force: bool,
+) -> (Result<Outcome, String>, Recorder) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipeline = pipeline.clone();
+    std::thread::spawn(move || {
+        let events = Recorder::default();
+        let runner = Runner::new(&pipeline, &registry).unwrap();
+        let options = RunOptions {
+            force,
+            ..RunOptions::default()
+        };
+        let result = runner
+            .run(&options, &events, &Default::default())
+            .map(|o| o["a"].clone())
+            .map_err(|e| match e {
+                RunError::Failed(f) => format!("failed: {f:?}"),
+                other => format!("{other:?}"),
+            });
+        let _ = tx.send((result, events));
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the run hung")
+}
+
+/// A stage that writes `out.txt`: the previous output's text (when the runner hands one
+/// over, as generate keeps earlier samples) followed by "new".
+fn appending_stage() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(StageKind::Prepare, 1, |ctx| {
+        let before = match ctx.previous_output {
+            Some(prev) => std::fs::read_to_string(prev.join("out.txt"))?,
+            None => String::new(),
+        };
+        std::fs::write(ctx.out_dir.join("out.txt"), format!("{before}new"))?;
+        Ok(())
+    });
+    registry
+}
+
+#[test]
+fn an_output_edited_by_hand_is_neither_reused_nor_able_to_damage_the_cache() {
+    let p = Project::new();
+    let (r, _) = run_with(&p.load(), appending_stage(), false);
+    assert_eq!(r.unwrap(), Outcome::Ran);
+    assert_eq!(std::fs::read_to_string(p.out("out.txt")).unwrap(), "new");
+
+    // An edit in place, same size, the mtime set back: the cache object is a separate
+    // file, so the next run restores the recorded output instead of warning that the
+    // cache is damaged.
+    let file = p.out("out.txt");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, "BAD").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (r, events) = run_with(&p.load(), appending_stage(), false);
+    assert_eq!(r.unwrap(), Outcome::Restored, "{:?}", events.warnings());
+    assert!(events.warnings().is_empty(), "{:?}", events.warnings());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "new");
+
+    // A stage that builds on its previous output never gets an edited one, even with
+    // --force (a model truncated to 0 bytes made every finetune fail).
+    std::fs::write(&file, "BAD").unwrap();
+    let (r, events) = run_with(&p.load(), appending_stage(), true);
+    assert_eq!(r.unwrap(), Outcome::Ran);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "new");
+    let warnings = events.warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("was modified")),
+        "{warnings:?}"
+    );
+
+    // An untouched output is handed over as before.
+    let (r, _) = run_with(&p.load(), appending_stage(), true);
+    assert_eq!(r.unwrap(), Outcome::Ran);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "newnew");
+}
+
+#[test]
+fn a_folder_gptpipe_did_not_make_is_never_published_over() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.dir.join("work/a")).unwrap();
+    std::fs::write(p.out("mine.txt"), "the user's own file").unwrap();
+    let (r, events) = run_with(&p.load(), appending_stage(), false);
+    let e = format!("{:?}", events.0.lock().unwrap());
+    assert!(r.unwrap_err().starts_with("failed"), "{e}");
+    assert!(e.contains("was not made by gptpipe"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(p.out("mine.txt")).unwrap(),
+        "the user's own file"
+    );
+
+    // Once it is moved away, the stage publishes, and replaces its own folder later (after
+    // a parameter change, and after an edit by hand).
+    std::fs::rename(p.dir.join("work/a"), p.dir.join("mine")).unwrap();
+    assert_eq!(
+        run_with(&p.load(), appending_stage(), false).0.unwrap(),
+        Outcome::Ran
+    );
+    p.pipeline("min_length = 2");
+    assert_eq!(
+        run_with(&p.load(), appending_stage(), false).0.unwrap(),
+        Outcome::Ran
+    );
+    std::fs::write(p.out("out.txt"), "edited").unwrap();
+    std::fs::write(p.out("extra.txt"), "added by hand").unwrap();
+    assert_eq!(
+        run_with(&p.load(), appending_stage(), false).0.unwrap(),
+        Outcome::Restored
+    );
+    assert!(!p.out("extra.txt").exists());
+}
+
+#[test]
+fn a_crafted_cache_entry_writes_nothing_outside_and_the_stage_runs_again() {
+    for (name, hash) in [
+        ("../../escaped.txt", "a".repeat(64)),
+        ("/tmp/gptpipe-escaped-absolute.txt", "b".repeat(64)),
+        ("out.txt", "abc".to_owned()),
+        ("out.txt", "é".repeat(32)),
+    ] {
+        let p = Project::new();
+        let pipeline = p.load();
+        let (r, _) = run_with(&pipeline, appending_stage(), false);
+        assert_eq!(r.unwrap(), Outcome::Ran);
+        let runs = p.dir.join("work/.gptpipe/cache/runs");
+        let entry = std::fs::read_dir(&runs)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let crafted = serde_json::json!({ "files": { name: hash } });
+        std::fs::write(&entry, crafted.to_string()).unwrap();
+        std::fs::remove_dir_all(p.dir.join("work/a")).unwrap();
+
+        let (r, events) = run_with(&pipeline, appending_stage(), false);
+        assert_eq!(r.unwrap(), Outcome::Ran, "{name} {hash}");
+        let warnings = events.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("is invalid")),
+            "{name} {hash}: {warnings:?}"
+        );
+        assert!(!p.dir.join("escaped.txt").exists());
+        assert!(!p.dir.join("work/escaped.txt").exists());
+        assert!(!Path::new("/tmp/gptpipe-escaped-absolute.txt").exists());
+        assert_eq!(std::fs::read_to_string(p.out("out.txt")).unwrap(), "new");
+    }
+}
+
+#[test]
+fn a_stage_that_panics_fails_the_run_instead_of_hanging_it() {
+    let p = Project::new();
+    let mut registry = Registry::new();
+    registry.register(StageKind::Prepare, 1, |_| panic!("a planted bug"));
+    let (r, events) = run_with(&p.load(), registry, false);
+    assert!(r.unwrap_err().starts_with("failed"));
+    let e = format!("{:?}", events.0.lock().unwrap());
+    assert!(e.contains("a planted bug"), "{e}");
+}
+
+#[test]
+fn a_missing_cache_object_is_called_missing() {
+    let p = Project::new();
+    let pipeline = p.load();
+    assert_eq!(
+        run_with(&pipeline, appending_stage(), false).0.unwrap(),
+        Outcome::Ran
+    );
+    let objects = p.dir.join("work/.gptpipe/cache/objects");
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::remove_dir_all(p.dir.join("work/a")).unwrap();
+    let (r, events) = run_with(&pipeline, appending_stage(), false);
+    assert_eq!(r.unwrap(), Outcome::Ran);
+    let warnings = events.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("cached object for out.txt is missing")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn status_and_dry_runs_write_nothing() {
+    let p = Project::new();
+    let pipeline = p.load();
+    let registry = appending_stage();
+    let runner = Runner::new(&pipeline, &registry).unwrap();
+    let statuses = runner.status(&[]).unwrap();
+    assert_eq!(statuses.len(), 1);
+    for dry in [
+        RunOptions {
+            dry_run: true,
+            ..RunOptions::default()
+        },
+        RunOptions {
+            frozen: true,
+            ..RunOptions::default()
+        },
+    ] {
+        let _ = runner.run(&dry, &Recorder::default(), &Default::default());
+    }
+    assert!(
+        !p.dir.join("work").exists(),
+        "a read-only command made the workdir"
+    );
+}
