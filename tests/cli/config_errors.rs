@@ -384,3 +384,37 @@ fn zero_jobs_is_a_usage_error() {
         assert!(run.stderr.contains("must be at least 1"), "{}", run.stderr);
     }
 }
+
+#[test]
+fn a_generate_output_named_like_the_stage_s_own_record_is_refused() {
+    // The stage writes generate.json beside its samples: an output of that name was
+    // overwritten by it, and the run said it had succeeded.
+    let stage = "[stages.g]\nkind = \"generate\"\nmodel = \"./nowhere\"\n";
+    for output in ["generate.json", "generate.json/samples.txt"] {
+        check(
+            &format!("{stage}output = \"{output}\"\n"),
+            &[],
+            &[
+                "p.toml:7:1",
+                &format!("output \"{output}\" is reserved"),
+                "the generate stage writes generate.json itself",
+            ],
+        );
+    }
+    check(
+        stage,
+        &["--set", "stages.g.output=generate.json"],
+        &[
+            "--set stages.g.output=generate.json",
+            "output \"generate.json\" is reserved",
+        ],
+    );
+    // A name that merely starts like it is not reserved.
+    let p = Project::new();
+    p.file(
+        "p.toml",
+        format!("{HEAD}{stage}output = \"generate.json.txt\"\n"),
+    );
+    let run = p.run(&["run", "p.toml", "--dry-run"]);
+    assert!(!run.stderr.contains("reserved"), "{}", run.stderr);
+}

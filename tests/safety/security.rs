@@ -176,3 +176,256 @@ fn a_pickle_checkpoint_is_refused_and_never_loaded() {
         assert!(!marker.exists(), "the pickle was loaded");
     }
 }
+
+/// A pipeline `p.toml` in `d` with `[pipeline]` keys `head` and the stages `stages`.
+fn pipeline(d: &Path, head: &str, stages: &str) {
+    write(
+        &d.join("p.toml"),
+        &format!("[pipeline]\nname = \"s\"\n{head}\n{stages}"),
+    );
+}
+
+#[test]
+fn a_stage_folder_that_holds_an_input_is_refused_and_the_input_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(&d.join("data/t.csv"), "title\nthe user's only copy\n");
+    let refused = [
+        // The hostile tester's case: the stage folder `data` is the user's data folder.
+        "[stages.data]\nkind = \"prepare\"\ninputs = [\"data/t.csv\"]\n",
+        "[stages.data]\nkind = \"prepare\"\ninputs = [\"data/*.csv\"]\n",
+        "[stages.data]\nkind = \"prepare\"\ninputs = [\"./data/../data\"]\n",
+        // Another stage's folder, or the cache, is no place for an input either.
+        "[stages.data]\nkind = \"prepare\"\ninputs = [\"x.csv\"]\n[stages.b]\nkind = \"prepare\"\ninputs = [\"data/t.csv\"]\n",
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\".gptpipe/cache\"]\n",
+    ];
+    for stages in refused {
+        pipeline(d, "workdir = \".\"", stages);
+        let run = gptpipe(d, &["run", "p.toml"]);
+        assert_eq!(run.code, 2, "{stages}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("output folder") || run.stderr.contains("cache folder"),
+            "{stages}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("p.toml:"),
+            "no location: {}",
+            run.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("data/t.csv")).unwrap(),
+            "title\nthe user's only copy\n"
+        );
+    }
+    // A folder the user made where a stage publishes, holding no input: refused at run
+    // time, and left as it was.
+    write(&d.join("out/notes.md"), "mine");
+    pipeline(
+        d,
+        "workdir = \".\"",
+        "[stages.out]\nkind = \"prepare\"\ninputs = [\"data/t.csv\"]\n",
+    );
+    let run = gptpipe(d, &["run", "p.toml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("not made by gptpipe"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(d.join("out/notes.md")).unwrap(),
+        "mine"
+    );
+    assert!(!d.join("out/dataset.txt").exists());
+}
+
+#[test]
+fn the_workdir_is_never_an_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A glob over the pipeline's folder would match the stage's own dataset.txt.
+    write(&d.join("texts/a.txt"), "first text\n");
+    pipeline(
+        d,
+        "",
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"**/*.txt\"]\n",
+    );
+    assert_eq!(gptpipe(d, &["run", "p.toml"]).code, 0);
+    let first = std::fs::read_to_string(d.join("runs/s/a/dataset.txt")).unwrap();
+    let again = gptpipe(d, &["run", "p.toml", "--json"]);
+    assert!(
+        again.stdout.contains("\"stage_cached\""),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("runs/s/a/dataset.txt")).unwrap(),
+        first
+    );
+    let entry = &lock(d)["stages"]["a"];
+    let inputs: Vec<&String> = entry["inputs"].as_table().unwrap().keys().collect();
+    assert_eq!(inputs, ["texts/a.txt"]);
+
+    // A workdir inside the input folder: its cache and outputs are not read.
+    write(&d.join("corpus/b.txt"), "second text\n");
+    pipeline(
+        d,
+        "workdir = \"corpus\"",
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"corpus\"]\n",
+    );
+    for _ in 0..2 {
+        let run = gptpipe(d, &["run", "p.toml"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let dataset = std::fs::read_to_string(d.join("corpus/a/dataset.txt")).unwrap();
+        assert_eq!(dataset.matches("second text").count(), 1, "{dataset}");
+        assert!(
+            !dataset.contains('{'),
+            "read gptpipe's own files: {dataset}"
+        );
+    }
+    let entry = &lock(d)["stages"]["a"];
+    let inputs: Vec<&String> = entry["inputs"].as_table().unwrap().keys().collect();
+    assert_eq!(inputs, ["corpus/b.txt"]);
+}
+
+#[test]
+fn a_glob_through_link_loops_reads_each_file_once_and_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(&d.join("gl/sub/t.csv"), "title\nonly once\n");
+    // Two loops: the glob crate walked 2^40 paths through such a tree.
+    std::os::unix::fs::symlink("..", d.join("gl/sub/up")).unwrap();
+    std::os::unix::fs::symlink("../..", d.join("gl/sub/top")).unwrap();
+    std::os::unix::fs::symlink("sub", d.join("gl/again")).unwrap();
+    pipeline(
+        d,
+        "",
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"gl/**/*.csv\", \"gl/sub/t.csv\"]\n",
+    );
+    let run = gptpipe(d, &["run", "p.toml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let dataset = std::fs::read_to_string(d.join("runs/s/a/dataset.txt")).unwrap();
+    assert_eq!(dataset.matches("only once").count(), 1, "{dataset}");
+}
+
+#[test]
+fn names_that_would_escape_or_overflow_are_config_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(&d.join("x.csv"), "title\nx\n");
+    let long = "s".repeat(300);
+    for (toml, needle) in [
+        (
+            "[pipeline]\nname = \"../../x\"\n[stages.a]\nkind = \"prepare\"\ninputs = [\"x.csv\"]\n"
+                .to_owned(),
+            "invalid pipeline name",
+        ),
+        (
+            "[pipeline]\nname = \"..\"\n[stages.a]\nkind = \"prepare\"\ninputs = [\"x.csv\"]\n"
+                .to_owned(),
+            "invalid pipeline name",
+        ),
+        (
+            format!("[pipeline]\nname = \"s\"\n[stages.{long}]\nkind = \"prepare\"\ninputs = [\"x.csv\"]\n"),
+            "invalid stage name",
+        ),
+    ] {
+        write(&d.join("p.toml"), &toml);
+        let run = gptpipe(d, &["run", "p.toml"]);
+        assert_eq!(run.code, 2, "{toml}: {}", run.stderr);
+        assert!(run.stderr.contains(needle), "{}", run.stderr);
+    }
+    assert!(!d.parent().unwrap().parent().unwrap().join("x").exists());
+    assert!(!d.join("runs").exists());
+}
+
+#[test]
+fn special_files_and_non_model_folders_get_clear_errors_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let fifo = d.join("pipe.csv");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    for (stages, needle) in [
+        (
+            "[stages.a]\nkind = \"prepare\"\ninputs = [\"pipe.csv\"]\n",
+            "not a regular file",
+        ),
+        (
+            "[stages.a]\nkind = \"prepare\"\ninputs = [\"/dev/zero\"]\n",
+            "not a regular file",
+        ),
+        // `model = "/"` hashed the whole file system before any check.
+        (
+            "[stages.g]\nkind = \"generate\"\nmodel = \"/\"\n",
+            "is not a model folder",
+        ),
+    ] {
+        pipeline(d, "", stages);
+        for args in [
+            &["run", "p.toml", "--json"][..],
+            &["run", "p.toml", "--dry-run", "--json"],
+        ] {
+            let start = std::time::Instant::now();
+            let run = gptpipe(d, args);
+            assert_eq!(
+                run.code, 1,
+                "{stages} {args:?}: {}{}",
+                run.stdout, run.stderr
+            );
+            assert!(
+                run.stdout.contains(needle) || run.stderr.contains(needle),
+                "{stages} {args:?}: {}{}",
+                run.stdout,
+                run.stderr
+            );
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "{stages}: took {:?}",
+                start.elapsed()
+            );
+        }
+    }
+}
+
+#[test]
+fn status_writes_nothing_and_works_on_a_read_only_workdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(&d.join("x.csv"), "title\nx\n");
+    pipeline(
+        d,
+        "",
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"x.csv\"]\n",
+    );
+    for args in [
+        &["status", "p.toml"][..],
+        &["run", "p.toml", "--dry-run"],
+        &["run", "p.toml", "--frozen"],
+    ] {
+        gptpipe(d, args);
+        assert!(!d.join("runs").exists(), "{args:?} made the workdir");
+    }
+    assert_eq!(gptpipe(d, &["run", "p.toml"]).code, 0);
+    // Files older than a moment are worth remembering: status hashes them, and used to
+    // save what it learnt in the memo.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for f in [
+        "x.csv",
+        "runs/s/a/dataset.txt",
+        "runs/s/a/tokens.bin",
+        "runs/s/a/report.json",
+    ] {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(d.join(f))
+            .unwrap();
+        file.set_modified(hour_ago).unwrap();
+    }
+    let memo = d.join("runs/s/.gptpipe/memo.json");
+    let _ = std::fs::remove_file(&memo);
+    let status = gptpipe(d, &["status", "p.toml", "--json"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(status.stdout.contains("\"fresh\""), "{}", status.stdout);
+    assert!(!memo.exists(), "status wrote the memo");
+    // A run does save it.
+    assert_eq!(gptpipe(d, &["run", "p.toml"]).code, 0);
+    assert!(memo.exists());
+}

@@ -1,0 +1,191 @@
+//! Absurd sizes are refused before anything is allocated: a config error naming the key
+//! (exit code 2) for shapes and counts no machine could hold, and "this needs N GB, the
+//! machine has M GB" (exit code 1) for sizes within those bounds that do not fit this
+//! machine. Never a libtorch panic with a C++ backtrace, never an abort.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Fails with `code`, says each of `needles` (stdout and stderr together), and shows no
+    /// sign of a panic or a C++ exception.
+    #[track_caller]
+    fn fails_with(&self, code: i32, needles: &[&str]) {
+        let all = format!("{}\n{}", self.stdout, self.stderr);
+        assert_eq!(self.code, code, "{all}");
+        for needle in needles {
+            assert!(all.contains(needle), "no {needle:?} in:\n{all}");
+        }
+        for bad in ["panicked", "C++", "frame #", "memory allocation of"] {
+            assert!(!all.contains(bad), "{bad:?} in:\n{all}");
+        }
+    }
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
+        c.env_remove(k);
+    }
+    let out = c.args(args).current_dir(dir).output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A folder with `p.toml` holding `stages` after a pipeline header, and a small dataset.
+fn project(stages: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..50)
+        .map(|i| format!("a line of text number {i}\n"))
+        .collect();
+    std::fs::write(dir.path().join("data.txt"), text).unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        format!("[pipeline]\nname = \"s\"\nworkdir = \"work\"\n\n{stages}"),
+    )
+    .unwrap();
+    dir
+}
+
+/// A model folder whose `config.json` has these GPT-2 keys; the weights file is a
+/// placeholder (nothing may read it before the sizes are checked).
+fn model_folder(root: &Path, n_layer: u64, n_head: u64, n_embd: u64, n_positions: u64) -> PathBuf {
+    let dir = root.join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "gpt2",
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_embd": n_embd,
+        "n_positions": n_positions,
+        "n_ctx": n_positions,
+        "vocab_size": 50257,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"placeholder").unwrap();
+    dir
+}
+
+#[test]
+fn absurd_shapes_and_counts_are_config_errors_naming_the_key() {
+    let p = project(
+        "[stages.train]\nkind = \"finetune\"\ndataset = \"data.txt\"\n\
+         model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 1000000000 }\n\
+         steps = 1\ndevice = \"cpu\"\n",
+    );
+    let run = run_in(p.path(), &["run", "p.toml"]);
+    run.fails_with(2, &["n_ctx = 1000000000", "model"]);
+
+    for (key, model) in [
+        ("n_embd", "{ n_layer = 1, n_head = 1, n_embd = 1000000000 }"),
+        (
+            "n_layer",
+            "{ n_layer = 1000000000, n_head = 1, n_embd = 8 }",
+        ),
+        (
+            "vocab_size",
+            "{ n_layer = 1, n_head = 1, n_embd = 8, vocab_size = 100000000000 }",
+        ),
+    ] {
+        let p = project(&format!(
+            "[stages.gen]\nkind = \"generate\"\nmodel = {model}\ndevice = \"cpu\"\n"
+        ));
+        run_in(p.path(), &["run", "p.toml"]).fails_with(2, &[&format!("{key} = ")]);
+    }
+
+    let p = project(
+        "[stages.gen]\nkind = \"generate\"\n\
+         model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
+         nsamples = 1000000000\nbatch_size = 1000000000\ndevice = \"cpu\"\n",
+    );
+    run_in(p.path(), &["run", "p.toml"]).fails_with(2, &["batch_size = 1000000000"]);
+    let p = project(
+        "[stages.gen]\nkind = \"generate\"\n\
+         model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
+         nsamples = 1000000000\ndevice = \"cpu\"\n",
+    );
+    run_in(p.path(), &["run", "p.toml"]).fails_with(2, &["nsamples = 1000000000"]);
+
+    // The same bounds for `gptpipe generate`, before the model is looked at.
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_folder(dir.path(), 1, 2, 32, 32);
+    let model = model.to_str().unwrap();
+    let run = run_in(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            model,
+            "--nsamples",
+            "1000000000",
+            "--batch-size",
+            "1000000000",
+        ],
+    );
+    run.fails_with(2, &["batch_size = 1000000000"]);
+}
+
+#[test]
+#[cfg(feature = "torch")] // models load in gptpipe-worker, which needs libtorch
+fn a_model_folder_with_an_absurd_context_is_refused_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_folder(dir.path(), 1, 2, 32, 1_000_000_000);
+    let model = model.to_str().unwrap();
+    let args = [
+        "generate", "--model", model, "--device", "cpu", "--length", "4",
+    ];
+    let run = run_in(dir.path(), &args);
+    assert_ne!(run.code, 0);
+    run.fails_with(run.code, &["n_ctx = 1000000000", "n_positions"]);
+    assert!([1, 2].contains(&run.code), "exit code {}", run.code);
+}
+
+#[test]
+#[cfg(feature = "torch")]
+fn a_model_too_big_for_the_machine_says_what_it_needs_and_what_to_lower() {
+    // Within the shape bounds, but about 200 TB of weights: no machine has them.
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_folder(dir.path(), 1024, 64, 65536, 1024);
+    let model = model.to_str().unwrap();
+    let args = [
+        "generate", "--model", model, "--device", "cpu", "--length", "4",
+    ];
+    run_in(dir.path(), &args).fails_with(1, &["needs about", "the machine has", "smaller model"]);
+
+    // Finetuning the same shape inline: the training estimate refuses it before any weight
+    // is allocated.
+    let p = project(
+        "[stages.train]\nkind = \"finetune\"\ndataset = \"data.txt\"\n\
+         model = { n_layer = 1024, n_head = 64, n_embd = 65536, n_ctx = 1024 }\n\
+         steps = 1\nsample_every = 0\ndevice = \"cpu\"\n",
+    );
+    run_in(p.path(), &["run", "p.toml"]).fails_with(
+        1,
+        &["training needs about", "the machine has", "smaller model"],
+    );
+
+    // A small model with a batch whose KV cache is about 18 TB: refused before the batch
+    // is allocated, naming batch_size.
+    let p = project(
+        "[stages.gen]\nkind = \"generate\"\n\
+         model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 1048576 }\n\
+         nsamples = 65536\nbatch_size = 65536\nlength = 4\ndevice = \"cpu\"\n",
+    );
+    run_in(p.path(), &["run", "p.toml"]).fails_with(
+        1,
+        &[
+            "generation needs about",
+            "the machine has",
+            "lower batch_size",
+        ],
+    );
+}
