@@ -114,3 +114,32 @@ fn training_the_same_weights_twice_gives_the_same_output_hashes() {
         );
     }
 }
+
+#[test]
+fn a_resumed_finetune_writes_the_same_bytes_as_a_straight_one() {
+    // Raising `steps` resumes from the output, which reads metrics.jsonl and trainer.json
+    // back: a float that does not survive the round trip made every later file differ.
+    let (straight, resumed) = (project(), project());
+    run(straight.path(), &["run", "p.toml", "train"]);
+    let short = PIPELINE.replace("steps = 12", "steps = 7");
+    std::fs::write(resumed.path().join("p.toml"), short).unwrap();
+    run(resumed.path(), &["run", "p.toml", "train"]);
+    std::fs::write(resumed.path().join("p.toml"), PIPELINE).unwrap();
+    let events = run(resumed.path(), &["run", "p.toml", "train", "--json"]);
+    assert!(events.contains("resuming from step 7"), "{events}");
+    for file in [
+        "metrics.jsonl",
+        "training_state/trainer.json",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(straight.path().join("work/train").join(file)).unwrap(),
+            std::fs::read(resumed.path().join("work/train").join(file)).unwrap(),
+            "{file} differs after a resume"
+        );
+    }
+    assert_eq!(
+        recorded(straight.path())["train"],
+        recorded(resumed.path())["train"]
+    );
+}

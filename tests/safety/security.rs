@@ -429,3 +429,65 @@ fn status_writes_nothing_and_works_on_a_read_only_workdir() {
     assert_eq!(gptpipe(d, &["run", "p.toml"]).code, 0);
     assert!(memo.exists());
 }
+
+#[test]
+fn globs_stay_at_their_depth_and_links_into_gptpipes_files_are_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(&d.join("a.csv"), "title\nthe only row\n");
+    // Neither a broken link nor a huge tree elsewhere concerns `*.csv`.
+    std::fs::create_dir_all(d.join("unrelated/deep")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", d.join("unrelated/deep/broken")).unwrap();
+    std::os::unix::fs::symlink("/usr", d.join("unrelated/usr")).unwrap();
+    pipeline(
+        d,
+        "workdir = \".\"",
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"*.csv\"]\n[stages.b]\nkind = \"prepare\"\ninputs = [\"ud\", \"*\"]\n",
+    );
+    // A folder of links into what gptpipe owns, and `*` over the pipeline's folder (its
+    // lock file included, which every run rewrites).
+    std::fs::create_dir_all(d.join("ud")).unwrap();
+    std::os::unix::fs::symlink("../a/dataset.txt", d.join("ud/l.txt")).unwrap();
+    std::os::unix::fs::symlink("../.gptpipe/run.lock", d.join("ud/m.txt")).unwrap();
+    write(&d.join("ud/own.txt"), "a text of the user\n");
+    let run = gptpipe(d, &["run", "p.toml", "a"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = gptpipe(d, &["run", "p.toml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let again = gptpipe(d, &["run", "p.toml", "--json"]);
+    assert!(
+        !again.stdout.contains("\"stage_started\""),
+        "{}",
+        again.stdout
+    );
+    let entry = &lock(d)["stages"]["b"];
+    let inputs: Vec<&String> = entry["inputs"].as_table().unwrap().keys().collect();
+    assert_eq!(inputs, ["a.csv", "p.toml", "ud/own.txt"]);
+}
+
+#[test]
+fn a_dry_run_says_a_user_folder_stops_the_run_and_gc_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(&d.join("x.csv"), "title\nx\n");
+    pipeline(
+        d,
+        "",
+        "[stages.a]\nkind = \"prepare\"\ninputs = [\"x.csv\"]\n",
+    );
+    assert_eq!(gptpipe(d, &["gc", "p.toml"]).code, 0);
+    assert!(!d.join("runs").exists(), "gc made the workdir");
+    write(&d.join("runs/s/a/mine.txt"), "mine");
+    let dry = gptpipe(d, &["run", "p.toml", "--dry-run"]);
+    assert_eq!(dry.code, 1, "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        (dry.stdout.clone() + &dry.stderr).contains("not made by gptpipe"),
+        "{}{}",
+        dry.stdout,
+        dry.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("runs/s/a/mine.txt")).unwrap(),
+        "mine"
+    );
+}

@@ -49,45 +49,6 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Like [`list_files`], but following symbolic links, as inputs need: a folder of links
-/// (a Hugging Face cache snapshot, a data folder assembled from links) lists its targets'
-/// files under the links' names. A link that loops back to a folder already being walked
-/// is skipped; a dangling link is an error naming it.
-pub fn list_files_following(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(
-        root: &Path,
-        dir: &Path,
-        open: &mut Vec<PathBuf>,
-        out: &mut Vec<PathBuf>,
-    ) -> Result<()> {
-        let real = dir
-            .canonicalize()
-            .with_context(|| format!("cannot read {}", dir.display()))?;
-        if open.contains(&real) {
-            return Ok(());
-        }
-        open.push(real);
-        for entry in
-            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
-        {
-            let path = entry?.path();
-            let meta = std::fs::metadata(&path)
-                .with_context(|| format!("{} is a broken link", path.display()))?;
-            if meta.is_dir() {
-                walk(root, &path, open, out)?;
-            } else if meta.is_file() {
-                out.push(path.strip_prefix(root).expect("under root").to_path_buf());
-            }
-        }
-        open.pop();
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut Vec::new(), &mut out)?;
-    out.sort();
-    Ok(out)
-}
-
 /// Copies `from` to a new file `to`, sharing blocks (a reflink) where the file system can,
 /// so that the two never share an inode: editing one never changes the other. Cache
 /// objects and published outputs are made this way (a hard link would let an edit of a

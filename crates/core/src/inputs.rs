@@ -42,7 +42,7 @@ pub fn expand(pipeline: &Pipeline, entry: &str, seen: &mut FileSet) -> Result<Ve
     match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() => return keep_new(vec![path]),
         Ok(meta) if meta.is_dir() => {
-            let files = walk(&path, &owned)?;
+            let files = walk(&path, &owned, None, &broken_link_is_an_error)?;
             if files.is_empty() {
                 bail!("input folder {} is empty", path.display());
             }
@@ -75,8 +75,19 @@ pub fn expand(pipeline: &Pipeline, entry: &str, seen: &mut FileSet) -> Result<Ve
             require_literal_separator: true,
             ..glob::MatchOptions::new()
         };
+        // A glob without `**` reaches as many folders deep as it has components; a
+        // dangling link matters only where the glob would have read it.
+        let depth = (!rest.components().any(|c| c.as_os_str() == "**"))
+            .then(|| rest.components().count().saturating_sub(1));
+        let on_broken = |path: &Path| -> Result<()> {
+            if pattern.matches_path_with(path, options) {
+                broken_link_is_an_error(path)
+            } else {
+                Ok(())
+            }
+        };
         let files: Vec<PathBuf> = if root.is_dir() {
-            walk(&root, &owned)?
+            walk(&root, &owned, depth, &on_broken)?
                 .into_iter()
                 .filter(|f| pattern.matches_path_with(f, options))
                 .collect()
@@ -111,19 +122,26 @@ pub(crate) fn split_glob(entry: &str) -> (PathBuf, PathBuf) {
 
 /// The regular files below `dir`, following links (a data folder assembled from links, a
 /// Hugging Face snapshot), as paths under `dir`, sorted. Each real folder is listed once,
-/// so neither a loop nor two links to one folder reads anything twice; what gptpipe owns is
-/// skipped; a dangling link is an error naming it.
-fn walk(dir: &Path, owned: &Owned) -> Result<Vec<PathBuf>> {
-    fn visit(
-        dir: &Path,
-        owned: &Owned,
-        done: &mut HashSet<PathBuf>,
-        out: &mut Vec<PathBuf>,
-    ) -> Result<()> {
+/// so neither a loop nor two links to one folder reads anything twice; what gptpipe owns
+/// is skipped, also when a link leads there. `depth` limits how many folders deep the walk
+/// goes (a glob without `**`); `on_broken` decides what a dangling link is.
+fn walk(
+    dir: &Path,
+    owned: &Owned,
+    depth: Option<usize>,
+    on_broken: &dyn Fn(&Path) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    struct Walk<'a> {
+        owned: &'a Owned,
+        on_broken: &'a dyn Fn(&Path) -> Result<()>,
+        done: HashSet<PathBuf>,
+        out: Vec<PathBuf>,
+    }
+    fn visit(w: &mut Walk, dir: &Path, depth: Option<usize>) -> Result<()> {
         let real = dir
             .canonicalize()
             .with_context(|| format!("cannot read {}", dir.display()))?;
-        if owned.holds(&real) || !done.insert(real) {
+        if w.owned.holds(&real) || !w.done.insert(real) {
             return Ok(());
         }
         let mut entries = std::fs::read_dir(dir)
@@ -133,25 +151,43 @@ fn walk(dir: &Path, owned: &Owned) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("cannot read {}", dir.display()))?;
         entries.sort();
         for path in entries {
-            let meta = std::fs::metadata(&path)
-                .with_context(|| format!("{} is a broken link", path.display()))?;
+            let Ok(meta) = std::fs::metadata(&path) else {
+                (w.on_broken)(&path)?;
+                continue;
+            };
             if meta.is_dir() {
-                visit(&path, owned, done, out)?;
+                if depth != Some(0) {
+                    visit(w, &path, depth.map(|d| d - 1))?;
+                }
             } else if meta.is_file() {
-                out.push(path);
+                // A link may lead into what gptpipe owns, too.
+                let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+                if !w.owned.holds(&real) {
+                    w.out.push(path);
+                }
             }
         }
         Ok(())
     }
-    let mut out = Vec::new();
-    visit(dir, owned, &mut HashSet::new(), &mut out)?;
-    out.sort();
-    Ok(out)
+    let mut w = Walk {
+        owned,
+        on_broken,
+        done: HashSet::new(),
+        out: Vec::new(),
+    };
+    visit(&mut w, dir, depth)?;
+    w.out.sort();
+    Ok(w.out)
 }
 
-/// What gptpipe owns in a pipeline's workdir: `.gptpipe/` and every stage's output folder.
-/// Never an input: a folder or glob over the workdir would read the stages' own outputs
-/// (the dataset growing at every run) or the cache.
+/// A dangling link in an input folder is an error naming it: it was meant to be read.
+fn broken_link_is_an_error(path: &Path) -> Result<()> {
+    bail!("{} is a broken link", path.display())
+}
+
+/// What gptpipe owns: the workdir's `.gptpipe/` and every stage's output folder, and the
+/// pipeline's lock file. Never an input: a folder or glob over them would read the stages'
+/// own outputs (the dataset growing at every run), the cache, or a file every run rewrites.
 pub struct Owned(Vec<PathBuf>);
 
 impl Owned {
@@ -159,6 +195,7 @@ impl Owned {
         let workdir = &pipeline.workdir;
         let mut roots = vec![normalize(&workdir.join(crate::runner::META_DIR))];
         roots.extend(pipeline.stages.keys().map(|s| normalize(&workdir.join(s))));
+        roots.push(normalize(&pipeline.lock_path()));
         Self(roots)
     }
 
@@ -242,7 +279,12 @@ pub fn stage_inputs(
                     crate::model_folder::WEIGHTS_FILE
                 );
             }
-            files.extend(walk(&dir, &Owned(Vec::new()))?);
+            files.extend(walk(
+                &dir,
+                &Owned(Vec::new()),
+                None,
+                &broken_link_is_an_error,
+            )?);
         }
         Ok(())
     };

@@ -283,3 +283,131 @@ fn status_and_dry_runs_write_nothing() {
         "a read-only command made the workdir"
     );
 }
+
+#[test]
+fn a_folder_made_where_an_output_was_deleted_is_the_users() {
+    let p = Project::new();
+    let pipeline = p.load();
+    assert_eq!(
+        run_with(&pipeline, appending_stage(), false).0.unwrap(),
+        Outcome::Ran
+    );
+    // Made right after the output is deleted, the folder often gets its inode back.
+    for mine in [
+        &[("notes.md", "mine")][..],
+        // A file of the output's own name, with the user's content.
+        &[("out.txt", "my own out.txt")],
+    ] {
+        std::fs::remove_dir_all(p.dir.join("work/a")).unwrap();
+        std::fs::create_dir(p.dir.join("work/a")).unwrap();
+        for (name, text) in mine {
+            std::fs::write(p.out(name), text).unwrap();
+        }
+        let (r, _) = run_with(&pipeline, appending_stage(), false);
+        assert!(r.unwrap_err().starts_with("failed"), "{mine:?}");
+        for (name, text) in mine {
+            assert_eq!(&std::fs::read_to_string(p.out(name)).unwrap(), text);
+        }
+    }
+    // A folder of empty folders would be lost too.
+    std::fs::remove_dir_all(p.dir.join("work/a")).unwrap();
+    std::fs::create_dir_all(p.dir.join("work/a/empty")).unwrap();
+    assert!(run_with(&pipeline, appending_stage(), false).0.is_err());
+    assert!(p.dir.join("work/a/empty").is_dir());
+}
+
+#[test]
+fn a_copied_workdir_is_still_gptpipes() {
+    // A CI cache or a backup restores the workdir as new folders with the same content.
+    let p = Project::new();
+    assert_eq!(
+        run_with(&p.load(), appending_stage(), false).0.unwrap(),
+        Outcome::Ran
+    );
+    let copy = std::process::Command::new("cp")
+        .args(["-r", "work", "copy"])
+        .current_dir(&p.dir)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::remove_dir_all(p.dir.join("work")).unwrap();
+    std::fs::rename(p.dir.join("copy"), p.dir.join("work")).unwrap();
+    p.pipeline("min_length = 2");
+    assert_eq!(
+        run_with(&p.load(), appending_stage(), false).0.unwrap(),
+        Outcome::Ran
+    );
+    assert_eq!(std::fs::read_to_string(p.out("out.txt")).unwrap(), "newnew");
+}
+
+#[test]
+fn a_planted_cache_object_is_never_followed_or_waited_on() {
+    type Plant = fn(&Path);
+    let plant: [(&str, Plant); 3] = [
+        ("a link to /dev/zero", |o| {
+            std::os::unix::fs::symlink("/dev/zero", o).unwrap()
+        }),
+        ("a FIFO", |o| {
+            let c = std::ffi::CString::new(o.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        }),
+        ("a folder", |o| std::fs::create_dir(o).unwrap()),
+    ];
+    for (what, plant) in plant {
+        let p = Project::new();
+        let pipeline = p.load();
+        assert_eq!(
+            run_with(&pipeline, appending_stage(), false).0.unwrap(),
+            Outcome::Ran
+        );
+        let shards = p.dir.join("work/.gptpipe/cache/objects");
+        let shard = std::fs::read_dir(&shards)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let object = std::fs::read_dir(&shard)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::remove_file(&object).unwrap();
+        plant(&object);
+        std::fs::remove_dir_all(p.dir.join("work/a")).unwrap();
+        let (r, events) = run_with(&pipeline, appending_stage(), false);
+        assert_eq!(r.unwrap(), Outcome::Ran, "{what}");
+        let warnings = events.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("is not a regular file")),
+            "{what}: {warnings:?}"
+        );
+        // The entry was rebuilt with a real object.
+        let meta = std::fs::symlink_metadata(&object).unwrap();
+        assert!(meta.is_file(), "{what}");
+    }
+}
+
+#[test]
+fn a_cache_entry_with_a_name_too_long_to_restore_is_invalid() {
+    let p = Project::new();
+    let pipeline = p.load();
+    assert_eq!(
+        run_with(&pipeline, appending_stage(), false).0.unwrap(),
+        Outcome::Ran
+    );
+    let runs = p.dir.join("work/.gptpipe/cache/runs");
+    let entry = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let crafted = serde_json::json!({ "files": { "x".repeat(300): "a".repeat(64) } });
+    std::fs::write(&entry, crafted.to_string()).unwrap();
+    std::fs::remove_dir_all(p.dir.join("work/a")).unwrap();
+    let (r, events) = run_with(&pipeline, appending_stage(), false);
+    assert_eq!(r.unwrap(), Outcome::Ran);
+    assert!(events.warnings().iter().any(|w| w.contains("too long")));
+}

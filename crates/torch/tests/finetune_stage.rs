@@ -394,6 +394,7 @@ fn saved_val_loss(h: &Harness, dir: &Path, val_split: f64, batch_size: usize) ->
             dir: h.upstream["prep"].dir.clone(),
         },
         50000,
+        &h.pipeline,
     )
     .unwrap();
     let data = Dataset::new(

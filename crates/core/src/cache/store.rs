@@ -49,6 +49,13 @@ impl Manifest {
                     "it names the file {name:?}, outside the stage folder"
                 ));
             }
+            if name.len() > MAX_PATH
+                || Path::new(name)
+                    .components()
+                    .any(|c| c.as_os_str().len() > MAX_NAME)
+            {
+                return Some(format!("the file name {name:?} is too long"));
+            }
             if !is_hash(hash) {
                 return Some(format!(
                     "its hash {hash:?} for {name} is not a blake3 digest"
@@ -65,6 +72,11 @@ impl Manifest {
         None
     }
 }
+
+/// Limits on the names of an output's files (Linux's NAME_MAX, and a path well within
+/// PATH_MAX once it is under a workdir): a longer one cannot be restored.
+const MAX_NAME: usize = 255;
+const MAX_PATH: usize = 1024;
 
 /// A blake3 hex digest, as [`crate::cache::hash`] writes them.
 fn is_hash(s: &str) -> bool {
@@ -111,7 +123,8 @@ impl Store {
             let object = self.object(hash);
             // Earlier versions hard-linked objects to published files: such an object is
             // replaced by a copy, so that editing the old published file cannot reach it.
-            if std::fs::metadata(&object).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
+            // Anything else at the object's path (a planted link or FIFO) is replaced too.
+            if std::fs::symlink_metadata(&object).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
                 continue;
             }
             let parent = object.parent().expect("objects have a parent");
@@ -164,6 +177,11 @@ impl Store {
                 Copied::Verified => {}
                 Copied::Missing => {
                     return drop_entry(format!("cached object for {rel} is missing"));
+                }
+                Copied::NotAFile => {
+                    let _ =
+                        std::fs::remove_file(&object).or_else(|_| std::fs::remove_dir_all(&object));
+                    return drop_entry(format!("cached object for {rel} is not a regular file"));
                 }
                 Copied::Mismatch => {
                     let _ = std::fs::remove_file(&object);
@@ -220,6 +238,9 @@ enum Copied {
     Verified,
     /// `from` does not exist.
     Missing,
+    /// `from` is a link, a folder, a FIFO or a device: never read (a link to /dev/zero
+    /// would fill the disk, a FIFO would block forever).
+    NotAFile,
     /// `from`'s content does not match the expected hash (`to` was removed).
     Mismatch,
 }
@@ -227,11 +248,27 @@ enum Copied {
 /// Copies `from` to `to` while hashing it. Reading `from` and writing `to` fail with
 /// errors that name the file, so a full disk is not mistaken for a damaged object.
 fn copy_verified(from: &Path, to: &Path, expected: &str) -> Result<Copied> {
-    let mut src = match std::fs::File::open(from) {
-        Ok(f) => f,
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(from) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Ok(Copied::NotAFile),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Copied::Missing),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", from.display())),
+    }
+    // No link is followed and no FIFO waited on, should one be swapped in since the check.
+    let src = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from);
+    let src = match src {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        Ok(_) => return Ok(Copied::NotAFile),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Copied::NotAFile),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", from.display())),
     };
+    // Never more than the object held when opened, whatever grows it meanwhile.
+    let len = src.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut src = src.take(len);
     let mut dst =
         std::fs::File::create(to).with_context(|| format!("cannot write {}", to.display()))?;
     let mut hasher = blake3::Hasher::new();

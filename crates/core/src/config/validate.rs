@@ -127,6 +127,9 @@ fn check_inputs_outside_owned(p: &Pipeline) -> Result<(), ConfigError> {
                 Some(stage) if p.stages.contains_key(stage) => {
                     format!("stage `{stage}`'s output folder")
                 }
+                _ if root == crate::inputs::normalize(&p.lock_path()) => {
+                    "the pipeline's lock file, which every run rewrites".to_owned()
+                }
                 _ => "gptpipe's cache folder".to_owned(),
             };
             let path: Vec<String> = vec!["stages".into(), name.clone(), key.into()];

@@ -247,7 +247,7 @@ impl<'a> Runner<'a> {
             let deps = &self.dag.deps[stage];
             let stale_deps: Vec<&String> = deps.iter().filter(|d| stale.contains(*d)).collect();
             let mut broken = false;
-            let reasons = if !stale_deps.is_empty() {
+            let mut reasons = if !stale_deps.is_empty() {
                 stale_deps
                     .iter()
                     .map(|d| format!("upstream {d} is stale"))
@@ -267,6 +267,12 @@ impl<'a> Runner<'a> {
             };
             if !reasons.is_empty() {
                 stale.insert(stage.clone());
+                // A run would stop at a folder it must not replace: say so now.
+                let recorded = lock.stages.get(stage).map(|e| e.output_hash.as_str());
+                if let Err(e) = self.workdir.check_publishable(stage, recorded) {
+                    broken = true;
+                    reasons.push(format!("{e:#}"));
+                }
             }
             out.push(StageStatus {
                 stage: stage.clone(),
@@ -484,7 +490,7 @@ impl<'a> Runner<'a> {
             }
             // Before any work: a folder that is not ours would only be refused at the end.
             self.workdir
-                .check_publishable(stage, self.recorded_outputs(stage, lock).as_ref())?;
+                .check_publishable(stage, self.recorded_output(stage, lock).as_deref())?;
             let tmp = self.workdir.tmp_dir(stage)?;
             let restored = self.workdir.store.restore(&eval.key, &tmp);
             if restored.is_err() {
@@ -492,7 +498,7 @@ impl<'a> Runner<'a> {
             }
             match restored? {
                 Restore::Restored(manifest) => {
-                    self.publish(stage, &tmp, lock)?;
+                    self.publish(stage, &tmp, &manifest, lock)?;
                     let hash = self.record(stage, &eval, Some(&manifest), lock)?;
                     events.emit(Event::StageCached {
                         stage: stage.into(),
@@ -510,7 +516,7 @@ impl<'a> Runner<'a> {
 
         let run = self.registry.get(params.kind())?;
         self.workdir
-            .check_publishable(stage, self.recorded_outputs(stage, lock).as_ref())?;
+            .check_publishable(stage, self.recorded_output(stage, lock).as_deref())?;
         events.emit(Event::StageStarted {
             stage: stage.into(),
             kind: params.kind().to_string(),
@@ -549,7 +555,7 @@ impl<'a> Runner<'a> {
         }
         let manifest = Manifest::of_dir(&out_dir, |p| self.workdir.memo.hash(p))?;
         self.workdir.store.save(&eval.key, &out_dir, &manifest)?;
-        self.publish(stage, &out_dir, lock)?;
+        self.publish(stage, &out_dir, &manifest, lock)?;
         let hash = self.record(stage, &eval, Some(&manifest), lock)?;
         // What the stage kept to resume an unfinished run (a finetune's checkpoints) is no
         // longer needed: the output is in the cache, published and in the lock file, and
@@ -570,23 +576,27 @@ impl<'a> Runner<'a> {
         Ok((Outcome::Ran, hash))
     }
 
-    /// Publishes `built` as `stage`'s output (see [`Workdir::publish`]).
-    fn publish(&self, stage: &str, built: &Path, lock: &Mutex<LockFile>) -> Result<()> {
-        let recorded = self.recorded_outputs(stage, lock);
-        self.workdir.publish(stage, built, recorded.as_ref())
-    }
-
-    /// The output files the lock file records for `stage`.
-    fn recorded_outputs(
+    /// Publishes `built`, which holds `manifest`, as `stage`'s output (see
+    /// [`Workdir::publish`]).
+    fn publish(
         &self,
         stage: &str,
+        built: &Path,
+        manifest: &Manifest,
         lock: &Mutex<LockFile>,
-    ) -> Option<BTreeMap<String, String>> {
+    ) -> Result<()> {
+        let recorded = self.recorded_output(stage, lock);
+        self.workdir
+            .publish(stage, built, &manifest.tree_hash(), recorded.as_deref())
+    }
+
+    /// The output hash the lock file records for `stage`.
+    fn recorded_output(&self, stage: &str, lock: &Mutex<LockFile>) -> Option<String> {
         lock.lock()
             .unwrap()
             .stages
             .get(stage)
-            .map(|e| e.outputs.clone())
+            .map(|e| e.output_hash.clone())
     }
 
     /// Whether `stage`'s published output is exactly what the lock file recorded, so that
@@ -663,6 +673,10 @@ impl<'a> Runner<'a> {
     /// and those of other pipelines that ran in the same workdir (see [`Workdir::gc`]).
     /// Returns (entries removed, objects removed).
     pub fn gc(&self, events: &dyn EventSink) -> Result<(usize, usize)> {
+        // Nothing to collect, and nothing to create.
+        if !self.workdir.exists() {
+            return Ok((0, 0));
+        }
         let _guard = self.workdir.lock(events)?;
         self.workdir.gc(&self.pipeline.lock_path(), events)
     }

@@ -4,11 +4,12 @@
 //! absolute path and holding that path), which `gc` must all respect.
 
 use crate::cache::hash::hash_bytes;
-use crate::cache::{LockFile, Memo, Store};
+use crate::cache::{LockFile, Manifest, Memo, Store};
 use crate::events::{Event, EventSink};
 use anyhow::{bail, Context, Result};
 use fs4::fs_std::FileExt;
-use std::collections::{BTreeMap, BTreeSet};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,11 @@ impl Workdir {
             memo: Memo::open(meta.join("memo.json")),
             meta,
         }
+    }
+
+    /// Whether a run ever used this workdir (made its `.gptpipe/`).
+    pub fn exists(&self) -> bool {
+        self.meta.is_dir()
     }
 
     /// Where `stage` publishes its outputs.
@@ -123,25 +129,32 @@ impl Workdir {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))
     }
 
-    /// Replaces `stage`'s published output by `built`. The old output stays in place until
-    /// the new one is complete; each step is a rename. A folder gptpipe did not publish is
-    /// never replaced (see [`Workdir::check_ours`]): that is an error, and nothing moves.
-    /// `recorded` is the file list the lock file records for `stage`, if any.
+    /// Replaces `stage`'s published output by `built`, whose content hash is `built_tree`.
+    /// The old output stays in place until the new one is complete; each step is a rename.
+    /// A folder gptpipe did not publish is never replaced (see [`Workdir::check_ours`]):
+    /// that is an error, and nothing moves. `recorded` is the output hash the lock file
+    /// records for `stage`, if any.
     pub fn publish(
         &self,
         stage: &str,
         built: &Path,
-        recorded: Option<&BTreeMap<String, String>>,
+        built_tree: &str,
+        recorded: Option<&str>,
     ) -> Result<()> {
         let target = self.output(stage);
         let old = self.check_publishable(stage, recorded)?;
         // Recorded before the rename, with the old folder: a kill at any point leaves a
-        // record that names whichever of the two is in place.
+        // record that names whichever of the two is in place, and what it holds.
         let new = FolderId::of(
             &std::fs::metadata(built)
                 .with_context(|| format!("cannot read {}", built.display()))?,
         );
-        self.record_published(stage, old.into_iter().chain([new]))?;
+        let mut record = Published {
+            folders: old.into_iter().chain([new]).collect(),
+            trees: vec![built_tree.to_owned()],
+        };
+        record.trees.extend(recorded.map(str::to_owned));
+        crate::fsutil::write_atomic(&self.published_record(stage), &serde_json::to_vec(&record)?)?;
         if old.is_some() {
             let trash = self.meta.join("trash");
             std::fs::create_dir_all(&trash)?;
@@ -164,7 +177,7 @@ impl Workdir {
     pub fn check_publishable(
         &self,
         stage: &str,
-        recorded: Option<&BTreeMap<String, String>>,
+        recorded: Option<&str>,
     ) -> Result<Option<FolderId>> {
         let target = self.output(stage);
         match std::fs::symlink_metadata(&target) {
@@ -179,25 +192,22 @@ impl Workdir {
 
     /// Refuses a folder at `stage`'s output path that gptpipe did not publish there: the
     /// user's own folder (a stage named `data` in `workdir = "."`), a link, a file. Ours is
-    /// a folder whose identity [`Workdir::publish`] recorded; or, for workdirs published
-    /// before those records existed, a folder holding only files the lock file lists
-    /// for the stage.
+    /// the folder [`Workdir::publish`] put there (same device, inode and birth time, so a
+    /// new folder that reuses a freed inode is not), or a folder that holds exactly an
+    /// output gptpipe recorded (the lock file's, or the last one published): a workdir
+    /// copied or restored elsewhere, or made before these records. Replacing such a folder
+    /// loses nothing the cache does not hold.
     fn check_ours(
         &self,
         stage: &str,
         target: &Path,
         meta: &std::fs::Metadata,
-        recorded: Option<&BTreeMap<String, String>>,
+        recorded: Option<&str>,
     ) -> Result<()> {
+        let published = self.published(stage);
         let ours = meta.is_dir()
-            && (self.published(stage).contains(&FolderId::of(meta))
-                || recorded.is_some_and(|files| {
-                    crate::fsutil::list_files(target).is_ok_and(|found| {
-                        found
-                            .iter()
-                            .all(|f| files.contains_key(f.to_string_lossy().as_ref()))
-                    })
-                }));
+            && (published.folders.contains(&FolderId::of(meta))
+                || self.holds_only_recorded(target, recorded, &published.trees));
         if ours {
             return Ok(());
         }
@@ -209,22 +219,32 @@ impl Workdir {
         )
     }
 
+    /// Whether `dir` holds regular files only (no links, no empty folders, at least one
+    /// file) whose names and contents make one of the output hashes `recorded` or `trees`.
+    fn holds_only_recorded(&self, dir: &Path, recorded: Option<&str>, trees: &[String]) -> bool {
+        let Ok(files) = crate::fsutil::list_files(dir) else {
+            return false;
+        };
+        if files.is_empty() || !only_files_and_their_folders(dir, &files) {
+            return false;
+        }
+        let Ok(manifest) = Manifest::of_dir(dir, |p| self.memo.hash(p)) else {
+            return false;
+        };
+        let tree = manifest.tree_hash();
+        recorded == Some(tree.as_str()) || trees.contains(&tree)
+    }
+
     fn published_record(&self, stage: &str) -> PathBuf {
-        self.meta.join("published").join(stage)
+        self.meta.join("published").join(format!("{stage}.json"))
     }
 
-    /// The folder identities recorded for `stage` (see [`Workdir::publish`]).
-    fn published(&self, stage: &str) -> Vec<FolderId> {
-        std::fs::read_to_string(self.published_record(stage))
+    /// What [`Workdir::publish`] recorded for `stage` (nothing when unreadable).
+    fn published(&self, stage: &str) -> Published {
+        std::fs::read(self.published_record(stage))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
-            .lines()
-            .filter_map(FolderId::parse)
-            .collect()
-    }
-
-    fn record_published(&self, stage: &str, ids: impl Iterator<Item = FolderId>) -> Result<()> {
-        let text: String = ids.map(|id| format!("{}:{}\n", id.dev, id.ino)).collect();
-        crate::fsutil::write_atomic(&self.published_record(stage), text.as_bytes())
     }
 
     /// Records that the lock file `lock` describes outputs cached in this workdir, so that
@@ -330,30 +350,65 @@ impl Workdir {
     }
 }
 
-/// A folder's identity: its device and inode, which a rename keeps and another folder
-/// made at the same path does not have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A folder's identity: its device, inode and birth time (where the file system keeps
+/// one), which a rename keeps and another folder made at the same path does not have, even
+/// when it gets the freed inode back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FolderId {
     dev: u64,
     ino: u64,
+    born_ns: Option<i128>,
 }
 
 impl FolderId {
     fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
+        let born_ns = meta.created().ok().and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_nanos() as i128)
+        });
         Self {
             dev: meta.dev(),
             ino: meta.ino(),
+            born_ns,
         }
     }
+}
 
-    fn parse(line: &str) -> Option<Self> {
-        let (dev, ino) = line.split_once(':')?;
-        Some(Self {
-            dev: dev.parse().ok()?,
-            ino: ino.parse().ok()?,
-        })
+/// `.gptpipe/published/<stage>.json`: the folders [`Workdir::publish`] put in place (the
+/// one replaced and the new one, so a kill between the record and the rename leaves the
+/// one in place listed) and the output hashes they hold.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Published {
+    folders: Vec<FolderId>,
+    trees: Vec<String>,
+}
+
+/// Whether the tree below `dir` holds only the regular `files` (relative to it) and the
+/// folders on their way: no link, no device, no empty folder that a replace would lose.
+fn only_files_and_their_folders(dir: &Path, files: &[PathBuf]) -> bool {
+    fn count(dir: &Path) -> Option<usize> {
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).ok()? {
+            let entry = entry.ok()?;
+            let ty = entry.file_type().ok()?;
+            if ty.is_dir() {
+                n += 1 + count(&entry.path())?;
+            } else if ty.is_file() {
+                n += 1;
+            } else {
+                return None;
+            }
+        }
+        Some(n)
     }
+    let folders: BTreeSet<&Path> = files
+        .iter()
+        .flat_map(|f| f.ancestors().skip(1))
+        .filter(|a| !a.as_os_str().is_empty())
+        .collect();
+    count(dir) == Some(files.len() + folders.len())
 }
 
 /// `lock` as an absolute path with its folder's symbolic links resolved, so that one lock

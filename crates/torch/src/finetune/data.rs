@@ -2,7 +2,7 @@
 //! random windows inside a chunk, and a held-out validation tail.
 
 use anyhow::{bail, Context, Result};
-use gptpipe_core::config::StageKind;
+use gptpipe_core::config::{Pipeline, StageKind};
 use gptpipe_core::stage::InputSource;
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
@@ -33,8 +33,13 @@ pub fn mix(seed: u64, a: u64, b: u64, c: u64) -> u64 {
 impl Dataset {
     /// Loads `source` as chunks. `@prepare` stages give their `tokens.bin` (one chunk);
     /// a text file or a folder of them is tokenized, files joined with `<|endoftext|>`
-    /// until `combine` characters make a chunk (gpt-2-simple's `combine`).
-    pub fn load(source: &InputSource, combine: usize) -> Result<Vec<Vec<u32>>> {
+    /// until `combine` characters make a chunk (gpt-2-simple's `combine`). A folder's files
+    /// are those the cache key hashes (see `gptpipe_core::inputs::expand`).
+    pub fn load(
+        source: &InputSource,
+        combine: usize,
+        pipeline: &Pipeline,
+    ) -> Result<Vec<Vec<u32>>> {
         let chunks = match source {
             InputSource::Stage { name, kind, dir } => {
                 if *kind != StageKind::Prepare {
@@ -46,7 +51,7 @@ impl Dataset {
                 vec![read_tokens_bin(path)?]
             }
             InputSource::Path(path) => {
-                let files = text_files(path)?;
+                let files = text_files(pipeline, path)?;
                 tokenize_combined(&files, combine)?
             }
         };
@@ -169,21 +174,20 @@ pub fn read_tokens_bin(path: &Path) -> Result<Vec<u32>> {
         .collect())
 }
 
-fn text_files(path: &Path) -> Result<Vec<PathBuf>> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    if !path.is_dir() {
+fn text_files(pipeline: &Pipeline, path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.exists() {
         bail!(
             "dataset {} does not exist (give \"@prepare-stage\", a text file or a folder)",
             path.display()
         );
     }
-    // Every file below it, sorted, as gpt-2-simple's `os.walk` and the cache key see them.
-    let files: Vec<PathBuf> = gptpipe_core::fsutil::list_files_following(path)?
-        .into_iter()
-        .map(|rel| path.join(rel))
-        .collect();
+    // Every file below a folder, sorted, as gpt-2-simple's `os.walk` and the cache key see
+    // them.
+    let files = gptpipe_core::inputs::expand(
+        pipeline,
+        &path.to_string_lossy(),
+        &mut gptpipe_core::inputs::FileSet::default(),
+    )?;
     if files.is_empty() {
         bail!("dataset folder {} has no files", path.display());
     }

@@ -113,7 +113,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         (None, ModelSource::Inline(m)) => Config::from_inline(m)?,
         (None, _) => unreachable!("only inline models have no folder"),
     };
-    let chunks = Dataset::load(&ctx.resolve_input(&p.dataset), p.combine)
+    let chunks = Dataset::load(&ctx.resolve_input(&p.dataset), p.combine, ctx.pipeline)
         .with_context(|| format!("loading dataset {:?}", p.dataset))?;
     let data = Dataset::new(chunks, config.n_ctx, p.val_split, config.vocab_size)?;
     // Before any weight is allocated: a model or batch that cannot fit is an error that
