@@ -228,7 +228,11 @@ fn a_stage_folder_that_holds_an_input_is_refused_and_the_input_kept() {
     );
     let run = gptpipe(d, &["run", "p.toml"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("not made by gptpipe"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot tell it made it"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(d.join("out/notes.md")).unwrap(),
         "mine"
@@ -481,7 +485,7 @@ fn a_dry_run_says_a_user_folder_stops_the_run_and_gc_creates_nothing() {
     let dry = gptpipe(d, &["run", "p.toml", "--dry-run"]);
     assert_eq!(dry.code, 1, "{}{}", dry.stdout, dry.stderr);
     assert!(
-        (dry.stdout.clone() + &dry.stderr).contains("not made by gptpipe"),
+        (dry.stdout.clone() + &dry.stderr).contains("cannot tell it made it"),
         "{}{}",
         dry.stdout,
         dry.stderr

@@ -161,7 +161,7 @@ fn a_folder_gptpipe_did_not_make_is_never_published_over() {
     let (r, events) = run_with(&p.load(), appending_stage(), false);
     let e = format!("{:?}", events.0.lock().unwrap());
     assert!(r.unwrap_err().starts_with("failed"), "{e}");
-    assert!(e.contains("was not made by gptpipe"), "{e}");
+    assert!(e.contains("cannot tell it made it"), "{e}");
     assert_eq!(
         std::fs::read_to_string(p.out("mine.txt")).unwrap(),
         "the user's own file"
@@ -179,13 +179,58 @@ fn a_folder_gptpipe_did_not_make_is_never_published_over() {
         run_with(&p.load(), appending_stage(), false).0.unwrap(),
         Outcome::Ran
     );
+    // An edit of the stage's own file is replaced; a file added by hand is not lost: the
+    // old folder is kept whole, and a warning says where.
     std::fs::write(p.out("out.txt"), "edited").unwrap();
     std::fs::write(p.out("extra.txt"), "added by hand").unwrap();
-    assert_eq!(
-        run_with(&p.load(), appending_stage(), false).0.unwrap(),
-        Outcome::Restored
-    );
+    let (r, events) = run_with(&p.load(), appending_stage(), false);
+    assert_eq!(r.unwrap(), Outcome::Restored);
     assert!(!p.out("extra.txt").exists());
+    assert_eq!(std::fs::read_to_string(p.out("out.txt")).unwrap(), "newnew");
+    let warnings = events.warnings();
+    let kept = warnings
+        .iter()
+        .find_map(|w| w.split("kept whole in ").nth(1))
+        .unwrap_or_else(|| panic!("{warnings:?}"));
+    let kept = Path::new(kept);
+    assert_eq!(
+        std::fs::read_to_string(kept.join("extra.txt")).unwrap(),
+        "added by hand"
+    );
+    assert_eq!(
+        std::fs::read_to_string(kept.join("out.txt")).unwrap(),
+        "edited"
+    );
+}
+
+#[test]
+fn links_planted_among_gptpipes_own_folders_stop_runs_and_gc() {
+    for planted in [
+        ".gptpipe",
+        ".gptpipe/tmp",
+        ".gptpipe/cache/runs",
+        ".gptpipe/published",
+    ] {
+        let p = Project::new();
+        let elsewhere = p.dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("precious.txt"), "keep me").unwrap();
+        let link = p.dir.join("work").join(planted);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let pipeline = p.load();
+        let (r, events) = run_with(&pipeline, appending_stage(), false);
+        let e = format!("{r:?} {:?}", events.0.lock().unwrap());
+        assert!(e.contains("is not a folder of gptpipe's"), "{planted}: {e}");
+        let registry = appending_stage();
+        let runner = Runner::new(&pipeline, &registry).unwrap();
+        assert!(runner.gc(&Recorder::default()).is_err(), "{planted}");
+        let left: Vec<_> = std::fs::read_dir(&elsewhere)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["precious.txt"], "{planted}");
+    }
 }
 
 #[test]

@@ -268,8 +268,10 @@ impl<'a> Runner<'a> {
             if !reasons.is_empty() {
                 stale.insert(stage.clone());
                 // A run would stop at a folder it must not replace: say so now.
-                let recorded = lock.stages.get(stage).map(|e| e.output_hash.as_str());
-                if let Err(e) = self.workdir.check_publishable(stage, recorded) {
+                if let Err(e) = self
+                    .workdir
+                    .check_publishable(stage, lock.stages.get(stage))
+                {
                     broken = true;
                     reasons.push(format!("{e:#}"));
                 }
@@ -490,7 +492,7 @@ impl<'a> Runner<'a> {
             }
             // Before any work: a folder that is not ours would only be refused at the end.
             self.workdir
-                .check_publishable(stage, self.recorded_output(stage, lock).as_deref())?;
+                .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
             let tmp = self.workdir.tmp_dir(stage)?;
             let restored = self.workdir.store.restore(&eval.key, &tmp);
             if restored.is_err() {
@@ -498,7 +500,7 @@ impl<'a> Runner<'a> {
             }
             match restored? {
                 Restore::Restored(manifest) => {
-                    self.publish(stage, &tmp, &manifest, lock)?;
+                    self.publish(stage, &tmp, &manifest, lock, events)?;
                     let hash = self.record(stage, &eval, Some(&manifest), lock)?;
                     events.emit(Event::StageCached {
                         stage: stage.into(),
@@ -516,7 +518,7 @@ impl<'a> Runner<'a> {
 
         let run = self.registry.get(params.kind())?;
         self.workdir
-            .check_publishable(stage, self.recorded_output(stage, lock).as_deref())?;
+            .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
         events.emit(Event::StageStarted {
             stage: stage.into(),
             kind: params.kind().to_string(),
@@ -555,7 +557,7 @@ impl<'a> Runner<'a> {
         }
         let manifest = Manifest::of_dir(&out_dir, |p| self.workdir.memo.hash(p))?;
         self.workdir.store.save(&eval.key, &out_dir, &manifest)?;
-        self.publish(stage, &out_dir, &manifest, lock)?;
+        self.publish(stage, &out_dir, &manifest, lock, events)?;
         let hash = self.record(stage, &eval, Some(&manifest), lock)?;
         // What the stage kept to resume an unfinished run (a finetune's checkpoints) is no
         // longer needed: the output is in the cache, published and in the lock file, and
@@ -577,26 +579,34 @@ impl<'a> Runner<'a> {
     }
 
     /// Publishes `built`, which holds `manifest`, as `stage`'s output (see
-    /// [`Workdir::publish`]).
+    /// [`Workdir::publish`]), saying where files added by hand to the old one were kept.
     fn publish(
         &self,
         stage: &str,
         built: &Path,
         manifest: &Manifest,
         lock: &Mutex<LockFile>,
+        events: &dyn EventSink,
     ) -> Result<()> {
-        let recorded = self.recorded_output(stage, lock);
-        self.workdir
-            .publish(stage, built, &manifest.tree_hash(), recorded.as_deref())
+        let recorded = self.recorded(stage, lock);
+        let displaced =
+            self.workdir
+                .publish(stage, built, &manifest.tree_hash(), recorded.as_ref())?;
+        if let Some(kept) = displaced {
+            events.emit(Event::Warning {
+                message: format!(
+                    "[{stage}] the old output held files the stage did not write; it was \
+                     replaced, and kept whole in {}",
+                    kept.display()
+                ),
+            });
+        }
+        Ok(())
     }
 
-    /// The output hash the lock file records for `stage`.
-    fn recorded_output(&self, stage: &str, lock: &Mutex<LockFile>) -> Option<String> {
-        lock.lock()
-            .unwrap()
-            .stages
-            .get(stage)
-            .map(|e| e.output_hash.clone())
+    /// What the lock file records for `stage`.
+    fn recorded(&self, stage: &str, lock: &Mutex<LockFile>) -> Option<LockEntry> {
+        lock.lock().unwrap().stages.get(stage).cloned()
     }
 
     /// Whether `stage`'s published output is exactly what the lock file recorded, so that

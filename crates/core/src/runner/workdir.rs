@@ -4,7 +4,7 @@
 //! absolute path and holding that path), which `gc` must all respect.
 
 use crate::cache::hash::hash_bytes;
-use crate::cache::{LockFile, Manifest, Memo, Store};
+use crate::cache::{LockEntry, LockFile, Manifest, Memo, Store};
 use crate::events::{Event, EventSink};
 use anyhow::{bail, Context, Result};
 use fs4::fs_std::FileExt;
@@ -59,6 +59,7 @@ impl Workdir {
 
     /// Takes the workdir's run lock, waiting (and saying so) while another run holds it.
     pub fn lock(&self, events: &dyn EventSink) -> Result<RunLock> {
+        self.check_own_folders()?;
         std::fs::create_dir_all(&self.meta)
             .with_context(|| format!("cannot create workdir {}", self.root.display()))?;
         let path = self.meta.join("run.lock");
@@ -79,6 +80,43 @@ impl Workdir {
                 .with_context(|| format!("cannot lock {}", path.display()))?;
         }
         Ok(RunLock(file))
+    }
+
+    /// Refuses a `.gptpipe/` whose folders are links (or files): runs and `gc` remove and
+    /// write below them, and a link planted in a cloned repository or a shared workdir
+    /// would turn that into deleting or overwriting the user's files elsewhere.
+    fn check_own_folders(&self) -> Result<()> {
+        let mut folders = vec![self.meta.clone()];
+        for sub in [
+            "tmp",
+            "trash",
+            "displaced",
+            "cache",
+            "cache/runs",
+            "cache/objects",
+            "published",
+            "state",
+            "lockfiles",
+        ] {
+            folders.push(self.meta.join(sub));
+        }
+        for parent in ["cache/objects", "state"] {
+            if let Ok(entries) = std::fs::read_dir(self.meta.join(parent)) {
+                folders.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        for folder in folders {
+            match std::fs::symlink_metadata(&folder) {
+                Ok(meta) if !meta.is_dir() => bail!(
+                    "{} is not a folder of gptpipe's (it is a link or a file): gptpipe removes \
+                     and writes below it, so it refuses to go on. Remove it if you did not \
+                     put it there",
+                    folder.display()
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Removes build folders left by killed runs (only called under the run lock).
@@ -132,15 +170,16 @@ impl Workdir {
     /// Replaces `stage`'s published output by `built`, whose content hash is `built_tree`.
     /// The old output stays in place until the new one is complete; each step is a rename.
     /// A folder gptpipe did not publish is never replaced (see [`Workdir::check_ours`]):
-    /// that is an error, and nothing moves. `recorded` is the output hash the lock file
-    /// records for `stage`, if any.
+    /// that is an error, and nothing moves. `recorded` is what the lock file records for
+    /// `stage`, if anything. When the old folder holds files the stage never wrote (added
+    /// by hand), it is kept whole in `.gptpipe/displaced/`, whose path is returned.
     pub fn publish(
         &self,
         stage: &str,
         built: &Path,
         built_tree: &str,
-        recorded: Option<&str>,
-    ) -> Result<()> {
+        recorded: Option<&LockEntry>,
+    ) -> Result<Option<PathBuf>> {
         let target = self.output(stage);
         let old = self.check_publishable(stage, recorded)?;
         // Recorded before the rename, with the old folder: a kill at any point leaves a
@@ -153,23 +192,35 @@ impl Workdir {
             folders: old.into_iter().chain([new]).collect(),
             trees: vec![built_tree.to_owned()],
         };
-        record.trees.extend(recorded.map(str::to_owned));
+        record.trees.extend(recorded.map(|e| e.output_hash.clone()));
         crate::fsutil::write_atomic(&self.published_record(stage), &serde_json::to_vec(&record)?)?;
-        if old.is_some() {
-            let trash = self.meta.join("trash");
-            std::fs::create_dir_all(&trash)?;
-            let old = trash.join(format!("{stage}.{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(&target, &old)
-                .with_context(|| format!("cannot replace {}", target.display()))?;
+        if old.is_none() {
             std::fs::rename(built, &target)
                 .with_context(|| format!("cannot publish {}", target.display()))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(built, &target)
-                .with_context(|| format!("cannot publish {}", target.display()))?;
+            return Ok(None);
         }
-        Ok(())
+        let mut known: BTreeSet<String> = crate::fsutil::list_files(built)?
+            .into_iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect();
+        known.extend(recorded.into_iter().flat_map(|e| e.outputs.keys().cloned()));
+        let keep = has_foreign_entries(&target, &known);
+        let trash = self.meta.join(if keep { "displaced" } else { "trash" });
+        std::fs::create_dir_all(&trash)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let old = trash.join(format!("{stage}.{stamp}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(&target, &old)
+            .with_context(|| format!("cannot replace {}", target.display()))?;
+        std::fs::rename(built, &target)
+            .with_context(|| format!("cannot publish {}", target.display()))?;
+        if keep {
+            return Ok(Some(old));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(None)
     }
 
     /// Checks that `stage` may be published (see [`Workdir::check_ours`]), before any work
@@ -177,7 +228,7 @@ impl Workdir {
     pub fn check_publishable(
         &self,
         stage: &str,
-        recorded: Option<&str>,
+        recorded: Option<&LockEntry>,
     ) -> Result<Option<FolderId>> {
         let target = self.output(stage);
         match std::fs::symlink_metadata(&target) {
@@ -193,28 +244,36 @@ impl Workdir {
     /// Refuses a folder at `stage`'s output path that gptpipe did not publish there: the
     /// user's own folder (a stage named `data` in `workdir = "."`), a link, a file. Ours is
     /// the folder [`Workdir::publish`] put there (same device, inode and birth time, so a
-    /// new folder that reuses a freed inode is not), or a folder that holds exactly an
-    /// output gptpipe recorded (the lock file's, or the last one published): a workdir
-    /// copied or restored elsewhere, or made before these records. Replacing such a folder
-    /// loses nothing the cache does not hold.
+    /// new folder that reuses a freed inode is not; where the file system keeps no birth
+    /// time, it must also hold what was recorded), or a folder that holds exactly an output
+    /// gptpipe recorded (the lock file's, or the last one published): a workdir copied or
+    /// restored elsewhere, or made before these records. Replacing such a folder loses
+    /// nothing the cache does not hold.
     fn check_ours(
         &self,
         stage: &str,
         target: &Path,
         meta: &std::fs::Metadata,
-        recorded: Option<&str>,
+        recorded: Option<&LockEntry>,
     ) -> Result<()> {
         let published = self.published(stage);
+        let id = FolderId::of(meta);
+        let recorded_hash = recorded.map(|e| e.output_hash.as_str());
         let ours = meta.is_dir()
-            && (published.folders.contains(&FolderId::of(meta))
-                || self.holds_only_recorded(target, recorded, &published.trees));
+            && (published
+                .folders
+                .iter()
+                .any(|f| *f == id && f.born_ns.is_some())
+                || self.holds_only_recorded(target, recorded_hash, &published.trees));
         if ours {
             return Ok(());
         }
         bail!(
-            "{} already exists and was not made by gptpipe: publishing stage `{stage}` would \
-             replace it. Nothing was changed; move it away, rename the stage, or choose \
-             another `workdir`",
+            "{} already exists, and gptpipe cannot tell it made it: publishing stage \
+             `{stage}` would replace it. Nothing was changed. If it is yours, move it away, \
+             rename the stage or choose another `workdir`; if it is an earlier output of \
+             this stage whose records were removed (the lock file, `.gptpipe/`), or one you \
+             edited in a copied workdir, delete it and run again",
             target.display()
         )
     }
@@ -383,6 +442,36 @@ impl FolderId {
 struct Published {
     folders: Vec<FolderId>,
     trees: Vec<String>,
+}
+
+/// Whether the tree below `dir` holds anything but regular files named in `known` (paths
+/// relative to `dir`) and folders: files added by hand, links, devices.
+fn has_foreign_entries(dir: &Path, known: &BTreeSet<String>) -> bool {
+    fn visit(root: &Path, dir: &Path, known: &BTreeSet<String>) -> bool {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return true;
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { return true };
+            let Ok(ty) = entry.file_type() else {
+                return true;
+            };
+            let path = entry.path();
+            let foreign = if ty.is_dir() {
+                visit(root, &path, known)
+            } else if ty.is_file() {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                !known.contains(rel.to_string_lossy().as_ref())
+            } else {
+                true
+            };
+            if foreign {
+                return true;
+            }
+        }
+        false
+    }
+    visit(dir, dir, known)
 }
 
 /// Whether the tree below `dir` holds only the regular `files` (relative to it) and the
