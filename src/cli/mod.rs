@@ -115,7 +115,7 @@ pub fn main_with(runtime: crate::stages::Runtime) -> i32 {
 /// Runs this command line in `gptpipe-worker`, which has libtorch loaded.
 fn delegate_to_worker() -> i32 {
     let worker = crate::stages::worker_path();
-    match std::process::Command::new(&worker)
+    match gptpipe_core::remote::worker_command(&worker)
         .args(std::env::args_os().skip(1))
         .status()
     {

@@ -136,11 +136,28 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
     }
 }
 
+/// A command that starts `worker`, with the environment its math needs to be repeatable.
+/// MKL, which libtorch uses for matrix products on the CPU, may take another code path
+/// (another thread count, another order of sums, depending on the buffers' alignment) from
+/// one run to the next on a busy machine; a finetune then differs from run to run in the
+/// last bits, and a resumed run from a straight one (about one run in eight on a loaded
+/// 2-core machine). Its conditional numerical reproducibility mode (`MKL_CBWR`, strict)
+/// and fixed thread count (`MKL_DYNAMIC`) make it repeatable. A user's own setting wins.
+pub fn worker_command(worker: &Path) -> Command {
+    let mut command = Command::new(worker);
+    for (key, value) in [("MKL_CBWR", "AUTO,STRICT"), ("MKL_DYNAMIC", "FALSE")] {
+        if std::env::var_os(key).is_none() {
+            command.env(key, value);
+        }
+    }
+    command
+}
+
 /// The runner side: a stage function that runs the stage in `worker` and relays its
 /// events. Cancelling the run kills the worker.
 pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + Send + Sync {
     move |ctx| {
-        let mut command = Command::new(&worker);
+        let mut command = worker_command(&worker);
         command
             .arg("run-stage")
             .stdin(Stdio::piped())
