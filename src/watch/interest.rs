@@ -312,6 +312,28 @@ mod tests {
     }
 
     #[test]
+    fn with_the_workdir_as_the_project_folder_inputs_are_still_watched() {
+        // Watch ignored the whole workdir: with `workdir = "."`, every input.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        std::fs::write(d.join("a.csv"), "x\n").unwrap();
+        let path = d.join("gptpipe.toml");
+        std::fs::write(
+            &path,
+            "[pipeline]\nname = \"t\"\nworkdir = \".\"\n\
+             [stages.a]\nkind = \"prepare\"\ninputs = [\"*.csv\"]\n",
+        )
+        .unwrap();
+        let p = load(&path, &LoadOptions::default()).unwrap();
+        let i = Interest::of(&p, &["a".into()]);
+        assert!(i.is_relevant(&d.join("a.csv")));
+        assert!(i.is_relevant(&d.join("b.csv")));
+        assert!(!i.is_relevant(&d.join("a/dataset.txt")));
+        assert!(!i.is_relevant(&d.join(".gptpipe/memo.json")));
+        assert!(!i.is_relevant(&d.join("gptpipe.toml.lock")));
+    }
+
+    #[test]
     fn a_finetune_dataset_folder_and_restore_folder_are_watched_as_trees() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().canonicalize().unwrap();
