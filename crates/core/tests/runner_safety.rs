@@ -68,6 +68,17 @@ impl Project {
     }
 }
 
+/// Whether the file system under `dir` keeps birth times. Without them, gptpipe knows its
+/// own output folder only by its recorded content, so an output edited by hand is refused
+/// rather than replaced, and the parts of tests that edit outputs do not apply.
+fn keeps_birth_times(dir: &Path) -> bool {
+    let keeps = std::fs::metadata(dir).and_then(|m| m.created()).is_ok();
+    if !keeps {
+        eprintln!("note: no birth times on this file system; skipping the edits by hand");
+    }
+    keeps
+}
+
 /// Runs `pipeline` with `registry` on another thread, failing the test if it hangs.
 fn run_with(
     pipeline: &Pipeline,
@@ -118,6 +129,9 @@ fn an_output_edited_by_hand_is_neither_reused_nor_able_to_damage_the_cache() {
     assert_eq!(r.unwrap(), Outcome::Ran);
     assert_eq!(std::fs::read_to_string(p.out("out.txt")).unwrap(), "new");
 
+    if !keeps_birth_times(&p.dir) {
+        return;
+    }
     // An edit in place, same size, the mtime set back: the cache object is a separate
     // file, so the next run restores the recorded output instead of warning that the
     // cache is damaged.
@@ -179,6 +193,9 @@ fn a_folder_gptpipe_did_not_make_is_never_published_over() {
         run_with(&p.load(), appending_stage(), false).0.unwrap(),
         Outcome::Ran
     );
+    if !keeps_birth_times(&p.dir) {
+        return;
+    }
     // An edit of the stage's own file is replaced; a file added by hand is not lost: the
     // old folder is kept whole, and a warning says where.
     std::fs::write(p.out("out.txt"), "edited").unwrap();
