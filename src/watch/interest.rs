@@ -199,16 +199,7 @@ fn add_file(p: &mut Patterns, path: &Path) {
 /// An absolute glob pattern whose literal base folder is canonical, so it matches the
 /// paths the watcher reports.
 fn glob_pattern(path: &Path) -> Option<glob::Pattern> {
-    let mut base = PathBuf::new();
-    let mut rest = PathBuf::new();
-    for c in path.components() {
-        let s = c.as_os_str().to_string_lossy();
-        if rest.as_os_str().is_empty() && !s.contains(['*', '?', '[']) {
-            base.push(c);
-        } else {
-            rest.push(c);
-        }
-    }
+    let (base, rest) = gptpipe_core::inputs::split_glob(&path.to_string_lossy());
     let base = absolute(&base);
     let text = format!(
         "{}/{}",

@@ -106,8 +106,9 @@ pub fn expand(pipeline: &Pipeline, entry: &str, seen: &mut FileSet) -> Result<Ve
 }
 
 /// A glob split into the folder its matches lie in (its components before the first
-/// wildcard, cleaned of `.`) and the pattern below that folder.
-pub(crate) fn split_glob(entry: &str) -> (PathBuf, PathBuf) {
+/// wildcard, cleaned of `.`) and the pattern below that folder. Watch mode splits its
+/// globs the same way.
+pub fn split_glob(entry: &str) -> (PathBuf, PathBuf) {
     let wild = |c: &std::path::Component| c.as_os_str().to_string_lossy().contains(['*', '?', '[']);
     let parts: Vec<_> = Path::new(entry).components().collect();
     let at = parts.iter().position(wild).unwrap_or(parts.len());
@@ -141,16 +142,16 @@ fn walk(
         let real = dir
             .canonicalize()
             .with_context(|| format!("cannot read {}", dir.display()))?;
-        if w.owned.holds(&real) || !w.done.insert(real) {
+        if w.owned.holds(&real) || !w.done.insert(real.clone()) {
             return Ok(());
         }
         let mut entries = std::fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
-            .map(|e| e.map(|e| e.path()))
+            .map(|e| e.and_then(|e| Ok((e.path(), e.file_type()?.is_symlink()))))
             .collect::<std::io::Result<Vec<_>>>()
             .with_context(|| format!("cannot read {}", dir.display()))?;
         entries.sort();
-        for path in entries {
+        for (path, link) in entries {
             let Ok(meta) = std::fs::metadata(&path) else {
                 (w.on_broken)(&path)?;
                 continue;
@@ -160,8 +161,12 @@ fn walk(
                     visit(w, &path, depth.map(|d| d - 1))?;
                 }
             } else if meta.is_file() {
-                // A link may lead into what gptpipe owns, too.
-                let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+                // A file in a folder gptpipe does not own is its own only when it is the
+                // lock file, or a link that leads into what gptpipe owns.
+                let real = match (link, path.file_name()) {
+                    (false, Some(name)) => real.join(name),
+                    _ => path.canonicalize().unwrap_or_else(|_| path.clone()),
+                };
                 if !w.owned.holds(&real) {
                     w.out.push(path);
                 }

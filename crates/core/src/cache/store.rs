@@ -260,14 +260,13 @@ fn copy_verified(from: &Path, to: &Path, expected: &str) -> Result<Copied> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(from);
-    let src = match src {
-        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+    let (src, len) = match src.map(|f| (f.metadata(), f)) {
+        Ok((Ok(meta), f)) if meta.is_file() => (f, meta.len()),
         Ok(_) => return Ok(Copied::NotAFile),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Copied::NotAFile),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", from.display())),
     };
     // Never more than the object held when opened, whatever grows it meanwhile.
-    let len = src.metadata().map(|m| m.len()).unwrap_or(0);
     let mut src = src.take(len);
     let mut dst =
         std::fs::File::create(to).with_context(|| format!("cannot write {}", to.display()))?;

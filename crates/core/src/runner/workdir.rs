@@ -9,7 +9,7 @@ use crate::events::{Event, EventSink};
 use anyhow::{bail, Context, Result};
 use fs4::fs_std::FileExt;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -281,16 +281,24 @@ impl Workdir {
     /// Whether `dir` holds regular files only (no links, no empty folders, at least one
     /// file) whose names and contents make one of the output hashes `recorded` or `trees`.
     fn holds_only_recorded(&self, dir: &Path, recorded: Option<&str>, trees: &[String]) -> bool {
-        let Ok(files) = crate::fsutil::list_files(dir) else {
+        let Some(c) = Contents::of(dir) else {
             return false;
         };
-        if files.is_empty() || !only_files_and_their_folders(dir, &files) {
+        if c.files.is_empty() || c.other || c.empty_folders {
             return false;
         }
-        let Ok(manifest) = Manifest::of_dir(dir, |p| self.memo.hash(p)) else {
+        let hashes: Result<BTreeMap<String, String>> = c
+            .files
+            .into_iter()
+            .map(|f| {
+                let hash = self.memo.hash(&dir.join(&f))?;
+                Ok((f, hash))
+            })
+            .collect();
+        let Ok(files) = hashes else {
             return false;
         };
-        let tree = manifest.tree_hash();
+        let tree = Manifest { files }.tree_hash();
         recorded == Some(tree.as_str()) || trees.contains(&tree)
     }
 
@@ -444,60 +452,50 @@ struct Published {
     trees: Vec<String>,
 }
 
+/// What a folder holds: its regular files, as paths relative to it (as manifests name
+/// them), and whether it also holds anything else: links, devices, FIFOs (`other`), or
+/// folders without any file (`empty_folders`). `None` when it cannot be read whole.
+struct Contents {
+    files: Vec<String>,
+    other: bool,
+    empty_folders: bool,
+}
+
+impl Contents {
+    fn of(dir: &Path) -> Option<Self> {
+        fn visit(root: &Path, dir: &Path, c: &mut Contents) -> Option<()> {
+            let mut any = false;
+            for entry in std::fs::read_dir(dir).ok()? {
+                let entry = entry.ok()?;
+                let ty = entry.file_type().ok()?;
+                let path = entry.path();
+                any = true;
+                if ty.is_dir() {
+                    visit(root, &path, c)?;
+                } else if ty.is_file() {
+                    let rel = path.strip_prefix(root).ok()?;
+                    c.files.push(rel.to_string_lossy().into_owned());
+                } else {
+                    c.other = true;
+                }
+            }
+            c.empty_folders |= !any && dir != root;
+            Some(())
+        }
+        let mut c = Contents {
+            files: Vec::new(),
+            other: false,
+            empty_folders: false,
+        };
+        visit(dir, dir, &mut c)?;
+        Some(c)
+    }
+}
+
 /// Whether the tree below `dir` holds anything but regular files named in `known` (paths
 /// relative to `dir`) and folders: files added by hand, links, devices.
 fn has_foreign_entries(dir: &Path, known: &BTreeSet<String>) -> bool {
-    fn visit(root: &Path, dir: &Path, known: &BTreeSet<String>) -> bool {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return true;
-        };
-        for entry in entries {
-            let Ok(entry) = entry else { return true };
-            let Ok(ty) = entry.file_type() else {
-                return true;
-            };
-            let path = entry.path();
-            let foreign = if ty.is_dir() {
-                visit(root, &path, known)
-            } else if ty.is_file() {
-                let rel = path.strip_prefix(root).unwrap_or(&path);
-                !known.contains(rel.to_string_lossy().as_ref())
-            } else {
-                true
-            };
-            if foreign {
-                return true;
-            }
-        }
-        false
-    }
-    visit(dir, dir, known)
-}
-
-/// Whether the tree below `dir` holds only the regular `files` (relative to it) and the
-/// folders on their way: no link, no device, no empty folder that a replace would lose.
-fn only_files_and_their_folders(dir: &Path, files: &[PathBuf]) -> bool {
-    fn count(dir: &Path) -> Option<usize> {
-        let mut n = 0;
-        for entry in std::fs::read_dir(dir).ok()? {
-            let entry = entry.ok()?;
-            let ty = entry.file_type().ok()?;
-            if ty.is_dir() {
-                n += 1 + count(&entry.path())?;
-            } else if ty.is_file() {
-                n += 1;
-            } else {
-                return None;
-            }
-        }
-        Some(n)
-    }
-    let folders: BTreeSet<&Path> = files
-        .iter()
-        .flat_map(|f| f.ancestors().skip(1))
-        .filter(|a| !a.as_os_str().is_empty())
-        .collect();
-    count(dir) == Some(files.len() + folders.len())
+    Contents::of(dir).is_none_or(|c| c.other || c.files.iter().any(|f| !known.contains(f)))
 }
 
 /// `lock` as an absolute path with its folder's symbolic links resolved, so that one lock
