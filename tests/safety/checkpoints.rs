@@ -2,28 +2,15 @@
 //! resumed from (the run falls back to an older one or starts afresh, and ends with the
 //! weights of a straight run), and the leftovers of unfinished saves do not pile up.
 
+use super::{gptpipe, gptpipe_command, Out};
 use serde_json::Value;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn gptpipe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
-    c
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
+impl Out {
     fn with(&self, event: &str) -> Vec<Value> {
         self.stdout
             .lines()
@@ -121,23 +108,14 @@ impl Project {
         std::fs::read(self.path("work/train/model.safetensors")).unwrap()
     }
 
-    fn run(&self, args: &[&str]) -> Run {
-        let out = gptpipe()
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+    fn run(&self, args: &[&str]) -> Out {
+        gptpipe(self.dir.path(), args)
     }
 
     /// Runs the pipeline and kills it (SIGKILL) once training is past `step`: its
     /// checkpoints stay in the state folder.
     fn run_and_kill_after(&self, step: u64) {
-        let mut child = gptpipe()
+        let mut child = gptpipe_command()
             .args(["run", "p.toml", "--json"])
             .current_dir(self.dir.path())
             .stdout(Stdio::piped())

@@ -4,32 +4,13 @@
 //! created.
 #![cfg(feature = "torch")]
 
+use super::{gptpipe, Out};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn gptpipe(dir: &Path, args: &[&str]) -> Out {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
-    let out = c.args(args).current_dir(dir).output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// A folder with a tiny model trained for one step (`work/train`).
 fn project() -> tempfile::TempDir {

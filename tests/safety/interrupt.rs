@@ -8,10 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn gptpipe(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
+    let mut c = super::gptpipe_command();
     c.current_dir(dir);
     c
 }

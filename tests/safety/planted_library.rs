@@ -12,34 +12,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// What one run of the binary printed.
-struct Out {
-    code: Option<i32>,
-    stderr: String,
-}
+use super::{command, write, Out};
 
 /// Runs `exe` in `dir` with no ONNX Runtime hint from the environment.
 fn run(exe: &Path, dir: &Path, args: &[&str]) -> Out {
-    let mut c = Command::new(exe);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
-    let out = c
+    command(exe)
         .args(args)
         .current_dir(dir)
         .env_remove("ORT_DYLIB_PATH")
         .env_remove("VIRTUAL_ENV")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
-    Out {
-        code: out.status.code(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn write(path: &Path, content: impl AsRef<[u8]>) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, content).unwrap();
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+        .into()
 }
 
 /// Compiles a shared library whose constructor appends a line to `marker`.
@@ -136,7 +120,7 @@ fn a_planted_onnx_runtime_library_is_never_loaded() {
             "{what} loaded the planted library:\n{}",
             out.stderr
         );
-        assert_ne!(out.code, Some(0), "{what} cannot succeed: {}", out.stderr);
+        assert_ne!(out.code, 0, "{what} cannot succeed: {}", out.stderr);
         for place in &planted {
             assert!(
                 !out.stderr.contains(place.to_str().unwrap()),

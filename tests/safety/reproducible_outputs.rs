@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 const PIPELINE: &str = r#"
 [pipeline]
@@ -43,18 +42,14 @@ device = "cpu"
 "#;
 
 fn run(dir: &Path, args: &[&str]) -> String {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
-    let out = c.args(args).current_dir(dir).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = super::gptpipe(dir, args);
     assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.code == 0,
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
     );
-    stdout
+    out.stdout
 }
 
 /// Each stage's `output_hash` and per-file hashes in the lock file.

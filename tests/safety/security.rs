@@ -2,32 +2,8 @@
 //! inputs are resolved and their targets recorded in the lock file, a folder of links is
 //! read through them (without looping), and pickle checkpoints are never loaded.
 
+use super::{gptpipe, write};
 use std::path::Path;
-use std::process::Command;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn gptpipe(dir: &Path, args: &[&str]) -> Out {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
-    let out = c.args(args).current_dir(dir).output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn write(path: &Path, content: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, content).unwrap();
-}
 
 fn lock(dir: &Path) -> toml::Table {
     toml::from_str(&std::fs::read_to_string(dir.join("p.toml.lock")).unwrap()).unwrap()
@@ -133,7 +109,7 @@ fn outputs_cannot_leave_the_workdir() {
         ("[stages.\"..\"]\nkind = \"prepare\"\ninputs = [\"x\"]\n", "invalid stage name"),
         ("[stages.\"a/../../b\"]\nkind = \"prepare\"\ninputs = [\"x\"]\n", "invalid stage name"),
     ] {
-        write(&d.join("p.toml"), &format!("[pipeline]\nname = \"s\"\n{stage}"));
+        write(&d.join("p.toml"), format!("[pipeline]\nname = \"s\"\n{stage}"));
         let run = gptpipe(d, &["run", "p.toml"]);
         assert_eq!(run.code, 2, "{stage}: {}", run.stderr);
         assert!(run.stderr.contains(needle), "{stage}: {}", run.stderr);
@@ -168,7 +144,7 @@ fn a_pickle_checkpoint_is_refused_and_never_loaded() {
     ] {
         write(
             &d.join("p.toml"),
-            &format!("[pipeline]\nname = \"s\"\n{stage}"),
+            format!("[pipeline]\nname = \"s\"\n{stage}"),
         );
         let run = gptpipe(d, &["run", "p.toml", "--json"]);
         assert_eq!(run.code, 1, "{stage}: {}{}", run.stdout, run.stderr);
@@ -181,7 +157,7 @@ fn a_pickle_checkpoint_is_refused_and_never_loaded() {
 fn pipeline(d: &Path, head: &str, stages: &str) {
     write(
         &d.join("p.toml"),
-        &format!("[pipeline]\nname = \"s\"\n{head}\n{stages}"),
+        format!("[pipeline]\nname = \"s\"\n{head}\n{stages}"),
     );
 }
 

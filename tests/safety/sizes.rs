@@ -3,16 +3,10 @@
 //! machine has M GB" (exit code 1) for sizes within those bounds that do not fit this
 //! machine. Never a libtorch panic with a C++ backtrace, never an abort.
 
+use super::{gptpipe, Out};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
+impl Out {
     /// Fails with `code`, says each of `needles` (stdout and stderr together), and shows no
     /// sign of a panic or a C++ exception.
     #[track_caller]
@@ -25,19 +19,6 @@ impl Run {
         for bad in ["panicked", "C++", "frame #", "memory allocation of"] {
             assert!(!all.contains(bad), "{bad:?} in:\n{all}");
         }
-    }
-}
-
-fn run_in(dir: &Path, args: &[&str]) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
-    let out = c.args(args).current_dir(dir).output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -82,7 +63,7 @@ fn absurd_shapes_and_counts_are_config_errors_naming_the_key() {
          model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 1000000000 }\n\
          steps = 1\ndevice = \"cpu\"\n",
     );
-    let run = run_in(p.path(), &["run", "p.toml"]);
+    let run = gptpipe(p.path(), &["run", "p.toml"]);
     run.fails_with(2, &["n_ctx = 1000000000", "model"]);
 
     for (key, model) in [
@@ -99,7 +80,7 @@ fn absurd_shapes_and_counts_are_config_errors_naming_the_key() {
         let p = project(&format!(
             "[stages.gen]\nkind = \"generate\"\nmodel = {model}\ndevice = \"cpu\"\n"
         ));
-        run_in(p.path(), &["run", "p.toml"]).fails_with(2, &[&format!("{key} = ")]);
+        gptpipe(p.path(), &["run", "p.toml"]).fails_with(2, &[&format!("{key} = ")]);
     }
 
     let p = project(
@@ -107,19 +88,19 @@ fn absurd_shapes_and_counts_are_config_errors_naming_the_key() {
          model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
          nsamples = 1000000000\nbatch_size = 1000000000\ndevice = \"cpu\"\n",
     );
-    run_in(p.path(), &["run", "p.toml"]).fails_with(2, &["batch_size = 1000000000"]);
+    gptpipe(p.path(), &["run", "p.toml"]).fails_with(2, &["batch_size = 1000000000"]);
     let p = project(
         "[stages.gen]\nkind = \"generate\"\n\
          model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\
          nsamples = 1000000000\ndevice = \"cpu\"\n",
     );
-    run_in(p.path(), &["run", "p.toml"]).fails_with(2, &["nsamples = 1000000000"]);
+    gptpipe(p.path(), &["run", "p.toml"]).fails_with(2, &["nsamples = 1000000000"]);
 
     // The same bounds for `gptpipe generate`, before the model is looked at.
     let dir = tempfile::tempdir().unwrap();
     let model = model_folder(dir.path(), 1, 2, 32, 32);
     let model = model.to_str().unwrap();
-    let run = run_in(
+    let run = gptpipe(
         dir.path(),
         &[
             "generate",
@@ -143,7 +124,7 @@ fn a_model_folder_with_an_absurd_context_is_refused_before_loading() {
     let args = [
         "generate", "--model", model, "--device", "cpu", "--length", "4",
     ];
-    let run = run_in(dir.path(), &args);
+    let run = gptpipe(dir.path(), &args);
     assert_ne!(run.code, 0);
     run.fails_with(run.code, &["n_ctx = 1000000000", "n_positions"]);
     assert!([1, 2].contains(&run.code), "exit code {}", run.code);
@@ -159,7 +140,7 @@ fn a_model_too_big_for_the_machine_says_what_it_needs_and_what_to_lower() {
     let args = [
         "generate", "--model", model, "--device", "cpu", "--length", "4",
     ];
-    run_in(dir.path(), &args).fails_with(1, &["needs about", "the machine has", "smaller model"]);
+    gptpipe(dir.path(), &args).fails_with(1, &["needs about", "the machine has", "smaller model"]);
 
     // Finetuning the same shape inline: the training estimate refuses it before any weight
     // is allocated.
@@ -168,7 +149,7 @@ fn a_model_too_big_for_the_machine_says_what_it_needs_and_what_to_lower() {
          model = { n_layer = 1024, n_head = 64, n_embd = 65536, n_ctx = 1024 }\n\
          steps = 1\nsample_every = 0\ndevice = \"cpu\"\n",
     );
-    run_in(p.path(), &["run", "p.toml"]).fails_with(
+    gptpipe(p.path(), &["run", "p.toml"]).fails_with(
         1,
         &["training needs about", "the machine has", "smaller model"],
     );
@@ -180,7 +161,7 @@ fn a_model_too_big_for_the_machine_says_what_it_needs_and_what_to_lower() {
          model = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 1048576 }\n\
          nsamples = 65536\nbatch_size = 65536\nlength = 4\ndevice = \"cpu\"\n",
     );
-    run_in(p.path(), &["run", "p.toml"]).fails_with(
+    gptpipe(p.path(), &["run", "p.toml"]).fails_with(
         1,
         &[
             "generation needs about",
