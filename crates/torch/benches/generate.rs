@@ -5,8 +5,9 @@
 //!   cargo bench -p gptpipe-torch --bench generate -- --layers 6 --heads 8 --embd 512 --new 64
 //! GPU: GPT-2 124M, random init, bf16: batch 1 x 256 and batch 20 x 1000 new tokens, with
 //! each decoding part (`DecodeOptions`) switched on in turn, and greedy agreement with eager
-//! decoding (ours only; run `shared/bench/hf_anchor_gpu.py` beside it for transformers'
-//! figures); `--parts` adds per-step times without the driver:
+//! decoding (ours only; `crates/torch/benches/gpu_generate.sh` runs it and then the peer,
+//! `benches/peers/hf_generate.py`, for transformers' figures); `--parts` adds per-step
+//! times without the driver:
 //!   cargo bench -p gptpipe-torch --bench generate -- --gpu [--parts]
 //! Both use the peer's settings: an 8-token prompt, top_k = 40, temperature = 0.7.
 

@@ -6,7 +6,7 @@
 //! `n_ctx` positions (no concatenation per step). On a GPU ([`DecodeOptions`]):
 //! - attention is FlashAttention over each row's filled positions (`flash`), or else an
 //!   explicit matmul-softmax-matmul, which beat scaled-dot-product attention for a
-//!   one-token query with a growing key length (see `shared/docs/gpu.md`);
+//!   one-token query with a growing key length (`benches/README.md`, "The GPU machine");
 //! - each step is a CUDA graph replay (`graph`);
 //! - tokens are sampled on the device ([`sampler`]) in blocks, so the host waits for the
 //!   GPU once per block instead of once per token.
