@@ -1,7 +1,8 @@
 //! What the generation benches of every backend share (`crates/torch/benches/generate.rs`,
 //! `crates/onnx/benches/generate.rs` include this file), so their figures sit side by side:
 //! an 8-token prompt, top_k = 40, temperature = 0.7, one short warm-up run before each
-//! measurement, and transformers' `generate` with the same settings as the peer.
+//! measurement, and transformers' `generate` with the same settings, run by the peer
+//! script `benches/peers/hf_generate.py`.
 
 #![allow(dead_code)]
 
@@ -85,25 +86,15 @@ pub fn ours(backend: &mut dyn Backend, batch: usize, new: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Tokens/s of transformers' `generate` on the model in `dir`, same settings.
+/// Tokens/s of transformers' `generate` on the model in `dir`, same settings: the peer
+/// script `benches/peers/hf_generate.py`, on the CPU with `threads` threads.
 pub fn theirs(dir: &Path, batch: usize, new: usize, threads: usize) -> f64 {
-    let script = r#"
-import sys, time, torch, transformers
-d, batch, new, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch.set_num_threads(threads)
-m = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
-x = torch.tensor([[(i * 977 + 13) % 50257 for i in range(8)]] * batch)
-kw = dict(do_sample=True, top_k=40, temperature=0.7, pad_token_id=0,
-          attention_mask=torch.ones_like(x))
-with torch.no_grad():
-    m.generate(x, max_new_tokens=16, min_new_tokens=16, **kw)
-    t = time.time()
-    m.generate(x, max_new_tokens=new, min_new_tokens=new, **kw)
-print(batch * new / (time.time() - t))
-"#;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/peers/hf_generate.py");
     let out = Command::new(python())
-        .args(["-c", script, dir.to_str().unwrap()])
-        .args([batch.to_string(), new.to_string(), threads.to_string()])
+        .arg(script)
+        .args(["--device", "cpu", "--model-dir", dir.to_str().unwrap()])
+        .args(["--batch", &batch.to_string(), "--new", &new.to_string()])
+        .args(["--threads", &threads.to_string()])
         .env("TRANSFORMERS_VERBOSITY", "error")
         .output()
         .expect("cannot run the reference python (GPTPIPE_PYTHON or .venv/bin/python)");
@@ -112,7 +103,9 @@ print(batch * new / (time.time() - t))
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    let line: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON line from hf_generate.py");
+    line["tokens_per_s"].as_f64().expect("tokens_per_s")
 }
 
 /// Saves a random GPT-2 (seed 0, vocab 50257) made by transformers into `dir`.
