@@ -1,5 +1,5 @@
 use super::pipeline_args;
-use crate::stages::registry;
+use crate::wiring::registry;
 use crate::watch::{self, Output, WatchOptions};
 use clap::Args;
 use gptpipe_core::runner::RunError;

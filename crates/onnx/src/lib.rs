@@ -42,7 +42,7 @@ pub fn register(registry: &mut Registry) {
 }
 
 /// Adds the export stage, validating each export with ONNX Runtime against `reference`
-/// (libtorch's logits when the binary has the `torch` feature). Without a reference the
+/// (libtorch's logits when the binary has the `worker` feature). Without a reference the
 /// stage is registered as unavailable: an unvalidated export would break the spec's
 /// promise that a published `model.onnx` matches the trained model.
 pub fn register_with_reference(registry: &mut Registry, reference: Option<ReferenceLogits>) {
@@ -53,7 +53,7 @@ pub fn register_with_reference(registry: &mut Registry, reference: Option<Refere
         None => registry.unavailable(
             StageKind::Export,
             "export validates ONNX Runtime's logits against libtorch's, and this gptpipe was \
-             built without libtorch (feature `torch`)",
+             built without libtorch (feature `worker`)",
         ),
     }
 }

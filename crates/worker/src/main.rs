@@ -2,17 +2,17 @@
 //! (`run-stage`, a request on stdin) and `gptpipe generate` through it, so that it never
 //! pays libtorch's start-up (about a second and hundreds of MB) itself.
 
-use gptpipe::stages::Runtime;
+use gptpipe::wiring::Process;
 use gptpipe_core::stage::Registry;
 use gptpipe_generate::Backends;
 
 fn main() {
-    let runtime = Runtime {
+    let process = Process {
         registry,
         backends,
         in_worker: true,
     };
-    std::process::exit(gptpipe::cli::main_with(runtime));
+    std::process::exit(gptpipe::cli::main_with(process));
 }
 
 /// Every stage kind, in this process.
@@ -28,7 +28,7 @@ fn registry() -> Registry {
 fn backends() -> Backends {
     Backends {
         tch: Some(gptpipe_torch::generation::factory()),
-        ..gptpipe::stages::in_process_backends()
+        ..gptpipe::wiring::in_process_backends()
     }
 }
 
