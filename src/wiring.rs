@@ -92,7 +92,9 @@ pub fn in_process_backends() -> Backends {
     let mut b = Backends::default();
     #[cfg(feature = "onnx")]
     {
-        b.onnx = Some(gptpipe_onnx::backend::factory());
+        b.onnx = Some(gptpipe_onnx::backend::factory(
+            gptpipe_onnx::Runtime::shared(),
+        ));
     }
     b
 }

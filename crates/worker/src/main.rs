@@ -21,7 +21,11 @@ fn registry() -> Registry {
     gptpipe_text::register(&mut r);
     gptpipe_generate::register(&mut r, backends());
     gptpipe_torch::register(&mut r);
-    gptpipe_onnx::register_with_reference(&mut r, Some(std::sync::Arc::new(torch_logits)));
+    gptpipe_onnx::register_with_reference(
+        &mut r,
+        gptpipe_onnx::Runtime::shared(),
+        std::sync::Arc::new(torch_logits),
+    );
     r
 }
 
