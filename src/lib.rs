@@ -3,5 +3,5 @@
 #![allow(clippy::result_large_err)] // see gptpipe_core: config errors are large and cold
 
 pub mod cli;
-pub mod stages;
 pub mod watch;
+pub mod wiring;

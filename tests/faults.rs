@@ -592,7 +592,7 @@ fn a_simulated_full_disk_gives_a_clear_error_and_keeps_the_previous_outputs() {
 }
 
 #[test]
-#[cfg(feature = "torch")] // finetune runs in gptpipe-worker, which needs libtorch
+#[cfg(feature = "worker")] // finetune runs in gptpipe-worker, which needs libtorch
 fn kill_9_during_finetune_resumes_from_the_checkpoint_and_equals_a_straight_run() {
     let text: String = csv(400, 5)
         .lines()

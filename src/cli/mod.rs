@@ -65,13 +65,13 @@ pub mod exit {
 
 /// Parses the arguments, runs the command and returns the process exit code.
 pub fn main() -> i32 {
-    main_with(crate::stages::RUNNER)
+    main_with(crate::wiring::RUNNER)
 }
 
-/// The same, with what `runtime` can run (`gptpipe-worker` has model code in process).
-pub fn main_with(runtime: crate::stages::Runtime) -> i32 {
-    crate::stages::set_runtime(runtime);
-    let worker = runtime.in_worker;
+/// The same, with what `process` can run (`gptpipe-worker` has model code in process).
+pub fn main_with(process: crate::wiring::Process) -> i32 {
+    crate::wiring::set_process(process);
+    let worker = process.in_worker;
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -93,14 +93,14 @@ pub fn main_with(runtime: crate::stages::Runtime) -> i32 {
         }
         Command::Gc(args) => gc::run(args),
         Command::Generate(args) => {
-            if cfg!(feature = "torch") && !worker {
+            if cfg!(feature = "worker") && !worker {
                 return delegate_to_worker();
             }
-            generate::run(args, &crate::stages::backends())
+            generate::run(args, &crate::wiring::backends())
         }
         Command::Watch(args) => watch::run(args),
         Command::RunStage if worker => {
-            return gptpipe_core::remote::serve(&crate::stages::registry(), std::io::stdin());
+            return gptpipe_core::remote::serve(&crate::wiring::registry(), std::io::stdin());
         }
         Command::RunStage => Err(RunError::Other(anyhow::anyhow!(
             "run-stage is internal to gptpipe-worker"
@@ -114,7 +114,7 @@ pub fn main_with(runtime: crate::stages::Runtime) -> i32 {
 
 /// Runs this command line in `gptpipe-worker`, which has libtorch loaded.
 fn delegate_to_worker() -> i32 {
-    let worker = crate::stages::worker_path();
+    let worker = crate::wiring::worker_path();
     match gptpipe_core::remote::worker_command(&worker)
         .args(std::env::args_os().skip(1))
         .status()

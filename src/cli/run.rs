@@ -1,5 +1,5 @@
 use super::pipeline_args;
-use crate::stages::registry;
+use crate::wiring::registry;
 use clap::Args;
 use gptpipe_core::events::{EventSink, JsonSink};
 use gptpipe_core::report::HumanSink;
@@ -62,39 +62,32 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 /// a word: one line on stderr says so, then the signal's default action ends the process,
 /// so the shell sees 130 or 143 and a script running gptpipe stops too.
 fn say_when_interrupted() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::low_level;
     use std::io::IsTerminal;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static TERMINAL: AtomicBool = AtomicBool::new(false);
     const SIGINT_LINE: &[u8] = b"gptpipe: interrupted (SIGINT); the stages that were running \
         were stopped, outputs kept as they were\n";
     const SIGTERM_LINE: &[u8] = b"gptpipe: terminated (SIGTERM); the stages that were running \
         were stopped, outputs kept as they were\n";
 
-    extern "C" fn on_signal(sig: libc::c_int) {
-        let line = if sig == libc::SIGINT {
-            SIGINT_LINE
-        } else {
-            SIGTERM_LINE
-        };
-        // Only async-signal-safe calls: write, signal, raise. On a terminal the line may
-        // follow a progress bar, so it starts on a fresh line.
-        // SAFETY: the buffers are static; raise re-delivers the signal with its default
-        // action once this handler returns.
-        unsafe {
-            if TERMINAL.load(Ordering::Relaxed) {
-                libc::write(2, b"\n".as_ptr().cast(), 1);
+    // On a terminal the line may follow a progress bar, so it starts on a fresh line.
+    let terminal = std::io::stderr().is_terminal();
+    for (signal, line) in [(SIGINT, SIGINT_LINE), (SIGTERM, SIGTERM_LINE)] {
+        let action = move || {
+            // SAFETY: write is async-signal-safe, and the buffers are static.
+            unsafe {
+                if terminal {
+                    libc::write(2, b"\n".as_ptr().cast(), 1);
+                }
+                libc::write(2, line.as_ptr().cast(), line.len());
             }
-            libc::write(2, line.as_ptr().cast(), line.len());
-            libc::signal(sig, libc::SIG_DFL);
-            libc::raise(sig);
-        }
-    }
-
-    TERMINAL.store(std::io::stderr().is_terminal(), Ordering::Relaxed);
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only makes async-signal-safe calls.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
+            // Restores the default action and raises the signal again, which ends the
+            // process by it.
+            let _ = low_level::emulate_default_handler(signal);
+        };
+        // SAFETY: the action makes only async-signal-safe calls (write, and
+        // emulate_default_handler's sigaction, sigprocmask and raise). It fails only for
+        // signals that cannot be handled, which these are not.
+        let _ = unsafe { low_level::register(signal, action) };
     }
 }

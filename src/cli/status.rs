@@ -1,5 +1,5 @@
 use super::pipeline_args;
-use crate::stages::registry;
+use crate::wiring::registry;
 use clap::Args;
 use gptpipe_core::runner::{RunError, Runner, State};
 

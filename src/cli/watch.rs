@@ -1,6 +1,6 @@
 use super::pipeline_args;
-use crate::stages::registry;
 use crate::watch::{self, Output, WatchOptions};
+use crate::wiring::registry;
 use clap::Args;
 use gptpipe_core::runner::RunError;
 use std::time::Duration;

@@ -257,11 +257,15 @@ impl EventSink for CycleSink<'_> {
                 s.summary.ran.push(stage.clone());
             }
             Event::StageCached { stage, .. } => s.summary.cached.push(stage.clone()),
-            Event::StageFailed { stage, error } => {
+            Event::StageFailed {
+                stage,
+                error,
+                cancelled,
+            } => {
                 s.running.remove(stage);
-                if self.cancel.all_cancelled() && error.contains("cancelled") {
+                if *cancelled && self.cancel.all_cancelled() {
                     s.summary.stopped.push(stage.clone());
-                } else if self.cancel.is_cancelled(stage) && error.contains("cancelled") {
+                } else if *cancelled && self.cancel.is_cancelled(stage) {
                     s.summary.cancelled.push(stage.clone());
                 } else {
                     if !self.out.json {

@@ -3,12 +3,12 @@
 
 mod caching;
 mod config_errors;
-#[cfg(feature = "torch")]
+#[cfg(feature = "worker")]
 mod model_stages;
 mod pipelines;
 mod prepare;
 mod schema;
-#[cfg(not(feature = "torch"))]
+#[cfg(not(feature = "worker"))]
 mod without_torch;
 
 use std::path::{Path, PathBuf};

@@ -194,7 +194,7 @@ fn flip_a_byte(path: &Path) {
 }
 
 #[test]
-#[cfg(feature = "torch")] // finetune runs in gptpipe-worker, which needs libtorch
+#[cfg(feature = "worker")] // finetune runs in gptpipe-worker, which needs libtorch
 fn a_damaged_checkpoint_is_not_resumed_from_and_the_result_equals_a_straight_run() {
     let straight = Project::new(5);
     straight.run(&["run", "p.toml", "--json"]).ok();

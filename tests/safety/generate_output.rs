@@ -2,7 +2,7 @@
 //! the real binary: a FIFO and a device are written in place (never renamed over), a link
 //! stays a link, a full device is a clear error, and a missing folder is refused, not
 //! created.
-#![cfg(feature = "torch")]
+#![cfg(feature = "worker")]
 
 use super::{gptpipe, Out};
 use std::io::Read;

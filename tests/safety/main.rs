@@ -2,12 +2,12 @@
 //! binary, one module per promise, and the few helpers they share.
 
 // Its kill-and-resume test needs libtorch; its gc test and helpers build without it.
-#[cfg_attr(not(feature = "torch"), allow(dead_code))]
+#[cfg_attr(not(feature = "worker"), allow(dead_code))]
 mod checkpoints;
 mod generate_output;
 mod interrupt;
 mod planted_library;
-#[cfg(feature = "torch")] // finetune, export and generate run in gptpipe-worker
+#[cfg(feature = "worker")] // finetune, export and generate run in gptpipe-worker
 mod reproducible_outputs;
 mod security;
 mod sizes;

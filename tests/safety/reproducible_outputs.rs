@@ -80,7 +80,7 @@ fn project() -> tempfile::TempDir {
 }
 
 #[test]
-#[cfg(feature = "torch")] // finetune, export and generate run in gptpipe-worker
+#[cfg(feature = "worker")] // finetune, export and generate run in gptpipe-worker
 fn training_the_same_weights_twice_gives_the_same_output_hashes() {
     // Two projects (two workdirs, at two places on the disk) train from scratch.
     let (a, b) = (project(), project());

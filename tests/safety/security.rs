@@ -125,7 +125,7 @@ fn outputs_cannot_leave_the_workdir() {
 }
 
 #[test]
-#[cfg(feature = "torch")] // both stages load models in gptpipe-worker
+#[cfg(feature = "worker")] // both stages load models in gptpipe-worker
 fn a_pickle_checkpoint_is_refused_and_never_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();

@@ -116,7 +116,7 @@ fn absurd_shapes_and_counts_are_config_errors_naming_the_key() {
 }
 
 #[test]
-#[cfg(feature = "torch")] // models load in gptpipe-worker, which needs libtorch
+#[cfg(feature = "worker")] // models load in gptpipe-worker, which needs libtorch
 fn a_model_folder_with_an_absurd_context_is_refused_before_loading() {
     let dir = tempfile::tempdir().unwrap();
     let model = model_folder(dir.path(), 1, 2, 32, 1_000_000_000);
@@ -131,7 +131,7 @@ fn a_model_folder_with_an_absurd_context_is_refused_before_loading() {
 }
 
 #[test]
-#[cfg(feature = "torch")]
+#[cfg(feature = "worker")]
 fn a_model_too_big_for_the_machine_says_what_it_needs_and_what_to_lower() {
     // Within the shape bounds, but about 200 TB of weights: no machine has them.
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,11 @@ pub enum Event {
     StageFailed {
         stage: String,
         error: String,
+        /// The stage was stopped by its cancellation ([`crate::runner::Cancelled`]), not by
+        /// a failure of its own. Not part of the JSON (`error` says "cancelled"); false in
+        /// events read back from JSON.
+        #[serde(skip)]
+        cancelled: bool,
     },
     /// Not run because a stage it depends on failed.
     StageSkipped {

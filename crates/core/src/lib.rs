@@ -17,3 +17,5 @@ pub mod remote;
 pub mod report;
 pub mod runner;
 pub mod stage;
+
+pub use runner::Cancelled;

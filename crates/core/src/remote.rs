@@ -9,7 +9,8 @@
 use crate::config::{Origins, Pipeline, StageKind, StageParams};
 use crate::events::{Event, EventSink, JsonSink};
 use crate::stage::{Registry, StageContext, Upstream};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::Cancelled;
+use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -130,6 +131,7 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
             JsonSink.emit(Event::StageFailed {
                 stage: String::new(),
                 error: format!("{e:#}"),
+                cancelled: Cancelled::is_in(&e),
             });
             1
         }
@@ -191,7 +193,7 @@ pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + S
             if ctx.cancel.load(Ordering::Relaxed) {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("cancelled");
+                return Err(Cancelled.into());
             }
             if let Some(status) = child.try_wait()? {
                 break status;

@@ -127,7 +127,7 @@ impl EventSink for HumanSink {
             } else {
                 format!("[{stage}] up to date")
             }),
-            Event::StageFailed { stage, error } => {
+            Event::StageFailed { stage, error, .. } => {
                 if let Some((bar, _)) = self.state.lock().unwrap().remove(&stage) {
                     bar.abandon();
                 }

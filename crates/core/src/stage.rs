@@ -120,11 +120,11 @@ impl StageContext<'_> {
         });
     }
 
-    /// An error once the run has been cancelled (Ctrl-C, watch mode re-planning): long
-    /// stages call it between steps.
+    /// A [`Cancelled`](crate::Cancelled) error once the run has been cancelled (Ctrl-C,
+    /// watch mode re-planning): long stages call it between steps and return the error.
     pub fn check_cancelled(&self) -> anyhow::Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            anyhow::bail!("cancelled");
+            return Err(crate::Cancelled.into());
         }
         Ok(())
     }

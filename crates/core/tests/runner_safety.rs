@@ -1,12 +1,12 @@
 //! What the runner promises a hostile user (issue 10): it never publishes over a folder it
 //! did not make, never lets an edit of a published file reach the cache, never hands a
 //! stage an output that differs from its record, never writes outside a stage folder for a
-//! crafted cache entry, never hangs on a stage that panics, and never writes from a
-//! read-only command.
+//! crafted cache entry, never hangs on a stage that panics, never takes a failure for a
+//! cancellation, and never writes from a read-only command.
 
 use gptpipe_core::config::{load, LoadOptions, Pipeline, StageKind};
 use gptpipe_core::events::{Event, EventSink};
-use gptpipe_core::runner::{Outcome, RunError, RunOptions, Runner};
+use gptpipe_core::runner::{Cancellation, Outcome, RunError, RunOptions, Runner};
 use gptpipe_core::stage::Registry;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -296,6 +296,55 @@ fn a_stage_that_panics_fails_the_run_instead_of_hanging_it() {
     assert!(r.unwrap_err().starts_with("failed"));
     let e = format!("{:?}", events.0.lock().unwrap());
     assert!(e.contains("a planted bug"), "{e}");
+}
+
+/// A stage stopped by its cancellation is reported as cancelled, recognised by the error's
+/// type through any context; a failure whose text merely says "cancelled" is a failure. The
+/// JSON of both is `stage` and `error` only.
+#[test]
+fn a_cancelled_stage_is_told_from_a_failure_by_its_error_type() {
+    use anyhow::Context;
+    for cancel_first in [true, false] {
+        let p = Project::new();
+        let mut registry = Registry::new();
+        registry.register(StageKind::Prepare, 1, |ctx| {
+            ctx.check_cancelled().context("stopping early")?;
+            anyhow::bail!("the upload was cancelled by the server")
+        });
+        let pipeline = p.load();
+        let runner = Runner::new(&pipeline, &registry).unwrap();
+        let cancel = Cancellation::default();
+        if cancel_first {
+            cancel.cancel_stage("a");
+        }
+        let events = Recorder::default();
+        let r = runner.run(&RunOptions::default(), &events, &cancel);
+        assert!(
+            matches!(r, Err(RunError::Failed(ref f)) if f == &["a"]),
+            "{r:?}"
+        );
+        let events = events.0.into_inner().unwrap();
+        let failed: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e, Event::StageFailed { .. }))
+            .collect();
+        let [Event::StageFailed {
+            stage, cancelled, ..
+        }] = failed[..]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!((stage.as_str(), *cancelled), ("a", cancel_first));
+        let error = if cancel_first {
+            "stopping early: cancelled"
+        } else {
+            "the upload was cancelled by the server"
+        };
+        assert_eq!(
+            serde_json::to_value(failed[0]).unwrap(),
+            serde_json::json!({"event": "stage_failed", "stage": "a", "error": error})
+        );
+    }
 }
 
 #[test]

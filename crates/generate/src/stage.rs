@@ -137,7 +137,7 @@ pub fn open_backend(
              use backend = \"tch\" with a safetensors model",
         )?,
         _ => backends.tch.as_ref().context(
-            "the libtorch backend is not in this build (built without the `torch` feature); \
+            "the libtorch backend is not in this build (built without the `worker` feature); \
              generate from an exported model (model = \"@export-stage\") or set backend = \"onnx\"",
         )?,
     };

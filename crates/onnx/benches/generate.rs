@@ -17,7 +17,7 @@ use gptpipe_core::stage::ModelSource;
 use gptpipe_onnx::backend::OnnxBackend;
 use gptpipe_onnx::export::{export_folder, ExportOptions};
 use gptpipe_onnx::graph::Float;
-use gptpipe_onnx::runtime::{OnnxGpt2, SessionOptions};
+use gptpipe_onnx::runtime::{Runtime, SessionOptions};
 use std::path::Path;
 use std::time::Instant;
 
@@ -46,6 +46,7 @@ fn main() {
         "{:>9} {:>10} {:>10} {:>12}",
         "export", "size MB", "export s", "load s"
     );
+    let runtime = Runtime::new();
     let mut dirs = Vec::new();
     for (name, precision) in [("fp32", Float::F32), ("fp16", Float::F16)] {
         let dir = tmp.path().join(name);
@@ -58,7 +59,7 @@ fn main() {
         export_folder(&hf, &dir, &opts).unwrap();
         let export_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        drop(OnnxGpt2::load(&dir, &SessionOptions::default()).unwrap());
+        drop(runtime.session(&dir, &SessionOptions::default()).unwrap());
         let load_s = t.elapsed().as_secs_f64();
         println!(
             "{name:>9} {:>10.1} {export_s:>10.2} {load_s:>12.3}",
@@ -73,7 +74,8 @@ fn main() {
     for batch in [1, 20] {
         let mut rates = Vec::new();
         for (_, dir) in &dirs {
-            let mut backend = OnnxBackend::open(&ModelSource::Folder(dir.clone()), "cpu").unwrap();
+            let mut backend =
+                OnnxBackend::open(&runtime, &ModelSource::Folder(dir.clone()), "cpu").unwrap();
             rates.push(ours(&mut backend, batch, new));
         }
         let b = theirs(&hf, batch, new, threads);

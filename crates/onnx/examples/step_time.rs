@@ -1,7 +1,7 @@
 //! Time of one decoding step of an export, with and without the backend around it:
 //! `cargo run --release -p gptpipe-onnx --example step_time -- DIR [BATCH] [STEPS]`.
 
-use gptpipe_onnx::runtime::{OnnxGpt2, SessionOptions};
+use gptpipe_onnx::runtime::{Runtime, SessionOptions};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
@@ -9,7 +9,7 @@ fn main() -> anyhow::Result<()> {
     let dir = args.first().expect("usage: step_time DIR [BATCH] [STEPS]");
     let batch: usize = args.get(1).map_or(Ok(1), |s| s.parse())?;
     let steps: usize = args.get(2).map_or(Ok(64), |s| s.parse())?;
-    let mut m = OnnxGpt2::load(dir.as_ref(), &SessionOptions::default())?;
+    let mut m = Runtime::new().session(dir.as_ref(), &SessionOptions::default())?;
     let prompt: Vec<i64> = (0..8 * batch as i64).map(|i| i * 13 % 50000).collect();
     // Prefill of a long prompt: all positions' logits, then only the last position's.
     let long: Vec<i64> = (0..256 * batch as i64).map(|i| i * 7 % 50000).collect();

@@ -2,7 +2,7 @@
 //! GPT-2, with the KV cache carried through `past_key_values.*` / `present.*`.
 
 use crate::export::{export_folder, ExportOptions};
-use crate::runtime::{KvCache, OnnxGpt2, SessionOptions};
+use crate::runtime::{KvCache, OnnxGpt2, Runtime, SessionOptions};
 use crate::write::MODEL_FILE;
 use anyhow::{bail, ensure, Context, Result};
 use gptpipe_core::stage::ModelSource;
@@ -20,18 +20,18 @@ pub struct OnnxBackend {
     _scratch: Option<tempfile::TempDir>,
 }
 
-/// The factory the binary registers as the `onnx` backend.
-pub fn factory() -> BackendFactory {
-    Arc::new(|source: &ModelSource, device: &str| {
-        Ok(Box::new(OnnxBackend::open(source, device)?) as Box<dyn Backend>)
+/// The factory the binary registers as the `onnx` backend: backends on `runtime`.
+pub fn factory(runtime: Runtime) -> BackendFactory {
+    Arc::new(move |source: &ModelSource, device: &str| {
+        Ok(Box::new(OnnxBackend::open(&runtime, source, device)?) as Box<dyn Backend>)
     })
 }
 
 impl OnnxBackend {
     /// Opens an export (an export stage's output, or a folder with `model.onnx`). A model
     /// given as safetensors weights (a finetune stage, a Hugging Face folder or hub id) is
-    /// exported first, in fp32, into a temporary folder.
-    pub fn open(source: &ModelSource, device: &str) -> Result<Self> {
+    /// exported first, in fp32, into a temporary folder. Sessions run on `runtime`.
+    pub fn open(runtime: &Runtime, source: &ModelSource, device: &str) -> Result<Self> {
         match device {
             "auto" | "cpu" => {}
             other => bail!(
@@ -47,7 +47,7 @@ impl OnnxBackend {
             ),
         };
         if dir.join(MODEL_FILE).is_file() {
-            return Self::load(&dir, None);
+            return Self::load(runtime, &dir, None);
         }
         // No export: the weights are exported on the fly, if the folder has loadable ones.
         gptpipe_core::model_folder::check_folder(&dir)
@@ -59,16 +59,16 @@ impl OnnxBackend {
         export_folder(&dir, scratch.path(), &ExportOptions::default())
             .with_context(|| format!("exporting {} for ONNX Runtime", dir.display()))?;
         let path = scratch.path().to_path_buf();
-        Self::load(&path, Some(scratch))
+        Self::load(runtime, &path, Some(scratch))
     }
 
-    fn load(dir: &Path, scratch: Option<tempfile::TempDir>) -> Result<Self> {
+    fn load(runtime: &Runtime, dir: &Path, scratch: Option<tempfile::TempDir>) -> Result<Self> {
         let threads = std::env::var("GPTPIPE_ORT_THREADS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         Ok(Self {
-            model: OnnxGpt2::load(dir, &SessionOptions { threads })?,
+            model: runtime.session(dir, &SessionOptions { threads })?,
             cache: None,
             last: Vec::new(),
             rows: 0,

@@ -6,8 +6,8 @@
 //!   Rust ([`graph`]) and serialised with hand-written protobuf messages ([`proto`],
 //!   [`write`]): no Python, no libtorch.
 //! - [`runtime`]: ONNX Runtime loaded at run time (`ORT_DYLIB_PATH`, else found beside the
-//!   binary or in the workspace's `.venv`), and [`runtime::OnnxGpt2`], a session running
-//!   `input_ids` + past into logits + present.
+//!   binary or in the workspace's `.venv`): a [`Runtime`] holds the library and makes
+//!   sessions, [`runtime::OnnxGpt2`], that run `input_ids` + past into logits + present.
 //! - [`stage`]: `kind = "export"`, validated against reference logits before publishing.
 //! - [`backend`]: `gptpipe_generate`'s `Backend` on ONNX Runtime, with the KV cache.
 
@@ -33,27 +33,29 @@ pub const FP16_REL_TOLERANCE: f64 = 1e-2;
 /// An fp32 export passes when its logits are within this of the reference's.
 pub const FP32_TOLERANCE: f64 = 1e-4;
 
+pub use runtime::Runtime;
 pub use stage::ReferenceLogits;
 
-/// Adds the export stage without a reference to validate against: export is then
-/// unavailable, with a message saying why (see [`register_with_reference`]).
+/// Adds the export stage as unavailable, with a message saying why: it has no reference to
+/// validate against (see [`register_with_reference`]).
 pub fn register(registry: &mut Registry) {
-    register_with_reference(registry, None);
+    registry.unavailable(
+        StageKind::Export,
+        "export validates ONNX Runtime's logits against libtorch's, and this gptpipe was \
+         built without libtorch (feature `worker`)",
+    );
 }
 
-/// Adds the export stage, validating each export with ONNX Runtime against `reference`
-/// (libtorch's logits when the binary has the `torch` feature). Without a reference the
-/// stage is registered as unavailable: an unvalidated export would break the spec's
+/// Adds the export stage, validating each export on `runtime` against `reference`
+/// (libtorch's logits, which the binary has with the `worker` feature). Without a reference
+/// ([`register`]) the stage is unavailable: an unvalidated export would break the spec's
 /// promise that a published `model.onnx` matches the trained model.
-pub fn register_with_reference(registry: &mut Registry, reference: Option<ReferenceLogits>) {
-    match reference {
-        Some(reference) => registry.register(StageKind::Export, stage::VERSION, move |ctx| {
-            stage::run_stage(ctx, &reference)
-        }),
-        None => registry.unavailable(
-            StageKind::Export,
-            "export validates ONNX Runtime's logits against libtorch's, and this gptpipe was \
-             built without libtorch (feature `torch`)",
-        ),
-    }
+pub fn register_with_reference(
+    registry: &mut Registry,
+    runtime: Runtime,
+    reference: ReferenceLogits,
+) {
+    registry.register(StageKind::Export, stage::VERSION, move |ctx| {
+        stage::run_stage(ctx, &runtime, &reference)
+    });
 }

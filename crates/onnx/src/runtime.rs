@@ -1,6 +1,6 @@
 //! ONNX Runtime, loaded at run time (`ort`'s `load-dynamic`): finding the shared library,
-//! one process-wide environment, and a session over an exported GPT-2 that runs
-//! `input_ids` + past into logits + present.
+//! [`Runtime`] (the library loaded and its environment), and a session over an exported
+//! GPT-2 ([`OnnxGpt2`]) that runs `input_ids` + past into logits + present.
 //!
 //! The library is looked up in these places only, first match wins:
 //! 1. `ORT_DYLIB_PATH` (an error if it names a missing file);
@@ -28,7 +28,7 @@ use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, Sess
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 const LIB_NAME: &str = "libonnxruntime.so";
 
@@ -140,20 +140,117 @@ fn wheel_library(venv: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The process-wide ONNX Runtime environment, loading the library on first use.
-pub fn environment() -> Result<&'static Environment> {
-    static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let path = library_path().map_err(|e| format!("{e:#}"))?;
+/// ONNX Runtime: its shared library and the environment sessions run in, loaded when the
+/// first session is made (a command that opens no model never loads it). Clones share one
+/// load, and its error: a failed load is not retried.
+///
+/// Whoever opens sessions takes a `Runtime` ([`crate::backend::factory`],
+/// [`crate::register_with_reference`], [`Runtime::session`]); [`Runtime::shared`] is the
+/// process's default for callers with no way to be handed one. ort allows one environment
+/// per process: every `Runtime` that loads the same library shares it, and one that names
+/// another library than the loaded one fails to load.
+#[derive(Clone)]
+pub struct Runtime(Arc<Inner>);
+
+struct Inner {
+    /// The library to load; `None`: the one [`library_path`] finds when it is loaded.
+    library: Option<PathBuf>,
+    loaded: OnceLock<std::result::Result<Loaded, String>>,
+}
+
+/// A loaded library and its environment.
+#[derive(Clone)]
+struct Loaded {
+    library: PathBuf,
+    environment: Environment,
+}
+
+/// What this process has loaded: ort's environment is process-wide.
+static PROCESS: Mutex<Option<Loaded>> = Mutex::new(None);
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Runtime {
+    /// The library [`library_path`] finds (see the module docs), looked up when loaded.
+    pub fn new() -> Self {
+        Self::of(None)
+    }
+
+    /// The library at `path`.
+    pub fn with_library(path: impl Into<PathBuf>) -> Self {
+        Self::of(Some(path.into()))
+    }
+
+    fn of(library: Option<PathBuf>) -> Self {
+        Self(Arc::new(Inner {
+            library,
+            loaded: OnceLock::new(),
+        }))
+    }
+
+    /// The process's default runtime ([`Runtime::new`]), made on the first call, for
+    /// callers that cannot be handed one.
+    pub fn shared() -> Runtime {
+        static SHARED: OnceLock<Runtime> = OnceLock::new();
+        SHARED.get_or_init(Runtime::new).clone()
+    }
+
+    /// The environment, loading the library now if it is not loaded yet.
+    pub fn environment(&self) -> Result<&Environment> {
+        Ok(&self.loaded()?.environment)
+    }
+
+    /// The library loaded, loading it now if it is not loaded yet.
+    pub fn library(&self) -> Result<&Path> {
+        Ok(&self.loaded()?.library)
+    }
+
+    /// Loads `dir/model.onnx` (with its external data, if any) and `dir/config.json`.
+    pub fn session(&self, dir: &Path, opts: &SessionOptions) -> Result<OnnxGpt2> {
+        OnnxGpt2::load(self, dir, opts)
+    }
+
+    fn loaded(&self) -> Result<&Loaded> {
+        self.0
+            .loaded
+            .get_or_init(|| self.load().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    fn load(&self) -> Result<Loaded> {
+        let path = match &self.0.library {
+            Some(path) => path.clone(),
+            None => library_path()?,
+        };
+        let mut process = PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(loaded) = &*process {
+            let same = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            ensure!(
+                same(&loaded.library) == same(&path),
+                "cannot load ONNX Runtime from {}: this process has loaded it from {}",
+                path.display(),
+                loaded.library.display()
+            );
+            return Ok(loaded.clone());
+        }
         let builder = ort::init_from(&path)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
-        builder
+            .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        let environment = builder
             .with_name("gptpipe")
             .build()
-            .map_err(|e| format!("cannot start ONNX Runtime ({}): {e}", path.display()))
-    })
-    .as_ref()
-    .map_err(|e| anyhow!("{e}"))
+            .map_err(|e| anyhow!("cannot start ONNX Runtime ({}): {e}", path.display()))?;
+        let loaded = Loaded {
+            library: path,
+            environment,
+        };
+        *process = Some(loaded.clone());
+        Ok(loaded)
+    }
 }
 
 /// Past keys and values of a batch: one ONNX Runtime value per `past_key_values.*` input,
@@ -206,8 +303,8 @@ pub struct SessionOptions {
 }
 
 impl OnnxGpt2 {
-    /// Loads `dir/model.onnx` (with its external data, if any) and `dir/config.json`.
-    pub fn load(dir: &Path, opts: &SessionOptions) -> Result<Self> {
+    /// See [`Runtime::session`].
+    fn load(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<Self> {
         let model = dir.join(crate::write::MODEL_FILE);
         ensure!(
             model.is_file(),
@@ -216,7 +313,7 @@ impl OnnxGpt2 {
             dir.display()
         );
         let config = Gpt2Config::load(dir)?;
-        let env = environment()?;
+        let env = runtime.environment()?;
         let mut builder = Session::builder(env).map_err(|e| anyhow!("{e}"))?;
         if opts.threads > 0 {
             builder = builder

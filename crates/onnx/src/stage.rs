@@ -3,7 +3,7 @@
 
 use crate::export::{export_folder, ExportOptions};
 use crate::graph::Float;
-use crate::runtime::{OnnxGpt2, SessionOptions};
+use crate::runtime::{OnnxGpt2, Runtime, SessionOptions};
 use crate::{FP16_REL_TOLERANCE, FP32_TOLERANCE};
 use anyhow::{bail, ensure, Context, Result};
 use gptpipe_core::config::{
@@ -46,8 +46,8 @@ pub fn source_folder(source: &ModelSource) -> Result<PathBuf> {
     }
 }
 
-/// Runs the export stage.
-pub fn run_stage(ctx: &StageContext, reference: &ReferenceLogits) -> Result<()> {
+/// Runs the export stage, validating on `runtime`.
+pub fn run_stage(ctx: &StageContext, runtime: &Runtime, reference: &ReferenceLogits) -> Result<()> {
     let StageParams::Export(params) = ctx.params else {
         bail!("stage {} is not an export stage", ctx.name);
     };
@@ -75,7 +75,7 @@ pub fn run_stage(ctx: &StageContext, reference: &ReferenceLogits) -> Result<()> 
 
     ctx.progress(1, 2, json!({"phase": "validate"}));
     let t = Instant::now();
-    let mut session = OnnxGpt2::load(ctx.out_dir, &SessionOptions::default())?;
+    let mut session = runtime.session(ctx.out_dir, &SessionOptions::default())?;
     let load_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let v = validate(&mut session, &src, reference)?;

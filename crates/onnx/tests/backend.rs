@@ -9,6 +9,7 @@ use gptpipe_core::stage::ModelSource;
 use gptpipe_generate::{generate_batch, Backend, Codec, Job, Logits, Sampling};
 use gptpipe_onnx::backend::OnnxBackend;
 use gptpipe_onnx::export::{export_folder, ExportOptions};
+use gptpipe_onnx::Runtime;
 use std::path::Path;
 
 /// Token `i` is the text `"<i>"`; `truncate` can then stop rows at chosen tokens.
@@ -56,6 +57,7 @@ fn exported(dir: &Path, model: TinyModel) -> (std::path::PathBuf, std::path::Pat
 
 #[test]
 fn greedy_equals_transformers_generate() {
+    let runtime = Runtime::new();
     let tmp = tempfile::tempdir().unwrap();
     let (hf, onnx) = exported(tmp.path(), TinyModel::default());
     let prompts: Vec<Vec<u32>> = vec![
@@ -69,7 +71,7 @@ fn greedy_equals_transformers_generate() {
         run_py_stdin("greedy.py", &[hf.to_str().unwrap()], &input)["tokens"].clone(),
     )
     .unwrap();
-    let mut backend = OnnxBackend::open(&ModelSource::Folder(onnx), "cpu").unwrap();
+    let mut backend = OnnxBackend::open(&runtime, &ModelSource::Folder(onnx), "cpu").unwrap();
     for (prompt, want) in prompts.iter().zip(&want) {
         // Two rows: every row of a greedy batch must follow the same path.
         let got = run(
@@ -116,6 +118,7 @@ impl Backend for Recompute {
 
 #[test]
 fn kv_cache_with_finishing_rows_equals_recomputing() {
+    let runtime = Runtime::new();
     let tmp = tempfile::tempdir().unwrap();
     // A small vocabulary so that "<7" (tokens 7 and 70..=79) stops rows at
     // different steps; the window slides past the 32-token context.
@@ -130,7 +133,7 @@ fn kv_cache_with_finishing_rows_equals_recomputing() {
         temperature: 1.0,
         ..Sampling::greedy()
     };
-    let open = || OnnxBackend::open(&ModelSource::Folder(onnx.clone()), "auto").unwrap();
+    let open = || OnnxBackend::open(&runtime, &ModelSource::Folder(onnx.clone()), "auto").unwrap();
     let j = job(vec![3, 4, 5], 40, sampling, "<7");
     let cached = run(&mut open(), &j, 6);
     let mut recompute = Recompute {
@@ -169,12 +172,13 @@ fn kv_cache_with_finishing_rows_equals_recomputing() {
 
 #[test]
 fn safetensors_folder_is_exported_on_the_fly_and_cuda_is_refused() {
+    let runtime = Runtime::new();
     let hf = TinyModel::default().cached();
-    let mut backend = OnnxBackend::open(&ModelSource::Folder(hf.clone()), "cpu").unwrap();
+    let mut backend = OnnxBackend::open(&runtime, &ModelSource::Folder(hf.clone()), "cpu").unwrap();
     assert_eq!((backend.n_ctx(), backend.vocab_size()), (64, 1000));
     backend.start(&[vec![1, 2, 3]]).unwrap();
     assert_eq!(backend.logits().unwrap().rows, 1);
-    let err = OnnxBackend::open(&ModelSource::Folder(hf), "cuda")
+    let err = OnnxBackend::open(&runtime, &ModelSource::Folder(hf), "cuda")
         .err()
         .unwrap();
     assert!(err.to_string().contains("CPU"), "{err}");
@@ -184,10 +188,15 @@ fn safetensors_folder_is_exported_on_the_fly_and_cuda_is_refused() {
 /// build gives (pickle can run code; how to convert), not a bare "file missing".
 #[test]
 fn a_pickle_only_folder_is_refused_with_the_reason() {
+    let runtime = Runtime::new();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not really a pickle").unwrap();
-    let err = match OnnxBackend::open(&ModelSource::Folder(dir.path().to_path_buf()), "cpu") {
+    let err = match OnnxBackend::open(
+        &runtime,
+        &ModelSource::Folder(dir.path().to_path_buf()),
+        "cpu",
+    ) {
         Ok(_) => panic!("a pickle-only folder should be refused"),
         Err(e) => format!("{e:#}"),
     };

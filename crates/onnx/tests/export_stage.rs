@@ -83,7 +83,7 @@ fn run_export(
 
 fn registry(reference: ReferenceLogits) -> Registry {
     let mut r = Registry::new();
-    gptpipe_onnx::register_with_reference(&mut r, Some(reference));
+    gptpipe_onnx::register_with_reference(&mut r, gptpipe_onnx::Runtime::new(), reference);
     r
 }
 

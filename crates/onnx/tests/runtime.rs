@@ -7,7 +7,7 @@ mod common;
 use common::{reference_logits, TinyModel};
 use gptpipe_onnx::export::{export_folder, ExportOptions};
 use gptpipe_onnx::graph::Float;
-use gptpipe_onnx::runtime::{OnnxGpt2, SessionOptions};
+use gptpipe_onnx::runtime::{Runtime, SessionOptions};
 use std::sync::OnceLock;
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -39,7 +39,9 @@ fn check(precision: Float, external: bool, tol: f32) {
     // Both tests share one Python run.
     static REFERENCE: OnceLock<Vec<Vec<Vec<f32>>>> = OnceLock::new();
     let reference = REFERENCE.get_or_init(|| reference_logits(&hf, &rows));
-    let mut model = OnnxGpt2::load(&onnx, &SessionOptions::default()).unwrap();
+    let mut model = Runtime::new()
+        .session(&onnx, &SessionOptions::default())
+        .unwrap();
     assert_eq!(model.float, precision);
 
     // Prompt of 6 tokens, all positions compared.
@@ -97,4 +99,27 @@ fn fp16_session_with_external_data_matches_transformers_within_tolerance() {
         true,
         (gptpipe_onnx::FP16_REL_TOLERANCE * 3.0) as f32,
     );
+}
+
+/// ort allows one environment per process: runtimes of the library already loaded share it,
+/// and one that names another library says which one is loaded.
+#[test]
+fn runtimes_of_the_loaded_library_share_it_and_another_library_is_refused() {
+    let first = Runtime::new();
+    let library = first.library().unwrap().to_path_buf();
+    let again = Runtime::with_library(&library);
+    assert_eq!(again.library().unwrap(), library);
+    again.environment().unwrap();
+    let other = Runtime::with_library("/nowhere/libonnxruntime.so");
+    let err = other.environment().err().unwrap().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "cannot load ONNX Runtime from /nowhere/libonnxruntime.so: this process has \
+             loaded it from {}",
+            library.display()
+        )
+    );
+    // The error stays: a failed load is not retried.
+    assert_eq!(other.library().err().unwrap().to_string(), err);
 }

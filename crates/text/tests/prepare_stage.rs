@@ -128,5 +128,6 @@ fn cancelled_stage_stops_with_an_error() {
         cancel: &cancel,
     };
     let err = gptpipe_text::prepare::run(&ctx).unwrap_err();
-    assert!(format!("{err:#}").contains("cancelled"));
+    assert_eq!(format!("{err:#}"), "cancelled");
+    assert!(gptpipe_core::Cancelled::is_in(&err));
 }

@@ -2,17 +2,17 @@
 //! (`run-stage`, a request on stdin) and `gptpipe generate` through it, so that it never
 //! pays libtorch's start-up (about a second and hundreds of MB) itself.
 
-use gptpipe::stages::Runtime;
+use gptpipe::wiring::Process;
 use gptpipe_core::stage::Registry;
 use gptpipe_generate::Backends;
 
 fn main() {
-    let runtime = Runtime {
+    let process = Process {
         registry,
         backends,
         in_worker: true,
     };
-    std::process::exit(gptpipe::cli::main_with(runtime));
+    std::process::exit(gptpipe::cli::main_with(process));
 }
 
 /// Every stage kind, in this process.
@@ -21,14 +21,18 @@ fn registry() -> Registry {
     gptpipe_text::register(&mut r);
     gptpipe_generate::register(&mut r, backends());
     gptpipe_torch::register(&mut r);
-    gptpipe_onnx::register_with_reference(&mut r, Some(std::sync::Arc::new(torch_logits)));
+    gptpipe_onnx::register_with_reference(
+        &mut r,
+        gptpipe_onnx::Runtime::shared(),
+        std::sync::Arc::new(torch_logits),
+    );
     r
 }
 
 fn backends() -> Backends {
     Backends {
         tch: Some(gptpipe_torch::generation::factory()),
-        ..gptpipe::stages::in_process_backends()
+        ..gptpipe::wiring::in_process_backends()
     }
 }
 

@@ -91,6 +91,29 @@ impl Cancellation {
     }
 }
 
+/// The error of a stage stopped by its [`Cancellation`]: its text is "cancelled". In-process
+/// stages return it from [`StageContext::check_cancelled`]; for a stage in `gptpipe-worker`
+/// the runner kills the worker and makes it ([`crate::remote::remote_stage`]). The runner
+/// recognises it by type, anywhere in an error's chain ([`Cancelled::is_in`]), and says so
+/// in its `stage_failed` event ([`Event::StageFailed`]'s `cancelled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+impl Cancelled {
+    /// Whether `error`, or an error it wraps, is a cancellation.
+    pub fn is_in(error: &anyhow::Error) -> bool {
+        error.chain().any(|e| e.is::<Cancelled>())
+    }
+}
+
 /// One line of `gptpipe status`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StageStatus {
@@ -331,6 +354,7 @@ impl<'a> Runner<'a> {
                     events.emit(Event::StageFailed {
                         stage: s.stage.clone(),
                         error: format!("would fail: {}", s.reasons.join("; ")),
+                        cancelled: false,
                     });
                     broken.push(s.stage.clone());
                 } else {
@@ -424,6 +448,7 @@ impl<'a> Runner<'a> {
                         events.emit(Event::StageFailed {
                             stage: stage.clone(),
                             error: format!("{e:#}"),
+                            cancelled: Cancelled::is_in(&e),
                         });
                         outcomes.insert(stage, Outcome::Failed);
                         stop |= !options.keep_going;

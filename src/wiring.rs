@@ -1,9 +1,10 @@
-//! The stage kinds and generation backends of this process.
+//! Process wiring: which stage kinds and generation backends run in this process, and
+//! which in `gptpipe-worker`.
 //!
-//! The `gptpipe` binary never loads libtorch: with the `torch` feature, stages that may need
+//! The `gptpipe` binary never loads libtorch: with the `worker` feature, stages that may need
 //! it (finetune, generate, export) run in `gptpipe-worker` (crates/worker, see
 //! `gptpipe_core::remote`), so `status`, `dag` and a no-op `run` start in milliseconds.
-//! `gptpipe-worker` runs the same command line with a [`Runtime`] that has everything in
+//! `gptpipe-worker` runs the same command line with a [`Process`] that has everything in
 //! process.
 
 use gptpipe_core::config::StageKind;
@@ -13,46 +14,46 @@ use std::sync::OnceLock;
 
 /// What a process can run: set once by `main`.
 #[derive(Clone, Copy)]
-pub struct Runtime {
+pub struct Process {
     pub registry: fn() -> Registry,
     pub backends: fn() -> Backends,
     /// True in `gptpipe-worker`.
     pub in_worker: bool,
 }
 
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static PROCESS: OnceLock<Process> = OnceLock::new();
 
-/// The runtime of the `gptpipe` binary.
-pub const RUNNER: Runtime = Runtime {
+/// What the `gptpipe` binary runs.
+pub const RUNNER: Process = Process {
     registry: runner_registry,
     backends: in_process_backends,
     in_worker: false,
 };
 
-pub fn set_runtime(runtime: Runtime) {
-    let _ = RUNTIME.set(runtime);
+pub fn set_process(process: Process) {
+    let _ = PROCESS.set(process);
 }
 
-fn runtime() -> Runtime {
-    *RUNTIME.get().unwrap_or(&RUNNER)
+fn process() -> Process {
+    *PROCESS.get().unwrap_or(&RUNNER)
 }
 
 pub fn registry() -> Registry {
-    (runtime().registry)()
+    (process().registry)()
 }
 
 pub fn backends() -> Backends {
-    (runtime().backends)()
+    (process().backends)()
 }
 
 pub fn in_worker() -> bool {
-    runtime().in_worker
+    process().in_worker
 }
 
 fn runner_registry() -> Registry {
     let mut r = Registry::new();
     gptpipe_text::register(&mut r);
-    if cfg!(feature = "torch") {
+    if cfg!(feature = "worker") {
         use gptpipe_core::remote::remote_stage;
         let worker = worker_path();
         r.register(
@@ -70,7 +71,7 @@ fn runner_registry() -> Registry {
     } else {
         r.unavailable(
             StageKind::Finetune,
-            "this gptpipe was built without libtorch (feature `torch`)",
+            "this gptpipe was built without libtorch (feature `worker`)",
         );
         gptpipe_generate::register(&mut r, in_process_backends());
         #[cfg(feature = "onnx")]
@@ -91,7 +92,9 @@ pub fn in_process_backends() -> Backends {
     let mut b = Backends::default();
     #[cfg(feature = "onnx")]
     {
-        b.onnx = Some(gptpipe_onnx::backend::factory());
+        b.onnx = Some(gptpipe_onnx::backend::factory(
+            gptpipe_onnx::Runtime::shared(),
+        ));
     }
     b
 }
