@@ -10,9 +10,8 @@
 use gptpipe_core::config::StageKind;
 use gptpipe_core::stage::{versions, Registry};
 use gptpipe_generate::Backends;
-use std::sync::OnceLock;
 
-/// What a process can run: set once by `main`.
+/// What a process can run: `main` passes it to the command it runs.
 #[derive(Clone, Copy)]
 pub struct Process {
     pub registry: fn() -> Registry,
@@ -21,34 +20,12 @@ pub struct Process {
     pub in_worker: bool,
 }
 
-static PROCESS: OnceLock<Process> = OnceLock::new();
-
 /// What the `gptpipe` binary runs.
 pub const RUNNER: Process = Process {
     registry: runner_registry,
     backends: in_process_backends,
     in_worker: false,
 };
-
-pub fn set_process(process: Process) {
-    let _ = PROCESS.set(process);
-}
-
-fn process() -> Process {
-    *PROCESS.get().unwrap_or(&RUNNER)
-}
-
-pub fn registry() -> Registry {
-    (process().registry)()
-}
-
-pub fn backends() -> Backends {
-    (process().backends)()
-}
-
-pub fn in_worker() -> bool {
-    process().in_worker
-}
 
 fn runner_registry() -> Registry {
     let mut r = Registry::new();

@@ -1,8 +1,8 @@
 use super::pipeline_args;
-use crate::wiring::registry;
 use clap::Args;
 use gptpipe_core::report::HumanSink;
 use gptpipe_core::runner::{RunError, Runner};
+use gptpipe_core::stage::Registry;
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -10,13 +10,12 @@ pub struct GcArgs {
     pub pipeline: Option<std::path::PathBuf>,
 }
 
-pub fn run(args: GcArgs) -> Result<(), RunError> {
+pub fn run(args: GcArgs, registry: &Registry) -> Result<(), RunError> {
     let path = args
         .pipeline
         .unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
     let pipeline = pipeline_args::load(&path, &[]).map_err(RunError::Config)?;
-    let registry = registry();
-    let (runs, objects) = Runner::new(&pipeline, &registry)?.gc(&HumanSink::new())?;
+    let (runs, objects) = Runner::new(&pipeline, registry)?.gc(&HumanSink::new())?;
     eprintln!("removed {runs} cache entries and {objects} objects");
     Ok(())
 }

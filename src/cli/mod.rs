@@ -70,7 +70,6 @@ pub fn main() -> i32 {
 
 /// The same, with what `process` can run (`gptpipe-worker` has model code in process).
 pub fn main_with(process: crate::wiring::Process) -> i32 {
-    crate::wiring::set_process(process);
     let worker = process.in_worker;
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -84,23 +83,23 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
-        Command::Status(args) => status::run(args),
+        Command::Run(args) => run::run(args, &(process.registry)()),
+        Command::Status(args) => status::run(args, &(process.registry)()),
         Command::Dag(args) => dag::run(args),
         Command::Schema => {
             print!("{}", gptpipe_core::config::pipeline_schema_json());
             Ok(())
         }
-        Command::Gc(args) => gc::run(args),
+        Command::Gc(args) => gc::run(args, &(process.registry)()),
         Command::Generate(args) => {
             if cfg!(feature = "worker") && !worker {
                 return delegate_to_worker();
             }
-            generate::run(args, &crate::wiring::backends())
+            generate::run(args, &(process.backends)())
         }
-        Command::Watch(args) => watch::run(args),
+        Command::Watch(args) => watch::run(args, &(process.registry)()),
         Command::RunStage if worker => {
-            return gptpipe_core::remote::serve(&crate::wiring::registry(), std::io::stdin());
+            return gptpipe_core::remote::serve(&(process.registry)(), std::io::stdin());
         }
         Command::RunStage => Err(RunError::Other(anyhow::anyhow!(
             "run-stage is internal to gptpipe-worker"

@@ -1,9 +1,9 @@
 use super::pipeline_args;
-use crate::wiring::registry;
 use clap::Args;
 use gptpipe_core::events::{EventSink, JsonSink};
 use gptpipe_core::report::HumanSink;
 use gptpipe_core::runner::{RunError, RunOptions, Runner};
+use gptpipe_core::stage::Registry;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -33,12 +33,11 @@ pub struct RunArgs {
     pub keep_going: bool,
 }
 
-pub fn run(args: RunArgs) -> Result<(), RunError> {
+pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
     say_when_interrupted();
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
-    let registry = registry();
-    let runner = Runner::new(&pipeline, &registry)?;
+    let runner = Runner::new(&pipeline, registry)?;
     let sink: Box<dyn EventSink> = if args.json {
         Box::new(JsonSink)
     } else {

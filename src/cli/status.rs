@@ -1,7 +1,7 @@
 use super::pipeline_args;
-use crate::wiring::registry;
 use clap::Args;
 use gptpipe_core::runner::{RunError, Runner, State};
+use gptpipe_core::stage::Registry;
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -16,11 +16,10 @@ pub struct StatusArgs {
     pub sets: Vec<String>,
 }
 
-pub fn run(args: StatusArgs) -> Result<(), RunError> {
+pub fn run(args: StatusArgs, registry: &Registry) -> Result<(), RunError> {
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
-    let registry = registry();
-    let statuses = Runner::new(&pipeline, &registry)?.status(&targets)?;
+    let statuses = Runner::new(&pipeline, registry)?.status(&targets)?;
     if args.json {
         println!(
             "{}",

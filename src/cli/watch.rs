@@ -1,8 +1,8 @@
 use super::pipeline_args;
 use crate::watch::{self, Output, WatchOptions};
-use crate::wiring::registry;
 use clap::Args;
 use gptpipe_core::runner::RunError;
+use gptpipe_core::stage::Registry;
 use std::time::Duration;
 
 #[derive(Args)]
@@ -24,7 +24,7 @@ pub struct WatchArgs {
     pub json: bool,
 }
 
-pub fn run(args: WatchArgs) -> Result<(), RunError> {
+pub fn run(args: WatchArgs, registry: &Registry) -> Result<(), RunError> {
     let (pipeline, targets) = pipeline_args::split(&args.positionals);
     install_miette_hook();
     let options = WatchOptions {
@@ -35,7 +35,7 @@ pub fn run(args: WatchArgs) -> Result<(), RunError> {
         debounce: Duration::from_millis(args.debounce.max(10)),
     };
     let stop = watch::signal::install();
-    watch::watch(&options, &registry(), &Output::new(args.json), stop).map_err(RunError::Other)
+    watch::watch(&options, registry, &Output::new(args.json), stop).map_err(RunError::Other)
 }
 
 /// Pipeline errors are printed by watch itself (it keeps going), so it sets miette's look.
