@@ -90,7 +90,7 @@ impl Gpt2Config {
             .n_positions
             .or(raw.n_ctx)
             .context("config.json has neither n_positions nor n_ctx")?;
-        gptpipe_core::model_folder::check_shape(
+        gptpipe_hf::limits::check_shape(
             raw.n_layer,
             raw.n_head,
             raw.n_embd,

@@ -166,7 +166,7 @@ impl Config {
                 bail!("{k} must be at least 1");
             }
         }
-        gptpipe_core::model_folder::check_shape(
+        gptpipe_hf::limits::check_shape(
             self.n_layer,
             self.n_head,
             self.n_embd,
@@ -177,7 +177,7 @@ impl Config {
             "n_ctx" => anyhow::anyhow!("{message} (n_ctx is `n_positions` in config.json)"),
             _ => anyhow::anyhow!("{message}"),
         })?;
-        let max_inner = gptpipe_core::model_folder::MAX_N_INNER;
+        let max_inner = gptpipe_hf::limits::MAX_N_INNER;
         if self.n_inner > max_inner {
             bail!(
                 "n_inner = {} is more than gptpipe's limit of {max_inner}",
