@@ -273,15 +273,15 @@ pub fn stage_inputs(
                 bail!("model folder not found: {}", dir.display());
             }
             // Checked before anything is hashed: `model = "/"` would hash the whole disk.
-            let config = dir.join(crate::model_folder::CONFIG_FILE);
+            let config = dir.join(gptpipe_hf::folder::CONFIG_FILE);
             if !config.is_file() {
                 bail!(
                     "{} is not a model folder: it has no {} (a Hugging Face folder needs {} \
                      and {})",
                     dir.display(),
-                    crate::model_folder::CONFIG_FILE,
-                    crate::model_folder::CONFIG_FILE,
-                    crate::model_folder::WEIGHTS_FILE
+                    gptpipe_hf::folder::CONFIG_FILE,
+                    gptpipe_hf::folder::CONFIG_FILE,
+                    gptpipe_hf::folder::WEIGHTS_FILE
                 );
             }
             files.extend(walk(

@@ -74,12 +74,8 @@ pub fn known_n_ctx(source: &ModelSource) -> Option<usize> {
                 .then_some(HUB_GPT2_N_CTX);
         }
     };
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-    ["n_positions", "n_ctx"]
-        .iter()
-        .find_map(|k| config.get(*k).and_then(serde_json::Value::as_u64))
-        .map(|n| n as usize)
+    let text = std::fs::read_to_string(dir.join(gptpipe_hf::CONFIG_FILE)).ok()?;
+    gptpipe_hf::HfConfig::parse(&text).ok()?.context()
 }
 
 /// The context of OpenAI's GPT-2 repositories on the hub (all four sizes have 1024

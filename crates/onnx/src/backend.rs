@@ -41,7 +41,7 @@ impl OnnxBackend {
         }
         let dir: PathBuf = match source {
             ModelSource::Stage { dir, .. } | ModelSource::Folder(dir) => dir.clone(),
-            ModelSource::Hub(id) => gptpipe_core::hub::hub_folder(id)?,
+            ModelSource::Hub(id) => gptpipe_hf::hub_folder(id)?,
             ModelSource::Inline(_) => bail!(
                 "an inline random model has no ONNX file: export it first or use backend = \"tch\""
             ),
@@ -50,7 +50,7 @@ impl OnnxBackend {
             return Self::load(runtime, &dir, None);
         }
         // No export: the weights are exported on the fly, if the folder has loadable ones.
-        gptpipe_core::model_folder::check_folder(&dir)
+        gptpipe_hf::check_folder(&dir)
             .with_context(|| format!("{} has no {MODEL_FILE}", dir.display()))?;
         let scratch = tempfile::Builder::new()
             .prefix("gptpipe-onnx-")

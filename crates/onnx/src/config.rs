@@ -1,17 +1,11 @@
-//! The part of a Hugging Face GPT-2 `config.json` that shapes the graph.
+//! The part of a Hugging Face GPT-2 `config.json` that shapes the graph, read from
+//! `gptpipe-hf`'s one parse of it.
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use gptpipe_hf::{HfConfig, CONFIG_FILE};
 use std::path::Path;
 
-/// Activation of the MLP, from `activation_function`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation GPT-2 was trained with.
-    GeluTanh,
-    /// `gelu`: the exact erf form.
-    GeluErf,
-}
+pub use gptpipe_hf::Activation;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gpt2Config {
@@ -28,57 +22,29 @@ pub struct Gpt2Config {
     pub tie_word_embeddings: bool,
 }
 
-#[derive(Deserialize)]
-struct Raw {
-    n_layer: usize,
-    n_head: usize,
-    n_embd: usize,
-    n_positions: Option<usize>,
-    n_ctx: Option<usize>,
-    vocab_size: usize,
-    #[serde(default = "eps")]
-    layer_norm_epsilon: f64,
-    #[serde(default = "act")]
-    activation_function: String,
-    #[serde(default = "yes")]
-    scale_attn_weights: bool,
-    #[serde(default)]
-    scale_attn_by_inverse_layer_idx: bool,
-    #[serde(default = "yes")]
-    tie_word_embeddings: bool,
-    model_type: Option<String>,
-}
-
-fn eps() -> f64 {
-    1e-5
-}
-fn act() -> String {
-    "gelu_new".into()
-}
-fn yes() -> bool {
-    true
-}
-
 impl Gpt2Config {
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let path = dir.join(CONFIG_FILE);
+        let text = gptpipe_hf::config::read_config_text(&path)?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let raw: Raw = serde_json::from_str(text).context("not a GPT-2 config.json")?;
+        let hf = HfConfig::parse(text).context("not a GPT-2 config.json")?;
+        Self::from_hf(&hf)
+    }
+
+    /// The graph's shape from a parsed `config.json`. Stricter than libtorch's reading: the
+    /// shape keys are required, and each key is read as serde reads a typed struct (`null`
+    /// or another JSON type is an error).
+    pub fn from_hf(hf: &HfConfig) -> Result<Self> {
+        let raw = Raw::of(hf).context("not a GPT-2 config.json")?;
         if let Some(t) = raw.model_type.as_deref() {
             if t != "gpt2" {
                 bail!("model_type is {t:?}; only \"gpt2\" models can be exported");
             }
         }
-        let activation = match raw.activation_function.as_str() {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::GeluErf,
-            other => bail!("activation_function {other:?} is not supported (gelu_new, gelu)"),
-        };
+        let activation = Activation::from_name(&raw.activation_function)?;
         if raw.n_head == 0 || (raw.n_embd / raw.n_head) * raw.n_head != raw.n_embd {
             bail!(
                 "n_embd ({}) must be a multiple of n_head ({})",
@@ -90,17 +56,13 @@ impl Gpt2Config {
             .n_positions
             .or(raw.n_ctx)
             .context("config.json has neither n_positions nor n_ctx")?;
-        gptpipe_core::model_folder::check_shape(
+        gptpipe_hf::check_config_shape(
             raw.n_layer,
             raw.n_head,
             raw.n_embd,
             n_positions,
             raw.vocab_size,
-        )
-        .map_err(|(key, message)| match key {
-            "n_ctx" => anyhow::anyhow!("{message} (n_ctx is `n_positions` in config.json)"),
-            _ => anyhow::anyhow!("{message}"),
-        })?;
+        )?;
         Ok(Self {
             n_layer: raw.n_layer,
             n_head: raw.n_head,
@@ -117,5 +79,146 @@ impl Gpt2Config {
 
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
+    }
+}
+
+/// The keys the exporter reads, as a serde struct with required shape keys would read them.
+struct Raw {
+    n_layer: usize,
+    n_head: usize,
+    n_embd: usize,
+    n_positions: Option<usize>,
+    n_ctx: Option<usize>,
+    vocab_size: usize,
+    layer_norm_epsilon: f64,
+    activation_function: String,
+    scale_attn_weights: bool,
+    scale_attn_by_inverse_layer_idx: bool,
+    tie_word_embeddings: bool,
+    model_type: Option<String>,
+}
+
+impl Raw {
+    /// serde's errors, without a position: a key of the wrong type (or `null` where no
+    /// default applies) before a missing key.
+    fn of(hf: &HfConfig) -> Result<Self, serde_json::Error> {
+        use serde::de::Error;
+        match &hf.not_object {
+            // serde reads a struct from an array by position; no GPT-2 config is one.
+            Some(serde_json::Value::Array(a)) => {
+                return Err(serde_json::Error::invalid_length(
+                    a.len(),
+                    &"struct Raw with 12 elements",
+                ))
+            }
+            Some(v) => {
+                return Err(serde_json::Error::invalid_type(
+                    unexpected(v),
+                    &"struct Raw",
+                ))
+            }
+            None => {}
+        }
+        let n_layer = hf.n_layer.present()?;
+        let n_head = hf.n_head.present()?;
+        let n_embd = hf.n_embd.present()?;
+        let n_positions = hf.n_positions.optional()?;
+        let n_ctx = hf.n_ctx.optional()?;
+        let vocab_size = hf.vocab_size.present()?;
+        let layer_norm_epsilon = hf.layer_norm_epsilon.present()?;
+        let activation_function = hf.activation_function.present()?;
+        let scale_attn_weights = hf.scale_attn_weights.present()?;
+        let scale_attn_by_inverse_layer_idx = hf.scale_attn_by_inverse_layer_idx.present()?;
+        let tie_word_embeddings = hf.tie_word_embeddings.present()?;
+        let model_type = hf.model_type.optional()?;
+        let required = |v: Option<usize>, key: &'static str| {
+            v.ok_or_else(|| serde_json::Error::missing_field(key))
+        };
+        Ok(Self {
+            n_layer: required(n_layer, "n_layer")?,
+            n_head: required(n_head, "n_head")?,
+            n_embd: required(n_embd, "n_embd")?,
+            n_positions,
+            n_ctx,
+            vocab_size: required(vocab_size, "vocab_size")?,
+            layer_norm_epsilon: layer_norm_epsilon.unwrap_or(1e-5),
+            activation_function: activation_function.unwrap_or_else(|| "gelu_new".into()),
+            scale_attn_weights: scale_attn_weights.unwrap_or(true),
+            scale_attn_by_inverse_layer_idx: scale_attn_by_inverse_layer_idx.unwrap_or(false),
+            tie_word_embeddings: tie_word_embeddings.unwrap_or(true),
+            model_type,
+        })
+    }
+}
+
+/// What serde calls a JSON value that is not an object.
+fn unexpected(v: &serde_json::Value) -> serde::de::Unexpected<'_> {
+    use serde::de::Unexpected;
+    use serde_json::Value;
+    match v {
+        Value::Null => Unexpected::Unit,
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Unexpected::Unsigned(u),
+            (None, Some(i)) => Unexpected::Signed(i),
+            _ => Unexpected::Float(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq, // not reached: an array is read by position
+        Value::Object(_) => Unexpected::Map,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        format!("{:#}", Gpt2Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn the_exporter_reads_config_json_strictly() {
+        let c = Gpt2Config::parse(
+            r#"{"n_layer": 2, "n_head": 2, "n_embd": 8, "n_ctx": 16, "vocab_size": 50}"#,
+        )
+        .unwrap();
+        assert_eq!(c.n_positions, 16);
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert_eq!(
+            error(r#"{"n_head": 2, "n_embd": 8, "n_ctx": 16, "vocab_size": 50}"#),
+            "not a GPT-2 config.json: missing field `n_layer`"
+        );
+        assert_eq!(
+            error(r#"{"n_layer": 2, "n_head": 2, "n_embd": 8, "vocab_size": 50}"#),
+            "config.json has neither n_positions nor n_ctx"
+        );
+        assert_eq!(
+            error(r#"{"n_layer": 2, "n_head": 3, "n_embd": 8, "n_ctx": 16, "vocab_size": 50}"#),
+            "n_embd (8) must be a multiple of n_head (3)"
+        );
+        assert_eq!(
+            error(
+                r#"{"n_layer": 2, "n_head": 2, "n_embd": 8, "n_ctx": 16, "vocab_size": 50,
+                    "scale_attn_weights": null}"#
+            ),
+            "not a GPT-2 config.json: invalid type: null, expected a boolean"
+        );
+        assert_eq!(
+            error(r#"{"model_type": "llama"}"#),
+            "not a GPT-2 config.json: missing field `n_layer`"
+        );
+        assert_eq!(
+            error(
+                r#"{"n_layer": 2, "n_head": 2, "n_embd": 8, "n_ctx": 16, "vocab_size": 50,
+                    "model_type": "llama"}"#
+            ),
+            "model_type is \"llama\"; only \"gpt2\" models can be exported"
+        );
+        assert_eq!(
+            error("3"),
+            "not a GPT-2 config.json: invalid type: integer `3`, expected struct Raw"
+        );
+        assert!(error("{").starts_with("not a GPT-2 config.json: EOF"));
     }
 }

@@ -38,7 +38,7 @@ pub fn source_folder(source: &ModelSource) -> Result<PathBuf> {
             }
             Ok(dir.clone())
         }
-        ModelSource::Hub(id) => gptpipe_core::hub::hub_folder(id),
+        ModelSource::Hub(id) => gptpipe_hf::hub_folder(id),
         ModelSource::Inline(_) => bail!(
             "an inline model has no weights to export: finetune it first and export \
              \"@finetune-stage\""

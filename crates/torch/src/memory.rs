@@ -11,7 +11,7 @@
 //! torch-sys exposes the device's total memory.
 //!
 //! Every size is computed in `u128`, so no shape within
-//! [`gptpipe_core::model_folder::SHAPE_LIMITS`] (nor far beyond) overflows.
+//! [`gptpipe_hf::SHAPE_LIMITS`] (nor far beyond) overflows.
 
 use crate::model::Config;
 use anyhow::{bail, Result};

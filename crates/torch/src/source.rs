@@ -48,4 +48,4 @@ pub fn load_model(source: &ModelSource, device: Device, seed: u64) -> Result<Gpt
     }
 }
 
-pub use gptpipe_core::hub::hub_folder;
+pub use gptpipe_hf::hub_folder;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-pub use gptpipe_core::model_folder::{check_folder, CONFIG_FILE, WEIGHTS_FILE};
+pub use gptpipe_hf::{check_folder, CONFIG_FILE, WEIGHTS_FILE};
 
 /// Loads a model folder onto `device` (fp32 weights).
 pub fn load_folder(dir: &Path, device: Device) -> Result<Gpt2> {

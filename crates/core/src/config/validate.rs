@@ -292,11 +292,11 @@ fn check_model(m: &ModelRef) -> Result<(), Invalid> {
     }
 }
 
-/// An inline model's shape within [`crate::model_folder::SHAPE_LIMITS`]: larger ones
+/// An inline model's shape within [`gptpipe_hf::limits::SHAPE_LIMITS`]: larger ones
 /// cannot be allocated anywhere, and their sizes would overflow before the worker's memory
 /// estimate could refuse them.
 fn check_inline_shape(m: &InlineModel) -> Result<(), Invalid> {
-    crate::model_folder::check_shape(m.n_layer, m.n_head, m.n_embd, m.n_ctx, m.vocab_size)
+    gptpipe_hf::limits::check_shape(m.n_layer, m.n_head, m.n_embd, m.n_ctx, m.vocab_size)
         .map_err(|(_, message)| ("model", format!("model.{message}")))
 }
 

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::InlineModel;
+use gptpipe_hf::{Activation, HfConfig};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -84,70 +85,57 @@ impl Config {
 
     /// Reads a Hugging Face `config.json`; missing keys take `GPT2Config`'s defaults.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let v: Value = serde_json::from_str(&text)
+        let text = gptpipe_hf::config::read_config_text(path)?;
+        let hf = HfConfig::parse(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
-        Self::from_json(&v).with_context(|| format!("unsupported model config {}", path.display()))
+        Self::from_hf(&hf).with_context(|| format!("unsupported model config {}", path.display()))
     }
 
     pub fn from_json(v: &Value) -> Result<Self> {
-        if let Some(t) = v.get("model_type").and_then(Value::as_str) {
+        Self::from_hf(&HfConfig::from_value(v.clone()))
+    }
+
+    /// The model a parsed `config.json` describes: absent and `null` keys take
+    /// `GPT2Config`'s defaults, flags, ids and names of another JSON type are ignored.
+    pub fn from_hf(v: &HfConfig) -> Result<Self> {
+        if let Some(t) = v.model_type.get() {
             if t != "gpt2" {
                 bail!("model_type is {t:?}; only GPT-2 (\"gpt2\") models are supported");
             }
         }
         let d = Self::gpt2();
-        let int = |k: &str, def: usize| -> Result<usize> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(def),
-                Some(x) => x
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .with_context(|| format!("{k} must be a non-negative integer, found {x}")),
-            }
+        let n_embd = v.n_embd.size_or("n_embd", d.n_embd)?;
+        let gelu_tanh = match v.activation_function.get() {
+            None => true,
+            Some(name) => Activation::from_name(&name)? == Activation::GeluTanh,
         };
-        let float = |k: &str, def: f64| -> Result<f64> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(def),
-                Some(x) => x
-                    .as_f64()
-                    .with_context(|| format!("{k} must be a number, found {x}")),
-            }
-        };
-        let flag = |k: &str, def: bool| v.get(k).and_then(Value::as_bool).unwrap_or(def);
-        let n_embd = int("n_embd", d.n_embd)?;
-        let gelu_tanh = match v.get("activation_function").and_then(Value::as_str) {
-            None | Some("gelu_new") | Some("gelu_pytorch_tanh") | Some("gelu_fast") => true,
-            Some("gelu") => false,
-            Some(other) => bail!("activation_function {other:?} is not supported (gelu_new, gelu)"),
-        };
-        if flag("reorder_and_upcast_attn", false) {
-            // Numerically the same attention up to rounding; accepted.
-        }
+        // `reorder_and_upcast_attn`: numerically the same attention up to rounding; accepted.
         let c = Self {
-            vocab_size: int("vocab_size", d.vocab_size)?,
-            n_ctx: int("n_positions", int("n_ctx", d.n_ctx)?)?,
+            vocab_size: v.vocab_size.size_or("vocab_size", d.vocab_size)?,
+            n_ctx: v
+                .n_positions
+                .size_or("n_positions", v.n_ctx.size_or("n_ctx", d.n_ctx)?)?,
             n_embd,
-            n_layer: int("n_layer", d.n_layer)?,
-            n_head: int("n_head", d.n_head)?,
-            n_inner: int("n_inner", 4 * n_embd)?,
-            layer_norm_epsilon: float("layer_norm_epsilon", d.layer_norm_epsilon)?,
-            attn_pdrop: float("attn_pdrop", d.attn_pdrop)?,
-            resid_pdrop: float("resid_pdrop", d.resid_pdrop)?,
-            embd_pdrop: float("embd_pdrop", d.embd_pdrop)?,
-            initializer_range: float("initializer_range", d.initializer_range)?,
+            n_layer: v.n_layer.size_or("n_layer", d.n_layer)?,
+            n_head: v.n_head.size_or("n_head", d.n_head)?,
+            n_inner: v.n_inner.size_or("n_inner", 4 * n_embd)?,
+            layer_norm_epsilon: v
+                .layer_norm_epsilon
+                .number_or("layer_norm_epsilon", d.layer_norm_epsilon)?,
+            attn_pdrop: v.attn_pdrop.number_or("attn_pdrop", d.attn_pdrop)?,
+            resid_pdrop: v.resid_pdrop.number_or("resid_pdrop", d.resid_pdrop)?,
+            embd_pdrop: v.embd_pdrop.number_or("embd_pdrop", d.embd_pdrop)?,
+            initializer_range: v
+                .initializer_range
+                .number_or("initializer_range", d.initializer_range)?,
             gelu_tanh,
-            scale_attn_weights: flag("scale_attn_weights", true),
-            scale_attn_by_inverse_layer_idx: flag("scale_attn_by_inverse_layer_idx", false),
-            bos_token_id: v
-                .get("bos_token_id")
-                .and_then(Value::as_i64)
-                .unwrap_or(50256),
-            eos_token_id: v
-                .get("eos_token_id")
-                .and_then(Value::as_i64)
-                .unwrap_or(50256),
+            scale_attn_weights: v.scale_attn_weights.get().unwrap_or(true),
+            scale_attn_by_inverse_layer_idx: v
+                .scale_attn_by_inverse_layer_idx
+                .get()
+                .unwrap_or(false),
+            bos_token_id: v.bos_token_id.get().unwrap_or(50256),
+            eos_token_id: v.eos_token_id.get().unwrap_or(50256),
         };
         c.validate()?;
         Ok(c)
@@ -166,18 +154,14 @@ impl Config {
                 bail!("{k} must be at least 1");
             }
         }
-        gptpipe_core::model_folder::check_shape(
+        gptpipe_hf::check_config_shape(
             self.n_layer,
             self.n_head,
             self.n_embd,
             self.n_ctx,
             self.vocab_size,
-        )
-        .map_err(|(key, message)| match key {
-            "n_ctx" => anyhow::anyhow!("{message} (n_ctx is `n_positions` in config.json)"),
-            _ => anyhow::anyhow!("{message}"),
-        })?;
-        let max_inner = gptpipe_core::model_folder::MAX_N_INNER;
+        )?;
+        let max_inner = gptpipe_hf::MAX_N_INNER;
         if self.n_inner > max_inner {
             bail!(
                 "n_inner = {} is more than gptpipe's limit of {max_inner}",

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
-use crate::model_folder::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::folder::{CONFIG_FILE, WEIGHTS_FILE};
 
 /// Files fetched from the hub besides the weights and config (when the repo has them).
 const TOKENIZER_FILES: [&str; 4] = [
@@ -95,7 +95,22 @@ pub(crate) fn verify_blob(path: &std::path::Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::verify_blob;
+    use super::{hub_folder, verify_blob};
+
+    #[test]
+    fn an_id_not_in_the_cache_offline_names_the_local_alternative() {
+        let tmp = tempfile::tempdir().unwrap();
+        // No other test of this crate reads these variables.
+        std::env::set_var("HF_HOME", tmp.path());
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        let e = format!("{:#}", hub_folder("someone/gpt2-tiny").unwrap_err());
+        assert!(
+            e.contains("\"someone/gpt2-tiny\" is not in the Hugging Face cache")
+                && e.contains("HF_HUB_OFFLINE is set")
+                && e.contains("model = \"./models/gpt2-tiny\""),
+            "{e}"
+        );
+    }
 
     #[test]
     fn blobs_are_checked_against_their_sha256_name() {
