@@ -1,5 +1,6 @@
 //! FlashAttention-2 for one query per row over a fixed-size key/value cache, through the
-//! C++ shim in `csrc/flash_decode.cpp` (built with the CUDA graph shim; see build.rs).
+//! C++ shim in `csrc/flash_decode.cpp` (built with the rest of the shim, which sets
+//! `cfg(gptpipe_cuda_kernels)`; see build.rs).
 
 use tch::{Device, Kind, Tensor};
 
