@@ -2,38 +2,81 @@
 //! CUDA: an rpath to libtorch's lib folder, and `torch_cuda` linked even though no symbol of
 //! it is referenced (under `--as-needed` the linker drops it and CUDA is never found).
 //! The folder is re-exported as `DEP_GPTPIPE_TORCH_LIBTORCH_LIB` for the gptpipe binary.
+//!
+//! Where the CUDA headers come from (see README.md): `GPTPIPE_CUDA_INCLUDE`, else
+//! `CUDA_HOME` / `CUDA_PATH`, else the nvidia wheels beside a pip-installed libtorch.
+
+use std::path::{Path, PathBuf};
+
+/// Folders (separated like `PATH`) holding the CUDA headers; overrides the others.
+const ENV_INCLUDE: &str = "GPTPIPE_CUDA_INCLUDE";
+/// A CUDA toolkit, whose `include/` holds the headers; `CUDA_HOME` first.
+const ENV_TOOLKIT: [&str; 2] = ["CUDA_HOME", "CUDA_PATH"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_graph)");
+    println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_kernels)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
     println!("cargo:libtorch_lib={lib}");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
+    if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-L{lib}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        cuda_graph_shim(std::path::Path::new(&lib));
+        cuda_kernels(Path::new(&lib));
     }
 }
 
-/// Compiles `csrc/` (CUDA graph capture and FlashAttention decoding for generation, which
-/// tch does not bind) against a pip-installed libtorch, and sets `cfg(gptpipe_cuda_graph)`.
-/// Anything missing (headers, a compiler) only leaves generation on its eager path.
-fn cuda_graph_shim(lib: &std::path::Path) {
-    println!("cargo:rerun-if-changed=csrc");
+/// The folders to search for the CUDA headers, and where they came from (for warnings).
+fn cuda_include(torch: &Path) -> (Vec<PathBuf>, String) {
+    println!("cargo:rerun-if-env-changed={ENV_INCLUDE}");
+    for var in ENV_TOOLKIT {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if let Some(dirs) = std::env::var_os(ENV_INCLUDE).filter(|v| !v.is_empty()) {
+        return (
+            std::env::split_paths(&dirs).collect(),
+            format!("in {ENV_INCLUDE}"),
+        );
+    }
+    for var in ENV_TOOLKIT {
+        if let Some(home) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return (
+                vec![PathBuf::from(home).join("include")],
+                format!("in {var}/include"),
+            );
+        }
+    }
     // <site-packages>/torch/lib: CUDA headers come from the nvidia-* wheels beside torch;
     // their crt/ folder is only in triton's copy.
-    let torch = lib.join("..");
     let site = torch.join("..");
-    let cuda = site.join("nvidia/cu13/include");
-    let crt = site.join("triton/backends/nvidia/include");
-    if !cuda.join("cuda_runtime_api.h").exists() || !crt.join("crt/host_config.h").exists() {
-        println!("cargo:warning=CUDA headers not found beside libtorch: generation runs without CUDA graphs");
+    (
+        vec![
+            site.join("nvidia/cu13/include"),
+            site.join("triton/backends/nvidia/include"),
+        ],
+        "beside libtorch".into(),
+    )
+}
+
+/// Compiles `csrc/` (CUDA graph capture and FlashAttention decoding for generation, the
+/// fused Adam update for finetuning: libtorch functions tch does not bind) against a
+/// pip-installed libtorch, and sets `cfg(gptpipe_cuda_kernels)`. Anything missing
+/// (headers, a compiler) only leaves generation and training on their plain paths.
+fn cuda_kernels(lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc");
+    let torch = lib.join("..");
+    let (include, from) = cuda_include(&torch);
+    let has = |file: &str| include.iter().any(|d| d.join(file).exists());
+    if !has("cuda_runtime_api.h") || !has("crt/host_config.h") {
+        println!(
+            "cargo:warning=CUDA headers not found {from}: generation runs without CUDA graphs"
+        );
         return;
     }
-    let result = cc::Build::new()
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .std("c++17")
         .file("csrc/shim.cpp")
@@ -42,15 +85,15 @@ fn cuda_graph_shim(lib: &std::path::Path) {
         .file("csrc/fused_adam.cpp")
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(torch.join("include"))
-        .include(torch.join("include/torch/csrc/api/include"))
-        .include(cuda)
-        .include(crt)
-        .warnings(false)
-        .try_compile("gptpipe_cuda_graph");
+        .include(torch.join("include/torch/csrc/api/include"));
+    for dir in &include {
+        build.include(dir);
+    }
+    let result = build.warnings(false).try_compile("gptpipe_cuda_kernels");
     match result {
         Ok(()) => {
             println!("cargo:rustc-link-lib=dylib=c10_cuda");
-            println!("cargo:rustc-cfg=gptpipe_cuda_graph");
+            println!("cargo:rustc-cfg=gptpipe_cuda_kernels");
         }
         Err(e) => println!(
             "cargo:warning=CUDA graph shim not built ({e}): generation runs without CUDA graphs"

@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <optional>
 
-#include "shim.h"
+#include "gptpipe_torch.h"
 
 namespace {
 struct Graph {

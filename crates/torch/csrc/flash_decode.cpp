@@ -5,7 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_flash_attention_forward.h>
 
-#include "shim.h"
+#include "gptpipe_torch.h"
 
 extern "C" {
 // q [B, H, D]; k, v [B * max_k, H, D]; cu_q [B + 1] = 0..=B and cu_k [B + 1] = 0, max_k, ...

@@ -6,7 +6,7 @@
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
 
-#include "shim.h"
+#include "gptpipe_torch.h"
 
 extern "C" {
 // `decoupled` picks AdamW (weight decay applied to the parameters) over Adam (added to the

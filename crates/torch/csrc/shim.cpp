@@ -1,4 +1,4 @@
-#include "shim.h"
+#include "gptpipe_torch.h"
 
 namespace gptpipe {
 std::string& last_error() {

@@ -2,11 +2,11 @@
 //! ([`weights`]), where models come from ([`source`]) and the finetune stage.
 
 pub mod device;
+mod ffi;
 pub mod finetune;
 pub mod generation;
 pub mod memory;
 pub mod model;
-mod shim;
 pub mod source;
 pub mod weights;
 

@@ -1,13 +1,14 @@
 //! The Adam/AdamW update in one kernel: libtorch's `_fused_adam_` / `_fused_adamw_`
-//! (torch.optim's `fused=True`) through the C++ shim (`csrc/fused_adam.cpp`), which is only
-//! built against a libtorch with CUDA (`cfg(gptpipe_cuda_graph)`); without it every call
-//! reports that the kernel is unavailable.
+//! (torch.optim's `fused=True`) through the C++ shim (`csrc/fused_adam.cpp`, declared in
+//! `crate::ffi`), which is only built against a libtorch with CUDA
+//! (`cfg(gptpipe_cuda_kernels)`); without it every call reports that the kernel is
+//! unavailable.
 
-use crate::shim;
+use crate::ffi;
 use tch::Tensor;
 
 /// Whether the shim was built (the kernels themselves may still refuse a call).
-pub const BUILT: bool = shim::BUILT;
+pub const BUILT: bool = ffi::BUILT;
 
 /// Updates `param`, `exp_avg` and `exp_avg_sq` (same shape, dtype and device) in place with
 /// gradient `grad`. `step` is an fp32 scalar tensor on the same device holding the step
@@ -27,25 +28,10 @@ pub fn adam_step(
     eps: f64,
     decoupled: bool,
 ) -> Result<(), String> {
-    #[cfg(gptpipe_cuda_graph)]
+    #[cfg(gptpipe_cuda_kernels)]
     {
-        use std::ffi::{c_int, c_void};
-        extern "C" {
-            fn gptpipe_fused_adam(
-                param: *const c_void,
-                grad: *const c_void,
-                exp_avg: *const c_void,
-                exp_avg_sq: *const c_void,
-                step: *const c_void,
-                lr: f64,
-                beta1: f64,
-                beta2: f64,
-                weight_decay: f64,
-                eps: f64,
-                decoupled: c_int,
-            ) -> c_int;
-        }
-        use shim::ptr;
+        use crate::ffi::{check, gptpipe_fused_adam, ptr};
+        use std::ffi::c_int;
         // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`) borrowed for the
         // call; the shim only reads the handles (the kernel writes through their storage)
         // and keeps none of them.
@@ -64,9 +50,9 @@ pub fn adam_step(
                 c_int::from(decoupled),
             )
         };
-        shim::check(rc)
+        check(rc)
     }
-    #[cfg(not(gptpipe_cuda_graph))]
+    #[cfg(not(gptpipe_cuda_kernels))]
     {
         let _ = (param, grad, exp_avg, exp_avg_sq, step);
         let _ = (lr, beta1, beta2, weight_decay, eps, decoupled);

@@ -12,18 +12,26 @@
 //! resumed at step s from a checkpoint continues exactly as the straight run would.
 //!
 //! Early stopping (`early_stopping_patience > 0`) keeps a copy of the trained weights at
-//! every improvement of the validation loss ([`BestWeights`]) and, when it stops, restores
-//! them: the output holds the best weights seen, not the last. A run that reaches `steps`
-//! keeps its final weights.
+//! every improvement of the validation loss (`trainer::BestWeights`) and, when it stops,
+//! restores them: the output holds the best weights seen, not the last. A run that reaches
+//! `steps` keeps its final weights.
+//!
+//! [`run`] checks the params, loads the data and the model, picks the state to resume from
+//! and writes the outputs; the loop is `trainer::Trainer`'s, and its rules (learning rate,
+//! which steps validate, print, sample and save, early stopping, the fp16 loss scale, which
+//! state resumes) are plain functions over numbers in [`rules`].
 
 mod data;
 pub mod fused;
 mod optim;
 mod plot;
+pub mod rules;
 mod state;
+mod trainer;
 
 pub use data::{mix, read_tokens_bin, Dataset};
 pub use optim::Optimizer;
+pub use rules::learning_rate;
 pub use state::{identity, Checkpoint, StateFiles, TrainerState};
 
 use crate::device::{compute_kind, parse_device};
@@ -32,18 +40,15 @@ use crate::{source, weights};
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::{FinetuneParams, StageKind, StageParams};
 use gptpipe_core::stage::{ModelSource, Registry, StageContext};
-use serde_json::json;
 use std::path::Path;
-use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
+use trainer::{BestWeights, Trainer};
 
 /// The implementation version (part of every cache key).
 pub const VERSION: u32 = gptpipe_core::stage::versions::FINETUNE;
 
 /// Validation windows evaluated at most per validation.
 const MAX_VAL_WINDOWS: usize = 64;
-/// gpt-2-simple samples with top-k 40 at temperature 1 during training.
-const SAMPLE_TOP_K: i64 = 40;
 
 pub fn register(registry: &mut Registry) {
     registry.register(StageKind::Finetune, VERSION, run);
@@ -101,7 +106,8 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let device = parse_device(&p.device)?;
     let compute = compute_kind(p.precision, device)?;
     let seed = ctx.seed();
-    if p.val_every > 0 && p.val_split == 0.0 {
+    let schedule = rules::Schedule { p };
+    if schedule.validates_nothing() {
         ctx.warn("val_every is set but val_split = 0: there is no validation set");
     }
     let identity = state::identity(p, ctx.inputs_hash, VERSION);
@@ -157,14 +163,10 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         .collect();
     let mut best = BestWeights::new(flat.shallow_clone(), &trainable);
     let mut opt = Optimizer::new_flat(p.optimizer, p.weight_decay, &trainable, flat);
-    let (mut trainer, mut metrics) = match &resume {
+    let (mut trainer, metrics) = match &resume {
         Some(c) => {
             opt.load_state(c.trainer.step, c.optimizer_tensors()?)?;
-            let metrics: Vec<_> = c
-                .metrics()
-                .into_iter()
-                .filter(|m| m["step"].as_u64().is_some_and(|s| s <= c.trainer.step))
-                .collect();
+            let metrics = rules::metrics_up_to(c.metrics(), c.trainer.step);
             ctx.log(format!(
                 "resuming from step {} ({})",
                 c.trainer.step,
@@ -173,38 +175,23 @@ pub fn run(ctx: &StageContext) -> Result<()> {
             (c.trainer.clone(), metrics)
         }
         None => (
-            TrainerState {
-                identity: identity.clone(),
-                step: 0,
-                avg_loss: (0.0, 0.0),
-                best_val_loss: None,
-                best_step: None,
-                evals_without_improvement: 0,
-                stopped_early: false,
-                loss_scale: if compute == Some(Kind::Half) {
-                    65536.0
-                } else {
-                    1.0
-                },
-                good_steps: 0,
-            },
+            rules::fresh_state(identity.clone(), compute == Some(Kind::Half)),
             Vec::new(),
         ),
     };
     trainer.identity = identity;
-    if p.early_stopping_patience > 0 && !trainer.stopped_early {
-        if let (Some(c), Some(b)) = (&resume, trainer.best_step) {
-            if b == trainer.step {
-                best.keep();
-            } else if let Some(tensors) = c.best_tensors()? {
-                best.load(&tensors)?;
-            } else {
-                ctx.warn(format!(
+    if let Some(c) = &resume {
+        match rules::best_on_resume(p.early_stopping_patience, &trainer) {
+            rules::BestOnResume::None => {}
+            rules::BestOnResume::Current => best.keep(),
+            rules::BestOnResume::Saved(b) => match c.best_tensors()? {
+                Some(tensors) => best.load(&tensors)?,
+                None => ctx.warn(format!(
                     "{} lacks the weights of step {b} (the best validation loss): if early \
                      stopping triggers, the output keeps the last weights",
                     c.model_dir.display()
-                ));
-            }
+                )),
+            },
         }
     }
     ctx.log(format!(
@@ -217,219 +204,19 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         data.window
     ));
 
-    let mut run = Run {
+    let mut trainer = Trainer {
         p,
         seed,
         model: &model,
         data: &data,
         device,
-    };
-    let tokens_per_step = (p.batch_size * p.accumulate_gradients * data.window) as f64;
-    let mut window_start = (Instant::now(), trainer.step);
-    while trainer.step < p.steps && !trainer.stopped_early {
-        if let Err(e) = ctx.check_cancelled() {
-            if trainer.step > 0 {
-                let files = state_files(p, &trainer, &opt, &best, &metrics);
-                let _ = state::save_checkpoint(ctx.state_dir, &model, &files, p.max_checkpoints);
-            }
-            return Err(e);
-        }
-        let step = trainer.step + 1;
-        let loss = run.train_step(&mut opt, &mut trainer, step)?;
-        trainer.step = step;
-        let lr = learning_rate(p, step);
-        trainer.avg_loss = (
-            trainer.avg_loss.0 * 0.99 + loss,
-            trainer.avg_loss.1 * 0.99 + 1.0,
-        );
-        let avg_loss = trainer.avg_loss.0 / trainer.avg_loss.1;
-
-        // Every `val_every` steps, or only at the end when it is 0 (a fixed schedule keeps
-        // resumed runs identical to straight ones, early stopping included).
-        let validate = p.val_split > 0.0
-            && if p.val_every > 0 {
-                step % p.val_every == 0
-            } else {
-                step == p.steps
-            };
-        let val_loss = if validate { Some(run.evaluate()) } else { None };
-        if let Some(v) = val_loss {
-            if trainer.best_val_loss.is_none_or(|b| v < b) {
-                trainer.best_val_loss = Some(v);
-                trainer.best_step = Some(step);
-                trainer.evals_without_improvement = 0;
-                if p.early_stopping_patience > 0 {
-                    best.keep();
-                }
-            } else {
-                trainer.evals_without_improvement += 1;
-                if p.early_stopping_patience > 0
-                    && trainer.evals_without_improvement >= p.early_stopping_patience
-                {
-                    // The stop is final: the output (and the final checkpoint) hold the
-                    // best step's weights with the stopping step's counters, metrics and
-                    // optimizer moments, marked `stopped_early`, so a resume from either
-                    // (a raised `steps`, a killed publish) trains no further and writes
-                    // the same weights. Moments that match the restored weights would
-                    // need a second copy of them, for a state that never trains again.
-                    trainer.stopped_early = true;
-                    let n = trainer.evals_without_improvement;
-                    let best_loss = trainer.best_val_loss.unwrap_or(f64::NAN);
-                    match trainer.best_step.filter(|_| best.restore()) {
-                        Some(b) => ctx.log(format!(
-                            "early stopping at step {step}: restored the weights of step {b} \
-                             (val_loss {best_loss:.4}); validation loss had not improved for \
-                             {n} evaluations"
-                        )),
-                        None => ctx.warn(format!(
-                            "early stopping at step {step}: validation loss has not improved \
-                             for {n} evaluations (best {best_loss:.4}), but the best weights \
-                             are unknown: keeping the last ones"
-                        )),
-                    }
-                }
-            }
-        }
-        let elapsed = window_start.0.elapsed().as_secs_f64();
-        let tokens_per_s = tokens_per_step * (step - window_start.1) as f64 / elapsed.max(1e-9);
-        // Only what the training computed: a timing would make the output (and everything
-        // downstream of it) differ between two runs that trained the same weights.
-        metrics.push(json!({
-            "step": step,
-            "loss": loss,
-            "avg_loss": avg_loss,
-            "val_loss": val_loss,
-            "lr": lr,
-        }));
-        if p.print_every > 0 && (step % p.print_every == 0 || step == p.steps) {
-            let mut fields = json!({"loss": loss, "avg_loss": avg_loss, "tokens_per_s": tokens_per_s.round(), "lr": lr});
-            if let Some(v) = val_loss {
-                fields["val_loss"] = json!(v);
-            }
-            ctx.progress(step, p.steps, fields);
-            window_start = (Instant::now(), step);
-        }
-        if p.sample_every > 0 && step % p.sample_every == 0 {
-            let text = run.sample(step);
-            ctx.log(format!("sample at step {step}:\n{text}"));
-        }
-        if p.save_every > 0 && step % p.save_every == 0 && step < p.steps {
-            let files = state_files(p, &trainer, &opt, &best, &metrics);
-            state::save_checkpoint(ctx.state_dir, &model, &files, p.max_checkpoints)?;
-        }
-    }
-    let files = state_files(p, &trainer, &opt, &best, &metrics);
-    write_outputs(ctx, p, &model, folder.as_deref(), &files)
-}
-
-/// What a checkpoint (or the output's training state) holds besides the model, as of now.
-fn state_files<'a>(
-    p: &FinetuneParams,
-    trainer: &'a TrainerState,
-    opt: &Optimizer,
-    best: &BestWeights,
-    metrics: &'a [serde_json::Value],
-) -> StateFiles<'a> {
-    StateFiles {
-        trainer,
-        optimizer: opt.state_tensors(),
-        best: best.to_save(p, trainer),
+        opt,
+        best,
+        state: trainer,
         metrics,
-    }
-}
-
-/// Early stopping's copy of the trained weights at the best validation loss so far (the
-/// step is `TrainerState::best_step`): a copy of the flat buffer training updates (see
-/// `Gpt2::flatten_parameters`), taken at every improvement.
-///
-/// The copy lives in host memory whatever the device: on a GPU it would be a fifth buffer
-/// the size of the trained weights next to the four training holds (weights, gradient, two
-/// Adam moments), 6 GB more for GPT-2 XL, while the copy to the host costs one transfer per
-/// improvement, rare next to training steps and cheap next to the evaluation that decides
-/// it.
-struct BestWeights {
-    /// The buffer training updates (a handle on the optimizer's).
-    flat: Tensor,
-    /// Its copy, on the CPU; `None` until the first improvement.
-    copy: Option<Tensor>,
-    /// The names and shapes that tile the buffer, in order.
-    names: Vec<String>,
-    shapes: Vec<Vec<i64>>,
-}
-
-impl BestWeights {
-    fn new(flat: Tensor, trainable: &[(String, Tensor)]) -> Self {
-        Self {
-            flat,
-            copy: None,
-            names: trainable.iter().map(|(n, _)| n.clone()).collect(),
-            shapes: trainable.iter().map(|(_, t)| t.size()).collect(),
-        }
-    }
-
-    /// Copies the current weights (the buffer is allocated once).
-    fn keep(&mut self) {
-        let flat = &self.flat;
-        let copy = self
-            .copy
-            .get_or_insert_with(|| Tensor::empty(flat.size(), (flat.kind(), Device::Cpu)));
-        tch::no_grad(|| copy.copy_(flat));
-    }
-
-    /// Puts the kept weights back into the buffer; false when there are none.
-    fn restore(&self) -> bool {
-        let Some(copy) = &self.copy else {
-            return false;
-        };
-        tch::no_grad(|| self.flat.shallow_clone().copy_(copy));
-        true
-    }
-
-    /// The kept weights by name, as views of the copy.
-    fn named(&self, copy: &Tensor) -> Vec<(String, Tensor)> {
-        self.names
-            .iter()
-            .cloned()
-            .zip(crate::model::tile(copy, &self.shapes))
-            .collect()
-    }
-
-    /// What a checkpoint must hold for an exact resume: the kept weights while early
-    /// stopping may still restore them and they are not the current ones; else nothing.
-    fn to_save(&self, p: &FinetuneParams, trainer: &TrainerState) -> Vec<(String, Tensor)> {
-        match &self.copy {
-            Some(copy)
-                if p.early_stopping_patience > 0
-                    && !trainer.stopped_early
-                    && trainer.best_step.is_some_and(|b| b < trainer.step) =>
-            {
-                self.named(copy)
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// Takes the kept weights from a checkpoint's [`state::BEST_FILE`].
-    fn load(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
-        let map: std::collections::HashMap<&str, &Tensor> =
-            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let copy = Tensor::empty(self.flat.size(), (self.flat.kind(), Device::Cpu));
-        for (n, mut view) in self.named(&copy) {
-            let Some(src) = map.get(n.as_str()) else {
-                bail!("the saved best weights lack {n}");
-            };
-            if src.size() != view.size() {
-                bail!(
-                    "the saved best weight {n} has shape {:?}, expected {:?}",
-                    src.size(),
-                    view.size()
-                );
-            }
-            tch::no_grad(|| view.copy_(src));
-        }
-        self.copy = Some(copy);
-        Ok(())
-    }
+    };
+    trainer.train(ctx)?;
+    write_outputs(ctx, p, &model, folder.as_deref(), &trainer.state_files())
 }
 
 /// Where to continue from: `restore_from = "latest"` takes the newest compatible state (a
@@ -461,9 +248,10 @@ fn find_resume(
                     candidates.push((c, false));
                 }
             }
-            candidates.retain(|(c, _)| c.trainer.identity == identity && c.trainer.step <= p.steps);
             // Newest first; at the same step, the previous output before a checkpoint.
-            candidates.sort_by_key(|(c, checked)| (std::cmp::Reverse(c.trainer.step), *checked));
+            let candidates = rules::resume_order(candidates, identity, p.steps, |c| {
+                (c.trainer.identity.as_str(), c.trainer.step)
+            });
             for (c, checked) in candidates {
                 if !checked {
                     return Ok(Some(c));
@@ -512,14 +300,6 @@ fn find_resume(
     }
 }
 
-pub fn learning_rate(p: &FinetuneParams, step: u64) -> f64 {
-    if p.warmup_steps > 0 {
-        p.learning_rate * (step as f64 / p.warmup_steps as f64).min(1.0)
-    } else {
-        p.learning_rate
-    }
-}
-
 /// Mean next-token loss of `model` over `data`'s validation windows (at most
 /// `MAX_VAL_WINDOWS`, in batches of up to `batch_size`, dropout off): the `val_loss` of the
 /// metrics and of early stopping.
@@ -548,114 +328,6 @@ pub fn validation_loss(model: &Gpt2, data: &Dataset, batch_size: usize) -> f64 {
         }
     });
     sum / count.max(1.0)
-}
-
-struct Run<'a> {
-    p: &'a FinetuneParams,
-    seed: u64,
-    model: &'a Gpt2,
-    data: &'a Dataset,
-    device: Device,
-}
-
-impl Run<'_> {
-    /// One optimizer step; returns the mean loss of its micro-batches.
-    fn train_step(
-        &mut self,
-        opt: &mut Optimizer,
-        trainer: &mut TrainerState,
-        step: u64,
-    ) -> Result<f64> {
-        let p = self.p;
-        // Dropout draws from the global generator: hold it for the whole step.
-        let rng = crate::rng_lock();
-        tch::manual_seed((mix(self.seed, step, 0xD20F, 0) >> 1) as i64);
-        let accum = p.accumulate_gradients as u64;
-        let mut total = Tensor::zeros([], (Kind::Float, self.device));
-        for micro in 0..accum {
-            let batch = self
-                .data
-                .batch(self.seed, step, micro, p.batch_size, self.device);
-            let loss = self.model.loss(&batch, true);
-            let scaled = &loss * (trainer.loss_scale / accum as f64);
-            scaled.backward();
-            total += loss.detach();
-        }
-        drop(rng);
-        let loss = total.double_value(&[]) / accum as f64;
-        if !loss.is_finite() && trainer.loss_scale == 1.0 {
-            bail!(
-                "the loss became {loss} at step {step}; lower learning_rate or set max_grad_norm"
-            );
-        }
-        if trainer.loss_scale != 1.0 {
-            opt.scale_grads(1.0 / trainer.loss_scale);
-            if !opt.grads_finite() {
-                // fp16 overflow: skip this update and halve the scale.
-                trainer.loss_scale /= 2.0;
-                trainer.good_steps = 0;
-                opt.zero_grad();
-                return Ok(loss);
-            }
-            trainer.good_steps += 1;
-            if trainer.good_steps.is_multiple_of(2000) {
-                trainer.loss_scale *= 2.0;
-            }
-        }
-        if p.max_grad_norm > 0.0 {
-            opt.clip_grad_norm(p.max_grad_norm);
-        }
-        opt.apply(learning_rate(p, step));
-        opt.zero_grad();
-        Ok(loss)
-    }
-
-    fn evaluate(&self) -> f64 {
-        validation_loss(self.model, self.data, self.p.batch_size)
-    }
-
-    /// `sample_num` texts of `sample_length` tokens (clipped to the context), top-k 40,
-    /// from one random dataset token, as gpt-2-simple prints during training.
-    fn sample(&self, step: u64) -> String {
-        let n_ctx = self.model.config.n_ctx;
-        let length = self.p.sample_length.min(n_ctx - 1);
-        let n = self.p.sample_num.max(1) as i64;
-        let _rng = crate::rng_lock();
-        tch::manual_seed((mix(self.seed, step, 0x5A3, 0) >> 1) as i64);
-        let start = self.data.random_token(self.seed, step) as i64;
-        let mut tokens = vec![vec![start]; n as usize];
-        tch::no_grad(|| {
-            let mut cache = self.model.new_cache();
-            let mut next = Tensor::full([n, 1], start, (Kind::Int64, self.device));
-            for _ in 0..length {
-                let logits = self
-                    .model
-                    .forward(&next, Some(&mut cache), false)
-                    .select(1, -1)
-                    .to_kind(Kind::Float);
-                let k = SAMPLE_TOP_K.min(logits.size()[1]);
-                let (top, idx) = logits.topk(k, -1, true, true);
-                let choice = top.softmax(-1, Kind::Float).multinomial(1, true);
-                next = idx.gather(1, &choice, false);
-                let ids: Vec<i64> =
-                    Vec::try_from(next.reshape([n]).to_device(Device::Cpu)).unwrap_or_default();
-                for (row, id) in tokens.iter_mut().zip(ids) {
-                    row.push(id);
-                }
-            }
-        });
-        let tok = gptpipe_text::Gpt2Tokenizer::new()
-            .ok()
-            .filter(|t| t.vocab_size() >= self.model.config.vocab_size);
-        let texts: Vec<String> = tokens
-            .iter()
-            .map(|row| match &tok {
-                Some(t) => t.decode(&row.iter().map(|&x| x as u32).collect::<Vec<_>>()),
-                None => format!("{row:?}"),
-            })
-            .collect();
-        texts.join(&format!("\n{}\n", "=".repeat(20)))
-    }
 }
 
 /// The output folder: the model in Hugging Face layout (with tokenizer files), metrics,

@@ -1,5 +1,6 @@
 //! FlashAttention-2 for one query per row over a fixed-size key/value cache, through the
-//! C++ shim in `csrc/flash_decode.cpp` (built with the CUDA graph shim; see build.rs).
+//! C++ shim in `csrc/flash_decode.cpp` (built with the rest of the shim, which sets
+//! `cfg(gptpipe_cuda_kernels)`; see build.rs).
 
 use tch::{Device, Kind, Tensor};
 
@@ -40,7 +41,7 @@ impl Offsets {
 /// reason it does not is printed once with `GPTPIPE_DEBUG_FLASH=1`).
 pub fn available(device: Device) -> bool {
     static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !device.is_cuda() || !cfg!(gptpipe_cuda_graph) {
+    if !device.is_cuda() || !cfg!(gptpipe_cuda_kernels) {
         return false;
     }
     *PROBE.get_or_init(|| {
@@ -66,23 +67,10 @@ fn decode(
     max_k: i64,
     scale: f64,
 ) -> Option<Tensor> {
-    #[cfg(gptpipe_cuda_graph)]
+    #[cfg(gptpipe_cuda_kernels)]
     {
-        use crate::shim::{self, ptr};
-        use std::ffi::{c_int, c_void};
-        extern "C" {
-            fn gptpipe_flash_decode(
-                q: *const c_void,
-                k: *const c_void,
-                v: *const c_void,
-                cu_q: *const c_void,
-                cu_k: *const c_void,
-                used_k: *const c_void,
-                max_k: i64,
-                scale: f64,
-                out: *mut *mut c_void,
-            ) -> c_int;
-        }
+        use crate::ffi::{check, gptpipe_flash_decode, ptr};
+        use std::ffi::c_void;
         let mut out: *mut c_void = std::ptr::null_mut();
         // SAFETY: every pointer is a live tch tensor (an `at::Tensor*`) borrowed for the
         // call; on success the shim hands over a new `at::Tensor*`, which tch then owns.
@@ -99,7 +87,7 @@ fn decode(
                 &mut out,
             )
         };
-        match shim::check(rc) {
+        match check(rc) {
             // SAFETY: see above.
             Ok(()) if !out.is_null() => Some(unsafe { Tensor::from_ptr(out as *mut _) }),
             result => {
@@ -110,7 +98,7 @@ fn decode(
             }
         }
     }
-    #[cfg(not(gptpipe_cuda_graph))]
+    #[cfg(not(gptpipe_cuda_kernels))]
     {
         let _ = (q, k, v, cu_q, cu_k, used_k, max_k, scale);
         None

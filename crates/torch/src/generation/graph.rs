@@ -17,7 +17,7 @@ pub struct Graphs {
 
 impl Graphs {
     pub fn usable(&self, device: Device) -> bool {
-        cfg!(gptpipe_cuda_graph) && !self.disabled && device.is_cuda()
+        cfg!(gptpipe_cuda_kernels) && !self.disabled && device.is_cuda()
     }
 
     /// After a failed capture: eager steps from now on.
@@ -55,28 +55,17 @@ pub fn capture(device: Device, step: impl Fn()) -> Option<Graph> {
     Graph::capture(index, step)
 }
 
-#[cfg(gptpipe_cuda_graph)]
-mod ffi {
-    use std::ffi::{c_int, c_void};
-    extern "C" {
-        pub fn gptpipe_graph_new() -> *mut c_void;
-        pub fn gptpipe_graph_stream_begin(g: *mut c_void, device: c_int) -> c_int;
-        pub fn gptpipe_graph_capture_begin(g: *mut c_void) -> c_int;
-        pub fn gptpipe_graph_capture_end(g: *mut c_void) -> c_int;
-        pub fn gptpipe_graph_stream_end(g: *mut c_void) -> c_int;
-        pub fn gptpipe_graph_replay(g: *mut c_void) -> c_int;
-        pub fn gptpipe_graph_free(g: *mut c_void);
-    }
-}
+#[cfg(gptpipe_cuda_kernels)]
+use crate::ffi;
 
 // Without the shim no Graph is ever built.
-#[cfg_attr(not(gptpipe_cuda_graph), allow(dead_code))]
+#[cfg_attr(not(gptpipe_cuda_kernels), allow(dead_code))]
 pub struct Graph {
-    #[cfg(gptpipe_cuda_graph)]
+    #[cfg(gptpipe_cuda_kernels)]
     ptr: *mut std::ffi::c_void,
 }
 
-#[cfg(gptpipe_cuda_graph)]
+#[cfg(gptpipe_cuda_kernels)]
 impl Graph {
     fn capture(device: usize, step: impl Fn()) -> Option<Graph> {
         // SAFETY: the shim's functions take the pointer gptpipe_graph_new returned and
@@ -106,7 +95,7 @@ impl Graph {
     }
 }
 
-#[cfg(gptpipe_cuda_graph)]
+#[cfg(gptpipe_cuda_kernels)]
 impl Drop for Graph {
     fn drop(&mut self) {
         // SAFETY: freed exactly once.
@@ -114,7 +103,7 @@ impl Drop for Graph {
     }
 }
 
-#[cfg(not(gptpipe_cuda_graph))]
+#[cfg(not(gptpipe_cuda_kernels))]
 impl Graph {
     fn capture(_device: usize, _step: impl Fn()) -> Option<Graph> {
         None

@@ -1,0 +1,91 @@
+//! Every `extern "C"` function of the C++ shim in `csrc/` (libtorch functions tch does not
+//! bind: CUDA graphs, FlashAttention decoding, the fused Adam update), declared as in
+//! `csrc/gptpipe_torch.h`, and the two helpers every call uses. build.rs compiles the shim
+//! only against a libtorch with CUDA and sets `cfg(gptpipe_cuda_kernels)`; without it the
+//! declarations are absent and callers fall back. The safe wrappers live beside their
+//! callers: `generation/graph.rs`, `generation/flash.rs`, `finetune/fused.rs`.
+//!
+//! Every function that returns a `c_int` returns 0 on success and 1 when C++ threw; the
+//! message is then `gptpipe_shim_last_error`'s (see [`check`]). Tensors are passed as
+//! tch's handles, which are `at::Tensor*` ([`ptr`]).
+
+use std::ffi::c_void;
+use tch::Tensor;
+
+/// Whether the shim was built (its kernels may still refuse a call).
+pub const BUILT: bool = cfg!(gptpipe_cuda_kernels);
+
+/// A tch tensor as the shim takes it: tch's tensor handle is an `at::Tensor*`.
+#[cfg_attr(not(gptpipe_cuda_kernels), allow(dead_code))]
+pub fn ptr(t: &Tensor) -> *const c_void {
+    t.as_ptr() as *const c_void
+}
+
+/// A shim return code as a result, with the shim's message on failure.
+#[cfg(gptpipe_cuda_kernels)]
+pub fn check(rc: std::ffi::c_int) -> Result<(), String> {
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a NUL-terminated string owned by its thread-local storage,
+    // valid until the next shim call on this thread; it is copied at once.
+    let msg = unsafe { std::ffi::CStr::from_ptr(gptpipe_shim_last_error()) };
+    Err(msg.to_string_lossy().into_owned())
+}
+
+#[cfg(gptpipe_cuda_kernels)]
+pub use decls::*;
+
+#[cfg(gptpipe_cuda_kernels)]
+mod decls {
+    use std::ffi::{c_char, c_int, c_void};
+
+    extern "C" {
+        // csrc/shim.cpp
+        /// The message of the last failure on this thread (valid until the next call).
+        pub fn gptpipe_shim_last_error() -> *const c_char;
+
+        // csrc/cuda_graph.cpp: a graph is the pointer `gptpipe_graph_new` returns (null on
+        // failure), freed once by `gptpipe_graph_free`.
+        pub fn gptpipe_graph_new() -> *mut c_void;
+        /// Makes a fresh side stream of CUDA device `device` current.
+        pub fn gptpipe_graph_stream_begin(g: *mut c_void, device: c_int) -> c_int;
+        pub fn gptpipe_graph_capture_begin(g: *mut c_void) -> c_int;
+        pub fn gptpipe_graph_capture_end(g: *mut c_void) -> c_int;
+        /// Waits for the side stream, then restores the previous current stream.
+        pub fn gptpipe_graph_stream_end(g: *mut c_void) -> c_int;
+        pub fn gptpipe_graph_replay(g: *mut c_void) -> c_int;
+        pub fn gptpipe_graph_free(g: *mut c_void);
+
+        // csrc/flash_decode.cpp
+        /// q `[B, H, D]`; k, v `[B * max_k, H, D]`; cu_q, cu_k `[B + 1]` and used_k `[B]`
+        /// (Int32). On success `*out` is a new `at::Tensor*` `[B, H, D]` the caller owns.
+        pub fn gptpipe_flash_decode(
+            q: *const c_void,
+            k: *const c_void,
+            v: *const c_void,
+            cu_q: *const c_void,
+            cu_k: *const c_void,
+            used_k: *const c_void,
+            max_k: i64,
+            scale: f64,
+            out: *mut *mut c_void,
+        ) -> c_int;
+
+        // csrc/fused_adam.cpp
+        /// Updates `param`, `exp_avg` and `exp_avg_sq` in place; `decoupled` != 0: AdamW.
+        pub fn gptpipe_fused_adam(
+            param: *const c_void,
+            grad: *const c_void,
+            exp_avg: *const c_void,
+            exp_avg_sq: *const c_void,
+            step: *const c_void,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            decoupled: c_int,
+        ) -> c_int;
+    }
+}
