@@ -7,7 +7,7 @@ use crate::runtime::{OnnxGpt2, SessionOptions};
 use crate::{FP16_REL_TOLERANCE, FP32_TOLERANCE};
 use anyhow::{bail, ensure, Context, Result};
 use gptpipe_core::config::{
-    ExportFormat, ExportParams, ExportPrecision, ModelRef, StageKind, StageParams,
+    ExportFormat, ExportParams, ExportPrecision, StageKind, StageParams,
 };
 use gptpipe_core::stage::{ModelSource, StageContext};
 use serde_json::json;
@@ -108,10 +108,7 @@ pub fn run_stage(ctx: &StageContext, reference: &ReferenceLogits) -> Result<()> 
         "passed": passed,
         // The model as the pipeline names it ("@train", a hub id, a folder as written), not
         // where it lies on this machine: the report must not depend on the host.
-        "source": match model {
-            ModelRef::Named(name) => name.clone(),
-            ModelRef::Inline(_) => "inline".to_owned(),
-        },
+        "source": model.as_written().map_or_else(|| "inline".to_owned(), |m| m.into_owned()),
         "model": {
             "n_layer": exported.config.n_layer,
             "n_head": exported.config.n_head,

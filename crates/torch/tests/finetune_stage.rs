@@ -251,7 +251,7 @@ fn bad_settings_fail_before_training() {
     }
     let err = h
         .run("train", &out, &h.path("s"), None, |p| {
-            p.model = gptpipe_core::config::ModelRef::Named("./nowhere".into())
+            p.model = gptpipe_core::config::ModelRef::from("./nowhere")
         })
         .unwrap_err();
     assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
