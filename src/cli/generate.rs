@@ -184,21 +184,20 @@ fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
 
 /// Where `--model` points, without a pipeline: a folder, else a hub id.
 pub fn model_source(model: &str) -> Result<ModelSource, RunError> {
-    let model = ModelRef::from(model);
-    if let ModelRef::Stage(_) = model {
-        return Err(invalid(
-            "model",
-            format!(
-                "{model:?} refers to a pipeline stage; outside a pipeline, point --model at the \
-                 stage's output folder (<workdir>/<stage>)"
-            ),
-        ));
-    }
-    Ok(match model {
+    Ok(match ModelRef::from(model) {
+        ModelRef::Stage(_) => {
+            return Err(invalid(
+                "model",
+                format!(
+                    "{model:?} refers to a pipeline stage; outside a pipeline, point --model at \
+                     the stage's output folder (<workdir>/<stage>)"
+                ),
+            ))
+        }
         ModelRef::Folder(path) => ModelSource::Folder(path.path().to_path_buf()),
         ModelRef::Name(name) if Path::new(&name).is_dir() => ModelSource::Folder(name.into()),
         ModelRef::Name(name) => ModelSource::Hub(name),
-        ModelRef::Stage(_) | ModelRef::Inline(_) => unreachable!("a string names no inline model"),
+        ModelRef::Inline(_) => unreachable!("a string names no inline model"),
     })
 }
 

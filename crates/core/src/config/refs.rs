@@ -115,7 +115,7 @@ impl fmt::Display for UserPath {
 }
 
 /// A text input: another stage's output (`"@stage"`) or a path (a file, a folder, a glob).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum InputRef {
     Stage(StageRef),
     Path(UserPath),
@@ -142,6 +142,13 @@ impl fmt::Display for InputRef {
             Self::Stage(r) => r.fmt(f),
             Self::Path(p) => p.fmt(f),
         }
+    }
+}
+
+/// As the string it was written as, for messages (`loading dataset "@prep"`).
+impl fmt::Debug for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.as_written(), f)
     }
 }
 
