@@ -84,7 +84,10 @@ model = "models/m"
             upstream: BTreeMap::new(),
         };
         let key = gptpipe_core::cache::hash::hash_bytes(&serde_json::to_vec(&material).unwrap());
-        keys.insert(name.clone(), (files.keys().cloned().collect::<Vec<_>>(), key));
+        keys.insert(
+            name.clone(),
+            (files.keys().cloned().collect::<Vec<_>>(), key),
+        );
     }
     let expected: BTreeMap<String, (Vec<String>, String)> = [
         (
@@ -119,13 +122,21 @@ model = "models/m"
         ),
         (
             "tune",
-            vec!["ckpt/model.safetensors", "corpus.txt", "models/m/config.json", "models/m/model.safetensors"],
+            vec![
+                "ckpt/model.safetensors",
+                "corpus.txt",
+                "models/m/config.json",
+                "models/m/model.safetensors",
+            ],
             "2e0af9256413d949c03dfd54babe92797c1d0e7de4505344616f555f116b406c",
         ),
     ]
     .into_iter()
     .map(|(n, f, k): (&str, Vec<&str>, &str)| {
-        (n.to_owned(), (f.into_iter().map(str::to_owned).collect(), k.to_owned()))
+        (
+            n.to_owned(),
+            (f.into_iter().map(str::to_owned).collect(), k.to_owned()),
+        )
     })
     .collect();
     assert_eq!(keys, expected);

@@ -6,9 +6,7 @@ use crate::graph::Float;
 use crate::runtime::{OnnxGpt2, SessionOptions};
 use crate::{FP16_REL_TOLERANCE, FP32_TOLERANCE};
 use anyhow::{bail, ensure, Context, Result};
-use gptpipe_core::config::{
-    ExportFormat, ExportParams, ExportPrecision, StageKind, StageParams,
-};
+use gptpipe_core::config::{ExportFormat, ExportParams, ExportPrecision, StageKind, StageParams};
 use gptpipe_core::stage::{ModelSource, StageContext};
 use serde_json::json;
 use std::path::{Path, PathBuf};

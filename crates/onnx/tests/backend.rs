@@ -188,7 +188,8 @@ fn a_pickle_only_folder_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{}").unwrap();
     std::fs::write(dir.path().join("pytorch_model.bin"), b"not really a pickle").unwrap();
-    let err = match OnnxBackend::open(&ModelSource::Folder(dir.path().to_path_buf()), &Device::Cpu) {
+    let err = match OnnxBackend::open(&ModelSource::Folder(dir.path().to_path_buf()), &Device::Cpu)
+    {
         Ok(_) => panic!("a pickle-only folder should be refused"),
         Err(e) => format!("{e:#}"),
     };

@@ -391,13 +391,27 @@ mod tests {
 
     #[test]
     fn values_serialize_back_as_written() {
-        for s in ["@train", "@", "./m", "/abs/m", "~/m", "~", "~user/m", "gpt2", "org/repo", ""] {
+        for s in [
+            "@train", "@", "./m", "/abs/m", "~/m", "~", "~user/m", "gpt2", "org/repo", "",
+        ] {
             let m = ModelRef::from(s);
-            assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!(s), "{s}");
+            assert_eq!(
+                serde_json::to_value(&m).unwrap(),
+                serde_json::json!(s),
+                "{s}"
+            );
             let i = InputRef::from(s);
-            assert_eq!(serde_json::to_value(&i).unwrap(), serde_json::json!(s), "{s}");
+            assert_eq!(
+                serde_json::to_value(&i).unwrap(),
+                serde_json::json!(s),
+                "{s}"
+            );
             let r = RestoreFrom::from(s);
-            assert_eq!(serde_json::to_value(&r).unwrap(), serde_json::json!(s), "{s}");
+            assert_eq!(
+                serde_json::to_value(&r).unwrap(),
+                serde_json::json!(s),
+                "{s}"
+            );
         }
         for s in ["auto", "cpu", "cuda", "cuda:0", "cuda:12"] {
             let d: Device = s.parse().unwrap();
