@@ -27,7 +27,7 @@ macro_rules! string_schema {
     )*};
 }
 
-/// Serialize as [`fmt::Display`], deserialize through `From<&str>` or `FromStr`.
+/// Serialized as their [`fmt::Display`]: the string they were read from.
 macro_rules! as_string {
     ($($t:ty),*) => {$(
         impl Serialize for $t {
