@@ -3,7 +3,8 @@
 
 use clap::{ArgAction, Args, ValueEnum};
 use gptpipe_core::config::{
-    check_stage_values, Backend, ConfigError, GenerateParams, ModelRef, SampleFormat, StageParams,
+    check_stage_values, Backend, ConfigError, Device, GenerateParams, ModelRef, SampleFormat,
+    StageParams,
 };
 use gptpipe_core::runner::RunError;
 use gptpipe_core::stage::ModelSource;
@@ -134,7 +135,8 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     /// The generate stage's parameters these flags stand for.
-    pub fn params(&self) -> GenerateParams {
+    pub fn params(&self) -> Result<GenerateParams, RunError> {
+        let device: Device = self.device.parse().map_err(|e| invalid("device", e))?;
         let by_extension = self
             .output
             .as_ref()
@@ -145,8 +147,8 @@ impl GenerateArgs {
             None if by_extension => SampleFormat::Jsonl,
             None => SampleFormat::Text,
         };
-        GenerateParams {
-            model: ModelRef::Named(self.model.clone()),
+        Ok(GenerateParams {
+            model: ModelRef::from(self.model.as_str()),
             length: self.length,
             temperature: self.temperature,
             top_k: self.top_k,
@@ -167,8 +169,8 @@ impl GenerateArgs {
                 BackendArg::Tch => Backend::Tch,
                 BackendArg::Onnx => Backend::Onnx,
             },
-            device: self.device.clone(),
-        }
+            device,
+        })
     }
 }
 
@@ -182,27 +184,26 @@ fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
 
 /// Where `--model` points, without a pipeline: a folder, else a hub id.
 pub fn model_source(model: &str) -> Result<ModelSource, RunError> {
-    if model.starts_with('@') {
-        return Err(invalid(
-            "model",
-            format!(
-                "{model:?} refers to a pipeline stage; outside a pipeline, point --model at the \
-                 stage's output folder (<workdir>/<stage>)"
-            ),
-        ));
-    }
-    let path = Path::new(model);
-    let explicit = model.starts_with('.') || model.starts_with('/') || model.starts_with('~');
-    if explicit || path.is_dir() {
-        Ok(ModelSource::Folder(path.to_path_buf()))
-    } else {
-        Ok(ModelSource::Hub(model.to_owned()))
-    }
+    Ok(match ModelRef::from(model) {
+        ModelRef::Stage(_) => {
+            return Err(invalid(
+                "model",
+                format!(
+                    "{model:?} refers to a pipeline stage; outside a pipeline, point --model at \
+                     the stage's output folder (<workdir>/<stage>)"
+                ),
+            ))
+        }
+        ModelRef::Folder(path) => ModelSource::Folder(path.path().to_path_buf()),
+        ModelRef::Name(name) if Path::new(&name).is_dir() => ModelSource::Folder(name.into()),
+        ModelRef::Name(name) => ModelSource::Hub(name),
+        ModelRef::Inline(_) => unreachable!("a string names no inline model"),
+    })
 }
 
 /// Runs `gptpipe generate` with the backends of this build.
 pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
-    let params = args.params();
+    let params = args.params()?;
     if let Err((key, message)) = check_stage_values(&StageParams::Generate(params.clone())) {
         return Err(invalid(key, message));
     }

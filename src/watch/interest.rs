@@ -5,8 +5,7 @@
 //! Folders are watched rather than files, so a file an editor replaces (write a temporary
 //! file, rename it over the original) is still seen; events are then filtered by path.
 
-use gptpipe_core::config::{ModelRef, Pipeline, StageParams};
-use gptpipe_core::stage::{resolve_model, ModelSource};
+use gptpipe_core::config::{Pipeline, Read, StageParams};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
@@ -131,50 +130,40 @@ impl Interest {
     }
 }
 
-/// The files, folders and globs a stage reads, like `gptpipe_core::inputs::stage_inputs`
-/// but without failing on a missing file: a missing input is exactly what watch mode
-/// should wait for.
+/// The files, folders and globs a stage reads ([`StageParams::reads`], as
+/// `gptpipe_core::inputs::stage_inputs` expands them for the key) without failing on a
+/// missing file: a missing input is exactly what watch mode should wait for.
 fn stage_patterns(pipeline: &Pipeline, params: &StageParams) -> Patterns {
     let mut p = Patterns::default();
-    let model = |p: &mut Patterns, m: &ModelRef| {
-        if let ModelSource::Folder(dir) = resolve_model(pipeline, &BTreeMap::new(), m) {
-            p.trees.push(absolute(&dir));
+    let file_or_tree = |p: &mut Patterns, path: &Path| {
+        if path.is_dir() {
+            p.trees.push(absolute(path));
+        } else {
+            add_file(p, path);
         }
     };
-    match params {
-        StageParams::Prepare(params) => {
-            for entry in params.inputs.iter().filter(|e| !e.starts_with('@')) {
-                let path = pipeline.resolve_path(entry);
-                if entry.contains(['*', '?', '[']) {
+    for read in params.reads() {
+        match read {
+            Read::Stage { .. } => {}
+            Read::Pattern { path: entry, .. } => {
+                let path = pipeline.resolve(entry);
+                if entry.path().to_string_lossy().contains(['*', '?', '[']) {
                     if let Some(g) = glob_pattern(&path) {
                         p.globs.push(g);
                     }
-                } else if path.is_dir() {
-                    p.trees.push(absolute(&path));
                 } else {
-                    add_file(&mut p, &path);
+                    file_or_tree(&mut p, &path);
+                }
+            }
+            Read::FileOrTree { path, .. } | Read::Checkpoint { path, .. } => {
+                file_or_tree(&mut p, &pipeline.resolve(path))
+            }
+            Read::Model { model, .. } => {
+                if let Some(dir) = pipeline.model_folder(model) {
+                    p.trees.push(absolute(&dir));
                 }
             }
         }
-        StageParams::Finetune(params) => {
-            model(&mut p, &params.model);
-            let mut file_or_tree = |entry: &str| {
-                let path = pipeline.resolve_path(entry);
-                if path.is_dir() {
-                    p.trees.push(absolute(&path));
-                } else {
-                    add_file(&mut p, &path);
-                }
-            };
-            if !params.dataset.starts_with('@') {
-                file_or_tree(&params.dataset);
-            }
-            if params.restores_from_path() {
-                file_or_tree(&params.restore_from);
-            }
-        }
-        StageParams::Export(params) => model(&mut p, &params.model),
-        StageParams::Generate(params) => model(&mut p, &params.model),
     }
     // A symlinked input is read through its target: watch where the target lives too.
     let trees = p.trees.clone();

@@ -1,8 +1,7 @@
 //! The files a stage reads, found from its params: prepare inputs (files, folders, globs),
 //! a dataset file, a local model folder. Their content hashes go into the cache key.
 
-use crate::config::{ModelRef, Pipeline, StageParams};
-use crate::stage::{resolve_model, ModelSource};
+use crate::config::{Pipeline, Read, StageParams, UserPath};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -27,8 +26,11 @@ impl FileSet {
 /// globs never reach into what gptpipe owns (the workdir's `.gptpipe/` and stage folders),
 /// never follow a link loop, and list each folder once. Nothing found is an error naming
 /// the entry.
-pub fn expand(pipeline: &Pipeline, entry: &str, seen: &mut FileSet) -> Result<Vec<PathBuf>> {
-    let path = pipeline.resolve_path(entry);
+pub fn expand(pipeline: &Pipeline, input: &UserPath, seen: &mut FileSet) -> Result<Vec<PathBuf>> {
+    let written = input.as_str();
+    let entry = input.path().to_string_lossy();
+    let entry: &str = &entry;
+    let path = pipeline.resolve(input);
     let owned = Owned::of(pipeline);
     let mut keep_new = |files: Vec<PathBuf>| -> Result<Vec<PathBuf>> {
         let mut out = Vec::with_capacity(files.len());
@@ -70,7 +72,7 @@ pub fn expand(pipeline: &Pipeline, entry: &str, seen: &mut FileSet) -> Result<Ve
             rest.to_string_lossy()
         );
         let pattern =
-            glob::Pattern::new(&full).with_context(|| format!("invalid glob {entry:?}"))?;
+            glob::Pattern::new(&full).with_context(|| format!("invalid glob {written:?}"))?;
         let options = glob::MatchOptions {
             require_literal_separator: true,
             ..glob::MatchOptions::new()
@@ -96,7 +98,7 @@ pub fn expand(pipeline: &Pipeline, entry: &str, seen: &mut FileSet) -> Result<Ve
         };
         if files.is_empty() {
             bail!(
-                "input glob {entry:?} matches no file (looked in {})",
+                "input glob {written:?} matches no file (looked in {})",
                 pipeline.dir.display()
             );
         }
@@ -259,72 +261,69 @@ pub fn normalize(path: &Path) -> PathBuf {
     clean
 }
 
-/// The files a stage reads, keyed by their path as the lock file records it (relative to
-/// the pipeline file where possible).
+/// The files a stage reads ([`StageParams::reads`]), keyed by their path as the lock file
+/// records it (relative to the pipeline file where possible). Strict: an input that is
+/// missing is an error (watch mode's patterns wait for it instead).
 pub fn stage_inputs(
     pipeline: &Pipeline,
     params: &StageParams,
 ) -> Result<BTreeMap<String, PathBuf>> {
     let mut files = Vec::new();
+    // Files named twice among `inputs` / `dataset` are read once; a model folder and a
+    // checkpoint are listed whole.
     let mut seen = FileSet::default();
-    let mut model = |m: &ModelRef| -> Result<()> {
-        if let ModelSource::Folder(dir) = resolve_model(pipeline, &BTreeMap::new(), m) {
-            if !dir.is_dir() {
-                bail!("model folder not found: {}", dir.display());
-            }
-            // Checked before anything is hashed: `model = "/"` would hash the whole disk.
-            let config = dir.join(gptpipe_hf::folder::CONFIG_FILE);
-            if !config.is_file() {
-                bail!(
-                    "{} is not a model folder: it has no {} (a Hugging Face folder needs {} \
-                     and {})",
-                    dir.display(),
-                    gptpipe_hf::folder::CONFIG_FILE,
-                    gptpipe_hf::folder::CONFIG_FILE,
-                    gptpipe_hf::folder::WEIGHTS_FILE
-                );
-            }
-            files.extend(walk(
-                &dir,
-                &Owned(Vec::new()),
-                None,
-                &broken_link_is_an_error,
-            )?);
-        }
-        Ok(())
-    };
-    match params {
-        StageParams::Prepare(p) => {
-            for entry in p.inputs.iter().filter(|e| !e.starts_with('@')) {
-                files.extend(expand(pipeline, entry, &mut seen)?);
-            }
-        }
-        StageParams::Finetune(p) => {
-            model(&p.model)?;
-            if !p.dataset.starts_with('@') {
+    for read in params.reads() {
+        match read {
+            Read::Stage { .. } => {}
+            Read::Pattern { path, .. } => files.extend(expand(pipeline, path, &mut seen)?),
+            Read::FileOrTree { path: entry, .. } => {
                 // A text file, or a folder of them (every file below it, as the stage reads).
-                let path = pipeline.resolve_path(&p.dataset);
+                let path = pipeline.resolve(entry);
                 if !path.exists() {
                     bail!(
                         "dataset not found: {} (give \"@prepare-stage\", a text file or a folder)",
                         path.display()
                     );
                 }
-                files.extend(expand(pipeline, &p.dataset, &mut seen)?);
+                files.extend(expand(pipeline, entry, &mut seen)?);
             }
-            if p.restores_from_path() {
-                let path = pipeline.resolve_path(&p.restore_from);
+            Read::Checkpoint { path: entry, .. } => {
+                let path = pipeline.resolve(entry);
                 if !path.is_dir() {
                     bail!(
                         "restore_from: checkpoint folder not found: {} (or use \"latest\" or \"fresh\")",
                         path.display()
                     );
                 }
-                files.extend(expand(pipeline, &p.restore_from, &mut FileSet::default())?);
+                files.extend(expand(pipeline, entry, &mut FileSet::default())?);
+            }
+            Read::Model { model, .. } => {
+                let Some(dir) = pipeline.model_folder(model) else {
+                    continue;
+                };
+                if !dir.is_dir() {
+                    bail!("model folder not found: {}", dir.display());
+                }
+                // Checked before anything is hashed: `model = "/"` would hash the whole disk.
+                let config = dir.join(gptpipe_hf::folder::CONFIG_FILE);
+                if !config.is_file() {
+                    bail!(
+                        "{} is not a model folder: it has no {} (a Hugging Face folder needs {} \
+                         and {})",
+                        dir.display(),
+                        gptpipe_hf::folder::CONFIG_FILE,
+                        gptpipe_hf::folder::CONFIG_FILE,
+                        gptpipe_hf::folder::WEIGHTS_FILE
+                    );
+                }
+                files.extend(walk(
+                    &dir,
+                    &Owned(Vec::new()),
+                    None,
+                    &broken_link_is_an_error,
+                )?);
             }
         }
-        StageParams::Export(p) => model(&p.model)?,
-        StageParams::Generate(p) => model(&p.model)?,
     }
     Ok(files
         .into_iter()

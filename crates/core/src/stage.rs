@@ -4,7 +4,7 @@
 //! returns. It never reads TOML and never decides whether it runs: the runner does that,
 //! publishes `out_dir` atomically on success and records it in the cache.
 
-use crate::config::{InlineModel, ModelRef, Pipeline, StageKind, StageParams};
+use crate::config::{InlineModel, InputRef, ModelRef, Pipeline, StageKind, StageParams};
 use crate::events::{Event, EventSink};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,17 +80,19 @@ impl StageContext<'_> {
         resolve_model(self.pipeline, self.upstream, model)
     }
 
-    pub fn resolve_input(&self, value: &str) -> InputSource {
-        match value
-            .strip_prefix('@')
-            .and_then(|n| self.upstream.get(n).map(|u| (n, u)))
-        {
-            Some((name, up)) => InputSource::Stage {
-                name: name.to_owned(),
-                kind: up.kind,
-                dir: up.dir.clone(),
+    pub fn resolve_input(&self, value: &InputRef) -> InputSource {
+        match value {
+            InputRef::Stage(r) => match self.upstream.get(r.name()) {
+                Some(up) => InputSource::Stage {
+                    name: r.name().to_owned(),
+                    kind: up.kind,
+                    dir: up.dir.clone(),
+                },
+                // Not an upstream stage (the runner always passes those): as before types,
+                // a path of that name.
+                None => InputSource::Path(self.pipeline.resolve_path(&r.to_string())),
             },
-            None => InputSource::Path(self.pipeline.resolve_path(value)),
+            InputRef::Path(p) => InputSource::Path(self.pipeline.resolve(p)),
         }
     }
 
@@ -130,7 +132,8 @@ impl StageContext<'_> {
     }
 }
 
-/// Resolves a `model` value: `@stage`, an existing folder or explicit path, else a hub id.
+/// Resolves a `model` value: `@stage`, a local folder ([`Pipeline::model_folder`]), else
+/// a hub id.
 pub fn resolve_model(
     pipeline: &Pipeline,
     upstream: &BTreeMap<String, Upstream>,
@@ -138,23 +141,19 @@ pub fn resolve_model(
 ) -> ModelSource {
     match model {
         ModelRef::Inline(m) => ModelSource::Inline(m.clone()),
-        ModelRef::Named(s) => {
-            if let Some(name) = s.strip_prefix('@') {
-                let up = upstream.get(name);
-                return ModelSource::Stage {
-                    name: name.to_owned(),
-                    kind: up.map_or(StageKind::Finetune, |u| u.kind),
-                    dir: up.map_or_else(|| pipeline.workdir.join(name), |u| u.dir.clone()),
-                };
-            }
-            let path = pipeline.resolve_path(s);
-            let explicit = s.starts_with('.') || s.starts_with('/') || s.starts_with('~');
-            if explicit || path.is_dir() {
-                ModelSource::Folder(path)
-            } else {
-                ModelSource::Hub(s.clone())
+        ModelRef::Stage(r) => {
+            let name = r.name();
+            let up = upstream.get(name);
+            ModelSource::Stage {
+                name: name.to_owned(),
+                kind: up.map_or(StageKind::Finetune, |u| u.kind),
+                dir: up.map_or_else(|| pipeline.workdir.join(name), |u| u.dir.clone()),
             }
         }
+        ModelRef::Folder(_) | ModelRef::Name(_) => match pipeline.model_folder(model) {
+            Some(dir) => ModelSource::Folder(dir),
+            None => ModelSource::Hub(model.as_written().unwrap_or_default().into_owned()),
+        },
     }
 }
 

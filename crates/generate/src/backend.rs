@@ -8,6 +8,7 @@
 
 use crate::sampling::Sampling;
 use anyhow::Result;
+use gptpipe_core::config::Device;
 use gptpipe_core::stage::ModelSource;
 use std::sync::Arc;
 
@@ -82,7 +83,8 @@ pub trait Backend {
 }
 
 /// Builds a backend for a model on a device (`"auto"`, `"cpu"`, `"cuda"`, `"cuda:N"`).
-pub type BackendFactory = Arc<dyn Fn(&ModelSource, &str) -> Result<Box<dyn Backend>> + Send + Sync>;
+pub type BackendFactory =
+    Arc<dyn Fn(&ModelSource, &Device) -> Result<Box<dyn Backend>> + Send + Sync>;
 
 /// The backends compiled into this build.
 #[derive(Clone, Default)]

@@ -7,7 +7,7 @@ use crate::output::{previous_samples, render, write_outputs, Meta};
 use crate::sampling::Sampling;
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::{
-    Backend as BackendChoice, GenerateParams, ModelRef, Pipeline, StageKind, StageParams,
+    Backend as BackendChoice, Device, GenerateParams, ModelRef, Pipeline, StageKind, StageParams,
 };
 use gptpipe_core::stage::{resolve_model, ModelSource, StageContext};
 
@@ -86,14 +86,12 @@ const HUB_GPT2_N_CTX: usize = 1024;
 /// runs: an inline table, a folder's `config.json`, one of OpenAI's GPT-2 hub ids, or a
 /// stage that trains or exports such a model.
 pub fn planned_n_ctx(pipeline: &Pipeline, model: &ModelRef) -> Option<usize> {
-    if let ModelRef::Named(name) = model {
-        if let Some(stage) = name.strip_prefix('@') {
-            return match pipeline.stages.get(stage)? {
-                StageParams::Finetune(p) => planned_n_ctx(pipeline, &p.model),
-                StageParams::Export(p) => planned_n_ctx(pipeline, &p.model),
-                _ => None,
-            };
-        }
+    if let ModelRef::Stage(stage) = model {
+        return match pipeline.stages.get(stage.name())? {
+            StageParams::Finetune(p) => planned_n_ctx(pipeline, &p.model),
+            StageParams::Export(p) => planned_n_ctx(pipeline, &p.model),
+            _ => None,
+        };
     }
     known_n_ctx(&resolve_model(pipeline, &Default::default(), model))
 }
@@ -124,7 +122,7 @@ pub fn open_backend(
     backends: &Backends,
     choice: BackendChoice,
     source: &ModelSource,
-    device: &str,
+    device: &Device,
 ) -> Result<Box<dyn Backend>> {
     let chosen = choose_backend(choice, source);
     let factory: &BackendFactory = match chosen {

@@ -26,7 +26,7 @@ fn backends() -> Backends {
 
 fn params(nsamples: usize, batch_size: usize, format: SampleFormat) -> GenerateParams {
     GenerateParams {
-        model: ModelRef::Named("fake".into()),
+        model: ModelRef::from("fake"),
         length: 10,
         temperature: 1.0,
         nsamples,

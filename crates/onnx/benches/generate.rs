@@ -74,8 +74,12 @@ fn main() {
     for batch in [1, 20] {
         let mut rates = Vec::new();
         for (_, dir) in &dirs {
-            let mut backend =
-                OnnxBackend::open(&runtime, &ModelSource::Folder(dir.clone()), "cpu").unwrap();
+            let mut backend = OnnxBackend::open(
+                &runtime,
+                &ModelSource::Folder(dir.clone()),
+                &gptpipe_core::config::Device::Cpu,
+            )
+            .unwrap();
             rates.push(ours(&mut backend, batch, new));
         }
         let b = theirs(&hf, batch, new, threads);

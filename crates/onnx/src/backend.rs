@@ -5,6 +5,7 @@ use crate::export::{export_folder, ExportOptions};
 use crate::runtime::{KvCache, OnnxGpt2, Runtime, SessionOptions};
 use crate::write::MODEL_FILE;
 use anyhow::{bail, ensure, Context, Result};
+use gptpipe_core::config::Device;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_generate::{Backend, BackendFactory, Logits};
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ pub struct OnnxBackend {
 
 /// The factory the binary registers as the `onnx` backend: backends on `runtime`.
 pub fn factory(runtime: Runtime) -> BackendFactory {
-    Arc::new(move |source: &ModelSource, device: &str| {
+    Arc::new(move |source: &ModelSource, device: &Device| {
         Ok(Box::new(OnnxBackend::open(&runtime, source, device)?) as Box<dyn Backend>)
     })
 }
@@ -31,12 +32,13 @@ impl OnnxBackend {
     /// Opens an export (an export stage's output, or a folder with `model.onnx`). A model
     /// given as safetensors weights (a finetune stage, a Hugging Face folder or hub id) is
     /// exported first, in fp32, into a temporary folder. Sessions run on `runtime`.
-    pub fn open(runtime: &Runtime, source: &ModelSource, device: &str) -> Result<Self> {
+    pub fn open(runtime: &Runtime, source: &ModelSource, device: &Device) -> Result<Self> {
         match device {
-            "auto" | "cpu" => {}
+            Device::Auto | Device::Cpu => {}
             other => bail!(
-                "the ONNX Runtime backend runs on the CPU (device {other:?} asked); use \
-                 device = \"cpu\" or backend = \"tch\""
+                "the ONNX Runtime backend runs on the CPU (device {:?} asked); use \
+                 device = \"cpu\" or backend = \"tch\"",
+                other.to_string()
             ),
         }
         let dir: PathBuf = match source {

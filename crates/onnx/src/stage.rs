@@ -6,9 +6,7 @@ use crate::graph::Float;
 use crate::runtime::{OnnxGpt2, Runtime, SessionOptions};
 use crate::{FP16_REL_TOLERANCE, FP32_TOLERANCE};
 use anyhow::{bail, ensure, Context, Result};
-use gptpipe_core::config::{
-    ExportFormat, ExportParams, ExportPrecision, ModelRef, StageKind, StageParams,
-};
+use gptpipe_core::config::{ExportFormat, ExportParams, ExportPrecision, StageKind, StageParams};
 use gptpipe_core::stage::{ModelSource, StageContext};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -108,10 +106,7 @@ pub fn run_stage(ctx: &StageContext, runtime: &Runtime, reference: &ReferenceLog
         "passed": passed,
         // The model as the pipeline names it ("@train", a hub id, a folder as written), not
         // where it lies on this machine: the report must not depend on the host.
-        "source": match model {
-            ModelRef::Named(name) => name.clone(),
-            ModelRef::Inline(_) => "inline".to_owned(),
-        },
+        "source": model.as_written().map_or_else(|| "inline".to_owned(), |m| m.into_owned()),
         "model": {
             "n_layer": exported.config.n_layer,
             "n_head": exported.config.n_head,

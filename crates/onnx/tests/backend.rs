@@ -5,6 +5,7 @@
 mod common;
 
 use common::{run_py_stdin, TinyModel};
+use gptpipe_core::config::Device;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_generate::{generate_batch, Backend, Codec, Job, Logits, Sampling};
 use gptpipe_onnx::backend::OnnxBackend;
@@ -71,7 +72,8 @@ fn greedy_equals_transformers_generate() {
         run_py_stdin("greedy.py", &[hf.to_str().unwrap()], &input)["tokens"].clone(),
     )
     .unwrap();
-    let mut backend = OnnxBackend::open(&runtime, &ModelSource::Folder(onnx), "cpu").unwrap();
+    let mut backend =
+        OnnxBackend::open(&runtime, &ModelSource::Folder(onnx), &Device::Cpu).unwrap();
     for (prompt, want) in prompts.iter().zip(&want) {
         // Two rows: every row of a greedy batch must follow the same path.
         let got = run(
@@ -133,7 +135,8 @@ fn kv_cache_with_finishing_rows_equals_recomputing() {
         temperature: 1.0,
         ..Sampling::greedy()
     };
-    let open = || OnnxBackend::open(&runtime, &ModelSource::Folder(onnx.clone()), "auto").unwrap();
+    let open =
+        || OnnxBackend::open(&runtime, &ModelSource::Folder(onnx.clone()), &Device::Auto).unwrap();
     let j = job(vec![3, 4, 5], 40, sampling, "<7");
     let cached = run(&mut open(), &j, 6);
     let mut recompute = Recompute {
@@ -174,11 +177,12 @@ fn kv_cache_with_finishing_rows_equals_recomputing() {
 fn safetensors_folder_is_exported_on_the_fly_and_cuda_is_refused() {
     let runtime = Runtime::new();
     let hf = TinyModel::default().cached();
-    let mut backend = OnnxBackend::open(&runtime, &ModelSource::Folder(hf.clone()), "cpu").unwrap();
+    let mut backend =
+        OnnxBackend::open(&runtime, &ModelSource::Folder(hf.clone()), &Device::Cpu).unwrap();
     assert_eq!((backend.n_ctx(), backend.vocab_size()), (64, 1000));
     backend.start(&[vec![1, 2, 3]]).unwrap();
     assert_eq!(backend.logits().unwrap().rows, 1);
-    let err = OnnxBackend::open(&runtime, &ModelSource::Folder(hf), "cuda")
+    let err = OnnxBackend::open(&runtime, &ModelSource::Folder(hf), &Device::Cuda)
         .err()
         .unwrap();
     assert!(err.to_string().contains("CPU"), "{err}");
@@ -195,7 +199,7 @@ fn a_pickle_only_folder_is_refused_with_the_reason() {
     let err = match OnnxBackend::open(
         &runtime,
         &ModelSource::Folder(dir.path().to_path_buf()),
-        "cpu",
+        &Device::Cpu,
     ) {
         Ok(_) => panic!("a pickle-only folder should be refused"),
         Err(e) => format!("{e:#}"),

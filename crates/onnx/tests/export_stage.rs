@@ -89,7 +89,7 @@ fn registry(reference: ReferenceLogits) -> Registry {
 
 fn params(precision: ExportPrecision) -> ExportParams {
     ExportParams {
-        model: ModelRef::Named("@train".into()),
+        model: ModelRef::from("@train"),
         precision,
         ..ExportParams::default()
     }

@@ -1,42 +1,71 @@
 //! `device` and `precision` settings.
 
 use anyhow::{bail, Result};
-use gptpipe_core::config::Precision;
+use gptpipe_core::config::{self, Precision};
 use tch::{Device, Kind};
 
-/// `"auto"` (CUDA when present), `"cpu"`, `"cuda"` or `"cuda:N"`. Asking for CUDA where
-/// there is none is an error, not a silent fallback.
-pub fn parse_device(s: &str) -> Result<Device> {
+/// A device as the config layer parsed it ([`config::Device`]), or as a string (examples,
+/// tests), parsed by the same parser.
+pub trait DeviceSetting {
+    fn setting(&self) -> Result<config::Device>;
+}
+
+impl DeviceSetting for config::Device {
+    fn setting(&self) -> Result<config::Device> {
+        Ok(*self)
+    }
+}
+
+impl DeviceSetting for str {
+    fn setting(&self) -> Result<config::Device> {
+        self.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "device = {self:?} is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""
+            )
+        })
+    }
+}
+
+impl DeviceSetting for String {
+    fn setting(&self) -> Result<config::Device> {
+        self.as_str().setting()
+    }
+}
+
+/// `"auto"` (CUDA when present), `"cpu"`, `"cuda"` or `"cuda:N"` as a libtorch device.
+/// Asking for CUDA where there is none is an error, not a silent fallback.
+pub fn parse_device<D: DeviceSetting + ?Sized>(d: &D) -> Result<Device> {
+    let setting = d.setting()?;
     let cuda = tch::Cuda::is_available();
-    let none = |what: &str| {
+    let none = || {
         anyhow::anyhow!(
-            "device = {what:?} but no CUDA GPU is available to libtorch here; use device = \"cpu\" \
-             (or \"auto\", which takes CUDA only when present)"
+            "device = {:?} but no CUDA GPU is available to libtorch here; use device = \"cpu\" \
+             (or \"auto\", which takes CUDA only when present)",
+            setting.to_string()
         )
     };
-    match s.trim() {
-        "auto" => Ok(if cuda { Device::Cuda(0) } else { Device::Cpu }),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => {
+    match setting {
+        config::Device::Auto => Ok(if cuda { Device::Cuda(0) } else { Device::Cpu }),
+        config::Device::Cpu => Ok(Device::Cpu),
+        config::Device::Cuda => {
             if !cuda {
-                return Err(none(s));
+                return Err(none());
             }
             Ok(Device::Cuda(0))
         }
-        other => {
-            match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(n)) => {
-                    if !cuda {
-                        return Err(none(s));
-                    }
-                    let count = tch::Cuda::device_count() as usize;
-                    if n >= count {
-                        bail!("device = {s:?} but only {count} CUDA device(s) exist (cuda:0..cuda:{})", count - 1);
-                    }
-                    Ok(Device::Cuda(n))
-                }
-                _ => bail!("device = {s:?} is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""),
+        config::Device::CudaIndex(n) => {
+            if !cuda {
+                return Err(none());
             }
+            let count = tch::Cuda::device_count() as usize;
+            if n >= count {
+                bail!(
+                    "device = {:?} but only {count} CUDA device(s) exist (cuda:0..cuda:{})",
+                    setting.to_string(),
+                    count - 1
+                );
+            }
+            Ok(Device::Cuda(n))
         }
     }
 }

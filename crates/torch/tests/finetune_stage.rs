@@ -218,13 +218,18 @@ fn max_checkpoints_bounds_the_state_folder() {
 fn bad_settings_fail_before_training() {
     let h = harness();
     let out = h.path("o");
-    let err = h
-        .run("train", &out, &h.path("s"), None, |p| p.steps = 0)
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("steps must be at least 1"),
-        "{err:#}"
-    );
+    // Values no training can use are the config layer's to refuse (the stage does not
+    // check them again).
+    let p = gptpipe_core::config::FinetuneParams {
+        steps: 0,
+        dataset: "@prep".into(),
+        ..Default::default()
+    };
+    let (key, message) =
+        gptpipe_core::config::check_stage_values(&gptpipe_core::config::StageParams::Finetune(p))
+            .unwrap_err();
+    assert_eq!(key, "steps");
+    assert!(message.contains("steps must be at least 1"), "{message}");
     let err = h
         .run("train", &out, &h.path("s"), None, |p| {
             p.model = gptpipe_core::config::ModelRef::Inline(gptpipe_core::config::InlineModel {
@@ -251,7 +256,7 @@ fn bad_settings_fail_before_training() {
     }
     let err = h
         .run("train", &out, &h.path("s"), None, |p| {
-            p.model = gptpipe_core::config::ModelRef::Named("./nowhere".into())
+            p.model = gptpipe_core::config::ModelRef::from("./nowhere")
         })
         .unwrap_err();
     assert!(format!("{err:#}").contains("does not exist"), "{err:#}");

@@ -303,6 +303,11 @@ fn figment_error(
                 "see `gptpipe schema` for the accepted forms".to_owned()
             }),
         ),
+        // A value a params type refuses while parsing it (a device): said as the checks
+        // of validate.rs say theirs.
+        Kind::Message(msg) if path.len() == 3 && path[0] == "stages" => {
+            (format!("stage `{}`: {msg}", path[1]), None)
+        }
         other => (format!("`{key}`: {other}"), None),
     };
     let mut e = ConfigError::new(message);

@@ -4,6 +4,8 @@
 mod error;
 mod load;
 mod params;
+mod reads;
+mod refs;
 mod schema;
 mod source;
 mod validate;
@@ -11,6 +13,7 @@ mod validate;
 pub use error::{suggest as suggest_name, ConfigError};
 pub use load::{load, LoadOptions};
 pub use params::*;
+pub use reads::Read;
 pub use schema::{pipeline_schema, pipeline_schema_json};
 pub use validate::check_stage_values;
 
@@ -141,68 +144,6 @@ impl StageParams {
         value.expect("stage parameters serialize to JSON")
     }
 
-    /// `(key, stage)` for every `"@stage"` reference this stage makes.
-    pub fn references(&self) -> Vec<(&'static str, String)> {
-        let mut refs = Vec::new();
-        let model = |m: &ModelRef| match m {
-            ModelRef::Named(s) => s.strip_prefix('@').map(str::to_owned),
-            ModelRef::Inline(_) => None,
-        };
-        match self {
-            Self::Prepare(p) => {
-                for input in &p.inputs {
-                    if let Some(s) = input.strip_prefix('@') {
-                        refs.push(("inputs", s.to_owned()));
-                    }
-                }
-            }
-            Self::Finetune(p) => {
-                if let Some(s) = p.dataset.strip_prefix('@') {
-                    refs.push(("dataset", s.to_owned()));
-                }
-                refs.extend(model(&p.model).map(|s| ("model", s)));
-            }
-            Self::Export(p) => refs.extend(model(&p.model).map(|s| ("model", s))),
-            Self::Generate(p) => refs.extend(model(&p.model).map(|s| ("model", s))),
-        }
-        refs
-    }
-
-    /// `(key, value)` for every input this stage names by path, not as `"@stage"` or a hub
-    /// id: prepare's `inputs` (files, folders, globs), finetune's `dataset` and a
-    /// `restore_from` folder, a model folder.
-    pub fn path_inputs(&self, pipeline: &Pipeline) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        let model = |m: &ModelRef| match crate::stage::resolve_model(pipeline, &BTreeMap::new(), m)
-        {
-            crate::stage::ModelSource::Folder(_) => match m {
-                ModelRef::Named(s) => Some(("model", s.clone())),
-                ModelRef::Inline(_) => None,
-            },
-            _ => None,
-        };
-        match self {
-            Self::Prepare(p) => out.extend(
-                p.inputs
-                    .iter()
-                    .filter(|i| !i.starts_with('@'))
-                    .map(|i| ("inputs", i.clone())),
-            ),
-            Self::Finetune(p) => {
-                if !p.dataset.starts_with('@') && !p.dataset.is_empty() {
-                    out.push(("dataset", p.dataset.clone()));
-                }
-                if p.restores_from_path() {
-                    out.push(("restore_from", p.restore_from.clone()));
-                }
-                out.extend(model(&p.model));
-            }
-            Self::Export(p) => out.extend(model(&p.model)),
-            Self::Generate(p) => out.extend(model(&p.model)),
-        }
-        out
-    }
-
     /// The seed a sampling stage uses, if the kind samples.
     pub fn seed(&self) -> Option<u64> {
         match self {
@@ -244,6 +185,21 @@ impl Pipeline {
             path.to_path_buf()
         } else {
             self.dir.join(path)
+        }
+    }
+
+    /// Resolves a path value (`~` already expanded) relative to the pipeline file.
+    pub fn resolve(&self, p: &UserPath) -> PathBuf {
+        self.dir.join(p.path())
+    }
+
+    /// The local folder `model` names, if it names one: a path (`./m`, `/m`, `~/m`), or a
+    /// bare name that is a folder beside the pipeline file (else it is a hub id).
+    pub fn model_folder(&self, model: &ModelRef) -> Option<PathBuf> {
+        match model {
+            ModelRef::Folder(p) => Some(self.resolve(p)),
+            ModelRef::Name(s) => Some(self.resolve_path(s)).filter(|p| p.is_dir()),
+            ModelRef::Stage(_) | ModelRef::Inline(_) => None,
         }
     }
 }

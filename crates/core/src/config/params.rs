@@ -6,47 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A model to load: a hub id, a local folder, `"@stage"`, or an inline table for a fresh
-/// random model.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum ModelRef {
-    /// `"gpt2"`, `"gpt2-medium"`, `"org/repo"`, `"./models/mine"` or `"@train"`.
-    Named(String),
-    /// A fresh model with random weights.
-    Inline(InlineModel),
-}
-
-/// By hand rather than `untagged`: a table is read as an [`InlineModel`] directly, so a
-/// misspelt key in it is reported by name (with a suggestion), not as "no variant matched".
-impl<'de> Deserialize<'de> for ModelRef {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = ModelRef;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a hub id, a folder, \"@stage\", or a table of n_layer, n_head, n_embd")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelRef, E> {
-                Ok(ModelRef::Named(v.to_owned()))
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ModelRef, A::Error> {
-                InlineModel::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(ModelRef::Inline)
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-impl Default for ModelRef {
-    fn default() -> Self {
-        ModelRef::Named("gpt2".into())
-    }
-}
+pub use super::refs::{Device, InputRef, ModelRef, RestoreFrom, StageRef, UserPath};
 
 /// The shape of a fresh, randomly initialised GPT-2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -120,7 +80,7 @@ pub struct Replace {
 #[serde(deny_unknown_fields, default)]
 pub struct PrepareParams {
     /// Files, folders or globs, relative to the pipeline file.
-    pub inputs: Vec<String>,
+    pub inputs: Vec<InputRef>,
     /// Input format; by default taken from each file's extension.
     pub format: Option<InputFormat>,
     /// CSV column: header name or 0-based index.
@@ -196,7 +156,7 @@ pub enum Precision {
 #[serde(deny_unknown_fields, default)]
 pub struct FinetuneParams {
     /// `"@prepare-stage"` or a path to a text file.
-    pub dataset: String,
+    pub dataset: InputRef,
     pub model: ModelRef,
     pub steps: u64,
     pub batch_size: usize,
@@ -210,13 +170,13 @@ pub struct FinetuneParams {
     pub print_every: u64,
     pub max_checkpoints: usize,
     /// `"latest"`, `"fresh"` or a path to a checkpoint folder.
-    pub restore_from: String,
+    pub restore_from: RestoreFrom,
     pub only_train_transformer_layers: bool,
     pub combine: usize,
     /// Defaults to the pipeline's seed.
     pub seed: Option<u64>,
     /// `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"`.
-    pub device: String,
+    pub device: Device,
     pub precision: Precision,
     pub warmup_steps: u64,
     pub weight_decay: f64,
@@ -240,14 +200,14 @@ impl FinetuneParams {
 
     /// Whether `restore_from` names a checkpoint folder rather than "latest" or "fresh".
     pub fn restores_from_path(&self) -> bool {
-        !matches!(self.restore_from.as_str(), "latest" | "fresh")
+        matches!(self.restore_from, RestoreFrom::Path(_))
     }
 }
 
 impl Default for FinetuneParams {
     fn default() -> Self {
         Self {
-            dataset: String::new(),
+            dataset: InputRef::default(),
             model: ModelRef::default(),
             steps: 1000,
             batch_size: 1,
@@ -260,11 +220,11 @@ impl Default for FinetuneParams {
             save_every: 1000,
             print_every: 1,
             max_checkpoints: 1,
-            restore_from: "latest".into(),
+            restore_from: RestoreFrom::Latest,
             only_train_transformer_layers: false,
             combine: 50000,
             seed: None,
-            device: "auto".into(),
+            device: Device::Auto,
             precision: Precision::Auto,
             warmup_steps: 0,
             weight_decay: 0.0,
@@ -358,7 +318,7 @@ pub struct GenerateParams {
     pub format: SampleFormat,
     pub backend: Backend,
     /// `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"`.
-    pub device: String,
+    pub device: Device,
 }
 
 impl Default for GenerateParams {
@@ -380,7 +340,7 @@ impl Default for GenerateParams {
             output: "samples.txt".into(),
             format: SampleFormat::Text,
             backend: Backend::Auto,
-            device: "auto".into(),
+            device: Device::Auto,
         }
     }
 }

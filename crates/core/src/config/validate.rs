@@ -3,7 +3,7 @@
 
 use super::error::{suggest, ConfigError};
 use super::params::*;
-use super::{Pipeline, StageKind, StageParams};
+use super::{Pipeline, Read, StageKind, StageParams};
 use std::collections::BTreeMap;
 
 pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
@@ -116,10 +116,22 @@ fn is_folder_name(name: &str) -> bool {
 fn check_inputs_outside_owned(p: &Pipeline) -> Result<(), ConfigError> {
     let owned = crate::inputs::Owned::of(p);
     for (name, params) in &p.stages {
-        for (key, value) in params.path_inputs(p) {
-            // A glob is judged by the folder its matches lie in.
-            let (root, _) = crate::inputs::split_glob(&value);
-            let path = crate::inputs::normalize(&p.resolve_path(&root.to_string_lossy()));
+        for read in params.reads() {
+            let (key, value, path) = match read {
+                Read::Stage { .. } => continue,
+                Read::Pattern { key, path }
+                | Read::FileOrTree { key, path }
+                | Read::Checkpoint { key, path } => {
+                    // A glob is judged by the folder its matches lie in.
+                    let (root, _) = crate::inputs::split_glob(&path.path().to_string_lossy());
+                    (key, path.as_str().to_owned(), p.dir.join(root))
+                }
+                Read::Model { key, model } => match (p.model_folder(model), model.as_written()) {
+                    (Some(dir), Some(written)) => (key, written.into_owned(), dir),
+                    _ => continue,
+                },
+            };
+            let path = crate::inputs::normalize(&path);
             let Some(root) = owned.root_of(&path) else {
                 continue;
             };
@@ -247,11 +259,9 @@ fn ensure(ok: bool, key: &'static str, message: String) -> Result<(), Invalid> {
 
 fn check_model(m: &ModelRef) -> Result<(), Invalid> {
     match m {
-        ModelRef::Named(s) => ensure(
-            !s.trim().is_empty() && s != "@",
-            "model",
-            "`model` is empty".into(),
-        ),
+        ModelRef::Name(s) => ensure(!s.trim().is_empty(), "model", "`model` is empty".into()),
+        ModelRef::Stage(r) => ensure(!r.name().is_empty(), "model", "`model` is empty".into()),
+        ModelRef::Folder(_) => Ok(()),
         ModelRef::Inline(m) => {
             ensure(
                 m.n_layer > 0 && m.n_head > 0 && m.n_embd > 0 && m.n_ctx > 0,
@@ -300,17 +310,6 @@ fn check_inline_shape(m: &InlineModel) -> Result<(), Invalid> {
         .map_err(|(_, message)| ("model", format!("model.{message}")))
 }
 
-fn check_device(d: &str) -> Result<(), Invalid> {
-    let ok = matches!(d, "auto" | "cpu" | "cuda")
-        || d.strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-    ensure(
-        ok,
-        "device",
-        format!("device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not {d:?}"),
-    )
-}
-
 fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
     ensure(
         !p.inputs.is_empty(),
@@ -348,7 +347,7 @@ fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
 
 fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
     ensure(
-        !p.dataset.is_empty(),
+        !p.dataset.as_written().trim().is_empty(),
         "dataset",
         "`dataset` is not set: use \"@prepare-stage\" or a text file".into(),
     )?;
@@ -398,8 +397,7 @@ fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
         p.max_checkpoints > 0,
         "max_checkpoints",
         "max_checkpoints must be at least 1".into(),
-    )?;
-    check_device(&p.device)
+    )
 }
 
 fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
@@ -462,7 +460,7 @@ fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
             ),
         ));
     }
-    check_device(&p.device)
+    Ok(())
 }
 
 /// Rows of one generation batch at most: each row holds a KV cache of the whole context.

@@ -1,7 +1,7 @@
 //! Which files a prepare stage reads, and how to read each.
 
 use anyhow::{bail, Context as _};
-use gptpipe_core::config::{InputFormat, PrepareParams, StageKind};
+use gptpipe_core::config::{InputFormat, InputRef, PrepareParams, StageKind};
 use gptpipe_core::stage::{InputSource, StageContext};
 use std::path::{Path, PathBuf};
 
@@ -28,24 +28,15 @@ pub(crate) fn format_name(f: InputFormat) -> &'static str {
 
 /// Expands `inputs` (files, folders, globs, `@stage`) into files, in order.
 pub(crate) fn resolve(ctx: &StageContext, p: &PrepareParams) -> anyhow::Result<Vec<Input>> {
-    if p.inputs.is_empty() {
-        bail!("`inputs` is empty: name at least one file, folder or glob");
-    }
-    let delimiter = match p.delimiter.as_bytes() {
-        [d] if d.is_ascii() => *d,
-        _ => bail!(
-            "`delimiter` must be one ASCII character, got {:?}",
-            p.delimiter
-        ),
-    };
+    // One ASCII character: validate.rs refuses anything else.
+    let delimiter = p.delimiter.as_bytes()[0];
     let mut out = Vec::new();
     // A file named twice, or reached again through a link, is read once.
     let mut seen = gptpipe_core::inputs::FileSet::default();
     for entry in &p.inputs {
-        let files = if entry.starts_with('@') {
-            stage_files(ctx, entry)?
-        } else {
-            gptpipe_core::inputs::expand(ctx.pipeline, entry, &mut seen)?
+        let files = match entry {
+            InputRef::Stage(_) => stage_files(ctx, entry)?,
+            InputRef::Path(path) => gptpipe_core::inputs::expand(ctx.pipeline, path, &mut seen)?,
         };
         for path in files {
             let ext = path
@@ -80,8 +71,9 @@ pub(crate) fn resolve(ctx: &StageContext, p: &PrepareParams) -> anyhow::Result<V
 }
 
 /// The files an `@stage` input stands for.
-fn stage_files(ctx: &StageContext, entry: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let InputSource::Stage { name, kind, dir } = ctx.resolve_input(entry) else {
+fn stage_files(ctx: &StageContext, input: &InputRef) -> anyhow::Result<Vec<PathBuf>> {
+    let entry = input.to_string();
+    let InputSource::Stage { name, kind, dir } = ctx.resolve_input(input) else {
         bail!("input {entry:?} names no upstream stage");
     };
     match kind {

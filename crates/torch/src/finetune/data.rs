@@ -185,7 +185,7 @@ fn text_files(pipeline: &Pipeline, path: &Path) -> Result<Vec<PathBuf>> {
     // them.
     let files = gptpipe_core::inputs::expand(
         pipeline,
-        &path.to_string_lossy(),
+        &gptpipe_core::config::UserPath::from_path(path.to_path_buf()),
         &mut gptpipe_core::inputs::FileSet::default(),
     )?;
     if files.is_empty() {

@@ -54,40 +54,6 @@ pub fn register(registry: &mut Registry) {
     registry.register(StageKind::Finetune, VERSION, run);
 }
 
-/// Errors for values no training can use, before anything is loaded.
-pub fn check_params(p: &FinetuneParams) -> Result<()> {
-    if p.dataset.trim().is_empty() {
-        bail!("finetune needs `dataset`: \"@<prepare stage>\" or a text file");
-    }
-    let positive = [
-        ("steps", p.steps as f64),
-        ("batch_size", p.batch_size as f64),
-        ("accumulate_gradients", p.accumulate_gradients as f64),
-        ("combine", p.combine as f64),
-    ];
-    for (k, v) in positive {
-        if v < 1.0 {
-            bail!("{k} must be at least 1");
-        }
-    }
-    if !(p.learning_rate > 0.0 && p.learning_rate.is_finite()) {
-        bail!(
-            "learning_rate must be a positive number, found {}",
-            p.learning_rate
-        );
-    }
-    if !(0.0..1.0).contains(&p.val_split) {
-        bail!("val_split must be in [0, 1), found {}", p.val_split);
-    }
-    if p.weight_decay < 0.0 || p.max_grad_norm < 0.0 {
-        bail!("weight_decay and max_grad_norm must not be negative");
-    }
-    if p.early_stopping_patience > 0 && p.val_split == 0.0 {
-        bail!("early_stopping_patience needs a validation set: set val_split > 0");
-    }
-    Ok(())
-}
-
 fn params<'a>(ctx: &StageContext<'a>) -> Result<&'a FinetuneParams> {
     match ctx.params {
         StageParams::Finetune(p) => Ok(p),
@@ -102,7 +68,6 @@ fn params<'a>(ctx: &StageContext<'a>) -> Result<&'a FinetuneParams> {
 /// Runs the stage: everything that can fail on bad input fails before the first step.
 pub fn run(ctx: &StageContext) -> Result<()> {
     let p = params(ctx)?;
-    check_params(p)?;
     let device = parse_device(&p.device)?;
     let compute = compute_kind(p.precision, device)?;
     let seed = ctx.seed();

@@ -35,12 +35,14 @@ use tch::{Device, Kind, Tensor};
 
 /// The factory the generate stage calls for `backend = "tch"`.
 pub fn factory() -> BackendFactory {
-    Arc::new(|source: &ModelSource, device: &str| {
-        let device = parse_device(device)?;
-        // An inline model is random: seed 0 keeps it the same from run to run.
-        let model = load_model(source, device, 0)?;
-        Ok(Box::new(TchBackend::new(model)) as Box<dyn Backend>)
-    })
+    Arc::new(
+        |source: &ModelSource, device: &gptpipe_core::config::Device| {
+            let device = parse_device(device)?;
+            // An inline model is random: seed 0 keeps it the same from run to run.
+            let model = load_model(source, device, 0)?;
+            Ok(Box::new(TchBackend::new(model)) as Box<dyn Backend>)
+        },
+    )
 }
 
 /// Tokens per row one [`Backend::sample_ahead`] call decodes at most: the host reads the

@@ -1,0 +1,67 @@
+//! Values parsed into types when a pipeline loads: devices (an invalid one points at its
+//! key), and `~` in model and path values, which is the home folder.
+
+use gptpipe_core::config::{load, LoadOptions, Pipeline};
+use gptpipe_core::stage::{resolve_model, ModelSource};
+
+fn load_in(dir: &std::path::Path, stages: &str) -> Result<Pipeline, String> {
+    let path = dir.join("p.toml");
+    std::fs::write(&path, format!("[pipeline]\nname = \"t\"\n{stages}")).unwrap();
+    load(&path, &LoadOptions::default()).map_err(|e| {
+        let mut out = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .render_report(&mut out, &e)
+            .unwrap();
+        out
+    })
+}
+
+#[test]
+fn an_invalid_device_is_a_config_error_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, extra) in [("finetune", "dataset = \"a.txt\"\n"), ("generate", "")] {
+        let e = load_in(
+            dir.path(),
+            &format!("[stages.t]\nkind = \"{kind}\"\n{extra}device = \"tpu\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "stage `t`: device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not \"tpu\""
+            ),
+            "{e}"
+        );
+        let line = if extra.is_empty() { 5 } else { 6 };
+        assert!(e.contains(&format!("p.toml:{line}:1")), "{e}");
+    }
+}
+
+#[test]
+fn a_model_or_path_starting_with_a_tilde_is_in_the_home_folder() {
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    // The only test of this binary that reads HOME.
+    std::env::set_var("HOME", home.path());
+    std::fs::create_dir_all(home.path().join("m")).unwrap();
+    std::fs::write(home.path().join("data.txt"), "x\n").unwrap();
+    let p = load_in(
+        project.path(),
+        "[stages.g]\nkind = \"generate\"\nmodel = \"~/m\"\n\
+         [stages.p]\nkind = \"prepare\"\ninputs = [\"~/data.txt\"]\n",
+    )
+    .unwrap();
+    let gptpipe_core::config::StageParams::Generate(g) = &p.stages["g"] else {
+        unreachable!()
+    };
+    assert_eq!(
+        resolve_model(&p, &Default::default(), &g.model),
+        ModelSource::Folder(home.path().join("m"))
+    );
+    // Keyed as written.
+    assert_eq!(p.stages["g"].keyed_json()["model"], "~/m");
+    let files = gptpipe_core::inputs::stage_inputs(&p, &p.stages["p"]).unwrap();
+    assert_eq!(
+        files.into_values().collect::<Vec<_>>(),
+        [home.path().join("data.txt")]
+    );
+}

@@ -1,0 +1,143 @@
+//! Pins the cache keys of fixed stages of every kind: what a stage's params serialize to
+//! (`keyed_json`) and which input files it hashes, in which order. A change here makes
+//! every existing stage of that kind stale; it must be deliberate.
+
+use gptpipe_core::config::{load, LoadOptions};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The shape of the runner's `KeyMaterial`, field for field.
+#[derive(Serialize)]
+struct KeyMaterial {
+    kind: String,
+    version: u32,
+    params: serde_json::Value,
+    inputs: BTreeMap<String, String>,
+    upstream: BTreeMap<String, String>,
+}
+
+#[test]
+fn keys_of_fixed_stages_do_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |rel: &str, text: &str| {
+        let p = d.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write("a.csv", "text\nhello\n");
+    write("data/one.txt", "one\n");
+    write("data/sub/two.txt", "two\n");
+    write("logs/x.txt", "x\n");
+    write("logs/y.csv", "y\n");
+    write("corpus.txt", "corpus\n");
+    write("ckpt/model.safetensors", "weights\n");
+    write("models/m/config.json", "{}\n");
+    write("models/m/model.safetensors", "m\n");
+    write(
+        "gptpipe.toml",
+        r#"[pipeline]
+name = "keys"
+[stages.prep]
+kind = "prepare"
+inputs = ["a.csv", "data", "logs/*.txt"]
+dedupe = true
+[stages.more]
+kind = "prepare"
+inputs = ["@prep", "corpus.txt"]
+[stages.train]
+kind = "finetune"
+dataset = "@prep"
+model = { n_layer = 1, n_head = 1, n_embd = 8 }
+device = "cpu"
+[stages.tune]
+kind = "finetune"
+dataset = "corpus.txt"
+model = "./models/m"
+restore_from = "ckpt"
+device = "cuda:1"
+[stages.gen]
+kind = "generate"
+model = "@train"
+prefix = "Hi"
+[stages.hub]
+kind = "generate"
+model = "gpt2"
+[stages.exp]
+kind = "export"
+model = "models/m"
+"#,
+    );
+    let pipeline = load(&d.join("gptpipe.toml"), &LoadOptions::default()).unwrap();
+    let mut keys = BTreeMap::new();
+    for (name, params) in &pipeline.stages {
+        let files = gptpipe_core::inputs::stage_inputs(&pipeline, params).unwrap();
+        let inputs: BTreeMap<String, String> = files
+            .iter()
+            .map(|(k, p)| (k.clone(), gptpipe_core::cache::hash::hash_file(p).unwrap()))
+            .collect();
+        let material = KeyMaterial {
+            kind: params.kind().to_string(),
+            version: gptpipe_core::stage::versions::of(params.kind()),
+            params: params.keyed_json(),
+            inputs,
+            upstream: BTreeMap::new(),
+        };
+        let key = gptpipe_core::cache::hash::hash_bytes(&serde_json::to_vec(&material).unwrap());
+        keys.insert(
+            name.clone(),
+            (files.keys().cloned().collect::<Vec<_>>(), key),
+        );
+    }
+    let expected: BTreeMap<String, (Vec<String>, String)> = [
+        (
+            "exp",
+            vec!["models/m/config.json", "models/m/model.safetensors"],
+            "d60dc972279d38b119d00b6a49e0cb1c337bcaff70aed933b90e08fd541a882a",
+        ),
+        (
+            "gen",
+            vec![],
+            "b4b2ade70968fa8c3e1eb68bd93403e27e31086aa7692f08b145c2e84a8f882a",
+        ),
+        (
+            "hub",
+            vec![],
+            "104254d936a70b40fb5927a15e8f73cc02d27c7d80e3a8a1622733e7ecbbbe02",
+        ),
+        (
+            "more",
+            vec!["corpus.txt"],
+            "61f5e93d8002ed184135582ade8279f1ee2135113cc6e2bc70b1ccdc887c7466",
+        ),
+        (
+            "prep",
+            vec!["a.csv", "data/one.txt", "data/sub/two.txt", "logs/x.txt"],
+            "48d583166a64a8afa8dda59f8a6f93bb11cae442bda1310d8e64a0dd0ce004d4",
+        ),
+        (
+            "train",
+            vec![],
+            "5d8b3d8a77191cbc122c94625037008d1286d4b77c24a13d3b574c2cd80a6307",
+        ),
+        (
+            "tune",
+            vec![
+                "ckpt/model.safetensors",
+                "corpus.txt",
+                "models/m/config.json",
+                "models/m/model.safetensors",
+            ],
+            "2e0af9256413d949c03dfd54babe92797c1d0e7de4505344616f555f116b406c",
+        ),
+    ]
+    .into_iter()
+    .map(|(n, f, k): (&str, Vec<&str>, &str)| {
+        (
+            n.to_owned(),
+            (f.into_iter().map(str::to_owned).collect(), k.to_owned()),
+        )
+    })
+    .collect();
+    assert_eq!(keys, expected);
+}
