@@ -38,7 +38,7 @@ use crate::device::{compute_kind, parse_device};
 use crate::model::{Config, Gpt2};
 use crate::{source, weights};
 use anyhow::{bail, Context, Result};
-use gptpipe_core::config::{FinetuneParams, StageKind, StageParams};
+use gptpipe_core::config::{FinetuneParams, RestoreFrom, StageKind, StageParams};
 use gptpipe_core::stage::{ModelSource, Registry, StageContext};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -192,9 +192,9 @@ fn find_resume(
     p: &FinetuneParams,
     identity: &str,
 ) -> Result<Option<Checkpoint>> {
-    match p.restore_from.as_str() {
-        "fresh" => Ok(None),
-        "latest" => {
+    match &p.restore_from {
+        RestoreFrom::Fresh => Ok(None),
+        RestoreFrom::Latest => {
             // Checkpoints of the state folder must pass their checksums; a damaged one is
             // said and removed, and the resume falls back to an older one (or to a fresh
             // start). The previous output is the cache's to check.
@@ -241,8 +241,8 @@ fn find_resume(
             }
             Ok(None)
         }
-        path => {
-            let path = ctx.pipeline.resolve_path(path);
+        RestoreFrom::Path(path) => {
+            let path = ctx.pipeline.resolve(path);
             let c = Checkpoint::open(&path)
                 .with_context(|| format!("restore_from = {:?}", p.restore_from))?;
             if c.has_checksums() {
