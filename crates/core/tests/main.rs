@@ -1,0 +1,8 @@
+//! The integration tests of gptpipe-core, one test binary (`--test integration`): each file
+//! of this folder is a module of it. `cargo test -p gptpipe-core --test integration NAME`
+//! runs the tests whose path contains NAME (e.g. `fuzz_config::`).
+
+mod fuzz_config;
+mod memo_race;
+mod runner_safety;
+mod state_folder;
