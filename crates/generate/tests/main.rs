@@ -3,5 +3,6 @@
 
 mod common;
 mod driver;
+mod known_answers;
 mod stage;
 mod transformers_sampling;

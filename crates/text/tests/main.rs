@@ -2,6 +2,7 @@
 //! of this folder is a module of it, and `common/` holds what they share.
 
 mod common;
+mod known_answers;
 mod prepare_fixtures;
 mod prepare_stage;
 mod tokenizer_hf;
