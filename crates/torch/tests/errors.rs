@@ -1,6 +1,5 @@
 //! Bad model folders and sources give errors that say what is wrong.
 
-
 use crate::common::*;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_torch::{device, source, weights};

@@ -1,6 +1,5 @@
 //! The finetune stage end to end on tiny models: learning, outputs, exact resume.
 
-
 use crate::common::*;
 use gptpipe_torch::weights;
 use std::path::Path;

@@ -1,6 +1,5 @@
 //! Our GPT-2 against transformers' GPT2LMHeadModel on the same random weights.
 
-
 use crate::common::*;
 use gptpipe_torch::{model::Gpt2, weights};
 use tch::{Device, Kind, Tensor};

@@ -1,6 +1,5 @@
 //! Optimizer steps against PyTorch's torch.optim on the same model and batches.
 
-
 use crate::common::*;
 use gptpipe_core::config::Optimizer as Kind;
 use gptpipe_torch::finetune::Optimizer;
