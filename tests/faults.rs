@@ -2,53 +2,12 @@
 //! writes, leftovers of killed runs, a tampered cache object, two runs on one workdir and
 //! a full disk. Each test compares what survives with an uninterrupted run's output.
 
+use crate::common::{Run, Test};
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn gptpipe() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gptpipe"));
-    // Only the test's own settings count.
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("GPTPIPE_")) {
-        c.env_remove(k);
-    }
-    c
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn events(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn with(&self, event: &str) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == event)
-            .collect()
-    }
-
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(
-            self.code, 0,
-            "stdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
 
 /// A project folder: `p.toml` with one prepare stage `a` reading `data.csv`.
 struct Project {
@@ -84,42 +43,20 @@ impl Project {
     }
 
     fn run(&self, extra: &[&str]) -> Run {
-        let out = gptpipe()
+        Test::new()
+            .dir(self.dir.path())
             .args(["run", "p.toml", "--json"])
             .args(extra)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .run()
     }
 
     /// Starts `gptpipe run --json`; its events arrive on the returned channel.
     fn spawn(&self, extra: &[&str]) -> (Child, mpsc::Receiver<Value>) {
-        let mut child = gptpipe()
+        Test::new()
+            .dir(self.dir.path())
             .args(["run", "p.toml", "--json"])
             .args(extra)
-            .current_dir(self.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        (child, rx)
     }
 
     /// The stage's published files: name -> content.
@@ -146,12 +83,11 @@ impl Project {
     /// `gptpipe status --json` says every stage is fresh.
     #[track_caller]
     fn assert_fresh(&self) {
-        let out = gptpipe()
+        let out = Test::new()
+            .dir(self.dir.path())
             .args(["status", "p.toml", "--json"])
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+            .run();
+        let s: Value = serde_json::from_str(&out.stdout).unwrap();
         assert!(
             s.as_array()
                 .unwrap()
@@ -372,12 +308,11 @@ fn leftovers_of_a_killed_cache_write_are_harmless() {
     );
     assert!(p.output("work") == expected);
     // gc drops the stray temporary object.
-    let gc = gptpipe()
+    Test::new()
+        .dir(p.dir.path())
         .args(["gc", "p.toml"])
-        .current_dir(p.dir.path())
-        .output()
-        .unwrap();
-    assert!(gc.status.success());
+        .run()
+        .ok();
     assert!(!shard.join(".deadbeef.999999.tmp").exists());
 
     // A lock file that lags behind the published output (killed between publishing and
@@ -455,17 +390,11 @@ fn two_runs_on_one_workdir_wait_for_each_other_and_both_are_right() {
     wait_for(&rx, "stage_started");
     let same = std::thread::scope(|s| {
         let same = s.spawn(|| p.run(&[]));
-        let other = gptpipe()
+        let other = Test::new()
+            .dir(p.dir.path())
             .args(["run", "q.toml", "--json"])
-            .current_dir(p.dir.path())
-            .output()
-            .unwrap();
-        let other = Run {
-            code: other.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&other.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&other.stderr).into_owned(),
-        }
-        .ok();
+            .run()
+            .ok();
         let w = other.with("warning");
         assert!(
             w.iter().any(|e| e["message"]
@@ -562,9 +491,10 @@ fn a_simulated_full_disk_gives_a_clear_error_and_keeps_the_previous_outputs() {
     let p = Project::new(500);
     p.run(&[]).ok();
     let limited = || {
-        let mut cmd = gptpipe();
-        cmd.args(["run", "p.toml", "--json"])
-            .current_dir(p.dir.path());
+        let mut cmd = Test::new()
+            .dir(p.dir.path())
+            .args(["run", "p.toml", "--json"])
+            .command();
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
                 libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
@@ -578,12 +508,7 @@ fn a_simulated_full_disk_gives_a_clear_error_and_keeps_the_previous_outputs() {
                 Ok(())
             });
         }
-        let out = cmd.output().unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(cmd.output().unwrap())
     };
     assert_full_disk_is_handled(&p, "work", limited, "File too large");
     p.run(&[]).ok();

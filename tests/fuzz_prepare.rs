@@ -4,7 +4,7 @@
 //! tiktoken's r50k ids of `dataset.txt`, and `report.json` adds up.
 //!
 //! The corpus in `crates/core/tests/corpus/prepare/` is replayed first (each file under
-//! every format), then mutated. `PROPTEST_CASES=20000 cargo test --test fuzz_prepare`
+//! every format), then mutated. `PROPTEST_CASES=20000 cargo test --test integration fuzz_prepare`
 //! runs a long campaign.
 
 use gptpipe_core::config::{load, LoadOptions, StageParams};

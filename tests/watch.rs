@@ -6,12 +6,13 @@
 //! The first tests drive the library with a fake `prepare` stage whose speed the test
 //! controls (so cancellation is deterministic); the last ones run the real binary.
 
+use crate::common::Test;
 use gptpipe::watch::{watch, Output, WatchOptions};
 use gptpipe_core::config::{StageKind, StageParams};
 use gptpipe_core::stage::{InputSource, Registry};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -340,28 +341,12 @@ struct WatchProcess {
 
 impl WatchProcess {
     fn start(dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gptpipe"))
+        let (child, rx) = Test::new()
+            .dir(dir)
             .arg("watch")
             .args(args)
             .args(["--json", "--debounce", "100"])
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
+            .spawn();
         Self { child, rx }
     }
 

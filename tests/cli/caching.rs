@@ -1,7 +1,7 @@
 //! The runner's promises: a cached rerun runs nothing; a changed key reruns exactly that
 //! stage and its downstream; reverting restores from the run cache; --frozen exits 3.
 
-use crate::Project;
+use super::Project;
 
 /// a -> b (b reads a's dataset), and an independent c.
 fn project() -> Project {

@@ -1,6 +1,7 @@
 //! Invalid pipelines exit 2 with the file:line:col of the problem and, where it helps, a fix.
 
-use crate::Project;
+use super::Project;
+use crate::common::Test;
 
 const HEAD: &str = "[pipeline]\nname = \"t\"\n\n";
 
@@ -238,14 +239,13 @@ fn env_layer_overrides_the_file() {
         "p.toml",
         format!("{HEAD}[stages.g]\nkind = \"generate\"\nmodel = \"./m\"\n"),
     );
-    let out = crate::gptpipe()
+    let out = Test::new()
+        .dir(p.dir.path())
         .args(["run", "p.toml"])
         .env("GPTPIPE_STAGES__G__TEMPERATURE", "-1")
-        .current_dir(p.dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+        .run();
+    assert_eq!(out.code, 2);
+    let err = out.stderr;
     assert!(
         err.contains("GPTPIPE_STAGES__G__TEMPERATURE") && err.contains("temperature"),
         "{err}"
@@ -315,28 +315,21 @@ fn an_override_of_a_stage_that_does_not_exist_names_its_origin() {
     p.file("data/a.csv", "title\nhello world\nhi\n");
     p.file("p.toml", format!("{HEAD}{PIPELINE}"));
     let run = |var: &str| {
-        crate::gptpipe()
+        Test::new()
+            .dir(p.dir.path())
             .args(["run", "p.toml"])
             .env(var, "4")
-            .current_dir(p.dir.path())
-            .output()
-            .unwrap()
+            .run()
     };
     let typo = run("GPTPIPE_STAGES__TRAIN__MIN_LENGTH");
-    assert_eq!(typo.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(typo.code, 2);
+    let err = typo.stderr;
     assert!(
         err.contains("environment variable GPTPIPE_STAGES__TRAIN__MIN_LENGTH: the pipeline has no stage `train`"),
         "{err}"
     );
     // Variable names are upper case and have no `-`: TRAIN_GPU is the stage Train-GPU.
-    let ok = run("GPTPIPE_STAGES__TRAIN_GPU__MIN_LENGTH");
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    run("GPTPIPE_STAGES__TRAIN_GPU__MIN_LENGTH").ok();
     let dataset = p.read("runs/t/Train-GPU/dataset.txt");
     assert!(
         dataset.contains("hello world") && !dataset.contains("hi"),

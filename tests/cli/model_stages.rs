@@ -2,7 +2,7 @@
 //! model finetuned on a wrapped CSV, samples from it, an ONNX export of it, and the same
 //! greedy samples from both backends.
 
-use crate::Project;
+use super::Project;
 
 const PIPELINE: &str = r#"
 [pipeline]

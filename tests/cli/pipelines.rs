@@ -1,6 +1,6 @@
 //! Every shipped pipeline declares the schema and loads, so examples cannot rot.
 
-use crate::{gptpipe, root};
+use super::{gptpipe, root};
 
 #[test]
 fn shipped_pipelines_parse_and_declare_the_schema() {
@@ -31,7 +31,7 @@ fn shipped_pipelines_parse_and_declare_the_schema() {
 #[test]
 fn mermaid_ids_stay_distinct_and_clear_of_keywords() {
     // `a-b` and `a_b` would both become `a_b`, and `end` closes a Mermaid block.
-    let p = crate::Project::new();
+    let p = super::Project::new();
     p.file(
         "p.toml",
         "[pipeline]\nname = \"t\"\n[stages.a-b]\nkind = \"prepare\"\ninputs = [\"x.csv\"]\n\

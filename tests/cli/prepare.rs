@@ -1,6 +1,6 @@
 //! The prepare stage through the CLI: real CSV exports in, exact files out, clear errors.
 
-use crate::Project;
+use super::Project;
 
 fn pipeline(p: &Project, stage_extra: &str) {
     p.file(

@@ -1,6 +1,6 @@
 //! The JSON Schema in `schemas/` is generated from the config types and must not drift.
 
-use crate::{gptpipe, root};
+use super::{gptpipe, root};
 
 #[test]
 fn schema_file_matches_the_types() {

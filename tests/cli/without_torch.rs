@@ -1,7 +1,7 @@
 //! The libtorch-free build (`--no-default-features --features onnx`): prepare works, and a
 //! stage that needs libtorch fails with a message that says so, before any work.
 
-use crate::Project;
+use super::Project;
 
 #[test]
 fn a_finetune_stage_says_this_build_has_no_libtorch() {

@@ -2,33 +2,12 @@
 //! resumed from (the run falls back to an older one or starts afresh, and ends with the
 //! weights of a straight run), and the leftovers of unfinished saves do not pile up.
 
-use super::{gptpipe, gptpipe_command, Out};
-use serde_json::Value;
-use std::io::BufRead;
+use super::gptpipe;
+use crate::common::{Run, Test};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-impl Out {
-    fn with(&self, event: &str) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["event"] == event)
-            .collect()
-    }
-
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(
-            self.code, 0,
-            "stdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
+impl Run {
     /// The step of the "resuming from step N" log line, if the run resumed.
     fn resumed_from(&self) -> Option<u64> {
         self.with("stage_log").iter().find_map(|e| {
@@ -108,21 +87,17 @@ impl Project {
         std::fs::read(self.path("work/train/model.safetensors")).unwrap()
     }
 
-    fn run(&self, args: &[&str]) -> Out {
+    fn run(&self, args: &[&str]) -> Run {
         gptpipe(self.dir.path(), args)
     }
 
     /// Runs the pipeline and kills it (SIGKILL) once training is past `step`: its
     /// checkpoints stay in the state folder.
     fn run_and_kill_after(&self, step: u64) {
-        let mut child = gptpipe_command()
+        let (mut child, rx) = Test::new()
+            .dir(self.dir.path())
             .args(["run", "p.toml", "--json"])
-            .current_dir(self.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let rx = events(&mut child);
+            .spawn();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let e = rx
@@ -157,22 +132,6 @@ impl Project {
         out.sort();
         out
     }
-}
-
-fn events(child: &mut Child) -> mpsc::Receiver<Value> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    rx
 }
 
 fn step_of(checkpoint: &Path) -> u64 {

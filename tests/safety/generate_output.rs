@@ -4,7 +4,8 @@
 //! created.
 #![cfg(feature = "worker")]
 
-use super::{gptpipe, Out};
+use super::gptpipe;
+use crate::common::Run;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -44,7 +45,7 @@ const SAMPLE: [&str; 8] = [
     "--nsamples",
 ];
 
-fn generate(dir: &Path, output: &[&str]) -> Out {
+fn generate(dir: &Path, output: &[&str]) -> Run {
     gptpipe(dir, &[&SAMPLE[..], &["2"], output].concat())
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn gptpipe(dir: &Path) -> Command {
-    let mut c = super::gptpipe_command();
+    let mut c = crate::common::gptpipe();
     c.current_dir(dir);
     c
 }

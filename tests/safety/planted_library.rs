@@ -12,18 +12,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{command, write, Out};
+use crate::common::{write, Run, Test};
 
 /// Runs `exe` in `dir` with no ONNX Runtime hint from the environment.
-fn run(exe: &Path, dir: &Path, args: &[&str]) -> Out {
-    command(exe)
+fn run(exe: &Path, dir: &Path, args: &[&str]) -> Run {
+    Test::exe(exe)
+        .dir(dir)
         .args(args)
-        .current_dir(dir)
         .env_remove("ORT_DYLIB_PATH")
         .env_remove("VIRTUAL_ENV")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
-        .into()
+        .run()
 }
 
 /// Compiles a shared library whose constructor appends a line to `marker`.
@@ -114,7 +112,7 @@ fn a_planted_onnx_runtime_library_is_never_loaded() {
     let model = repo.join("model");
     let model = model.to_str().unwrap();
     let commands: [Vec<&str>; 2] = [[&generate[..], &[model]].concat(), vec!["run", "../p.toml"]];
-    let assert_not_loaded = |what: &str, out: &Out| {
+    let assert_not_loaded = |what: &str, out: &Run| {
         assert!(
             !marker.exists(),
             "{what} loaded the planted library:\n{}",

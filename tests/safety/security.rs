@@ -2,7 +2,8 @@
 //! inputs are resolved and their targets recorded in the lock file, a folder of links is
 //! read through them (without looping), and pickle checkpoints are never loaded.
 
-use super::{gptpipe, write};
+use super::gptpipe;
+use crate::common::write;
 use std::path::Path;
 
 fn lock(dir: &Path) -> toml::Table {

@@ -3,10 +3,11 @@
 //! machine has M GB" (exit code 1) for sizes within those bounds that do not fit this
 //! machine. Never a libtorch panic with a C++ backtrace, never an abort.
 
-use super::{gptpipe, Out};
+use super::gptpipe;
+use crate::common::Run;
 use std::path::{Path, PathBuf};
 
-impl Out {
+impl Run {
     /// Fails with `code`, says each of `needles` (stdout and stderr together), and shows no
     /// sign of a panic or a C++ exception.
     #[track_caller]

@@ -38,9 +38,12 @@ fn an_invalid_device_is_a_config_error_at_its_key() {
 
 #[test]
 fn a_model_or_path_starting_with_a_tilde_is_in_the_home_folder() {
+    // It sets HOME: run alone in a process of its own.
+    if !crate::alone("config_values::a_model_or_path_starting_with_a_tilde_is_in_the_home_folder") {
+        return;
+    }
     let home = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();
-    // The only test of this binary that reads HOME.
     std::env::set_var("HOME", home.path());
     std::fs::create_dir_all(home.path().join("m")).unwrap();
     std::fs::write(home.path().join("data.txt"), "x\n").unwrap();

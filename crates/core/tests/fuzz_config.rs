@@ -6,7 +6,7 @@
 //! Inputs come from three generators: arbitrary text, pipeline-shaped TOML built from the
 //! real key names (taken from the JSON Schema) with hostile values, and random edits of
 //! the corpus in `tests/corpus/config/`, which is also replayed as it is.
-//! `PROPTEST_CASES=100000 cargo test -p gptpipe-core --test fuzz_config` runs a long campaign.
+//! `PROPTEST_CASES=100000 cargo test -p gptpipe-core --test integration fuzz_config` runs a long campaign.
 
 #![allow(clippy::result_large_err)] // ConfigError is large and cold, as in gptpipe-core
 

@@ -1,8 +1,6 @@
 //! The decoding loop against a fake model: batching, per-row stops, the sliding window.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gptpipe_generate::rng::SampleRng;
 use gptpipe_generate::{generate_range, Job, Sample, Sampling};
 

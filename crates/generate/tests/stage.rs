@@ -1,8 +1,6 @@
 //! The generate stage end to end with a fake backend: files, formats, incremental reuse.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gptpipe_core::config::{
     Backend as Choice, GenerateParams, ModelRef, Origins, Pipeline, SampleFormat, StageParams,
 };

@@ -2,9 +2,7 @@
 //! decoding equals transformers' greedy `generate`, and the KV cache (with rows dropped as
 //! they finish) gives the same tokens as recomputing every step without it.
 
-mod common;
-
-use common::{run_py_stdin, TinyModel};
+use crate::common::{run_py_stdin, TinyModel};
 use gptpipe_core::config::Device;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_generate::{generate_batch, Backend, Codec, Job, Logits, Sampling};

@@ -2,9 +2,7 @@
 //! check) accepts it, and Python onnxruntime running it reproduces transformers' logits,
 //! with an empty past and through past/present.
 
-mod common;
-
-use common::{run_py, TinyModel};
+use crate::common::{run_py, TinyModel};
 use gptpipe_onnx::export::{export_folder, ExportOptions};
 use gptpipe_onnx::graph::Float;
 use gptpipe_onnx::FP16_REL_TOLERANCE;

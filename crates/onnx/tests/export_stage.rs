@@ -2,9 +2,7 @@
 //! reference: it publishes a folder that is enough to generate, records the figure in
 //! export.json, and fails when ONNX Runtime and the reference disagree.
 
-mod common;
-
-use common::{reference_logits, TinyModel};
+use crate::common::{reference_logits, TinyModel};
 use gptpipe_core::config::{
     ExportParams, ExportPrecision, ModelRef, Pipeline, StageKind, StageParams,
 };

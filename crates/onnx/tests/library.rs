@@ -1,10 +1,15 @@
-//! Finding ONNX Runtime's shared library. One test function, because it changes the
-//! process environment.
+//! Finding ONNX Runtime's shared library. One test function, run alone in its own process
+//! (`common::alone`), because it changes the process environment, and the other tests of the
+//! binary load ONNX Runtime from the path it reads.
 
+use crate::common;
 use gptpipe_onnx::runtime::library_path;
 
 #[test]
 fn library_is_found_and_ort_dylib_path_overrides() {
+    if !common::alone("library::library_is_found_and_ort_dylib_path_overrides") {
+        return;
+    }
     std::env::remove_var("ORT_DYLIB_PATH");
     // The dev set-up has .venv/libonnxruntime.so above target/.
     let found = library_path().unwrap();

@@ -2,9 +2,7 @@
 //! logits: a prompt with an empty past, steps through the KV cache, and rows dropped from
 //! the cache mid-way.
 
-mod common;
-
-use common::{reference_logits, TinyModel};
+use crate::common::{reference_logits, TinyModel};
 use gptpipe_onnx::export::{export_folder, ExportOptions};
 use gptpipe_onnx::graph::Float;
 use gptpipe_onnx::runtime::{Runtime, SessionOptions};

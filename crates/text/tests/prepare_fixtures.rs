@@ -5,7 +5,7 @@
 //! it lists must match) or `error.txt` (each line must appear in the error message).
 //! `tokens.bin` must hold tiktoken's `r50k_base` ids of `dataset.txt`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

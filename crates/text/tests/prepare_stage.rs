@@ -1,7 +1,7 @@
 //! The prepare stage beyond single fixtures: large inputs across batches, `@stage` inputs,
 //! warnings for skipped rows, cancellation.
 
-mod common;
+use crate::common;
 
 use gptpipe_core::config::StageKind;
 use gptpipe_core::stage::Upstream;

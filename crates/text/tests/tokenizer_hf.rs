@@ -1,7 +1,7 @@
 //! The Hugging Face side: the `tokenizers` pipeline we build and the files we write for
 //! `transformers`.
 
-mod common;
+use crate::common;
 
 use gptpipe_text::{write_tokenizer_files, Gpt2Tokenizer};
 

@@ -1,6 +1,6 @@
 //! Our GPT-2 ids against tiktoken's `r50k_base`, an implementation nobody here wrote.
 
-mod common;
+use crate::common;
 
 use gptpipe_text::Gpt2Tokenizer;
 use std::sync::OnceLock;

@@ -1,8 +1,6 @@
 //! Bad model folders and sources give errors that say what is wrong.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_torch::{device, source, weights};
 use tch::Device;
@@ -62,8 +60,11 @@ fn model_folder_errors() {
 
 #[test]
 fn hub_id_offline_names_the_local_alternative() {
+    // It sets HF_HOME and HF_HUB_OFFLINE for the whole process: it runs alone in its own.
+    if !alone("errors::hub_id_offline_names_the_local_alternative") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
-    // This test binary holds no other test that reads these variables.
     std::env::set_var("HF_HOME", tmp.path());
     std::env::set_var("HF_HUB_OFFLINE", "1");
     let e = err_of(source::model_folder(&ModelSource::Hub(

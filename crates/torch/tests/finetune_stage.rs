@@ -1,8 +1,6 @@
 //! The finetune stage end to end on tiny models: learning, outputs, exact resume.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gptpipe_torch::weights;
 use std::path::Path;
 

@@ -1,9 +1,7 @@
 //! The generate stage on a model the finetune stage trained: gpt-2-simple's short-text
 //! recipe (wrapped rows, start-token prefix, end-token truncate, prefix dropped).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gptpipe_core::config::{StageKind, StageParams};
 use gptpipe_core::events::NullSink;
 use gptpipe_core::stage::{StageContext, Upstream};

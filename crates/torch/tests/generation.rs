@@ -1,10 +1,8 @@
 //! The libtorch generation backend against transformers' `generate` and against decoding
 //! without a cache, on small random models that transformers saved.
 
-mod common;
-
+use crate::common::{encode, run_python};
 use anyhow::Result;
-use common::{encode, run_python};
 use gptpipe_generate::{generate_range, Backend, Codec, Job, Logits, Sample, Sampling};
 use gptpipe_torch::generation::TchBackend;
 use gptpipe_torch::model::Gpt2;

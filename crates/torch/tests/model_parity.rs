@@ -1,8 +1,6 @@
 //! Our GPT-2 against transformers' GPT2LMHeadModel on the same random weights.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gptpipe_torch::{model::Gpt2, weights};
 use tch::{Device, Kind, Tensor};
 

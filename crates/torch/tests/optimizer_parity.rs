@@ -1,8 +1,6 @@
 //! Optimizer steps against PyTorch's torch.optim on the same model and batches.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gptpipe_core::config::Optimizer as Kind;
 use gptpipe_torch::finetune::Optimizer;
 use gptpipe_torch::weights;

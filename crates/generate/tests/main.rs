@@ -1,0 +1,8 @@
+//! The integration tests of gptpipe-generate, one test binary (`--test integration`): each
+//! file of this folder is a module of it, and `common/` holds the fake model they share.
+
+mod common;
+mod driver;
+mod known_answers;
+mod stage;
+mod transformers_sampling;

@@ -1,0 +1,12 @@
+//! The integration tests of gptpipe-torch, one test binary (`--test integration`): each
+//! file of this folder is a module of it, and `common/` holds what they share.
+
+mod common;
+mod errors;
+mod finetune_stage;
+mod fused_adam;
+mod generate_stage;
+mod generation;
+mod model_parity;
+mod optimizer_parity;
+mod padded_vocab;
