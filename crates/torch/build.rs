@@ -28,36 +28,38 @@ fn main() {
     }
 }
 
-/// The folders to search for the CUDA headers, and where they came from (for warnings).
-fn cuda_include(torch: &Path) -> (Vec<PathBuf>, String) {
+/// Where the CUDA headers may be, in order of preference, and what each is (for warnings):
+/// `GPTPIPE_CUDA_INCLUDE`, then the toolkit of `CUDA_HOME` / `CUDA_PATH`, then the nvidia
+/// wheels beside libtorch (today's default). A place that lacks the headers is passed over.
+fn cuda_include_candidates(torch: &Path) -> Vec<(Vec<PathBuf>, String)> {
     println!("cargo:rerun-if-env-changed={ENV_INCLUDE}");
+    let mut out = Vec::new();
+    if let Some(dirs) = std::env::var_os(ENV_INCLUDE).filter(|v| !v.is_empty()) {
+        out.push((
+            std::env::split_paths(&dirs).collect(),
+            ENV_INCLUDE.to_string(),
+        ));
+    }
     for var in ENV_TOOLKIT {
         println!("cargo:rerun-if-env-changed={var}");
-    }
-    if let Some(dirs) = std::env::var_os(ENV_INCLUDE).filter(|v| !v.is_empty()) {
-        return (
-            std::env::split_paths(&dirs).collect(),
-            format!("in {ENV_INCLUDE}"),
-        );
-    }
-    for var in ENV_TOOLKIT {
         if let Some(home) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            return (
+            out.push((
                 vec![PathBuf::from(home).join("include")],
-                format!("in {var}/include"),
-            );
+                format!("{var}/include"),
+            ));
         }
     }
     // <site-packages>/torch/lib: CUDA headers come from the nvidia-* wheels beside torch;
     // their crt/ folder is only in triton's copy.
     let site = torch.join("..");
-    (
+    out.push((
         vec![
             site.join("nvidia/cu13/include"),
             site.join("triton/backends/nvidia/include"),
         ],
         "beside libtorch".into(),
-    )
+    ));
+    out
 }
 
 /// Compiles `csrc/` (CUDA graph capture and FlashAttention decoding for generation, the
@@ -67,13 +69,25 @@ fn cuda_include(torch: &Path) -> (Vec<PathBuf>, String) {
 fn cuda_kernels(lib: &Path) {
     println!("cargo:rerun-if-changed=csrc");
     let torch = lib.join("..");
-    let (include, from) = cuda_include(&torch);
-    let has = |file: &str| include.iter().any(|d| d.join(file).exists());
-    if !has("cuda_runtime_api.h") || !has("crt/host_config.h") {
+    let candidates = cuda_include_candidates(&torch);
+    let complete = |dirs: &[PathBuf]| {
+        ["cuda_runtime_api.h", "crt/host_config.h"]
+            .iter()
+            .all(|file| dirs.iter().any(|d| d.join(file).exists()))
+    };
+    let Some((include, from)) = candidates.iter().find(|(dirs, _)| complete(dirs)) else {
+        let tried: Vec<&str> = candidates.iter().map(|(_, from)| from.as_str()).collect();
         println!(
-            "cargo:warning=CUDA headers not found {from}: generation runs without CUDA graphs"
+            "cargo:warning=CUDA headers not found (tried {}): generation runs without CUDA graphs",
+            tried.join(", ")
         );
         return;
+    };
+    if from != &candidates[0].1 {
+        println!(
+            "cargo:warning=CUDA headers taken from {from} ({} lacks them)",
+            candidates[0].1
+        );
     }
     let mut build = cc::Build::new();
     build
@@ -86,7 +100,7 @@ fn cuda_kernels(lib: &Path) {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(torch.join("include"))
         .include(torch.join("include/torch/csrc/api/include"));
-    for dir in &include {
+    for dir in include {
         build.include(dir);
     }
     let result = build.warnings(false).try_compile("gptpipe_cuda_kernels");

@@ -6,7 +6,7 @@
 //! A side benefit: a crash or out-of-memory in model code cannot take the runner with it,
 //! and cancelling a stage is killing a process.
 
-use crate::config::{Origins, Pipeline, StageKind, StageParams};
+use crate::config::{check_stage_values, Origins, Pipeline, StageKind, StageParams};
 use crate::events::{Event, EventSink, JsonSink};
 use crate::stage::{Registry, StageContext, Upstream};
 use crate::Cancelled;
@@ -67,7 +67,12 @@ impl StageRequest {
     fn pipeline(&self) -> Result<Pipeline> {
         let mut stages = BTreeMap::new();
         for (name, (kind, value)) in &self.stages {
-            stages.insert(name.clone(), StageParams::from_json(*kind, value.clone())?);
+            let params = StageParams::from_json(*kind, value.clone())?;
+            // The runner validated them; a request from anything else gets the same checks,
+            // since the stages do not repeat them.
+            check_stage_values(&params)
+                .map_err(|(key, message)| anyhow!("stage `{name}`: `{key}`: {message}"))?;
+            stages.insert(name.clone(), params);
         }
         Ok(Pipeline {
             path: self.pipeline_path.clone(),
@@ -229,5 +234,52 @@ fn die_with_parent(command: &mut Command) {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FinetuneParams;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    fn request(params: FinetuneParams) -> String {
+        let value = StageParams::Finetune(params).to_json();
+        serde_json::json!({
+            "name": "t", "pipeline_path": "/p/p.toml", "pipeline_dir": "/p",
+            "pipeline_name": "p", "workdir": "/p/runs", "seed": 1,
+            "stages": {"t": ["finetune", value]},
+            "out_dir": "/p/out", "previous_output": null, "state_dir": "/p/state",
+            "upstream": {}, "inputs_hash": ""
+        })
+        .to_string()
+    }
+
+    /// The stages do not check their params: the worker does, as the runner does, so a
+    /// request from anything else than the runner cannot run a stage on values it refuses.
+    #[test]
+    fn the_worker_checks_params_before_running_a_stage() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut registry = Registry::new();
+        let counter = ran.clone();
+        registry.register(StageKind::Finetune, 1, move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        let bad = FinetuneParams {
+            steps: 0,
+            dataset: "data.txt".into(),
+            ..Default::default()
+        };
+        assert_eq!(serve(&registry, request(bad).as_bytes()), 1);
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        let good = FinetuneParams {
+            steps: 1,
+            dataset: "data.txt".into(),
+            ..Default::default()
+        };
+        assert_eq!(serve(&registry, request(good).as_bytes()), 0);
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 }

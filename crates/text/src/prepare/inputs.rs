@@ -28,8 +28,10 @@ pub(crate) fn format_name(f: InputFormat) -> &'static str {
 
 /// Expands `inputs` (files, folders, globs, `@stage`) into files, in order.
 pub(crate) fn resolve(ctx: &StageContext, p: &PrepareParams) -> anyhow::Result<Vec<Input>> {
-    // One ASCII character: validate.rs refuses anything else.
-    let delimiter = p.delimiter.as_bytes()[0];
+    // One ASCII character: validate.rs refuses anything else, in the runner and the worker.
+    let &[delimiter] = p.delimiter.as_bytes() else {
+        anyhow::bail!("unvalidated params: delimiter {:?}", p.delimiter);
+    };
     let mut out = Vec::new();
     // A file named twice, or reached again through a link, is read once.
     let mut seen = gptpipe_core::inputs::FileSet::default();

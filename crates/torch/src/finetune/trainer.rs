@@ -138,7 +138,6 @@ impl Trainer<'_> {
     }
 
     /// One optimizer step; returns the mean loss of its micro-batches.
-    /// One optimizer step; returns the mean loss of its micro-batches.
     fn train_step(&mut self, step: u64) -> Result<f64> {
         let p = self.p;
         let (opt, trainer) = (&mut self.opt, &mut self.state);
