@@ -49,10 +49,12 @@ fn a_model_or_path_starting_with_a_tilde_is_in_the_home_folder() {
     std::fs::write(home.path().join("data.txt"), "x\n").unwrap();
     let p = load_in(
         project.path(),
-        "[stages.g]\nkind = \"generate\"\nmodel = \"~/m\"\n\
+        "workdir = \"~/w\"\n\
+         [stages.g]\nkind = \"generate\"\nmodel = \"~/m\"\n\
          [stages.p]\nkind = \"prepare\"\ninputs = [\"~/data.txt\"]\n",
     )
     .unwrap();
+    assert_eq!(p.workdir, home.path().join("w"));
     let gptpipe_core::config::StageParams::Generate(g) = &p.stages["g"] else {
         unreachable!()
     };
@@ -67,4 +69,37 @@ fn a_model_or_path_starting_with_a_tilde_is_in_the_home_folder() {
         files.into_values().collect::<Vec<_>>(),
         [home.path().join("data.txt")]
     );
+    // Without a home folder, `~` is refused at its key rather than taken as a folder `~`
+    // beside the pipeline.
+    std::env::remove_var("HOME");
+    let e = load_in(
+        project.path(),
+        "[stages.g]\nkind = \"generate\"\nmodel = \"~/m\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("$HOME is not set") && e.contains("p.toml:5"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_tilde_user_path_is_refused_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value) in [("model", "\"~bob/m\""), ("inputs", "[\"~bob/a.csv\"]")] {
+        let kind = if key == "model" {
+            "generate"
+        } else {
+            "prepare"
+        };
+        let e = load_in(
+            dir.path(),
+            &format!("[stages.t]\nkind = \"{kind}\"\n{key} = {value}\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("`~user` paths are not supported") && e.contains("p.toml:5"),
+            "{key}: {e}"
+        );
+    }
 }

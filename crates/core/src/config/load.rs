@@ -102,7 +102,8 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let workdir = match &raw.pipeline.workdir {
-        Some(w) => dir.join(w),
+        // `~/runs` is in the home folder, as in every other path value.
+        Some(w) => dir.join(super::UserPath::new(w).path()),
         None => dir.join("runs").join(&raw.pipeline.name),
     };
     let pipeline = Pipeline {

@@ -102,6 +102,25 @@ impl UserPath {
         &self.written
     }
 
+    /// Why a leading `~` could not be expanded, for the config to refuse: `~user` (not
+    /// supported) or `$HOME` not set. Left as written, it would name a folder `~` beside the
+    /// pipeline file.
+    pub fn unexpanded_tilde(&self) -> Option<String> {
+        let rest = self.written.strip_prefix('~')?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return Some(format!(
+                "{:?}: `~user` paths are not supported; write the folder in full",
+                self.written
+            ));
+        }
+        (self.path.as_os_str() == self.written.as_str()).then(|| {
+            format!(
+                "{:?} starts with `~` (the home folder), but $HOME is not set",
+                self.written
+            )
+        })
+    }
+
     /// The path with `~` expanded; relative paths stay relative.
     pub fn path(&self) -> &Path {
         &self.path
@@ -328,7 +347,13 @@ impl<'de> Deserialize<'de> for ModelRef {
             }
 
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelRef, E> {
-                Ok(ModelRef::from(v))
+                let value = ModelRef::from(v);
+                let path = match &value {
+                    ModelRef::Folder(p) => Some(p),
+                    _ => None,
+                };
+                refuse_unexpanded::<E>(path)?;
+                Ok(value)
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ModelRef, A::Error> {
@@ -365,15 +390,35 @@ impl JsonSchema for ModelRef {
 string_schema!(InputRef, RestoreFrom, Device);
 as_string!(InputRef, RestoreFrom, Device);
 
+/// A path whose `~` cannot be expanded is an error at its key.
+fn refuse_unexpanded<E: serde::de::Error>(path: Option<&UserPath>) -> Result<(), E> {
+    match path.and_then(UserPath::unexpanded_tilde) {
+        Some(why) => Err(E::custom(why)),
+        None => Ok(()),
+    }
+}
+
 impl<'de> Deserialize<'de> for InputRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Self::from(String::deserialize(d)?.as_str()))
+        let value = Self::from(String::deserialize(d)?.as_str());
+        let path = match &value {
+            Self::Path(p) => Some(p),
+            Self::Stage(_) => None,
+        };
+        refuse_unexpanded::<D::Error>(path)?;
+        Ok(value)
     }
 }
 
 impl<'de> Deserialize<'de> for RestoreFrom {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Self::from(String::deserialize(d)?.as_str()))
+        let value = Self::from(String::deserialize(d)?.as_str());
+        let path = match &value {
+            Self::Path(p) => Some(p),
+            Self::Latest | Self::Fresh => None,
+        };
+        refuse_unexpanded::<D::Error>(path)?;
+        Ok(value)
     }
 }
 
