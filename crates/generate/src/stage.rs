@@ -46,7 +46,8 @@ pub fn choose_backend(choice: BackendChoice, source: &ModelSource) -> BackendCho
             let onnx = match source {
                 ModelSource::Stage { kind, .. } => *kind == StageKind::Export,
                 ModelSource::Folder(dir) => {
-                    dir.join("model.onnx").is_file() && !dir.join("model.safetensors").is_file()
+                    dir.join(gptpipe_hf::folder::ONNX_FILE).is_file()
+                        && !dir.join(gptpipe_hf::WEIGHTS_FILE).is_file()
                 }
                 _ => false,
             };

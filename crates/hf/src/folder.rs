@@ -7,6 +7,21 @@ use std::path::Path;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// An exported model (the layout of Hugging Face Optimum's ONNX exports), which the
+/// generate stage tells from safetensors weights.
+pub const ONNX_FILE: &str = "model.onnx";
+/// Generation defaults, copied along with a model when the source has them.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// The tokenizer files a GPT-2 folder may hold: fetched from the hub, and copied into a
+/// finetuned or exported model, when the source has them.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+];
 
 /// Checks that `dir` holds a loadable model, with an error that says what is missing.
 pub fn check_folder(dir: &Path) -> Result<()> {

@@ -4,15 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
-use crate::folder::{CONFIG_FILE, WEIGHTS_FILE};
-
-/// Files fetched from the hub besides the weights and config (when the repo has them).
-const TOKENIZER_FILES: [&str; 4] = [
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-];
+use crate::folder::{CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE};
 
 /// Downloads `id` into the Hugging Face cache (`HF_HOME`, else `~/.cache/huggingface`)
 /// unless it is there already, and returns the snapshot folder.
@@ -52,6 +44,7 @@ pub fn hub_folder(id: &str) -> Result<PathBuf> {
         )
     })?;
     verify_blob(&weights)?;
+    // Fetched when the repo has them.
     for f in TOKENIZER_FILES {
         let _ = repo.get(f);
     }

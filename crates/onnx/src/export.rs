@@ -10,15 +10,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
 
-/// Tokenizer files of a Hugging Face GPT-2 folder, copied when the source has them.
-pub const TOKENIZER_FILES: &[&str] = &[
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-];
+pub use gptpipe_hf::folder::TOKENIZER_FILES;
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -92,8 +84,8 @@ fn copy_companions(src: &Path, dst: &Path, config: &Gpt2Config) -> Result<()> {
             .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
         Ok(true)
     };
-    copy("config.json")?;
-    copy("generation_config.json")?;
+    copy(gptpipe_hf::CONFIG_FILE)?;
+    copy(gptpipe_hf::folder::GENERATION_CONFIG_FILE)?;
     let mut any = false;
     for name in TOKENIZER_FILES {
         any |= copy(name)?;

@@ -115,7 +115,7 @@ pub fn run_stage(ctx: &StageContext, runtime: &Runtime, reference: &ReferenceLog
             "vocab_size": exported.config.vocab_size,
         },
         "files": {
-            "model.onnx": size("model.onnx"),
+            "model.onnx": size(crate::write::MODEL_FILE),
             "model.onnx.data": size("model.onnx.data"),
         },
         "external_data": exported.written.external_data_bytes.is_some(),

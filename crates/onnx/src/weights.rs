@@ -20,7 +20,7 @@ pub struct Weights {
 
 impl Weights {
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("model.safetensors");
+        let path = dir.join(gptpipe_hf::WEIGHTS_FILE);
         if !path.is_file() {
             if dir.join("pytorch_model.bin").is_file() {
                 bail!(

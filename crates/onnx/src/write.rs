@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-pub const MODEL_FILE: &str = "model.onnx";
+pub use gptpipe_hf::folder::ONNX_FILE as MODEL_FILE;
 pub const DATA_FILE: &str = "model.onnx.data";
 
 /// Protobuf messages cannot exceed 2 GiB; keep a margin for the graph's own bytes.

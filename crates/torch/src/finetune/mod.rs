@@ -329,17 +329,10 @@ fn write_outputs(
 /// The source model's tokenizer files when it has them, else GPT-2's (when the
 /// vocabulary is GPT-2's).
 fn write_tokenizer(out: &Path, source_dir: Option<&Path>, config: &Config) -> Result<()> {
-    const FILES: [&str; 5] = [
-        "vocab.json",
-        "merges.txt",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ];
     if let Some(dir) =
         source_dir.filter(|d| d.join("vocab.json").is_file() && d.join("merges.txt").is_file())
     {
-        for f in FILES {
+        for f in gptpipe_hf::folder::TOKENIZER_FILES {
             let src = dir.join(f);
             if src.is_file() {
                 std::fs::copy(&src, out.join(f))
