@@ -182,22 +182,22 @@ fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
     )))
 }
 
-/// Where `--model` points, without a pipeline: a folder, else a hub id.
-pub fn model_source(model: &str) -> Result<ModelSource, RunError> {
-    Ok(match ModelRef::from(model) {
-        ModelRef::Stage(_) => {
-            return Err(invalid(
-                "model",
-                format!(
-                    "{model:?} refers to a pipeline stage; outside a pipeline, point --model at \
-                     the stage's output folder (<workdir>/<stage>)"
-                ),
-            ))
-        }
-        ModelRef::Folder(path) => ModelSource::Folder(path.path().to_path_buf()),
-        ModelRef::Name(name) if Path::new(&name).is_dir() => ModelSource::Folder(name.into()),
-        ModelRef::Name(name) => ModelSource::Hub(name),
-        ModelRef::Inline(_) => unreachable!("a string names no inline model"),
+/// Where `--model` points, without a pipeline: a folder (relative to the working folder),
+/// else a hub id.
+pub fn model_source(model: &ModelRef) -> Result<ModelSource, RunError> {
+    let written = model.as_written().unwrap_or_default();
+    if let ModelRef::Stage(_) = model {
+        return Err(invalid(
+            "model",
+            format!(
+                "{written:?} refers to a pipeline stage; outside a pipeline, point --model at \
+                 the stage's output folder (<workdir>/<stage>)"
+            ),
+        ));
+    }
+    Ok(match model.folder_in(Path::new("")) {
+        Some(dir) => ModelSource::Folder(dir),
+        None => ModelSource::Hub(written.into_owned()),
     })
 }
 
@@ -207,7 +207,7 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     if let Err((key, message)) = check_stage_values(&StageParams::Generate(params.clone())) {
         return Err(invalid(key, message));
     }
-    let source = model_source(&args.model)?;
+    let source = model_source(&params.model)?;
     // Where the samples go is checked before any work (a missing folder is not created).
     let output = match &args.output {
         Some(path) => {

@@ -196,11 +196,7 @@ impl Pipeline {
     /// The local folder `model` names, if it names one: a path (`./m`, `/m`, `~/m`), or a
     /// bare name that is a folder beside the pipeline file (else it is a hub id).
     pub fn model_folder(&self, model: &ModelRef) -> Option<PathBuf> {
-        match model {
-            ModelRef::Folder(p) => Some(self.resolve(p)),
-            ModelRef::Name(s) => Some(self.resolve_path(s)).filter(|p| p.is_dir()),
-            ModelRef::Stage(_) | ModelRef::Inline(_) => None,
-        }
+        model.folder_in(&self.dir)
     }
 }
 

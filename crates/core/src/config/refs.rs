@@ -313,6 +313,16 @@ impl From<&str> for ModelRef {
 }
 
 impl ModelRef {
+    /// The local folder this names, relative to `base`: a path (`./m`, `/m`, `~/m`), or a
+    /// bare name that is a folder in `base` (else it is a hub id).
+    pub fn folder_in(&self, base: &Path) -> Option<PathBuf> {
+        match self {
+            Self::Folder(p) => Some(base.join(p.path())),
+            Self::Name(s) => Some(base.join(s)).filter(|p| p.is_dir()),
+            Self::Stage(_) | Self::Inline(_) => None,
+        }
+    }
+
     /// The value as written; `None` for an inline table.
     pub fn as_written(&self) -> Option<Cow<'_, str>> {
         match self {
