@@ -3,18 +3,8 @@
 //! every existing stage of that kind stale; it must be deliberate.
 
 use gptpipe_core::config::{load, LoadOptions};
-use serde::Serialize;
+use gptpipe_core::runner::KeyMaterial;
 use std::collections::BTreeMap;
-
-/// The shape of the runner's `KeyMaterial`, field for field.
-#[derive(Serialize)]
-struct KeyMaterial {
-    kind: String,
-    version: u32,
-    params: serde_json::Value,
-    inputs: BTreeMap<String, String>,
-    upstream: BTreeMap<String, String>,
-}
 
 #[test]
 fn keys_of_fixed_stages_do_not_change() {
@@ -83,7 +73,7 @@ model = "models/m"
             inputs,
             upstream: BTreeMap::new(),
         };
-        let key = gptpipe_core::cache::hash::hash_bytes(&serde_json::to_vec(&material).unwrap());
+        let key = material.key();
         keys.insert(
             name.clone(),
             (files.keys().cloned().collect::<Vec<_>>(), key),
