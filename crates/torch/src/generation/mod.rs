@@ -95,8 +95,6 @@ pub struct TchBackend {
     kind: Kind,
     opts: DecodeOptions,
     weights: DecodeWeights,
-    /// Tokens per row in the cache (the rows of a batch decode in step).
-    len: i64,
     /// The KV cache and step buffers, from the first `start` on.
     bufs: Option<Buffers>,
     graphs: graph::Graphs,
@@ -131,10 +129,18 @@ impl TchBackend {
             kind,
             opts,
             model,
-            len: 0,
             bufs: None,
             graphs: graph::Graphs::default(),
         }
+    }
+
+    /// Tokens per row in the cache: the rows of a batch decode in step, so every row holds
+    /// as many (the cache's count is the one count).
+    fn len(&self) -> i64 {
+        self.bufs
+            .as_ref()
+            .and_then(|bufs| bufs.kv.lens().first().copied())
+            .unwrap_or(0)
     }
 
     pub fn device(&self) -> Device {
@@ -257,7 +263,6 @@ impl Backend for TchBackend {
         let kv = &mut self.bufs.as_mut().expect("reserved").kv;
         kv.clear();
         kv.push_rows(&prompt)?;
-        self.len = t;
         let last = hidden.select(1, t - 1).to_kind(self.kind);
         tch::no_grad(|| self.write_logits(&last, b));
         Ok(())
@@ -271,11 +276,11 @@ impl Backend for TchBackend {
             self.rows()
         );
         ensure!(
-            (self.len as usize) < self.cfg.n_ctx,
+            (self.len() as usize) < self.cfg.n_ctx,
             "the cache is full ({} tokens)",
-            self.len
+            self.len()
         );
-        let (b, len) = (self.rows(), self.len);
+        let (b, len) = (self.rows(), self.len());
         let ids = self.ids(tokens, b).reshape([-1]);
         tch::no_grad(|| {
             if self.graphs_on() {
@@ -291,7 +296,6 @@ impl Backend for TchBackend {
             let hidden = self.decode(b, &ids, At::Host(len));
             self.write_logits(&hidden, b);
         });
-        self.len += 1;
         self.bufs.as_mut().expect("started").kv.advance(1);
         Ok(())
     }
@@ -346,7 +350,7 @@ impl Backend for TchBackend {
     }
 
     fn sample_ahead(&mut self, s: &Sampling, uniforms: &[Vec<f64>]) -> Result<Vec<Vec<u32>>> {
-        let (b, len) = (self.rows(), self.len);
+        let (b, len) = (self.rows(), self.len());
         let n = uniforms.first().map_or(0, Vec::len);
         ensure!(
             uniforms.len() as i64 == b && uniforms.iter().all(|u| u.len() == n),
@@ -385,7 +389,6 @@ impl Backend for TchBackend {
                 }
             }
         });
-        self.len += n as i64;
         self.bufs.as_mut().expect("started").kv.advance(n as i64);
         let picked = self
             .bufs()
