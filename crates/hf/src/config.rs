@@ -10,6 +10,24 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// transformers' `GPT2Config` defaults: GPT-2's vocabulary and the values a `config.json`
+/// may leave out. Every reader takes them from here.
+pub mod gpt2 {
+    /// Tokens in GPT-2's vocabulary.
+    pub const VOCAB_SIZE: usize = 50257;
+    /// `<|endoftext|>`, GPT-2's only special token: its BOS and EOS.
+    pub const EOT_ID: u32 = 50256;
+    pub const N_POSITIONS: usize = 1024;
+    pub const LAYER_NORM_EPSILON: f64 = 1e-5;
+    pub const ACTIVATION: &str = "gelu_new";
+    /// `attn_pdrop`, `resid_pdrop` and `embd_pdrop`.
+    pub const DROPOUT: f64 = 0.1;
+    pub const INITIALIZER_RANGE: f64 = 0.02;
+    pub const SCALE_ATTN_WEIGHTS: bool = true;
+    pub const SCALE_ATTN_BY_INVERSE_LAYER_IDX: bool = false;
+    pub const TIE_WORD_EMBEDDINGS: bool = true;
+}
+
 /// One key of `config.json` as written.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Field<T> {

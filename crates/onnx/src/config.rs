@@ -2,6 +2,7 @@
 //! `gptpipe-hf`'s one parse of it.
 
 use anyhow::{bail, Context, Result};
+use gptpipe_hf::config::gpt2;
 use gptpipe_hf::{HfConfig, CONFIG_FILE};
 use std::path::Path;
 
@@ -141,11 +142,12 @@ impl Raw {
             n_positions,
             n_ctx,
             vocab_size: required(vocab_size, "vocab_size")?,
-            layer_norm_epsilon: layer_norm_epsilon.unwrap_or(1e-5),
-            activation_function: activation_function.unwrap_or_else(|| "gelu_new".into()),
-            scale_attn_weights: scale_attn_weights.unwrap_or(true),
-            scale_attn_by_inverse_layer_idx: scale_attn_by_inverse_layer_idx.unwrap_or(false),
-            tie_word_embeddings: tie_word_embeddings.unwrap_or(true),
+            layer_norm_epsilon: layer_norm_epsilon.unwrap_or(gpt2::LAYER_NORM_EPSILON),
+            activation_function: activation_function.unwrap_or_else(|| gpt2::ACTIVATION.into()),
+            scale_attn_weights: scale_attn_weights.unwrap_or(gpt2::SCALE_ATTN_WEIGHTS),
+            scale_attn_by_inverse_layer_idx: scale_attn_by_inverse_layer_idx
+                .unwrap_or(gpt2::SCALE_ATTN_BY_INVERSE_LAYER_IDX),
+            tie_word_embeddings: tie_word_embeddings.unwrap_or(gpt2::TIE_WORD_EMBEDDINGS),
             model_type,
         })
     }

@@ -25,10 +25,10 @@ pub struct InlineModel {
 }
 
 fn d_n_ctx() -> usize {
-    1024
+    gptpipe_hf::config::gpt2::N_POSITIONS
 }
 fn d_vocab() -> usize {
-    50257
+    gptpipe_hf::config::gpt2::VOCAB_SIZE
 }
 fn d_dropout() -> f64 {
     0.1

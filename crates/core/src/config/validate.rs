@@ -291,10 +291,11 @@ fn check_model(m: &ModelRef) -> Result<(), Invalid> {
                 format!("dropout must be in [0, 1), not {}", m.dropout),
             )?;
             ensure(
-                m.vocab_size >= 50257,
+                m.vocab_size >= gptpipe_hf::config::gpt2::VOCAB_SIZE,
                 "model",
                 format!(
-                    "vocab_size must be at least GPT-2's 50257, not {}",
+                    "vocab_size must be at least GPT-2's {}, not {}",
+                    gptpipe_hf::config::gpt2::VOCAB_SIZE,
                     m.vocab_size
                 ),
             )

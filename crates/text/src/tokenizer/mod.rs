@@ -34,10 +34,8 @@ pub const VOCAB_BPE: &str = include_str!("../../assets/vocab.bpe");
 
 /// The end-of-text token, GPT-2's only special token.
 pub const EOT: &str = "<|endoftext|>";
-/// Its id.
-pub const EOT_ID: u32 = 50256;
-/// The number of tokens in GPT-2's vocabulary.
-pub const VOCAB_SIZE: usize = 50257;
+/// Its id, and the number of tokens in GPT-2's vocabulary.
+pub use gptpipe_hf::config::gpt2::{EOT_ID, VOCAB_SIZE};
 
 /// Texts shorter than this are encoded on the calling thread.
 const PARALLEL_MIN: usize = 256 * 1024;

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::InlineModel;
+use gptpipe_hf::config::gpt2;
 use gptpipe_hf::{Activation, HfConfig};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -52,22 +53,22 @@ impl Config {
 
     fn sized(n_layer: usize, n_head: usize, n_embd: usize) -> Self {
         Self {
-            vocab_size: 50257,
-            n_ctx: 1024,
+            vocab_size: gpt2::VOCAB_SIZE,
+            n_ctx: gpt2::N_POSITIONS,
             n_embd,
             n_layer,
             n_head,
             n_inner: 4 * n_embd,
-            layer_norm_epsilon: 1e-5,
-            attn_pdrop: 0.1,
-            resid_pdrop: 0.1,
-            embd_pdrop: 0.1,
-            initializer_range: 0.02,
+            layer_norm_epsilon: gpt2::LAYER_NORM_EPSILON,
+            attn_pdrop: gpt2::DROPOUT,
+            resid_pdrop: gpt2::DROPOUT,
+            embd_pdrop: gpt2::DROPOUT,
+            initializer_range: gpt2::INITIALIZER_RANGE,
             gelu_tanh: true,
-            scale_attn_weights: true,
-            scale_attn_by_inverse_layer_idx: false,
-            bos_token_id: 50256,
-            eos_token_id: 50256,
+            scale_attn_weights: gpt2::SCALE_ATTN_WEIGHTS,
+            scale_attn_by_inverse_layer_idx: gpt2::SCALE_ATTN_BY_INVERSE_LAYER_IDX,
+            bos_token_id: gpt2::EOT_ID.into(),
+            eos_token_id: gpt2::EOT_ID.into(),
         }
     }
 
@@ -129,13 +130,13 @@ impl Config {
                 .initializer_range
                 .number_or("initializer_range", d.initializer_range)?,
             gelu_tanh,
-            scale_attn_weights: v.scale_attn_weights.get().unwrap_or(true),
+            scale_attn_weights: v.scale_attn_weights.get().unwrap_or(d.scale_attn_weights),
             scale_attn_by_inverse_layer_idx: v
                 .scale_attn_by_inverse_layer_idx
                 .get()
-                .unwrap_or(false),
-            bos_token_id: v.bos_token_id.get().unwrap_or(50256),
-            eos_token_id: v.eos_token_id.get().unwrap_or(50256),
+                .unwrap_or(d.scale_attn_by_inverse_layer_idx),
+            bos_token_id: v.bos_token_id.get().unwrap_or(d.bos_token_id),
+            eos_token_id: v.eos_token_id.get().unwrap_or(d.eos_token_id),
         };
         c.validate()?;
         Ok(c)
