@@ -18,11 +18,7 @@ impl DeviceSetting for config::Device {
 
 impl DeviceSetting for str {
     fn setting(&self) -> Result<config::Device> {
-        self.trim().parse().map_err(|_| {
-            anyhow::anyhow!(
-                "device = {self:?} is not one of \"auto\", \"cpu\", \"cuda\", \"cuda:N\""
-            )
-        })
+        self.parse().map_err(anyhow::Error::msg)
     }
 }
 
