@@ -39,7 +39,9 @@ fn an_invalid_device_is_a_config_error_at_its_key() {
 #[test]
 fn a_model_or_path_starting_with_a_tilde_is_in_the_home_folder() {
     // It sets HOME: run alone in a process of its own.
-    if !crate::alone("config_values::a_model_or_path_starting_with_a_tilde_is_in_the_home_folder") {
+    if !gptpipe_testkit::alone(
+        "config_values::a_model_or_path_starting_with_a_tilde_is_in_the_home_folder",
+    ) {
         return;
     }
     let home = tempfile::tempdir().unwrap();

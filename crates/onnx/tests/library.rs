@@ -1,13 +1,12 @@
 //! Finding ONNX Runtime's shared library. One test function, run alone in its own process
-//! (`common::alone`), because it changes the process environment, and the other tests of the
+//! (`gptpipe_testkit::alone`), because it changes the process environment, and the other tests of the
 //! binary load ONNX Runtime from the path it reads.
 
-use crate::common;
 use gptpipe_onnx::runtime::library_path;
 
 #[test]
 fn library_is_found_and_ort_dylib_path_overrides() {
-    if !common::alone("library::library_is_found_and_ort_dylib_path_overrides") {
+    if !gptpipe_testkit::alone("library::library_is_found_and_ort_dylib_path_overrides") {
         return;
     }
     std::env::remove_var("ORT_DYLIB_PATH");

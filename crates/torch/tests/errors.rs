@@ -61,7 +61,7 @@ fn model_folder_errors() {
 #[test]
 fn hub_id_offline_names_the_local_alternative() {
     // It sets HF_HOME and HF_HUB_OFFLINE for the whole process: it runs alone in its own.
-    if !alone("errors::hub_id_offline_names_the_local_alternative") {
+    if !gptpipe_testkit::alone("errors::hub_id_offline_names_the_local_alternative") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
