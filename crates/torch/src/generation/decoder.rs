@@ -5,7 +5,6 @@
 
 use super::kv_cache::{KvCache, KvLayout, Position};
 use super::{flash, sampler, TchBackend, BLOCK};
-use crate::model::LayerNorm;
 use gptpipe_generate::Sampling;
 use tch::{Device, Kind, Tensor};
 
@@ -91,17 +90,6 @@ impl Buffers {
 }
 
 impl TchBackend {
-    fn norm(&self, x: &Tensor, n: &LayerNorm) -> Tensor {
-        let e = self.cfg.n_embd as i64;
-        x.layer_norm(
-            [e],
-            Some(&n.weight),
-            Some(&n.bias),
-            self.cfg.layer_norm_epsilon,
-            true,
-        )
-    }
-
     /// One token per row (`ids` `[b]`) at position `at`: writes its keys and values into the
     /// cache and returns the final hidden states `[b, n_embd]`.
     pub(super) fn decode(&self, b: i64, ids: &Tensor, at: At) -> Tensor {
@@ -124,17 +112,20 @@ impl TchBackend {
         };
         let gelu = if self.cfg.gelu_tanh { "tanh" } else { "none" };
         for (l, layer) in w.layers.iter().enumerate() {
-            let a = self.norm(&x, &layer.ln_1);
+            let a = self.model.layer_norm(&x, &layer.ln_1);
             let qkv = layer.c_attn_scaled.apply(&a);
             let y = match &used {
                 Some(used) => self.attend_flash(l, &qkv, b, at, used),
                 None => self.attend_matmul(l, &qkv, b, at, later.as_ref()),
             };
             x += layer.attn_proj.apply(&y);
-            let m = layer.c_fc.apply(&self.norm(&x, &layer.ln_2)).gelu(gelu);
+            let m = layer
+                .c_fc
+                .apply(&self.model.layer_norm(&x, &layer.ln_2))
+                .gelu(gelu);
             x += layer.mlp_proj.apply(&m);
         }
-        self.norm(&x, &w.ln_f)
+        self.model.layer_norm(&x, &w.ln_f)
     }
 
     /// Writes the step's keys and values `new` of layer `l` into the cache at `at`;

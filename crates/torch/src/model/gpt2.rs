@@ -394,7 +394,7 @@ impl Gpt2 {
         y.reshape(shape)
     }
 
-    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
+    pub(crate) fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
         let e = self.config.n_embd as i64;
         x.layer_norm(
             [e],
