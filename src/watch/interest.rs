@@ -147,7 +147,7 @@ fn stage_patterns(pipeline: &Pipeline, params: &StageParams) -> Patterns {
             Read::Stage { .. } => {}
             Read::Pattern { path: entry, .. } => {
                 let path = pipeline.resolve(entry);
-                if entry.path().to_string_lossy().contains(['*', '?', '[']) {
+                if gptpipe_core::inputs::is_glob(&entry.path().to_string_lossy()) {
                     if let Some(g) = glob_pattern(&path) {
                         p.globs.push(g);
                     }

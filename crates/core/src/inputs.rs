@@ -60,7 +60,7 @@ pub fn expand(pipeline: &Pipeline, input: &UserPath, seen: &mut FileSet) -> Resu
         }
         Err(_) => {}
     }
-    if entry.contains(['*', '?', '[']) {
+    if is_glob(entry) {
         let (root, rest) = split_glob(entry);
         let root: PathBuf = pipeline
             .resolve_path(&root.to_string_lossy())
@@ -107,11 +107,16 @@ pub fn expand(pipeline: &Pipeline, input: &UserPath, seen: &mut FileSet) -> Resu
     bail!("input file not found: {}", path.display())
 }
 
+/// Whether an input is a glob (has a wildcard), not a file or folder name.
+pub fn is_glob(entry: &str) -> bool {
+    entry.contains(['*', '?', '['])
+}
+
 /// A glob split into the folder its matches lie in (its components before the first
 /// wildcard, cleaned of `.`) and the pattern below that folder. Watch mode splits its
 /// globs the same way.
 pub fn split_glob(entry: &str) -> (PathBuf, PathBuf) {
-    let wild = |c: &std::path::Component| c.as_os_str().to_string_lossy().contains(['*', '?', '[']);
+    let wild = |c: &std::path::Component| is_glob(&c.as_os_str().to_string_lossy());
     let parts: Vec<_> = Path::new(entry).components().collect();
     let at = parts.iter().position(wild).unwrap_or(parts.len());
     let root: PathBuf = parts[..at].iter().collect();
