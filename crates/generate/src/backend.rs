@@ -61,6 +61,22 @@ pub trait Backend {
             .collect())
     }
 
+    /// Whether [`Backend::join`] works: rows of different lengths in one batch, what
+    /// continuous batching (`gptpipe serve`) needs.
+    fn can_join(&self) -> bool {
+        false
+    }
+
+    /// Adds rows after those in use (or to an empty batch, before any `start`), each with
+    /// its own prompt of 1..=n_ctx tokens, and runs them: their logits follow those of the
+    /// rows already there. From then on rows may differ in length: `step` feeds each row at
+    /// its own position (the caller keeps every row under `n_ctx`), and `retain`, `logits`
+    /// and `top_k` cover joined rows like any other. A row's logits do not depend on the
+    /// other rows of the batch, up to floating-point rounding.
+    fn join(&mut self, _prompts: &[Vec<u32>]) -> Result<()> {
+        anyhow::bail!("this backend cannot add rows to a running batch")
+    }
+
     /// How many tokens per row [`Backend::sample_ahead`] can decode in one call with these
     /// settings; 0 (the default) when the backend cannot sample by itself, and the driver
     /// samples on the host one step at a time.

@@ -2,8 +2,8 @@
 //! stop (`truncate` or `length`), and a sliding window past the model's context.
 
 use crate::backend::Backend;
-use crate::codec::{text_of, Codec};
-use crate::rng::SampleRng;
+use crate::codec::Codec;
+use crate::row::SampleRow;
 use crate::sampling::Sampling;
 use anyhow::{bail, ensure, Result};
 use std::ops::Range;
@@ -23,6 +23,9 @@ pub struct Job {
     /// Each sample ends before the first occurrence of this in its generated text; empty
     /// for none.
     pub truncate: String,
+    /// More stop strings, as `truncate` (the earliest of them all ends the sample): an
+    /// OpenAI request's `stop`.
+    pub stops: Vec<String>,
 }
 
 impl Job {
@@ -54,7 +57,16 @@ impl Job {
             sampling,
             seed,
             truncate: truncate.to_owned(),
+            stops: Vec::new(),
         })
+    }
+
+    /// The non-empty stop strings: `truncate` and `stops`.
+    pub fn stops(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(&self.truncate)
+            .chain(&self.stops)
+            .map(|s| s.as_bytes())
+            .filter(|s| !s.is_empty())
     }
 
     /// Fails when the prefix does not fit the model's context (checked before any work).
@@ -82,16 +94,6 @@ pub struct Sample {
     pub truncated: bool,
 }
 
-struct Row {
-    index: usize,
-    rng: SampleRng,
-    /// Everything the model has seen or will see: prompt and generated tokens.
-    context: Vec<u32>,
-    generated: Vec<u32>,
-    bytes: Vec<u8>,
-    cut: Option<usize>,
-}
-
 /// Generates samples `indices` as one batch.
 pub fn generate_batch(
     backend: &mut dyn Backend,
@@ -103,20 +105,10 @@ pub fn generate_batch(
     let n_ctx = backend.n_ctx();
     job.check_fits(n_ctx)?;
     ensure!(n_ctx >= 2, "a context of {n_ctx} tokens cannot slide");
-    let mut rows: Vec<Row> = indices
-        .map(|index| Row {
-            index,
-            rng: SampleRng::for_sample(job.seed, index as u64),
-            context: job.prompt.clone(),
-            generated: Vec::new(),
-            bytes: Vec::new(),
-            cut: None,
-        })
-        .collect();
+    let mut rows: Vec<SampleRow> = indices.map(|index| SampleRow::new(job, index)).collect();
     if rows.is_empty() || job.length == 0 {
-        return Ok(rows.iter().map(|r| finish(job, r)).collect());
+        return Ok(rows.iter().map(|r| r.finish(job)).collect());
     }
-    let needle = job.truncate.as_bytes();
     backend.start(&vec![job.prompt.clone(); rows.len()])?;
     let mut seq_len = job.prompt.len();
     // Indices into `rows` of the rows still generating, in backend row order.
@@ -124,7 +116,7 @@ pub fn generate_batch(
     let mut done_tokens = 0;
     loop {
         // Active rows have all generated the same number of tokens.
-        let remaining = job.length - rows[active[0]].generated.len();
+        let remaining = job.length - rows[active[0]].generated().len();
         let ahead = backend
             .sample_ahead_limit(&job.sampling)
             .min(n_ctx - seq_len)
@@ -134,7 +126,7 @@ pub fn generate_batch(
             // the block drop the tokens after their stop (the draws keep their places).
             let uniforms: Vec<Vec<f64>> = active
                 .iter()
-                .map(|&r| (0..ahead).map(|_| rows[r].rng.next_f64()).collect())
+                .map(|&r| (0..ahead).map(|_| rows[r].next_uniform()).collect())
                 .collect();
             let block = backend.sample_ahead(&job.sampling, &uniforms)?;
             ensure!(
@@ -147,7 +139,7 @@ pub fn generate_batch(
                 let mut going = true;
                 for &token in tokens {
                     done_tokens += 1;
-                    going = push_token(&mut rows[r], token, codec, needle, job.length);
+                    going = rows[r].push(token, codec, job);
                     if !going {
                         break;
                     }
@@ -165,7 +157,7 @@ pub fn generate_batch(
             let next = sample_next(backend, job, &mut rows, &active)?;
             let mut keep = Vec::with_capacity(active.len());
             for (pos, (&r, &token)) in active.iter().zip(&next).enumerate() {
-                if push_token(&mut rows[r], token, codec, needle, job.length) {
+                if rows[r].push(token, codec, job) {
                     keep.push(pos);
                 }
             }
@@ -186,7 +178,7 @@ pub fn generate_batch(
                 // Past the context: restart from the last n_ctx - 1 tokens of each row.
                 let window: Vec<Vec<u32>> = active
                     .iter()
-                    .map(|&r| rows[r].context[rows[r].context.len() - (n_ctx - 1)..].to_vec())
+                    .map(|&r| rows[r].context()[rows[r].context().len() - (n_ctx - 1)..].to_vec())
                     .collect();
                 backend.start(&window)?;
                 seq_len = n_ctx - 1;
@@ -198,18 +190,18 @@ pub fn generate_batch(
             backend.retain(&keep)?;
         }
     }
-    Ok(rows.iter().map(|r| finish(job, r)).collect())
+    Ok(rows.iter().map(|r| r.finish(job)).collect())
 }
 
 /// The next token of each active row.
 fn sample_next(
     backend: &mut dyn Backend,
     job: &Job,
-    rows: &mut [Row],
+    rows: &mut [SampleRow],
     active: &[usize],
 ) -> Result<Vec<u32>> {
     // One draw per row and step whatever the settings, so streams stay aligned.
-    let us: Vec<f64> = active.iter().map(|&r| rows[r].rng.next_f64()).collect();
+    let us: Vec<f64> = active.iter().map(|&r| rows[r].next_uniform()).collect();
     let s = &job.sampling;
     let tokens = match s.candidates_needed() {
         Some(k) => {
@@ -242,7 +234,7 @@ fn sample_next(
                 .map(|(pos, (&r, &u))| {
                     s.sample_row(
                         &mut logits.data[pos * v..(pos + 1) * v],
-                        &rows[r].context,
+                        rows[r].context(),
                         u,
                     )
                 })
@@ -250,41 +242,6 @@ fn sample_next(
         }
     };
     Ok(tokens)
-}
-
-/// Appends a generated token to a row; false once the row is done (it contains the
-/// `truncate` string, or has `length` tokens).
-fn push_token(row: &mut Row, token: u32, codec: &dyn Codec, needle: &[u8], length: usize) -> bool {
-    row.context.push(token);
-    row.generated.push(token);
-    let before = row.bytes.len();
-    row.bytes.extend_from_slice(&codec.token_bytes(token));
-    if !needle.is_empty() {
-        // Only a match that ends in the new bytes can be new.
-        let from = before.saturating_sub(needle.len() - 1);
-        row.cut = find(&row.bytes[from..], needle).map(|i| from + i);
-    }
-    row.cut.is_none() && row.generated.len() < length
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn finish(job: &Job, row: &Row) -> Sample {
-    let body = &row.bytes[..row.cut.unwrap_or(row.bytes.len())];
-    let mut text = if job.include_prefix {
-        job.prefix.clone()
-    } else {
-        String::new()
-    };
-    text.push_str(&text_of(body));
-    Sample {
-        index: row.index,
-        text,
-        tokens: row.generated.clone(),
-        truncated: row.cut.is_some(),
-    }
 }
 
 /// Generates samples `indices` in batches of `batch_size` (the last one smaller), handing

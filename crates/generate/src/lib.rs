@@ -11,12 +11,14 @@ pub mod codec;
 pub mod driver;
 pub mod output;
 pub mod rng;
+pub mod row;
 pub mod sampling;
 pub mod stage;
 
 pub use backend::{Backend, BackendFactory, Backends, Logits};
 pub use codec::Codec;
 pub use driver::{generate_batch, generate_range, Job, Sample};
+pub use row::SampleRow;
 pub use sampling::Sampling;
 
 use gptpipe_core::config::StageKind;

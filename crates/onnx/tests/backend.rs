@@ -35,6 +35,7 @@ fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, truncate: &str) -> J
         sampling,
         seed: 5,
         truncate: truncate.into(),
+        stops: Vec::new(),
     }
 }
 

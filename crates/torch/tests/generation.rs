@@ -22,6 +22,7 @@ fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, seed: u64) -> Job {
         sampling,
         seed,
         truncate: String::new(),
+        stops: Vec::new(),
     }
 }
 

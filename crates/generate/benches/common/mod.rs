@@ -56,6 +56,7 @@ pub fn tokens(
         sampling,
         seed: 0,
         truncate: String::new(),
+        stops: Vec::new(),
     };
     let mut out = Vec::new();
     generate_range(
