@@ -7,6 +7,7 @@ mod gc;
 mod generate;
 mod pipeline_args;
 mod run;
+mod serve;
 mod status;
 mod watch;
 
@@ -39,6 +40,8 @@ enum Command {
     Gc(gc::GcArgs),
     /// Generate text from a model, without a pipeline
     Generate(generate::GenerateArgs),
+    /// Serve a model over HTTP: gpt-2-cloud-run's API, an OpenAI-compatible API and a page
+    Serve(serve::ServeArgs),
     /// Rerun what is stale whenever the pipeline file or a stage's inputs change
     Watch(watch::WatchArgs),
     /// (internal) Run one stage from a request on stdin: gptpipe-worker only
@@ -98,6 +101,12 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
             generate::run(args, &(process.backends)())
         }
         Command::Watch(args) => watch::run(args, &(process.registry)()),
+        Command::Serve(args) => {
+            if cfg!(feature = "worker") && !worker {
+                return delegate_to_worker();
+            }
+            serve::run(args, &(process.registry)(), &(process.backends)())
+        }
         Command::RunStage if worker => {
             return gptpipe_core::remote::serve(&(process.registry)(), std::io::stdin());
         }

@@ -33,6 +33,11 @@ impl SampleRow {
         }
     }
 
+    /// The sample's number in its job (its random stream's index).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// The uniform number of the next step (one per step whatever the settings, so that
     /// streams stay aligned).
     pub fn next_uniform(&mut self) -> f64 {

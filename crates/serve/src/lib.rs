@@ -1,0 +1,251 @@
+//! `gptpipe serve`: a model behind HTTP, for many people at once on cheap hardware.
+//!
+//! - [`engine`]: continuous batching on one thread that owns the model;
+//! - [`api`]: gpt-2-cloud-run's API (`/`), the OpenAI-compatible API (`/v1/...`) and the
+//!   page for people (`GET /` from a browser);
+//! - [`params`]: request values (numbers or strings) over the served stage's keys, checked
+//!   as the generate stage checks them;
+//! - [`metrics`]: `/metrics` in Prometheus' format.
+//!
+//! HTTP is axum on tokio; the model never runs on tokio's threads.
+
+pub mod api;
+mod app;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod params;
+
+use anyhow::{Context, Result};
+use app::App;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use gptpipe_core::config::GenerateParams;
+use gptpipe_generate::Backend;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower_http::cors::CorsLayer;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Samples decoded together at most.
+    pub max_batch: usize,
+    /// Requests waiting for room at most; more get 429.
+    pub max_queue: usize,
+    /// New tokens per sample at most.
+    pub max_length: usize,
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long requests in flight may take to finish.
+    pub grace: Duration,
+    /// Request bodies larger than this get 413.
+    pub max_body: usize,
+    /// The name `/v1/models` and the page show, and OpenAI requests name.
+    pub model_name: String,
+    /// The served stage's keys (or `gptpipe generate`'s defaults): every request's defaults.
+    pub defaults: GenerateParams,
+}
+
+/// Serves until SIGTERM or SIGINT, then lets requests in flight finish (up to
+/// `config.grace`) and returns. `open` builds the backend on the engine's thread; the
+/// socket is bound first, and `/health` says ready once the model is loaded. A model that
+/// fails to load ends the server with its error.
+pub fn serve(
+    config: ServeConfig,
+    open: impl FnOnce() -> Result<Box<dyn Backend>> + Send + 'static,
+) -> Result<()> {
+    let codec = gptpipe_text::Gpt2Tokenizer::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the server's runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        let addr = listener.local_addr()?;
+        let (engine, _thread) = engine::Engine::start(
+            open,
+            Arc::new(codec.clone()),
+            config.max_batch,
+            config.max_queue,
+        );
+        let grace = config.grace;
+        let app = Arc::new(App::new(engine, codec, config));
+        eprintln!(
+            "gptpipe serve: {} on http://{addr} (loading the model; GET /health says when it is ready)",
+            app.config.model_name
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let load_failed = watch_load(app.clone());
+        let signals = {
+            let app = app.clone();
+            async move {
+                let why = shutdown_signal().await;
+                app.stopping.store(true, Ordering::Relaxed);
+                eprintln!(
+                    "gptpipe serve: {why}: no new requests; finishing those in flight (at most {} s)",
+                    grace.as_secs_f64()
+                );
+                let _ = stop_tx.send(true);
+            }
+        };
+        let server = axum::serve(listener, router(app.clone()))
+            .with_graceful_shutdown(signals);
+        let server = std::future::IntoFuture::into_future(server);
+        let mut stop_rx2 = stop_rx.clone();
+        let grace_over = async move {
+            let _ = stop_rx2.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            r = server => r.context("the server failed")?,
+            () = grace_over => eprintln!("gptpipe serve: grace period over; requests still in flight were cut"),
+            e = load_failed => return Err(anyhow::anyhow!("cannot load the model: {e}")),
+        }
+        eprintln!("gptpipe serve: stopped");
+        Ok(())
+    })
+}
+
+/// Resolves with the model's load error, if loading fails.
+async fn watch_load(app: Arc<App>) -> String {
+    loop {
+        if let Some(e) = app.engine.shared.load_error.get() {
+            return e.clone();
+        }
+        if app.engine.shared.n_ctx.get().is_some() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM (what Cloud Run and Kubernetes send) or SIGINT.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    let max_body = app.config.max_body;
+    Router::new()
+        .route(
+            "/",
+            get(root_get).post(root_post).head(root_head),
+        )
+        .route("/v1/completions", axum::routing::post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body))
+        // gpt-2-cloud-run answers every origin; pages elsewhere call the API.
+        .layer(CorsLayer::permissive())
+        .layer(middleware::from_fn(log_request))
+        .with_state(app)
+}
+
+/// One line per request on stderr.
+async fn log_request(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    eprintln!(
+        "{method} {path} {} {:.1} ms",
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    response
+}
+
+/// A browser asking for a page (and no API parameters) gets the page; anything else is
+/// gpt-2-cloud-run's API.
+async fn root_get(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if wants_html && pairs.is_empty() {
+        return Html(api::page::render(&app.config)).into_response();
+    }
+    api::cloud_run::generate(app, api::cloud_run::query_fields(pairs))
+        .await
+        .into_response()
+}
+
+async fn root_post(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    match api::cloud_run::body_fields(&body) {
+        Ok(fields) => api::cloud_run::generate(app, fields).await.into_response(),
+        Err(e) => {
+            let metrics = &app.engine.shared.metrics;
+            metrics.request(api::cloud_run::API, e.status.as_u16(), 0.0);
+            e.into_response()
+        }
+    }
+}
+
+/// gpt-2-cloud-run answers HEAD with an empty text (a liveness probe).
+async fn root_head() -> Response {
+    Json(serde_json::json!({"text": ""})).into_response()
+}
+
+async fn completions(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+    match api::cloud_run::body_fields(&body) {
+        Ok(fields) => api::openai::completions(app, fields).await,
+        Err(e) => {
+            let metrics = &app.engine.shared.metrics;
+            metrics.request(api::openai::API, e.status.as_u16(), 0.0);
+            e.into_response()
+        }
+    }
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(api::openai::models(&app))
+}
+
+/// 200 once the model is loaded, 503 while loading or stopping.
+async fn health(State(app): State<Arc<App>>, method: Method) -> Response {
+    let _ = method;
+    let status = match app.ready() {
+        Ok(_) => "ready",
+        Err(_) if app.stopping.load(Ordering::Relaxed) => "stopping",
+        Err(_) => "loading",
+    };
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "model": app.config.model_name,
+        "queue": app.engine.shared.metrics.queued(),
+    });
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.engine.shared.metrics.render(),
+    )
+        .into_response()
+}
