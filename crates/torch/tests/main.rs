@@ -7,6 +7,7 @@ mod finetune_stage;
 mod fused_adam;
 mod generate_stage;
 mod generation;
+mod join;
 mod model_parity;
 mod optimizer_parity;
 mod padded_vocab;

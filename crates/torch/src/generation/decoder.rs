@@ -8,12 +8,15 @@ use super::{flash, sampler, TchBackend, BLOCK};
 use gptpipe_generate::Sampling;
 use tch::{Device, Kind, Tensor};
 
-/// Where the token of a decoding step sits: known to the host (eager steps), or in the
-/// device buffers (`Buffers::pos`, `Buffers::used`; graph-replayable steps).
+/// Where the token of a decoding step sits: known to the host (eager steps), in the
+/// device buffers (`Buffers::pos`, `Buffers::used`; graph-replayable steps), or one
+/// position per row for rows of different lengths (eager): `pos` Int64 `[b]` on the
+/// device, `max` the largest of them (attention reads the cache up to it).
 #[derive(Clone, Copy)]
-pub(super) enum At {
+pub(super) enum At<'a> {
     Host(i64),
     Buffers,
+    Rows { pos: &'a Tensor, max: i64 },
 }
 
 /// Device buffers at fixed addresses (captured graphs read and write them), sized for
@@ -99,15 +102,25 @@ impl TchBackend {
         let mut x = match at {
             At::Host(p) => tok + w.wpe.get(p),
             At::Buffers => tok + w.wpe.index_select(0, &bufs.pos()),
+            At::Rows { pos, .. } => tok + w.wpe.index_select(0, pos),
         };
         // Per step, shared by the layers: the filled length of each row (FlashAttention),
         // or the positions not yet written (masked attention over the whole cache).
         let used = self.opts.flash.then(|| match at {
             At::Host(p) => Tensor::full([b], p + 1, (Kind::Int, self.device())),
             At::Buffers => bufs.used.narrow(0, 0, b),
+            At::Rows { pos, .. } => (pos + 1).to_kind(Kind::Int),
         });
         let later = match at {
             At::Buffers if !self.opts.flash => Some(bufs.key_positions.gt_tensor(&bufs.pos())),
+            // `[b, 1, 1, max + 1]`: each row masks the positions after its own token.
+            At::Rows { pos, max } if !self.opts.flash => Some(
+                bufs.key_positions
+                    .narrow(0, 0, max + 1)
+                    .unsqueeze(0)
+                    .gt_tensor(&pos.unsqueeze(1))
+                    .view([b, 1, 1, max + 1]),
+            ),
             _ => None,
         };
         let gelu = if self.cfg.gelu_tanh { "tanh" } else { "none" };
@@ -135,11 +148,13 @@ impl TchBackend {
         match at {
             At::Host(p) => bufs.kv.write(l, b, new, Position::Host(p)),
             At::Buffers => bufs.kv.write(l, b, new, Position::Device(&bufs.pos())),
+            At::Rows { pos, .. } => bufs.kv.write(l, b, new, Position::Rows(pos)),
         }
     }
 
     /// Attention with the [`KvLayout::Heads`] cache: over the filled positions (host
-    /// position) or over all of them with the unwritten ones masked (device position).
+    /// position), over all of them with the unwritten ones masked (device position), or
+    /// over those of the longest row with each row's unwritten ones masked (per row).
     fn attend_matmul(
         &self,
         l: usize,
@@ -154,6 +169,7 @@ impl TchBackend {
         let kv = self.write_kv(l, b, &new, at);
         let kv = match at {
             At::Host(p) => kv.narrow(3, 0, p + 1),
+            At::Rows { max, .. } => kv.narrow(3, 0, max + 1),
             At::Buffers => kv,
         };
         let (keys, values) = (kv.get(0), kv.get(1));
@@ -213,8 +229,13 @@ impl TchBackend {
     /// Next-token logits of the first `b` rows from their hidden states `[b, n_embd]`,
     /// written into the buffer by the matmul.
     pub(super) fn write_logits(&self, hidden: &Tensor, b: i64) {
+        self.write_logits_at(hidden, 0, b);
+    }
+
+    /// Next-token logits of rows `start..start + b` (rows joining after those in use).
+    pub(super) fn write_logits_at(&self, hidden: &Tensor, start: i64, b: i64) {
         let _ = hidden.mm_out(
-            &self.bufs().logits.narrow(0, 0, b),
+            &self.bufs().logits.narrow(0, start, b),
             &self.weights.lm_head.tr(),
         );
     }

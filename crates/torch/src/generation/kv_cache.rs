@@ -31,12 +31,14 @@ impl KvLayout {
     }
 }
 
-/// Where a decoding step writes its keys and values: a position the host knows, or a
-/// one-element Int64 tensor on the device (graph-replayable steps).
+/// Where a decoding step writes its keys and values: a position the host knows, a
+/// one-element Int64 tensor on the device (graph-replayable steps), or one position per
+/// row (Int64 `[b]` on the device; rows of different lengths).
 #[derive(Clone, Copy)]
 pub enum Position<'a> {
     Host(i64),
     Device(&'a Tensor),
+    Rows(&'a Tensor),
 }
 
 /// See the module documentation.
@@ -150,6 +152,31 @@ impl KvCache {
         Ok(())
     }
 
+    /// Takes over the rows in use of `other` (same layers, layout and positions, no more
+    /// rows than fit here): their keys, values and lengths replace this cache's rows. How
+    /// the buffers grow while rows are in use.
+    pub fn copy_rows_from(&mut self, other: &KvCache) -> Result<()> {
+        let n = other.rows();
+        ensure!(
+            self.layout == other.layout
+                && self.layers.len() == other.layers.len()
+                && self.n_ctx() == other.n_ctx(),
+            "copying rows between caches of different shapes"
+        );
+        ensure!(
+            n <= self.cap,
+            "{n} rows do not fit a cache of {} rows",
+            self.cap
+        );
+        tch::no_grad(|| {
+            for (to, from) in self.layers.iter().zip(&other.layers) {
+                to.narrow(1, 0, n).copy_(&from.narrow(1, 0, n));
+            }
+        });
+        self.lens = other.lens.clone();
+        Ok(())
+    }
+
     /// Keeps only the rows `keep` (indices among those in use), in that order, moved to the
     /// front in place: the buffers (and any graph captured on them) keep their addresses.
     pub fn retain(&mut self, keep: &[usize]) -> Result<()> {
@@ -176,9 +203,10 @@ impl KvCache {
         }
     }
 
-    /// Writes one position of rows `..b` of layer `l`: `new` is `[2, b, H, 1, D]`
-    /// ([`KvLayout::Heads`]) or `[2, b, 1, H, D]` ([`KvLayout::Positions`]). Returns the
-    /// layer's rows `..b` ([`KvCache::layer`]).
+    /// Writes one position of rows `..b` of layer `l` (its own per row with
+    /// [`Position::Rows`]): `new` is `[2, b, H, 1, D]` ([`KvLayout::Heads`]) or
+    /// `[2, b, 1, H, D]` ([`KvLayout::Positions`]). Returns the layer's rows `..b`
+    /// ([`KvCache::layer`]).
     pub fn write(&self, l: usize, b: i64, new: &Tensor, at: Position) -> Tensor {
         let dim = self.layout.position_dim();
         let kv = self.layer(l, b);
@@ -188,6 +216,11 @@ impl KvCache {
             }
             Position::Device(p) => {
                 let _ = kv.shallow_clone().index_copy_(dim, p, new);
+            }
+            Position::Rows(p) => {
+                // Row r's entries all go to position p[r] of its own row.
+                let index = p.view([1, b, 1, 1, 1]).expand_as(new);
+                let _ = kv.shallow_clone().scatter_(dim, &index, new);
             }
         }
         kv
@@ -385,6 +418,74 @@ mod tests {
                 // Layer 0 saw no write.
                 assert_eq!(at(&c.row(0, row).0, 2), 0.0);
             }
+        }
+    }
+
+    #[test]
+    fn write_at_a_position_per_row() {
+        for layout in [KvLayout::Heads, KvLayout::Positions] {
+            let mut c = cache(3, layout);
+            let short = prompt(1, 1, 1.0);
+            let long = prompt(2, 3, 2.0);
+            c.push_rows(&refs(&long)).unwrap();
+            c.retain(&[1]).unwrap();
+            c.push_rows(&refs(&short)).unwrap();
+            assert_eq!(c.lens(), [3, 1]);
+            let (h, _, d) = DIMS;
+            let shape = match layout {
+                KvLayout::Heads => [2, 2, h, 1, d],
+                KvLayout::Positions => [2, 2, 1, h, d],
+            };
+            // Row 0 gets 7s, row 1 gets 8s; values the negated keys.
+            let row = Tensor::from_slice(&[7.0f32, 8.0]).view([1, 2, 1, 1, 1]);
+            let sign = Tensor::from_slice(&[1.0f32, -1.0]).view([2, 1, 1, 1, 1]);
+            let new = (row * sign).expand(shape, false).contiguous();
+            let pos = Tensor::from_slice(&[3i64, 1]);
+            let _ = c.write(0, 2, &new, Position::Rows(&pos));
+            c.advance(1);
+            assert_eq!(c.lens(), [4, 2]);
+            let at = |t: &Tensor, pos| t.narrow(1, pos, 1).mean(Kind::Float).double_value(&[]);
+            let (k0, v0) = c.row(0, 0);
+            let (k1, v1) = c.row(0, 1);
+            assert_eq!((at(&k0, 3), at(&v0, 3)), (7.0, -7.0));
+            assert_eq!((at(&k1, 1), at(&v1, 1)), (8.0, -8.0));
+            // Each row's earlier positions are as pushed; nothing else was written.
+            let (pk, pv) = prompt_row(&long, 0, 1);
+            assert!(k0.narrow(1, 0, 3).equal(&pk) && v0.narrow(1, 0, 3).equal(&pv));
+            let (pk, pv) = prompt_row(&short, 0, 0);
+            assert!(k1.narrow(1, 0, 1).equal(&pk) && v1.narrow(1, 0, 1).equal(&pv));
+            assert_eq!(at(&c.row(1, 0).0, 3), 0.0, "layer 1 saw no write");
+            let full = c.layer(0, 2);
+            let dim = layout.position_dim();
+            let row1_pos3 = full.select(1, 1).narrow(dim - 1, 3, 1);
+            assert_eq!(row1_pos3.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        }
+    }
+
+    #[test]
+    fn copy_rows_from_a_smaller_cache_keeps_rows_and_lengths() {
+        for layout in [KvLayout::Heads, KvLayout::Positions] {
+            let mut small = cache(2, layout);
+            let first = prompt(1, 3, 1.0);
+            let second = prompt(1, 2, 2.0);
+            small.push_rows(&refs(&first)).unwrap();
+            small.push_rows(&refs(&second)).unwrap();
+            let mut big = cache(5, layout);
+            big.copy_rows_from(&small).unwrap();
+            assert_eq!((big.cap(), big.lens()), (5, &[3i64, 2][..]));
+            assert_row(&big, 0, &row_of(&first, 0));
+            assert_row(&big, 1, &row_of(&second, 0));
+            // Rows join after the copied ones.
+            let third = prompt(1, 4, 3.0);
+            big.push_rows(&refs(&third)).unwrap();
+            assert_row(&big, 2, &row_of(&third, 0));
+            assert!(cache(1, layout).copy_rows_from(&small).is_err());
+            let other = if layout == KvLayout::Heads {
+                KvLayout::Positions
+            } else {
+                KvLayout::Heads
+            };
+            assert!(cache(5, other).copy_rows_from(&small).is_err());
         }
     }
 }

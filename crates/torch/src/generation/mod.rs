@@ -1,10 +1,13 @@
 //! The libtorch generation backend: GPT-2 decoding with a preallocated KV cache.
 //!
-//! The prompt of a batch runs through [`Gpt2::forward`] (its keys and values land in the
-//! model's own cache and are copied into ours, [`KvCache`]). Each later token runs through a
-//! decoder written for one token per row (`decoder`): keys and values are written in place
-//! into buffers of `n_ctx` positions (no concatenation per step), with the weights laid out
-//! for it (`layout`). On a GPU ([`DecodeOptions`]):
+//! The prompt of a batch runs through [`Gpt2::hidden_states`] (its keys and values land in
+//! the model's own cache and are copied into ours, [`KvCache`]). Each later token runs
+//! through a decoder written for one token per row (`decoder`): keys and values are written
+//! in place into buffers of `n_ctx` positions (no concatenation per step), with the weights
+//! laid out for it (`layout`). Rows can join a running batch with prompts of their own lengths
+//! ([`Backend::join`], continuous batching); while rows differ in length each step runs
+//! eagerly with a position per row, and the fast paths below need every row at one
+//! position. On a GPU ([`DecodeOptions`]):
 //! - attention is FlashAttention over each row's filled positions (`flash`), or else an
 //!   explicit matmul-softmax-matmul, which beat scaled-dot-product attention for a
 //!   one-token query with a growing key length (`benches/README.md`, "The GPU machine");
@@ -88,7 +91,7 @@ impl DecodeOptions {
     }
 }
 
-/// GPT-2 decoding on libtorch, batched, with rows that can leave the batch.
+/// GPT-2 decoding on libtorch, batched, with rows that can leave and join the batch.
 pub struct TchBackend {
     model: Gpt2,
     cfg: Config,
@@ -134,13 +137,20 @@ impl TchBackend {
         }
     }
 
-    /// Tokens per row in the cache: the rows of a batch decode in step, so every row holds
-    /// as many (the cache's count is the one count).
-    fn len(&self) -> i64 {
-        self.bufs
-            .as_ref()
-            .and_then(|bufs| bufs.kv.lens().first().copied())
-            .unwrap_or(0)
+    /// Tokens each row holds in the cache. Rows of a batch from `start` decode in step and
+    /// hold as many; rows added by `join` hold their own count.
+    fn lens(&self) -> &[i64] {
+        self.bufs.as_ref().map_or(&[], |bufs| bufs.kv.lens())
+    }
+
+    /// The one count of tokens of every row (0 without rows); `None` while rows differ:
+    /// steps then run eagerly with a position per row, as graph-replayed steps and device
+    /// sampling put every row at one position.
+    fn uniform_len(&self) -> Option<i64> {
+        match self.lens().split_first() {
+            None => Some(0),
+            Some((first, rest)) => rest.iter().all(|l| l == first).then_some(*first),
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -172,7 +182,8 @@ impl TchBackend {
             .to_device(self.device())
     }
 
-    /// (Re)allocates the KV cache and buffers for `b` rows when they do not fit.
+    /// (Re)allocates the KV cache and buffers for `b` rows when they do not fit, dropping
+    /// the rows in use (`start` replaces them).
     fn reserve(&mut self, b: i64) {
         if self.bufs.as_ref().is_some_and(|bufs| bufs.cap >= b) {
             return;
@@ -180,19 +191,87 @@ impl TchBackend {
         self.graphs.clear();
         // The old buffers go first: the new ones need their memory.
         self.bufs = None;
+        self.bufs = Some(self.new_buffers(b));
+    }
+
+    /// Zeroed buffers for `cap` rows.
+    fn new_buffers(&self, cap: i64) -> Buffers {
         let dims = (
             self.cfg.n_head as i64,
             self.cfg.n_ctx as i64,
             self.cfg.head_dim() as i64,
         );
-        self.bufs = Some(Buffers::new(
-            b,
+        Buffers::new(
+            cap,
             self.cfg.n_layer,
             dims,
             self.weights.lm_head.size()[0],
             self.opts.flash,
             (self.kind, self.device()),
-        ));
+        )
+    }
+
+    /// Makes room for `b` rows, keeping the rows in use: their keys, values and logits
+    /// move to the new buffers (old and new are briefly both held). The capacity at least
+    /// doubles when that fits, so rows joining one at a time do not copy the cache each
+    /// time. `prompt`: the longest prompt about to run, for the memory check.
+    fn grow(&mut self, b: i64, prompt: usize) -> Result<()> {
+        let cap = self.bufs.as_ref().map_or(0, |bufs| bufs.cap);
+        if cap >= b {
+            return Ok(());
+        }
+        let device = self.device();
+        let need =
+            |rows: i64| crate::memory::generation(&self.cfg, rows as usize, prompt, self.kind);
+        let doubled = b.max(2 * cap);
+        let cap = if crate::memory::ensure_fits(&need(doubled), device).is_ok() {
+            doubled
+        } else {
+            crate::memory::ensure_fits(&need(b), device)?;
+            b
+        };
+        if self.rows() == 0 {
+            self.reserve(cap);
+            return Ok(());
+        }
+        let mut new = self.new_buffers(cap);
+        let old = self.bufs();
+        let n = old.kv.rows();
+        new.kv.copy_rows_from(&old.kv)?;
+        tch::no_grad(|| {
+            new.logits
+                .narrow(0, 0, n)
+                .copy_(&old.logits.narrow(0, 0, n))
+        });
+        // Graphs captured on the old buffers must never replay.
+        self.graphs.clear();
+        self.bufs = Some(new);
+        Ok(())
+    }
+
+    /// Runs prompts of one length through the model: the hidden state of each one's last
+    /// token `[n, n_embd]` (compute kind) and the keys and values the model cached.
+    fn prefill(&self, rows: &[Vec<u32>]) -> (Tensor, crate::model::KvCache) {
+        let t = rows.first().map_or(0, Vec::len) as i64;
+        let ids = self.ids(&rows.concat(), rows.len() as i64);
+        let mut cache = self.model.new_cache();
+        let hidden = tch::no_grad(|| {
+            self.model
+                .hidden_states(&ids, None, Some(&mut cache), false)
+        });
+        (hidden.select(1, t - 1).to_kind(self.kind), cache)
+    }
+
+    /// Appends the rows of a [`TchBackend::prefill`] cache to ours.
+    fn push_prefilled(&mut self, cache: &crate::model::KvCache) -> Result<()> {
+        let prompt = cache
+            .layers
+            .iter()
+            .map(|kv| kv.as_ref().map(|(k, v)| (k, v)))
+            .collect::<Option<Vec<_>>>()
+            .context("the model filled no cache")?;
+        let bufs = self.bufs.as_mut().context("no buffers")?;
+        bufs.kv.push_rows(&prompt)
     }
 
     /// Replays the graph of `key`, capturing it first if needed with `step` (whose warm-up
@@ -244,27 +323,37 @@ impl Backend for TchBackend {
             let need = crate::memory::generation(&self.cfg, rows.len(), t, self.kind);
             crate::memory::ensure_fits(&need, self.device())?;
         }
-        let flat: Vec<u32> = rows.concat();
-        let ids = self.ids(&flat, b);
-        let mut cache = self.model.new_cache();
-        let hidden = tch::no_grad(|| {
-            self.model
-                .hidden_states(&ids, None, Some(&mut cache), false)
-        });
+        let (last, cache) = self.prefill(rows);
         // Keep the buffers (and the graphs captured on them) when the batch fits.
         self.reserve(b);
-        let t = t as i64;
-        let prompt = cache
-            .layers
-            .iter()
-            .map(|kv| kv.as_ref().map(|(k, v)| (k, v)))
-            .collect::<Option<Vec<_>>>()
-            .context("the model filled no cache")?;
-        let kv = &mut self.bufs.as_mut().expect("reserved").kv;
-        kv.clear();
-        kv.push_rows(&prompt)?;
-        let last = hidden.select(1, t - 1).to_kind(self.kind);
+        self.bufs.as_mut().expect("reserved").kv.clear();
+        self.push_prefilled(&cache)?;
         tch::no_grad(|| self.write_logits(&last, b));
+        Ok(())
+    }
+
+    fn join(&mut self, prompts: &[Vec<u32>]) -> Result<()> {
+        let n_ctx = self.cfg.n_ctx;
+        for (i, p) in prompts.iter().enumerate() {
+            ensure!(
+                (1..=n_ctx).contains(&p.len()),
+                "a joining row needs 1..=n_ctx ({n_ctx}) tokens, not {} (prompt {i})",
+                p.len()
+            );
+        }
+        let Some(longest) = prompts.iter().map(Vec::len).max() else {
+            return Ok(());
+        };
+        let mut at = self.rows();
+        self.grow(at + prompts.len() as i64, longest)?;
+        // Consecutive prompts of one length run through the model together.
+        for run in prompts.chunk_by(|a, b| a.len() == b.len()) {
+            let (last, cache) = self.prefill(run);
+            self.push_prefilled(&cache)?;
+            let n = run.len() as i64;
+            tch::no_grad(|| self.write_logits_at(&last, at, n));
+            at += n;
+        }
         Ok(())
     }
 
@@ -275,13 +364,28 @@ impl Backend for TchBackend {
             tokens.len(),
             self.rows()
         );
+        ensure!(self.bufs.is_some(), "step before start");
+        let longest = self.lens().iter().copied().max().unwrap_or(0);
         ensure!(
-            (self.len() as usize) < self.cfg.n_ctx,
-            "the cache is full ({} tokens)",
-            self.len()
+            (longest as usize) < self.cfg.n_ctx,
+            "the cache is full (a row holds {longest} tokens)"
         );
-        let (b, len) = (self.rows(), self.len());
+        let b = self.rows();
         let ids = self.ids(tokens, b).reshape([-1]);
+        let Some(len) = self.uniform_len() else {
+            // Rows of different lengths: each token at its row's own position, eagerly.
+            let pos = Tensor::from_slice(self.lens()).to_device(self.device());
+            tch::no_grad(|| {
+                let at = At::Rows {
+                    pos: &pos,
+                    max: longest,
+                };
+                let hidden = self.decode(b, &ids, at);
+                self.write_logits(&hidden, b);
+            });
+            self.bufs.as_mut().expect("started").kv.advance(1);
+            return Ok(());
+        };
         tch::no_grad(|| {
             if self.graphs_on() {
                 let bufs = self.bufs();
@@ -342,7 +446,8 @@ impl Backend for TchBackend {
     }
 
     fn sample_ahead_limit(&self, sampling: &Sampling) -> usize {
-        if self.opts.sample_on_device && !sampling.penalizes() {
+        // Device sampling feeds every row at one position.
+        if self.opts.sample_on_device && !sampling.penalizes() && self.uniform_len().is_some() {
             BLOCK
         } else {
             0
@@ -350,7 +455,10 @@ impl Backend for TchBackend {
     }
 
     fn sample_ahead(&mut self, s: &Sampling, uniforms: &[Vec<f64>]) -> Result<Vec<Vec<u32>>> {
-        let (b, len) = (self.rows(), self.len());
+        let Some(len) = self.uniform_len() else {
+            bail!("rows of different lengths cannot sample ahead");
+        };
+        let b = self.rows();
         let n = uniforms.first().map_or(0, Vec::len);
         ensure!(
             uniforms.len() as i64 == b && uniforms.iter().all(|u| u.len() == n),
