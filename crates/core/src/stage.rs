@@ -164,7 +164,8 @@ pub mod versions {
     pub const PREPARE: u32 = 1;
     pub const FINETUNE: u32 = 2;
     pub const GENERATE: u32 = 1;
-    pub const EXPORT: u32 = 1;
+    /// 2: the graph takes `attention_mask` and `position_ids`.
+    pub const EXPORT: u32 = 2;
 
     /// The version of `kind`.
     pub fn of(kind: crate::config::StageKind) -> u32 {

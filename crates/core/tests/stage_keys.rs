@@ -83,7 +83,7 @@ model = "models/m"
         (
             "exp",
             vec!["models/m/config.json", "models/m/model.safetensors"],
-            "d60dc972279d38b119d00b6a49e0cb1c337bcaff70aed933b90e08fd541a882a",
+            "9bb13dcc433288704400c124ecf043d916ce59ab781fbaf1c640bd40917c3f48",
         ),
         (
             "gen",

@@ -1,8 +1,15 @@
 //! The ONNX Runtime generation backend: `gptpipe_generate`'s [`Backend`] over an exported
 //! GPT-2, with the KV cache carried through `past_key_values.*` / `present.*`.
+//!
+//! Rows of different lengths ([`Backend::join`], continuous batching) share the cache's
+//! columns: a row's tokens occupy some of them and its `attention_mask` marks which, the
+//! others being padding; `position_ids` carry each row's own positions. Joined rows are
+//! prefilled alone and their keys/values copied in, left-aligned; when the columns would
+//! pass `n_ctx`, every row's real columns are moved left (compaction), so the cache never
+//! holds more than `n_ctx` columns.
 
 use crate::export::{export_folder, ExportOptions};
-use crate::runtime::{KvCache, OnnxGpt2, Runtime, SessionOptions};
+use crate::runtime::{KvCache, OnnxGpt2, Padding, RowSource, Runtime, SessionOptions};
 use crate::write::MODEL_FILE;
 use anyhow::{bail, ensure, Context, Result};
 use gptpipe_core::config::Device;
@@ -17,6 +24,12 @@ pub struct OnnxBackend {
     /// Next-token logits of each active row, `[rows, vocab]`.
     last: Vec<f32>,
     rows: usize,
+    /// Per row, for graphs with a mask ([`OnnxGpt2::has_mask`]): its length, which is the
+    /// position of its next token.
+    lens: Vec<usize>,
+    /// Per row, for graphs with a mask: 1 for the cache columns that hold its tokens, 0
+    /// for padding; each as long as the cache.
+    masks: Vec<Vec<i64>>,
     /// The folder of an export made on the fly; removed with the backend.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -74,6 +87,8 @@ impl OnnxBackend {
             cache: None,
             last: Vec::new(),
             rows: 0,
+            lens: Vec::new(),
+            masks: Vec::new(),
             _scratch: scratch,
         })
     }
@@ -84,6 +99,85 @@ impl OnnxBackend {
         self.rows = rows;
         self.cache = Some(out.cache);
         Ok(())
+    }
+
+    /// Columns of the KV cache (each row's tokens and padding), at most `n_ctx`.
+    pub fn columns(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len)
+    }
+
+    /// One token per row, each at its own position, on a graph with a mask.
+    fn step_padded(&mut self, tokens: &[u32], past: KvCache) -> Result<()> {
+        let n_ctx = self.n_ctx();
+        if let Some(r) = self.lens.iter().position(|&l| l >= n_ctx) {
+            self.cache = Some(past);
+            bail!("row {r} already holds the model's context of {n_ctx} tokens");
+        }
+        let past = if past.len + 1 > n_ctx {
+            match self.compact(&past) {
+                Ok(compacted) => compacted,
+                Err(e) => {
+                    self.cache = Some(past);
+                    return Err(e);
+                }
+            }
+        } else {
+            past
+        };
+        let mut attention_mask = Vec::with_capacity(tokens.len() * (past.len + 1));
+        for mask in &mut self.masks {
+            mask.push(1);
+            attention_mask.extend_from_slice(mask);
+        }
+        let position_ids: Vec<i64> = self.lens.iter().map(|&l| l as i64).collect();
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let padding = Padding {
+            attention_mask: &attention_mask,
+            position_ids: &position_ids,
+        };
+        let out = self
+            .model
+            .run_last_padded(&ids, tokens.len(), &past, &padding);
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                // Leave the batch as it was, so the caller may go on without this step.
+                for mask in &mut self.masks {
+                    mask.pop();
+                }
+                self.cache = Some(past);
+                return Err(e);
+            }
+        };
+        for l in &mut self.lens {
+            *l += 1;
+        }
+        self.last = out.logits;
+        self.rows = tokens.len();
+        self.cache = Some(out.cache);
+        Ok(())
+    }
+
+    /// Moves every row's real columns to the left, in order, and drops the columns that
+    /// are padding in every row.
+    fn compact(&mut self, cache: &KvCache) -> Result<KvCache> {
+        let sources: Vec<RowSource> = self
+            .masks
+            .iter()
+            .enumerate()
+            .map(|(row, mask)| RowSource {
+                cache: 0,
+                row,
+                cols: (0..mask.len()).filter(|&c| mask[c] != 0).collect(),
+            })
+            .collect();
+        let len = sources.iter().map(|s| s.cols.len()).max().unwrap_or(0);
+        let compacted = self.model.rebuild(&[cache], &sources, len)?;
+        for (mask, s) in self.masks.iter_mut().zip(&sources) {
+            *mask = vec![1; s.cols.len()];
+            mask.resize(len, 0);
+        }
+        Ok(compacted)
     }
 }
 
@@ -105,7 +199,12 @@ impl Backend for OnnxBackend {
         );
         let ids = rows.iter().flatten().map(|&t| t as i64).collect();
         let past = self.model.empty_cache(rows.len())?;
-        self.run(ids, rows.len(), past)
+        self.run(ids, rows.len(), past)?;
+        if self.model.has_mask {
+            self.lens = vec![len; rows.len()];
+            self.masks = vec![vec![1; len]; rows.len()];
+        }
+        Ok(())
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<()> {
@@ -116,6 +215,9 @@ impl Backend for OnnxBackend {
             tokens.len(),
             past.batch
         );
+        if self.model.has_mask {
+            return self.step_padded(tokens, past);
+        }
         let ids = tokens.iter().map(|&t| t as i64).collect();
         self.run(ids, tokens.len(), past)
     }
@@ -137,6 +239,99 @@ impl Backend for OnnxBackend {
             .flat_map(|&r| self.last[r * vocab..(r + 1) * vocab].iter().copied())
             .collect();
         self.rows = keep.len();
+        self.cache = Some(cache);
+        if self.model.has_mask {
+            self.lens = keep.iter().map(|&r| self.lens[r]).collect();
+            self.masks = keep.iter().map(|&r| self.masks[r].clone()).collect();
+        }
+        Ok(())
+    }
+
+    fn can_join(&self) -> bool {
+        self.model.has_mask
+    }
+
+    fn join(&mut self, prompts: &[Vec<u32>]) -> Result<()> {
+        ensure!(
+            self.model.has_mask,
+            "this ONNX export has no attention_mask/position_ids inputs, so rows cannot \
+             join a running batch: export the model again"
+        );
+        ensure!(!prompts.is_empty(), "no rows to join");
+        let n_ctx = self.n_ctx();
+        for (i, p) in prompts.iter().enumerate() {
+            ensure!(
+                (1..=n_ctx).contains(&p.len()),
+                "prompt {i} of the rows to join has {} tokens: it needs 1 to {n_ctx}",
+                p.len()
+            );
+        }
+        // Prefill each length's prompts together, with an empty past.
+        let mut lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        let mut prefilled = Vec::with_capacity(lengths.len());
+        for &len in &lengths {
+            let group: Vec<&Vec<u32>> = prompts.iter().filter(|p| p.len() == len).collect();
+            let ids: Vec<i64> = group
+                .iter()
+                .flat_map(|p| p.iter().map(|&t| t as i64))
+                .collect();
+            let empty = self.model.empty_cache(group.len())?;
+            prefilled.push(self.model.run_last(&ids, group.len(), &empty)?);
+        }
+
+        // The new batch: the rows there (their columns as they are), then the prompts
+        // in order, left-aligned; padded with zero columns to the longest.
+        let existing = self.cache.as_ref().filter(|c| c.batch > 0);
+        let mut caches: Vec<&KvCache> = prefilled.iter().map(|o| &o.cache).collect();
+        let mut sources = Vec::with_capacity(self.rows + prompts.len());
+        let mut len = *lengths.last().expect("prompts are not empty");
+        if let Some(cache) = existing {
+            caches.push(cache);
+            len = len.max(cache.len);
+            sources.extend((0..cache.batch).map(|row| RowSource {
+                cache: caches.len() - 1,
+                row,
+                cols: (0..cache.len).collect(),
+            }));
+        }
+        let vocab = self.model.config.vocab_size;
+        let mut logits = Vec::with_capacity((self.rows + prompts.len()) * vocab);
+        if existing.is_some() {
+            logits.extend_from_slice(&self.last);
+        }
+        let mut taken = vec![0; lengths.len()];
+        for p in prompts {
+            let g = lengths
+                .binary_search(&p.len())
+                .expect("every length has a group");
+            let row = taken[g];
+            taken[g] += 1;
+            sources.push(RowSource {
+                cache: g,
+                row,
+                cols: (0..p.len()).collect(),
+            });
+            logits.extend_from_slice(&prefilled[g].logits[row * vocab..(row + 1) * vocab]);
+        }
+        let cache = self.model.rebuild(&caches, &sources, len)?;
+
+        if existing.is_none() {
+            self.lens.clear();
+            self.masks.clear();
+        }
+        for mask in &mut self.masks {
+            mask.resize(len, 0);
+        }
+        for p in prompts {
+            self.lens.push(p.len());
+            let mut mask = vec![1; p.len()];
+            mask.resize(len, 0);
+            self.masks.push(mask);
+        }
+        self.rows = sources.len();
+        self.last = logits;
         self.cache = Some(cache);
         Ok(())
     }

@@ -18,6 +18,9 @@ pub struct ExportOptions {
     pub precision: Float,
     /// Weights go to external data above this many bytes (tests lower it).
     pub external_threshold: u64,
+    /// Whether the graph has `attention_mask` and `position_ids` (always, but for tests
+    /// that need an export as made before those inputs existed).
+    pub mask_inputs: bool,
 }
 
 impl Default for ExportOptions {
@@ -26,6 +29,7 @@ impl Default for ExportOptions {
             opset: 17,
             precision: Float::F32,
             external_threshold: DEFAULT_EXTERNAL_THRESHOLD,
+            mask_inputs: true,
         }
     }
 }
@@ -44,7 +48,7 @@ pub fn export_folder(src: &Path, dst: &Path, opts: &ExportOptions) -> Result<Exp
     let t0 = Instant::now();
     let config = Gpt2Config::load(src)?;
     let weights = Weights::load(src)?;
-    let graph = crate::gpt2::build(&config, &weights, opts.precision)
+    let graph = crate::gpt2::build(&config, &weights, opts.precision, opts.mask_inputs)
         .with_context(|| format!("building the ONNX graph of {}", src.display()))?;
     drop(weights);
     let build_s = t0.elapsed().as_secs_f64();

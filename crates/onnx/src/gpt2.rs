@@ -1,7 +1,13 @@
 //! GPT-2 (transformers' GPT2LMHeadModel) as an ONNX graph with a KV cache.
 //!
-//! Interface of the graph (names follow transformers/optimum):
+//! Interface of the graph (names and order follow transformers/optimum's GPT-2 export):
 //! - `input_ids`: int64 `[batch, seq]`;
+//! - `attention_mask`: int64 `[batch, past_seq + seq]`, 1 where a column (past or this
+//!   call's) holds a real token of the row, 0 for padding; masked columns add exactly
+//!   nothing to attention (their scores become the float type's lowest finite value before
+//!   Softmax, so a fully masked row gives finite values, never NaN);
+//! - `position_ids`: int64 `[batch, seq]`, each token's position (its index in the row's
+//!   own sequence, which padding does not advance);
 //! - `past_key_values.{i}.key` / `.value`: `[batch, n_head, past_seq, head_dim]` in the
 //!   model's float type (float32, or float16 for an fp16 export); `past_seq` may be 0 (an
 //!   empty tensor) for the first call;
@@ -13,9 +19,15 @@
 //!   extra output: a caller that fetches it instead of `logits` lets ONNX Runtime skip the
 //!   head on every other position, which matters for long prompts at large batch).
 //!
-//! Token `j` of the call sits at position `past_seq + j` and attends to every past key and
-//! to the call's keys up to itself. All rows of a batch share `past_seq` (no padding, no
-//! attention mask): the generation driver keeps every row of a batch the same length.
+//! Token `j` of the call sits in column `past_seq + j` and attends to the columns up to
+//! its own that `attention_mask` marks. With an all-ones mask and positions
+//! `past_seq + j` this is plain GPT-2; rows of different lengths share a batch by padding
+//! (the ONNX Runtime backend's `join`).
+//!
+//! Exports made before these two inputs existed (and [`build`] with `mask_inputs` off,
+//! kept so that tests cover such folders) have neither: token `j` is at position
+//! `past_seq + j` and attends to every earlier column, so all rows of a batch share
+//! `past_seq`.
 
 use crate::config::{Activation, Gpt2Config};
 use crate::graph::{attr_float, attr_int, attr_ints, value_info, Dim, Float, GraphBuilder};
@@ -39,8 +51,19 @@ pub fn present_value_name(layer: usize) -> String {
     format!("present.{layer}.value")
 }
 
+/// Names of the inputs that let rows of different lengths share a batch.
+pub const ATTENTION_MASK: &str = "attention_mask";
+pub const POSITION_IDS: &str = "position_ids";
+
 /// Builds the whole graph; weights are converted to `float` as they are added.
-pub fn build(cfg: &Gpt2Config, w: &Weights, float: Float) -> Result<GraphBuilder> {
+/// `mask_inputs` adds `attention_mask` and `position_ids` (what every export writes; off
+/// only to reproduce older exports).
+pub fn build(
+    cfg: &Gpt2Config,
+    w: &Weights,
+    float: Float,
+    mask_inputs: bool,
+) -> Result<GraphBuilder> {
     ensure!(cfg.n_layer > 0, "config.json has n_layer = 0");
     let mut g = GraphBuilder::new(float);
     let (e, h, d) = (cfg.n_embd, cfg.n_head, cfg.head_dim());
@@ -51,6 +74,18 @@ pub fn build(cfg: &Gpt2Config, w: &Weights, float: Float) -> Result<GraphBuilder
         data_type::INT64,
         &[Dim::Named("batch"), Dim::Named("seq")],
     ));
+    if mask_inputs {
+        g.inputs.push(value_info(
+            ATTENTION_MASK,
+            data_type::INT64,
+            &[Dim::Named("batch"), Dim::Named("total_seq")],
+        ));
+        g.inputs.push(value_info(
+            POSITION_IDS,
+            data_type::INT64,
+            &[Dim::Named("batch"), Dim::Named("seq")],
+        ));
+    }
     for i in 0..cfg.n_layer {
         for name in [past_key_name(i), past_value_name(i)] {
             g.inputs.push(value_info(
@@ -116,7 +151,18 @@ pub fn build(cfg: &Gpt2Config, w: &Weights, float: Float) -> Result<GraphBuilder
     let rows_col = g.node("Unsqueeze", &[&rows, &axis1], vec![]);
     let last_visible = g.node("Add", &[&rows_col, &past_s], vec![]); // [seq, 1]
     let cols_row = g.node("Unsqueeze", &[&cols, &axis0], vec![]); // [1, total]
-    let mask = g.node("LessOrEqual", &[&cols_row, &last_visible], vec![]); // [seq, total]
+    let causal = g.node("LessOrEqual", &[&cols_row, &last_visible], vec![]); // [seq, total]
+    let (mask, positions) = if mask_inputs {
+        // [batch, 1, 1, total] of the row's real columns, and the causal mask over them.
+        let to_bool = vec![attr_int("to", data_type::BOOL as i64)];
+        let real = g.node("Cast", &[ATTENTION_MASK], to_bool);
+        let axes12 = g.const_i64(&[1, 2], &[2]);
+        let real = g.node("Unsqueeze", &[&real, &axes12], vec![]);
+        let mask = g.node("And", &[&causal, &real], vec![]); // [batch, 1, seq, total]
+        (mask, POSITION_IDS.to_owned())
+    } else {
+        (causal, positions)
+    };
     let masked_value = g.const_float(float.lowest());
 
     // Embeddings.

@@ -1,6 +1,8 @@
 //! ONNX Runtime, loaded at run time (`ort`'s `load-dynamic`): finding the shared library,
 //! [`Runtime`] (the library loaded and its environment), and a session over an exported
-//! GPT-2 ([`OnnxGpt2`]) that runs `input_ids` + past into logits + present.
+//! GPT-2 ([`OnnxGpt2`]) that runs `input_ids` + past into logits + present (with each row's
+//! `attention_mask` and `position_ids` when the export has them), and rebuilds caches on the
+//! host (rows dropped, merged, compacted).
 //!
 //! The library is looked up in these places only, first match wins:
 //! 1. `ORT_DYLIB_PATH` (an error if it names a missing file);
@@ -19,7 +21,8 @@
 
 use crate::config::Gpt2Config;
 use crate::gpt2::{
-    past_key_name, past_value_name, present_key_name, present_value_name, LAST_LOGITS,
+    past_key_name, past_value_name, present_key_name, present_value_name, ATTENTION_MASK,
+    LAST_LOGITS, POSITION_IDS,
 };
 use crate::graph::Float;
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -271,6 +274,26 @@ pub struct OnnxGpt2 {
     present_names: Vec<String>,
     /// Fetches `last_logits` and the presents only, when the export has `last_logits`.
     last_only: Option<RunOptions<HasSelectedOutputs>>,
+    /// Whether the graph has `attention_mask` and `position_ids` (exports before them
+    /// have neither): what rows of different lengths in one batch need.
+    pub has_mask: bool,
+}
+
+/// Per-row padding of one call, for graphs with [`OnnxGpt2::has_mask`]:
+/// `attention_mask` `[batch, past.len + seq]` and `position_ids` `[batch, seq]`,
+/// row-major.
+pub struct Padding<'a> {
+    pub attention_mask: &'a [i64],
+    pub position_ids: &'a [i64],
+}
+
+/// One row of a cache being rebuilt by [`OnnxGpt2::rebuild`]: row `row` of source cache
+/// `cache`, whose columns `cols` (in this order) become columns `0..cols.len()` of the new
+/// row; the new row's later columns are zero.
+pub struct RowSource {
+    pub cache: usize,
+    pub row: usize,
+    pub cols: Vec<usize>,
 }
 
 /// Logits of one call: `[batch, seq, vocab]`, row-major.
@@ -373,6 +396,8 @@ impl OnnxGpt2 {
         } else {
             None
         };
+        let has_input = |name: &str| session.inputs().iter().any(|i| i.name() == name);
+        let has_mask = has_input(ATTENTION_MASK) && has_input(POSITION_IDS);
         Ok(Self {
             session,
             config,
@@ -380,6 +405,7 @@ impl OnnxGpt2 {
             past_names,
             present_names,
             last_only,
+            has_mask,
         })
     }
 
@@ -409,15 +435,29 @@ impl OnnxGpt2 {
         v.map_err(|e| anyhow!("creating a past tensor: {e}"))
     }
 
-    /// Runs `ids` (`batch` rows of equal length, row-major) after `past`.
+    /// Runs `ids` (`batch` rows of equal length, row-major) after `past`, every column
+    /// real (an all-ones `attention_mask` and positions from `past.len`, for graphs that
+    /// take them).
     pub fn run(&mut self, ids: &[i64], batch: usize, past: &KvCache) -> Result<RunOutput> {
-        self.run_inner(ids, batch, past, false)
+        self.run_inner(ids, batch, past, None, false)
     }
 
     /// Like [`run`](Self::run), but only the last position's logits are computed and
     /// returned (`seq` is 1 in the output): what generation needs.
     pub fn run_last(&mut self, ids: &[i64], batch: usize, past: &KvCache) -> Result<RunOutput> {
-        self.run_inner(ids, batch, past, true)
+        self.run_inner(ids, batch, past, None, true)
+    }
+
+    /// Like [`run_last`](Self::run_last), with each row's mask and positions given: rows
+    /// whose real entries are a subset of the cache's columns (needs [`Self::has_mask`]).
+    pub fn run_last_padded(
+        &mut self,
+        ids: &[i64],
+        batch: usize,
+        past: &KvCache,
+        padding: &Padding,
+    ) -> Result<RunOutput> {
+        self.run_inner(ids, batch, past, Some(padding), true)
     }
 
     fn run_inner(
@@ -425,6 +465,7 @@ impl OnnxGpt2 {
         ids: &[i64],
         batch: usize,
         past: &KvCache,
+        padding: Option<&Padding>,
         last: bool,
     ) -> Result<RunOutput> {
         ensure!(
@@ -443,11 +484,53 @@ impl OnnxGpt2 {
             past.len + seq,
             self.config.n_positions
         );
+        let total = past.len + seq;
         let ids = Tensor::from_array(([batch as i64, seq as i64], ids.to_vec()))
             .map_err(|e| anyhow!("{e}"))?;
         let mut inputs: Vec<(Cow<str>, SessionInputValue)> =
-            Vec::with_capacity(1 + past.values.len());
+            Vec::with_capacity(3 + past.values.len());
         inputs.push((Cow::Borrowed("input_ids"), ids.into()));
+        if self.has_mask {
+            let (mask, positions) = match padding {
+                Some(p) => {
+                    ensure!(
+                        p.attention_mask.len() == batch * total
+                            && p.position_ids.len() == batch * seq,
+                        "padding of {} mask and {} position values for {batch} rows of \
+                         {seq} tokens after {} columns",
+                        p.attention_mask.len(),
+                        p.position_ids.len(),
+                        past.len
+                    );
+                    ensure!(
+                        p.position_ids
+                            .iter()
+                            .all(|&q| (0..self.config.n_positions as i64).contains(&q)),
+                        "a position is outside the model's context of {}",
+                        self.config.n_positions
+                    );
+                    (p.attention_mask.to_vec(), p.position_ids.to_vec())
+                }
+                None => (
+                    vec![1; batch * total],
+                    (0..batch)
+                        .flat_map(|_| past.len as i64..total as i64)
+                        .collect(),
+                ),
+            };
+            let mask = Tensor::from_array(([batch as i64, total as i64], mask))
+                .map_err(|e| anyhow!("{e}"))?;
+            let positions = Tensor::from_array(([batch as i64, seq as i64], positions))
+                .map_err(|e| anyhow!("{e}"))?;
+            inputs.push((Cow::Borrowed(ATTENTION_MASK), mask.into()));
+            inputs.push((Cow::Borrowed(POSITION_IDS), positions.into()));
+        } else {
+            ensure!(
+                padding.is_none(),
+                "this export has no {ATTENTION_MASK} and {POSITION_IDS} inputs: re-export \
+                 the model to run rows of different lengths in one batch"
+            );
+        }
         for (name, value) in self.past_names.iter().zip(&past.values) {
             inputs.push((Cow::Borrowed(name.as_str()), value.into()));
         }
@@ -530,6 +613,87 @@ impl OnnxGpt2 {
             len: cache.len,
         })
     }
+}
+
+impl OnnxGpt2 {
+    /// A cache of `len` columns whose rows are taken from `caches` as `rows` say (see
+    /// [`RowSource`]): how rows of different caches are merged into one batch, and how a
+    /// padded batch is compacted. Caches hold host tensors, so this is a host copy.
+    pub fn rebuild(&self, caches: &[&KvCache], rows: &[RowSource], len: usize) -> Result<KvCache> {
+        let (h, d) = (self.config.n_head, self.config.head_dim());
+        for r in rows {
+            let src = caches.get(r.cache).context("no such cache")?;
+            ensure!(
+                r.row < src.batch && r.cols.len() <= len && r.cols.iter().all(|&c| c < src.len),
+                "bad row source: row {} of {}, columns {:?} of {} into {len}",
+                r.row,
+                src.batch,
+                r.cols,
+                src.len
+            );
+        }
+        let shape = [rows.len() as i64, h as i64, len as i64, d as i64];
+        let mut values = Vec::with_capacity(self.past_names.len());
+        for v in 0..self.past_names.len() {
+            let data = match self.float {
+                Float::F32 => {
+                    let srcs = caches
+                        .iter()
+                        .map(|c| {
+                            c.values[v]
+                                .try_extract_tensor::<f32>()
+                                .map(|(_, s)| s)
+                                .map_err(|e| anyhow!("{e}"))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    CacheData::F32(gather_columns(&srcs, caches, rows, len, h, d))
+                }
+                Float::F16 => {
+                    let srcs = caches
+                        .iter()
+                        .map(|c| {
+                            c.values[v]
+                                .try_extract_tensor::<half::f16>()
+                                .map(|(_, s)| s)
+                                .map_err(|e| anyhow!("{e}"))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    CacheData::F16(gather_columns(&srcs, caches, rows, len, h, d))
+                }
+            };
+            values.push(self.tensor(shape, data)?);
+        }
+        Ok(KvCache {
+            values,
+            batch: rows.len(),
+            len,
+        })
+    }
+}
+
+/// One `[rows, h, len, d]` tensor from sources `[batch, h, cache.len, d]` (see
+/// [`OnnxGpt2::rebuild`]).
+fn gather_columns<T: Copy + Default>(
+    srcs: &[&[T]],
+    caches: &[&KvCache],
+    rows: &[RowSource],
+    len: usize,
+    h: usize,
+    d: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); rows.len() * h * len * d];
+    for (i, r) in rows.iter().enumerate() {
+        let (src, src_len) = (srcs[r.cache], caches[r.cache].len);
+        for head in 0..h {
+            let from = (r.row * h + head) * src_len;
+            let to = (i * h + head) * len;
+            for (j, &c) in r.cols.iter().enumerate() {
+                out[(to + j) * d..(to + j + 1) * d]
+                    .copy_from_slice(&src[(from + c) * d..(from + c + 1) * d]);
+            }
+        }
+    }
+    out
 }
 
 enum CacheData {

@@ -47,7 +47,7 @@ fn run(backend: &mut dyn Backend, job: &Job, rows: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn exported(dir: &Path, model: TinyModel) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn exported(dir: &Path, model: TinyModel) -> (std::path::PathBuf, std::path::PathBuf) {
     let hf = model.cached();
     let onnx = dir.join("onnx");
     std::fs::create_dir_all(&onnx).unwrap();

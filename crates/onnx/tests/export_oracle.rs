@@ -83,10 +83,20 @@ fn fp32_external_data_and_fp16_match_transformers() {
         assert!(c.with_past <= 1e-4, "{}", c.json);
         // 7 prompt tokens + 3 at once + 2 single steps.
         assert_eq!(c.json["present_len"], 12);
+        // Rows of different lengths, left-padded, each equal to itself alone.
+        assert_eq!(c.json["has_mask"], true);
+        // (null when some logits were not finite)
+        assert!(
+            c.json["padded"].as_f64().is_some_and(|p| p <= 1e-4),
+            "{}",
+            c.json
+        );
     }
     let tol = FP16_REL_TOLERANCE * fp16.scale.max(1.0);
     assert!(
-        fp16.no_past <= tol && fp16.with_past <= tol,
+        fp16.no_past <= tol
+            && fp16.with_past <= tol
+            && fp16.json["padded"].as_f64().is_some_and(|p| p <= tol),
         "tol {tol}: {}",
         fp16.json
     );
@@ -112,6 +122,11 @@ fn untied_head_and_newer_opset_match_transformers() {
     };
     let c = &export_and_check(&hf, &[opts])[0];
     assert!(c.no_past <= 1e-4 && c.with_past <= 1e-4, "{}", c.json);
+    assert!(
+        c.json["padded"].as_f64().is_some_and(|p| p <= 1e-4),
+        "{}",
+        c.json
+    );
     assert!(
         c.json["last_vs_full"].as_f64().unwrap() <= 1e-5,
         "{}",

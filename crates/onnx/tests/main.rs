@@ -6,5 +6,6 @@ mod backend;
 mod common;
 mod export_oracle;
 mod export_stage;
+mod join;
 mod library;
 mod runtime;

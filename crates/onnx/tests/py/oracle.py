@@ -4,7 +4,10 @@ usage: oracle.py HF_DIR ONNX_DIR...
 Prints one JSON object per ONNX_DIR, in order: whether `onnx.checker.check_model` (full check) accepts the file,
 and the max abs difference between Python onnxruntime's logits on our file and
 transformers' logits, for a full prompt (empty past) and for a continuation fed through
-past/present, at batch 3.
+past/present, at batch 3. Files with `attention_mask`/`position_ids` get all-ones masks
+there (optimum's interface), and one more figure: `padded`, the max abs difference between
+our file on a left-padded batch of rows of different lengths (then one step through the
+cache) and transformers on each row alone.
 """
 import json
 import sys
@@ -35,10 +38,23 @@ def check(onnx_dir):
         ref = model(torch.from_numpy(ids)).logits.numpy()
 
     hd = cfg.n_embd // cfg.n_head
-    feeds = {"input_ids": ids[:, :prompt]}
-    for i in range(cfg.n_layer):
-        for kv in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((batch, cfg.n_head, 0, hd), np_float)
+    has_mask = {"attention_mask", "position_ids"} <= {i.name for i in sess.get_inputs()}
+
+    def with_mask(feeds, past_len):
+        if has_mask:
+            b, s = feeds["input_ids"].shape
+            feeds["attention_mask"] = np.ones((b, past_len + s), np.int64)
+            feeds["position_ids"] = np.tile(np.arange(past_len, past_len + s), (b, 1))
+        return feeds
+
+    def empty_past(b):
+        return {
+            f"past_key_values.{i}.{kv}": np.zeros((b, cfg.n_head, 0, hd), np_float)
+            for i in range(cfg.n_layer)
+            for kv in ("key", "value")
+        }
+
+    feeds = with_mask({"input_ids": ids[:, :prompt], **empty_past(batch)}, 0)
     names = [o.name for o in sess.get_outputs()]
     outs = dict(zip(names, sess.run(None, feeds)))
     no_past = float(np.abs(outs["logits"] - ref[:, :prompt]).max())
@@ -50,7 +66,8 @@ def check(onnx_dir):
         for i in range(cfg.n_layer):
             for kv in ("key", "value"):
                 feeds[f"past_key_values.{i}.{kv}"] = outs[f"present.{i}.{kv}"]
-        return dict(zip(names, sess.run(None, feeds)))
+        past_len = outs["present.0.key"].shape[2]
+        return dict(zip(names, sess.run(None, with_mask(feeds, past_len))))
 
     outs2 = step(outs, ids[:, prompt : prompt + 3])
     diffs = [np.abs(outs2["logits"] - ref[:, prompt : prompt + 3]).max()]
@@ -61,8 +78,42 @@ def check(onnx_dir):
     with_past = float(max(diffs))
     present_len = outs3["present.0.key"].shape[2]
 
+    padded = None
+    if has_mask:
+        # Rows of 7, 3 and 5 tokens, left-padded to 7, then one more token each.
+        lens = [7, 3, 5]
+        width = max(lens)
+        mask = np.array([[0] * (width - n) + [1] * n for n in lens], np.int64)
+        pos = np.array([[0] * (width - n) + list(range(n)) for n in lens], np.int64)
+        padded_ids = np.zeros((len(lens), width), np.int64)
+        for r, n in enumerate(lens):
+            padded_ids[r, width - n :] = ids[r, :n]
+        feeds = {"input_ids": padded_ids, "attention_mask": mask, "position_ids": pos}
+        feeds.update(empty_past(len(lens)))
+        o1 = dict(zip(names, sess.run(None, feeds)))
+        feeds = {
+            "input_ids": np.array([[ids[r, n]] for r, n in enumerate(lens)], np.int64),
+            "attention_mask": np.concatenate([mask, np.ones((len(lens), 1), np.int64)], 1),
+            "position_ids": np.array([[n] for n in lens], np.int64),
+        }
+        for i in range(cfg.n_layer):
+            for kv in ("key", "value"):
+                feeds[f"past_key_values.{i}.{kv}"] = o1[f"present.{i}.{kv}"]
+        o2 = dict(zip(names, sess.run(None, feeds)))
+        # Padding queries attend to nothing, and still give finite logits.
+        finite = bool(np.isfinite(o1["logits"]).all() and np.isfinite(o2["logits"]).all())
+        diffs = []
+        with torch.no_grad():
+            for r, n in enumerate(lens):
+                alone = model(torch.from_numpy(ids[r : r + 1, : n + 1])).logits.numpy()[0]
+                diffs.append(np.abs(o1["logits"][r, width - n :] - alone[:n]).max())
+                diffs.append(np.abs(o2["logits"][r, 0] - alone[n]).max())
+        padded = float(max(diffs)) if finite else None
+
     print(json.dumps({
         "checker": True,
+        "has_mask": has_mask,
+        "padded": padded,
         "no_past": no_past,
         "with_past": with_past,
         "present_len": int(present_len),
