@@ -11,4 +11,5 @@ mod faults;
 mod fuzz_prepare;
 #[path = "safety/main.rs"]
 mod safety;
+mod serving;
 mod watch;

@@ -103,7 +103,7 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
         Command::Watch(args) => watch::run(args, &(process.registry)()),
         Command::Serve(args) => {
             if cfg!(feature = "worker") && !worker {
-                return delegate_to_worker();
+                return become_worker();
             }
             serve::run(args, &(process.registry)(), &(process.backends)())
         }
@@ -133,6 +133,18 @@ fn delegate_to_worker() -> i32 {
             exit::FAILED
         }
     }
+}
+
+/// Replaces this process by `gptpipe-worker` running this command line: a server must
+/// keep its process id, so that the SIGTERM of Cloud Run or Kubernetes reaches it.
+fn become_worker() -> i32 {
+    use std::os::unix::process::CommandExt;
+    let worker = crate::wiring::worker_path();
+    let e = gptpipe_core::remote::worker_command(&worker)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("error: cannot start {}: {e}", worker.display());
+    exit::FAILED
 }
 
 /// Prints an error the way its kind deserves and maps it to an exit code.

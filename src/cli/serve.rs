@@ -51,10 +51,20 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024, value_parser = super::at_least_one)]
     pub max_length: usize,
     /// Seconds a request may take, queue included; later it gets 504
-    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     pub request_timeout: f64,
     /// Seconds requests in flight may take to finish after SIGTERM
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
     pub grace: f64,
 }
 
@@ -69,7 +79,10 @@ fn seconds(flag: &str, s: f64) -> Result<Duration, RunError> {
     if s.is_finite() && s > 0.0 && s < 1e9 {
         Ok(Duration::from_secs_f64(s))
     } else {
-        Err(invalid(flag, format!("must be a positive number of seconds, not {s}")))
+        Err(invalid(
+            flag,
+            format!("must be a positive number of seconds, not {s}"),
+        ))
     }
 }
 
@@ -198,13 +211,27 @@ fn served_stage(
     let (source, model_name) = match &params.model {
         ModelRef::Stage(r) => {
             let up = r.name().to_owned();
-            let kind = pipeline.stages.get(&up).map_or(StageKind::Finetune, |p| p.kind());
+            let kind = pipeline
+                .stages
+                .get(&up)
+                .map_or(StageKind::Finetune, |p| p.kind());
             let dir = pipeline.workdir.join(&up);
-            (ModelSource::Stage { name: up.clone(), kind, dir }, up)
+            (
+                ModelSource::Stage {
+                    name: up.clone(),
+                    kind,
+                    dir,
+                },
+                up,
+            )
         }
         other => {
             let written = other.as_written().unwrap_or_default().into_owned();
-            let written = if written.is_empty() { name.clone() } else { written };
+            let written = if written.is_empty() {
+                name.clone()
+            } else {
+                written
+            };
             let source = gptpipe_core::stage::resolve_model(&pipeline, &Default::default(), other);
             (source, written)
         }

@@ -10,6 +10,8 @@
 //! Every command starts without the `GPTPIPE_*` variables of the environment that runs the
 //! tests (pipeline overrides, debugging switches): only a test's own settings count.
 
+pub mod server;
+
 use serde_json::Value;
 use std::ffi::OsStr;
 use std::io::BufRead;

@@ -45,8 +45,11 @@ impl App {
             ));
         }
         self.engine.shared.n_ctx.get().copied().ok_or_else(|| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading")
-                .retry_after(1)
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model is still loading",
+            )
+            .retry_after(1)
         })
     }
 

@@ -394,10 +394,7 @@ fn complete_text(bytes: &[u8], last: bool) -> (String, usize) {
         // ...an invalid one will never be whole: send it as U+FFFD now.
         Err(_) => bytes.len(),
     };
-    (
-        String::from_utf8_lossy(&bytes[..upto]).into_owned(),
-        upto,
-    )
+    (String::from_utf8_lossy(&bytes[..upto]).into_owned(), upto)
 }
 
 #[cfg(test)]

@@ -143,10 +143,7 @@ async fn shutdown_signal() -> &'static str {
 fn router(app: Arc<App>) -> Router {
     let max_body = app.config.max_body;
     Router::new()
-        .route(
-            "/",
-            get(root_get).post(root_post).head(root_head),
-        )
+        .route("/", get(root_get).post(root_post).head(root_head))
         .route("/v1/completions", axum::routing::post(completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
@@ -244,7 +241,10 @@ async fn health(State(app): State<Arc<App>>, method: Method) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.engine.shared.metrics.render(),
     )
         .into_response()

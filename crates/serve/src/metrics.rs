@@ -132,7 +132,12 @@ impl Metrics {
             "# HELP gptpipe_requests_total Requests answered, by API and HTTP status.\n\
              # TYPE gptpipe_requests_total counter"
         );
-        for ((api, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for ((api, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             let _ = writeln!(
                 out,
                 "gptpipe_requests_total{{api=\"{api}\",status=\"{status}\"}} {n}"
@@ -159,7 +164,10 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         self.latency.render(
             &mut out,

@@ -126,9 +126,9 @@ pub fn check(
     check_stage_values(&StageParams::Generate(params.clone())).map_err(|(key, message)| {
         // The stage's messages start with the key's name: say the API's name instead.
         let api = name(key);
-        let message = message.strip_prefix(key).map_or(message.clone(), |rest| {
-            format!("{api}{rest}")
-        });
+        let message = message
+            .strip_prefix(key)
+            .map_or(message.clone(), |rest| format!("{api}{rest}"));
         ApiError::field(&api, message)
     })
 }
@@ -158,7 +158,10 @@ mod tests {
     fn bad_values_name_their_field() {
         let f = fields(json!({"length": -1, "temperature": "hot", "top_k": 1.5,
                               "include_prefix": "yes", "prefix": 3}));
-        assert_eq!(count(&f, "length").unwrap_err().param.as_deref(), Some("length"));
+        assert_eq!(
+            count(&f, "length").unwrap_err().param.as_deref(),
+            Some("length")
+        );
         let e = float(&f, "temperature").unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
         assert!(e.message.contains("\"hot\""), "{}", e.message);

@@ -96,7 +96,9 @@ pub async fn generate(app: Arc<App>, fields: Fields) -> Result<Json<Value>, ApiE
         Ok(Json(json!({"text": samples[0].text})))
     }
     .await;
-    let status = result.as_ref().map_or_else(|e: &ApiError| e.status, |_| StatusCode::OK);
+    let status = result
+        .as_ref()
+        .map_or_else(|e: &ApiError| e.status, |_| StatusCode::OK);
     app.engine
         .shared
         .metrics

@@ -78,7 +78,10 @@ fn parse(app: &App, f: &Fields) -> Result<Completion, ApiError> {
         Some(other) => {
             return Err(ApiError::field(
                 "prompt",
-                format!("must be a string or a non-empty list of strings, not {}", kind_of(other)),
+                format!(
+                    "must be a string or a non-empty list of strings, not {}",
+                    kind_of(other)
+                ),
             ))
         }
     };
@@ -101,6 +104,10 @@ fn parse(app: &App, f: &Fields) -> Result<Completion, ApiError> {
         }
     };
     let mut p = app.config.defaults.clone();
+    if f.get("stop").is_some_and(|s| !s.is_null()) {
+        // The request's stop strings replace the served stage's `truncate`.
+        p.truncate = String::new();
+    }
     if let Some(v) = params::count(f, "max_tokens")? {
         p.length = v;
     }
@@ -183,13 +190,21 @@ enum Answer {
     Stream(Response),
 }
 
-async fn completions_inner(app: &Arc<App>, fields: Fields, start: Instant) -> Result<Answer, ApiError> {
+async fn completions_inner(
+    app: &Arc<App>,
+    fields: Fields,
+    start: Instant,
+) -> Result<Answer, ApiError> {
     let c = parse(app, &fields)?;
     let n = c.settings.params.nsamples;
     let mut prompt_tokens = 0;
     let mut jobs = Vec::new();
     for (i, prompt) in c.prompts.iter().enumerate() {
-        let field = if c.prompts.len() > 1 { format!("prompt[{i}]") } else { "prompt".into() };
+        let field = if c.prompts.len() > 1 {
+            format!("prompt[{i}]")
+        } else {
+            "prompt".into()
+        };
         let job = app.job(&c.settings, prompt, &field, c.stops.clone())?;
         prompt_tokens += job.prompt.len();
         jobs.push(job);
@@ -202,9 +217,19 @@ async fn completions_inner(app: &Arc<App>, fields: Fields, start: Instant) -> Re
     let created = now_secs();
     let model = app.config.model_name.clone();
     if c.stream {
-        let stream = sse_stream(app.clone(), receivers, n, Head { id, created, model }, prompt_tokens, c.include_usage, start);
+        let stream = sse_stream(
+            app.clone(),
+            receivers,
+            n,
+            Head { id, created, model },
+            prompt_tokens,
+            c.include_usage,
+            start,
+        );
         return Ok(Answer::Stream(
-            Sse::new(stream).keep_alive(KeepAlive::default()).into_response(),
+            Sse::new(stream)
+                .keep_alive(KeepAlive::default())
+                .into_response(),
         ));
     }
     let metrics = &app.engine.shared.metrics;
@@ -311,11 +336,13 @@ fn sse_stream(
                 ))),
             };
             if let Some(error) = outcome {
-                st.queue.push_back(Event::default().data(
-                    json!({"error": {"message": error.message, "type": "server_error",
+                st.queue.push_back(
+                    Event::default().data(
+                        json!({"error": {"message": error.message, "type": "server_error",
                                      "param": null, "code": error.status.as_u16()}})
-                    .to_string(),
-                ));
+                        .to_string(),
+                    ),
+                );
                 st.finish(error.status.as_u16(), start);
             } else if st.left == 0 {
                 if include_usage {
