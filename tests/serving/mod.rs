@@ -4,6 +4,8 @@
 
 mod api;
 mod batching;
+#[cfg(not(feature = "worker"))]
+mod deploy;
 mod faults;
 
 use crate::common::server::{tiny_model, Server};
