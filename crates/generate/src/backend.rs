@@ -1,8 +1,10 @@
 //! What generation needs from a model runtime (libtorch, ONNX Runtime, a test fake).
 //!
-//! A backend holds one batch of rows that all have the same number of tokens: the driver
-//! starts every row of a batch from the same prompt and feeds each active row one token per
-//! step. Rows that finish are dropped with [`Backend::retain`] so they stop costing compute.
+//! A backend holds one batch of rows. The batch driver starts every row of a batch from the
+//! same prompt, so its rows all have the same number of tokens, and feeds each active row
+//! one token per step. `gptpipe serve` also adds rows to a running batch
+//! ([`Backend::join`]), so that there rows differ in length. Rows that finish are dropped
+//! with [`Backend::retain`] so they stop costing compute.
 //! Positions never exceed `n_ctx`: past the context the driver restarts the batch from the
 //! last `n_ctx - 1` tokens (the sliding window), so backends need no shifting logic.
 
