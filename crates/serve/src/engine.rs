@@ -198,6 +198,7 @@ impl Batcher {
             while let Ok(r) = rx.try_recv() {
                 self.pending.push_back(r);
             }
+            self.drop_abandoned_requests();
             if let Err(e) = self.turn() {
                 // The backend's state is unknown after an error: fail everything in it and
                 // start over with an empty batch.
@@ -275,6 +276,24 @@ impl Batcher {
         }
         self.live = next;
         Ok(())
+    }
+
+    /// Forgets queued requests whose client left, and fails those past their time limit,
+    /// without waiting for room in the batch.
+    fn drop_abandoned_requests(&mut self) {
+        let now = Instant::now();
+        let metrics = &self.shared.metrics;
+        self.pending.retain(|r| {
+            let gone = r.updates.is_closed();
+            if !gone && now >= r.deadline {
+                let _ = r.updates.send(Update::Failed(Failure::TimedOut));
+            }
+            let keep = !gone && now < r.deadline;
+            if !keep {
+                metrics.dequeued();
+            }
+            keep
+        });
     }
 
     /// Moves queued requests into `joining` while their samples fit the batch.
