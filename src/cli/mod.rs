@@ -120,19 +120,17 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
     }
 }
 
-/// Runs this command line in `gptpipe-worker`, which has libtorch loaded.
+/// Runs this command line in `gptpipe-worker`, which has libtorch loaded: the worker
+/// replaces this process (same pid), so signals reach it (`serve` finishes its requests on
+/// SIGTERM) and killing gptpipe leaves no worker behind.
 fn delegate_to_worker() -> i32 {
+    use std::os::unix::process::CommandExt;
     let worker = crate::wiring::worker_path();
-    match gptpipe_core::remote::worker_command(&worker)
+    let e = gptpipe_core::remote::worker_command(&worker)
         .args(std::env::args_os().skip(1))
-        .status()
-    {
-        Ok(status) => status.code().unwrap_or(exit::FAILED),
-        Err(e) => {
-            eprintln!("error: cannot start {}: {e}", worker.display());
-            exit::FAILED
-        }
-    }
+        .exec();
+    eprintln!("error: cannot start {}: {e}", worker.display());
+    exit::FAILED
 }
 
 /// Prints an error the way its kind deserves and maps it to an exit code.
