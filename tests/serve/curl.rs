@@ -4,6 +4,7 @@
 use super::{generate, missing, Served};
 use serde_json::Value;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn curl_streams_server_sent_events_until_done() {
@@ -68,4 +69,14 @@ fn curl_streams_server_sent_events_until_done() {
         "length"
     };
     assert_eq!(finish, reason, "{stdout}");
+
+    // SIGTERM (what Cloud Run sends gptpipe, its container's first process) reaches the
+    // server, which stops cleanly.
+    let (status, log) = server.stop(Duration::from_secs(20));
+    let status = status.unwrap_or_else(|| panic!("still serving 20 s after SIGTERM:\n{log}"));
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(
+        log.contains("SIGTERM") && log.contains("gptpipe serve: stopped"),
+        "{log}"
+    );
 }

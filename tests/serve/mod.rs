@@ -19,8 +19,9 @@ use crate::common::{gptpipe, Run, Test};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -114,11 +115,10 @@ pub fn project() -> &'static Path {
 /// What a client test needs from its environment that may be missing: skips the test
 /// (returns `None`) with a message, or fails it under `GPTPIPE_TEST_CLIENTS=require`.
 pub fn missing<T>(what: &str) -> Option<T> {
-    let message = format!("skipped: {what}");
     if std::env::var("GPTPIPE_TEST_CLIENTS").as_deref() == Ok("require") {
-        panic!("{message} (GPTPIPE_TEST_CLIENTS=require: scripts/setup.sh and .ci/run install it)");
+        panic!("missing: {what} (GPTPIPE_TEST_CLIENTS=require; scripts/setup.sh and .ci/run install it)");
     }
-    eprintln!("{message}");
+    eprintln!("skipped: {what}");
     None
 }
 
@@ -143,7 +143,10 @@ pub fn python(modules: &[&str]) -> Option<PathBuf> {
             "{} lacks {} (run scripts/setup.sh): {}",
             python.display(),
             modules.join(", "),
-            String::from_utf8_lossy(&import.stderr).trim()
+            String::from_utf8_lossy(&import.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
         ));
     }
     Some(python)
@@ -210,6 +213,8 @@ impl Served {
                 .arg("serve")
                 .args(args)
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                // Its own process group: dropping it ends whatever it started, too.
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
@@ -253,10 +258,41 @@ impl Served {
     }
 }
 
+impl Served {
+    /// SIGTERM to gptpipe only, as Cloud Run stops a container, then its exit status and
+    /// its log, once it has stopped (None after `limit`); then SIGKILL to its whole group.
+    pub fn stop(mut self, limit: Duration) -> (Option<ExitStatus>, String) {
+        let status = self.signal_and_wait(limit);
+        (status, self.log())
+    }
+
+    fn signal_and_wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on the process (then the process group) this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if start.elapsed() > limit {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Whatever is left of the group (a process that ignored SIGTERM).
+        // SAFETY: as above.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        status
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal_and_wait(Duration::from_secs(5));
+        }
     }
 }
 
