@@ -8,7 +8,7 @@
 #
 # MODEL is a folder inside the build context: an export stage's output (model.onnx,
 # config.json, ...) or a Hugging Face folder with model.safetensors (exported at start).
-# The steps below are replayed outside a container by tests/serving/deploy.rs.
+# The steps below are replayed outside a container by tests/serve/deploy.rs.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what gptpipe builds and tests against into a project-local virtual environment
-# (.venv): PyTorch 2.11.0 (the libtorch tch 0.24 links), ONNX Runtime, and the Python
-# reference implementations the tests compare with. Safe to run again: it skips what is there.
+# (.venv): PyTorch 2.11.0 (the libtorch tch 0.24 links), ONNX Runtime, the Python
+# reference implementations the tests compare with, and the clients `gptpipe serve` is
+# tested with (openai; playwright, which drives Debian's chromium: its own browser download
+# is never used). Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, transformers, onnx, onnxruntime, safetensors, numpy" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, transformers, onnx, onnxruntime, safetensors, numpy, openai, playwright" 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
 fi
 ln -sfn "$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')" .venv/libtorch

@@ -103,7 +103,7 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
         Command::Watch(args) => watch::run(args, &(process.registry)()),
         Command::Serve(args) => {
             if cfg!(feature = "worker") && !worker {
-                return become_worker();
+                return delegate_to_worker();
             }
             serve::run(args, &(process.registry)(), &(process.backends)())
         }
@@ -120,24 +120,10 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
     }
 }
 
-/// Runs this command line in `gptpipe-worker`, which has libtorch loaded.
+/// Runs this command line in `gptpipe-worker`, which has libtorch loaded: the worker
+/// replaces this process (same pid), so signals reach it (`serve` finishes its requests on
+/// SIGTERM) and killing gptpipe leaves no worker behind.
 fn delegate_to_worker() -> i32 {
-    let worker = crate::wiring::worker_path();
-    match gptpipe_core::remote::worker_command(&worker)
-        .args(std::env::args_os().skip(1))
-        .status()
-    {
-        Ok(status) => status.code().unwrap_or(exit::FAILED),
-        Err(e) => {
-            eprintln!("error: cannot start {}: {e}", worker.display());
-            exit::FAILED
-        }
-    }
-}
-
-/// Replaces this process by `gptpipe-worker` running this command line: a server must
-/// keep its process id, so that the SIGTERM of Cloud Run or Kubernetes reaches it.
-fn become_worker() -> i32 {
     use std::os::unix::process::CommandExt;
     let worker = crate::wiring::worker_path();
     let e = gptpipe_core::remote::worker_command(&worker)

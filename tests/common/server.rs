@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,10 +28,29 @@ pub fn free_port() -> u16 {
 
 impl Server {
     /// Starts `gptpipe serve ARGS --port P` in `dir` and waits until `/health` is ready.
+    /// The port was free when asked; if another process takes it first, another is tried.
     pub fn start(dir: &Path, args: &[&str]) -> Self {
-        let server = Self::spawn(dir, args);
-        server.wait_ready(Duration::from_secs(180));
-        server
+        for _ in 0..4 {
+            let mut server = Self::spawn(dir, args);
+            let limit = Instant::now() + Duration::from_secs(180);
+            while Instant::now() < limit {
+                if server.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if server
+                    .try_request("GET", "/health", &[], b"")
+                    .is_ok_and(|r| r.status == 200)
+                {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let exited = server.child.try_wait().unwrap().is_some();
+            if !(exited && server.log().contains("cannot listen")) {
+                panic!("gptpipe serve not ready:\n{}", server.log());
+            }
+        }
+        panic!("gptpipe serve found no free port");
     }
 
     /// Starts it without waiting.
@@ -41,6 +61,8 @@ impl Server {
             .arg("serve")
             .args(args)
             .args(["--port", &port.to_string()])
+            // Its own process group: dropping it ends whatever it started, too.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -57,23 +79,6 @@ impl Server {
             }
         });
         Self { child, port, log }
-    }
-
-    pub fn wait_ready(&self, limit: Duration) {
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = self.try_request("GET", "/health", &[], b"") {
-                if r.status == 200 {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < limit,
-                "gptpipe serve not ready after {limit:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// What the server wrote on stderr so far.
@@ -161,7 +166,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the process group this test started.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }
