@@ -75,14 +75,14 @@ fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
     RunError::Config(ConfigError::new(format!("--{flag}: {message}")))
 }
 
-fn seconds(flag: &str, s: f64) -> Result<Duration, RunError> {
-    if s.is_finite() && s > 0.0 && s < 1e9 {
+/// A number of seconds: positive, or also 0 when `zero` is allowed.
+fn seconds(flag: &str, s: f64, zero: bool) -> Result<Duration, RunError> {
+    let least = if zero { 0.0 } else { f64::MIN_POSITIVE };
+    if s.is_finite() && s >= least && s < 1e9 {
         Ok(Duration::from_secs_f64(s))
     } else {
-        Err(invalid(
-            flag,
-            format!("must be a positive number of seconds, not {s}"),
-        ))
+        let what = if zero { "0 or more" } else { "more than 0" };
+        Err(invalid(flag, format!("must be {what} seconds, not {s}")))
     }
 }
 
@@ -107,8 +107,8 @@ pub fn run(args: ServeArgs, registry: &Registry, backends: &Backends) -> Result<
         max_batch: args.max_batch,
         max_queue: args.max_queue,
         max_length: args.max_length,
-        request_timeout: seconds("request-timeout", args.request_timeout)?,
-        grace: seconds("grace", args.grace)?,
+        request_timeout: seconds("request-timeout", args.request_timeout, false)?,
+        grace: seconds("grace", args.grace, true)?,
         max_body: MAX_BODY,
         model_name,
         defaults: defaults.clone(),

@@ -281,8 +281,10 @@ pub fn tiny_model(n_positions: usize) -> Option<PathBuf> {
     };
     static MADE: Mutex<()> = Mutex::new(());
     let _one = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-tiny-gpt2-p{n_positions}-v1"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("models")
+        .join(format!("tiny-gpt2-p{n_positions}-v1"));
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
     if dir.join("model.safetensors").is_file() {
         return Some(dir);
     }

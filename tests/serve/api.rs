@@ -146,6 +146,9 @@ fn impossible_values_get_400_naming_the_field() {
         ),
         ("/v1/completions", json!({"stop": [1]}), "stop"),
         ("/v1/completions", json!({"seed": "x"}), "seed"),
+        ("/v1/completions", json!({"seed": -1}), "seed"),
+        ("/", json!({"seed": -5}), "seed"),
+        ("/v1/completions", json!({"top_k": -2}), "top_k"),
         ("/v1/completions", json!({"stream": "sometimes"}), "stream"),
         ("/v1/completions", json!({"top_p": 1.5}), "top_p"),
     ];
@@ -182,6 +185,16 @@ fn impossible_values_get_400_naming_the_field() {
     let r = server.post("/v1/completions", &json!({"model": "gpt-4", "prompt": "x"}));
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.json()["error"]["param"], "model");
+    // A bad query string, in the same shape.
+    let r = server.get("/?length=%ZZ");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"]["message"].is_string());
+    // vLLM's top_k = -1 means off.
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 3, "top_k": -1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     // The server is still well.
     let r = server.post("/v1/completions", &json!({"prompt": "x", "max_tokens": 3}));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -240,6 +253,9 @@ fn models_health_metrics_and_the_page() {
     );
     let api = server.request("GET", "/?length=2", &[("Accept", "text/html")], b"");
     assert!(api.json()["text"].is_string());
+    // A link with a tracking parameter is still the page.
+    let page = server.request("GET", "/?utm_source=x", &[("Accept", "text/html")], b"");
+    assert!(page.text().contains("<textarea"));
     // The server logged one line per request.
     let log = server.log();
     assert!(log.contains("GET /v1/models 200"), "{log}");

@@ -318,3 +318,104 @@ fn a_model_that_cannot_load_and_bad_flags_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 generate stages"));
 }
+
+#[test]
+fn queued_requests_whose_clients_leave_free_the_queue_at_once() {
+    let Some((server, _)) = serve_tiny(
+        backends()[0],
+        &[
+            "--max-batch",
+            "1",
+            "--max-queue",
+            "2",
+            "--max-length",
+            "1000000",
+        ],
+    ) else {
+        return;
+    };
+    let _long = start_long_stream(&server, 1_000_000);
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = server.connect().unwrap();
+            let body = json!({"prompt": "y", "max_tokens": 3}).to_string();
+            s.write_all(&request_bytes("POST", "/", &[], body.as_bytes()))
+                .unwrap();
+            s
+        })
+        .collect();
+    wait_for("two requests queued", Duration::from_secs(10), || {
+        server.metric("gptpipe_queue_depth") == 2.0
+    });
+    assert_eq!(server.post("/", &json!({"length": 3})).status, 429);
+    drop(queued);
+    // The long request still runs, yet the queue is free again.
+    wait_for("the queue emptied", Duration::from_secs(5), || {
+        server.metric("gptpipe_queue_depth") == 0.0
+    });
+    assert_eq!(server.metric("gptpipe_batch_rows"), 1.0);
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    let Some((mut server, _)) = serve_tiny(
+        backends()[0],
+        &["--grace", "600", "--max-length", "1000000"],
+    ) else {
+        return;
+    };
+    let _long = start_long_stream(&server, 1_000_000);
+    server.terminate();
+    wait_for("the first signal seen", Duration::from_secs(10), || {
+        server.log().contains("SIGTERM: no new requests")
+    });
+    let start = Instant::now();
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    // The engine stopped before the process ended: no spurious model error.
+    assert!(!server.log().contains("model error"), "{}", server.log());
+}
+
+#[cfg(feature = "worker")]
+#[test]
+fn a_model_error_fails_its_request_with_the_error_and_the_server_goes_on() {
+    // libtorch refuses a batch that would not fit in memory before allocating it.
+    let Some(model) = tiny_model(1024) else {
+        return;
+    };
+    let server = Server::start(
+        model.parent().unwrap(),
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "tch",
+            "--device",
+            "cpu",
+            "--max-batch",
+            "100000",
+        ],
+    );
+    let huge = json!({"prompt": "a ".repeat(1000), "max_tokens": 1, "n": 90000});
+    let r = server.post("/v1/completions", &huge);
+    assert_eq!(r.status, 500, "{}", r.text());
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("the model failed") && message.contains("GB"),
+        "{message}"
+    );
+    for _ in 0..2 {
+        let r = server.post(
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 5, "n": 2}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(server.get("/health").status, 200);
+}

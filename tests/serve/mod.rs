@@ -156,17 +156,17 @@ fn titles() -> String {
 pub fn project() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        // Earlier runs' folders, unless their run is still going.
-        for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        // One folder per run of this test binary, named by its process id, in a folder of
+        // their own: earlier runs' folders go unless their process still runs, and nothing
+        // else is ever deleted.
+        let runs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-projects");
+        for entry in std::fs::read_dir(&runs).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("serve-") {
-                if !Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+            if name.parse::<u32>().is_ok() && !Path::new("/proc").join(&name).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
-        let dir = tmp.join(format!("serve-{}", std::process::id()));
+        let dir = runs.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&dir);
         crate::common::write(&dir.join("p.toml"), PIPELINE);
         crate::common::write(&dir.join("data/titles.csv"), titles());

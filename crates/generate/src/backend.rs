@@ -48,6 +48,7 @@ pub trait Backend {
     fn step(&mut self, tokens: &[u32]) -> Result<()>;
 
     /// Keeps only these active rows (indices into the current rows, increasing).
+    /// `retain(&[])` empties the batch, also before any `start` (a no-op then).
     fn retain(&mut self, keep: &[usize]) -> Result<()>;
 
     /// Next-token logits of each active row after the last `start` or `step`.

@@ -223,7 +223,11 @@ impl Backend for OnnxBackend {
     }
 
     fn retain(&mut self, keep: &[usize]) -> Result<()> {
-        let cache = self.cache.as_ref().context("retain before start")?;
+        let Some(cache) = self.cache.as_ref() else {
+            // Nothing to keep of nothing: an empty batch stays empty.
+            ensure!(keep.is_empty(), "retain before start");
+            return Ok(());
+        };
         ensure!(
             keep.iter().all(|&r| r < cache.batch) && keep.windows(2).all(|w| w[0] < w[1]),
             "bad rows to keep: {keep:?} of {}",

@@ -82,8 +82,15 @@ impl App {
             &p.truncate,
         )
         .map_err(|e| ApiError::field(prefix_field, format!("{e:#}")))?;
-        job.check_fits(n_ctx)
-            .map_err(|e| ApiError::field(prefix_field, format!("{e:#}")))?;
+        if job.prompt.len() > n_ctx {
+            return Err(ApiError::field(
+                prefix_field,
+                format!(
+                    "is {} tokens, longer than the model's context of {n_ctx} tokens",
+                    job.prompt.len()
+                ),
+            ));
+        }
         job.stops = stops;
         Ok(job)
     }

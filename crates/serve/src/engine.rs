@@ -50,8 +50,11 @@ pub struct Request {
 pub struct Shared {
     /// The model's context, once it is loaded (`/health` is ready then).
     pub n_ctx: OnceLock<usize>,
-    /// The model failed to load: the server stops.
-    pub load_error: OnceLock<String>,
+    /// The model failed to load, or the engine died: the server stops (exit 1), so that
+    /// whatever runs it starts a new one.
+    pub fatal: OnceLock<String>,
+    /// Set when the server stops: the engine returns after its current step.
+    pub stop: AtomicBool,
     pub metrics: Metrics,
     pub max_batch: usize,
 }
@@ -84,7 +87,8 @@ impl Engine {
     ) -> (Self, std::thread::JoinHandle<()>) {
         let shared = Arc::new(Shared {
             n_ctx: OnceLock::new(),
-            load_error: OnceLock::new(),
+            fatal: OnceLock::new(),
+            stop: AtomicBool::new(false),
             metrics: Metrics::new(max_queue),
             max_batch,
         });
@@ -92,14 +96,34 @@ impl Engine {
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("gptpipe-engine".into())
-            .spawn(move || match open() {
-                Ok(backend) => {
-                    let _ = thread_shared.n_ctx.set(backend.n_ctx());
-                    Batcher::new(backend, codec, thread_shared).run(rx);
-                }
-                Err(e) => {
-                    let _ = thread_shared.load_error.set(format!("{e:#}"));
-                }
+            .spawn(move || {
+                let backend = match open() {
+                    Ok(backend) => backend,
+                    Err(e) => {
+                        let _ = thread_shared
+                            .fatal
+                            .set(format!("cannot load the model: {e:#}"));
+                        return;
+                    }
+                };
+                let _ = thread_shared.n_ctx.set(backend.n_ctx());
+                let batcher = Batcher::new(backend, codec, thread_shared.clone());
+                // A panic in model code (libtorch reports some errors so) must not leave a
+                // server that says it is ready and answers nothing.
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batcher.run(rx)));
+                let died = match run {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(panic) => panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "a panic".into()),
+                };
+                let _ = thread_shared
+                    .fatal
+                    .set(format!("the generation engine died: {died}"));
             })
             .expect("cannot start the engine thread");
         (Self { tx, shared }, handle)
@@ -186,13 +210,15 @@ impl Batcher {
         }
     }
 
-    fn run(mut self, rx: Receiver<Request>) {
-        loop {
+    /// Serves until every sender is gone or the server stops; an error only when the
+    /// backend cannot be brought back to an empty batch after a failure.
+    fn run(mut self, rx: Receiver<Request>) -> Result<()> {
+        while !self.shared.stop.load(Ordering::Relaxed) {
             if self.live.is_empty() && self.pending.is_empty() {
                 match rx.recv_timeout(IDLE_POLL) {
                     Ok(r) => self.pending.push_back(r),
                     Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
             while let Ok(r) = rx.try_recv() {
@@ -200,48 +226,72 @@ impl Batcher {
             }
             self.drop_abandoned_requests();
             if let Err(e) = self.turn() {
-                // The backend's state is unknown after an error: fail everything in it and
-                // start over with an empty batch.
+                // Fail every sample of the batch with the model's error, and empty the
+                // backend (a later batch must not find rows of this one).
                 let message = format!("{e:#}");
                 eprintln!("gptpipe serve: model error: {message}");
                 for live in self.live.drain(..) {
                     live.request.fail(Failure::Model(message.clone()));
                 }
+                if self.backend.can_join() {
+                    self.backend.retain(&[]).map_err(|reset| {
+                        anyhow::anyhow!("{message}; then the batch could not be emptied: {reset:#}")
+                    })?;
+                }
             }
             self.shared.metrics.set_batch(self.live.len());
         }
+        Ok(())
     }
 
     /// One step: a token for every live sample, then the batch for the next step (rows
-    /// that stop leave, rows past the context slide, new requests join).
+    /// that stop leave, rows past the context slide, new requests join). After an error,
+    /// `live` holds every sample the backend may hold, for the caller to fail.
     fn turn(&mut self) -> Result<()> {
         if !self.live.is_empty() {
             self.sample_all()?;
         }
         let now = Instant::now();
-        // Rows that go on: stepped in place, or (past the context) joined again from the
-        // last n_ctx - 1 tokens, as the batch driver restarts its rows.
-        let mut keep = Vec::new();
-        let mut slide = Vec::new();
-        for (pos, live) in self.live.iter().enumerate() {
+        let before = self.live.len();
+        // Rows that go on: stepped in place (`next`, at `kept` in the old order), or, past
+        // the context, joined again from their last n_ctx - 1 tokens (`joining`), as the
+        // batch driver restarts its rows.
+        let mut kept = Vec::new();
+        let mut next = Vec::new();
+        let mut joining: Vec<(Vec<u32>, Live)> = Vec::new();
+        for (pos, mut live) in std::mem::take(&mut self.live).into_iter().enumerate() {
             if live.row.is_done(&live.request.job) || live.request.abandoned(now) {
                 continue;
             }
             if live.cached < self.n_ctx {
-                keep.push(pos);
+                kept.push(pos);
+                next.push(live);
             } else {
-                slide.push(pos);
+                let context = live.row.context();
+                let window = context[context.len() - (self.n_ctx - 1)..].to_vec();
+                live.cached = window.len();
+                joining.push((window, live));
             }
         }
-        let mut live: Vec<Option<Live>> = std::mem::take(&mut self.live)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let mut next: Vec<Live> = keep.iter().map(|&p| live[p].take().unwrap()).collect();
-        let sliding: Vec<Live> = slide.iter().map(|&p| live[p].take().unwrap()).collect();
+        let result = self.next_batch(before, &kept, &mut next, &mut joining, now);
+        self.live = next;
+        self.live.extend(joining.into_iter().map(|(_, l)| l));
+        result
+    }
+
+    /// Brings the backend to the next step's batch: `next` (rows `kept` of `before`)
+    /// stepped, then `joining` (with the requests admitted now) joined after them.
+    fn next_batch(
+        &mut self,
+        before: usize,
+        kept: &[usize],
+        next: &mut [Live],
+        joining: &mut Vec<(Vec<u32>, Live)>,
+        now: Instant,
+    ) -> Result<()> {
         // An emptied batch that cannot join is replaced by `start` instead.
-        if keep.len() < live.len() && (!keep.is_empty() || self.backend.can_join()) {
-            self.backend.retain(&keep)?;
+        if kept.len() < before && (!kept.is_empty() || self.backend.can_join()) {
+            self.backend.retain(kept)?;
         }
         if !next.is_empty() {
             let tokens: Vec<u32> = next
@@ -249,20 +299,11 @@ impl Batcher {
                 .map(|l| *l.row.generated().last().expect("sampled"))
                 .collect();
             self.backend.step(&tokens)?;
-            for l in &mut next {
+            for l in next.iter_mut() {
                 l.cached += 1;
             }
         }
-        let mut joining: Vec<(Vec<u32>, Live)> = sliding
-            .into_iter()
-            .map(|mut l| {
-                let context = l.row.context();
-                let window = context[context.len() - (self.n_ctx - 1)..].to_vec();
-                l.cached = window.len();
-                (window, l)
-            })
-            .collect();
-        self.admit(next.len() + joining.len(), now, &mut joining);
+        self.admit(next.len() + joining.len(), now, joining);
         if !joining.is_empty() {
             let prompts: Vec<Vec<u32>> = joining.iter().map(|(p, _)| p.clone()).collect();
             if self.backend.can_join() {
@@ -272,9 +313,7 @@ impl Batcher {
                 // length: the same prompt, or windows of rows that went in step.
                 self.backend.start(&prompts)?;
             }
-            next.extend(joining.into_iter().map(|(_, l)| l));
         }
-        self.live = next;
         Ok(())
     }
 
@@ -325,6 +364,13 @@ impl Batcher {
                 continue;
             }
             for index in 0..request.n {
+                if admitted.job.include_prefix && !admitted.job.prefix.is_empty() {
+                    // The text of an echoed sample starts with its prefix: so does its stream.
+                    let _ = admitted.updates.send(Update::Text {
+                        index,
+                        text: admitted.job.prefix.clone(),
+                    });
+                }
                 let live = Live {
                     row: SampleRow::new(&admitted.job, index),
                     cached: admitted.job.prompt.len(),
@@ -404,15 +450,26 @@ impl Batcher {
 }
 
 /// The text of `bytes` up to the last whole UTF-8 character (all of it when `last`), and
-/// how many bytes that is: a character split between two tokens is sent once whole.
+/// how many bytes that is: a character split between two tokens is sent once whole, and an
+/// invalid sequence as one U+FFFD, exactly as the whole text's lossy decoding shows it, so
+/// the pieces always add up to the sample's text.
 fn complete_text(bytes: &[u8], last: bool) -> (String, usize) {
-    let upto = match std::str::from_utf8(bytes) {
-        Ok(_) => bytes.len(),
-        // An unfinished character at the end waits for the next token...
-        Err(e) if e.error_len().is_none() && !last => e.valid_up_to(),
-        // ...an invalid one will never be whole: send it as U+FFFD now.
-        Err(_) => bytes.len(),
-    };
+    let mut upto = 0;
+    while upto < bytes.len() {
+        match std::str::from_utf8(&bytes[upto..]) {
+            Ok(_) => upto = bytes.len(),
+            // An invalid sequence: it stays invalid whatever follows.
+            Err(e) => match e.error_len() {
+                Some(n) => upto += e.valid_up_to() + n,
+                // An unfinished character at the end waits for the next token.
+                None if !last => {
+                    upto += e.valid_up_to();
+                    break;
+                }
+                None => upto = bytes.len(),
+            },
+        }
+    }
     (String::from_utf8_lossy(&bytes[..upto]).into_owned(), upto)
 }
 
@@ -427,5 +484,33 @@ mod tests {
         assert_eq!(complete_text(e, false), ("é".into(), 2));
         assert_eq!(complete_text(&[b'a', e[0]], true), ("a\u{fffd}".into(), 2));
         assert_eq!(complete_text(&[0xff, b'b'], false), ("\u{fffd}b".into(), 2));
+        // An invalid byte, then the start of a character: the invalid byte goes now, the
+        // character waits.
+        assert_eq!(complete_text(&[0xff, e[0]], false), ("\u{fffd}".into(), 1));
+    }
+
+    #[test]
+    fn pieces_add_up_to_the_lossy_text_wherever_the_bytes_are_cut() {
+        let text: Vec<u8> = [
+            &b"ab"[..],
+            "é士".as_bytes(),
+            &[0xe5, 0x41, 0xff],
+            "ü".as_bytes(),
+        ]
+        .concat();
+        for cut in 0..=text.len() {
+            for cut2 in cut..=text.len() {
+                let mut sent = 0;
+                let mut out = String::new();
+                for (end, last) in [(cut, false), (cut2, false), (text.len(), true)] {
+                    if end > sent {
+                        let (piece, used) = complete_text(&text[sent..end], last);
+                        out.push_str(&piece);
+                        sent += used;
+                    }
+                }
+                assert_eq!(out, String::from_utf8_lossy(&text), "cuts {cut} {cut2}");
+            }
+        }
     }
 }

@@ -19,7 +19,7 @@ pub mod params;
 use anyhow::{Context, Result};
 use app::App;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -72,7 +72,7 @@ pub fn serve(
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let addr = listener.local_addr()?;
-        let (engine, _thread) = engine::Engine::start(
+        let (engine, engine_thread) = engine::Engine::start(
             open,
             Arc::new(codec.clone()),
             config.max_batch,
@@ -85,58 +85,83 @@ pub fn serve(
             app.config.model_name
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let load_failed = watch_load(app.clone());
-        let signals = {
+        let mut signals = Signals::new()?;
+        let graceful = {
             let app = app.clone();
+            let mut stop_rx = stop_rx.clone();
             async move {
-                let why = shutdown_signal().await;
+                let _ = stop_rx.wait_for(|s| *s).await;
                 app.stopping.store(true, Ordering::Relaxed);
-                eprintln!(
-                    "gptpipe serve: {why}: no new requests; finishing those in flight (at most {} s)",
-                    grace.as_secs_f64()
-                );
-                let _ = stop_tx.send(true);
             }
         };
-        let server = axum::serve(listener, router(app.clone()))
-            .with_graceful_shutdown(signals);
+        let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(graceful);
         let server = std::future::IntoFuture::into_future(server);
-        let mut stop_rx2 = stop_rx.clone();
-        let grace_over = async move {
-            let _ = stop_rx2.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
+        // The first SIGTERM or SIGINT starts the grace period; a second one, or its end,
+        // stops at once.
+        let stopping = async move {
+            let why = signals.next().await;
+            eprintln!(
+                "gptpipe serve: {why}: no new requests; finishing those in flight (at most {} s)",
+                grace.as_secs_f64()
+            );
+            let _ = stop_tx.send(true);
+            tokio::select! {
+                () = tokio::time::sleep(grace) => "grace period over",
+                why = signals.next() => why,
+            }
         };
-        tokio::select! {
-            r = server => r.context("the server failed")?,
-            () = grace_over => eprintln!("gptpipe serve: grace period over; requests still in flight were cut"),
-            e = load_failed => return Err(anyhow::anyhow!("cannot load the model: {e}")),
+        let result = tokio::select! {
+            r = server => r.context("the server failed"),
+            cut = stopping => {
+                eprintln!("gptpipe serve: {cut}; requests still in flight were cut");
+                Ok(())
+            }
+            e = fatal(app.clone()) => Err(anyhow::anyhow!(e)),
+        };
+        // The engine finishes its step and returns before the process (and the libraries
+        // it runs on) goes away.
+        app.engine.shared.stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !engine_thread.is_finished() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        eprintln!("gptpipe serve: stopped");
-        Ok(())
+        if result.is_ok() {
+            eprintln!("gptpipe serve: stopped");
+        }
+        result
     })
 }
 
-/// Resolves with the model's load error, if loading fails.
-async fn watch_load(app: Arc<App>) -> String {
+/// Resolves with the engine's fatal error (the model did not load, or the engine died).
+async fn fatal(app: Arc<App>) -> String {
     loop {
-        if let Some(e) = app.engine.shared.load_error.get() {
+        if let Some(e) = app.engine.shared.fatal.get() {
             return e.clone();
-        }
-        if app.engine.shared.n_ctx.get().is_some() {
-            std::future::pending::<()>().await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// SIGTERM (what Cloud Run and Kubernetes send) or SIGINT.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM (what Cloud Run and Kubernetes send) and SIGINT, as they come.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
@@ -173,14 +198,29 @@ async fn log_request(request: Request, next: Next) -> Response {
 async fn root_get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    Query(pairs): Query<Vec<(String, String)>>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let Query(pairs) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            let e = error::ApiError::new(StatusCode::BAD_REQUEST, format!("bad query string: {e}"));
+            let metrics = &app.engine.shared.metrics;
+            metrics.request(api::cloud_run::API, 400, 0.0);
+            return e.into_response();
+        }
+    };
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("text/html"));
-    if wants_html && pairs.is_empty() {
-        return Html(api::page::render(&app.config)).into_response();
+    // A browser gets the page unless the query asks for text (a link with `?utm_source=`
+    // still shows the page).
+    let asks_for_text = pairs
+        .iter()
+        .any(|(k, _)| api::cloud_run::KEYS.contains(&k.as_str()));
+    if wants_html && !asks_for_text {
+        let n_ctx = app.engine.shared.n_ctx.get().copied();
+        return Html(api::page::render(&app.config, n_ctx)).into_response();
     }
     api::cloud_run::generate(app, api::cloud_run::query_fields(pairs))
         .await
@@ -218,10 +258,10 @@ async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(api::openai::models(&app))
 }
 
-/// 200 once the model is loaded, 503 while loading or stopping.
-async fn health(State(app): State<Arc<App>>, method: Method) -> Response {
-    let _ = method;
+/// 200 once the model is loaded, 503 while loading, stopping or failed.
+async fn health(State(app): State<Arc<App>>) -> Response {
     let status = match app.ready() {
+        _ if app.engine.shared.fatal.get().is_some() => "failed",
         Ok(_) => "ready",
         Err(_) if app.stopping.load(Ordering::Relaxed) => "stopping",
         Err(_) => "loading",

@@ -18,6 +18,18 @@ pub const PREFIX_CHARS: usize = 500;
 
 pub const API: &str = "cloud-run";
 
+/// The keys of this API: a query with any of them asks for text, not for the page.
+pub const KEYS: &[&str] = &[
+    "length",
+    "temperature",
+    "top_k",
+    "top_p",
+    "prefix",
+    "truncate",
+    "include_prefix",
+    "seed",
+];
+
 /// Fields from a query string (all strings).
 pub fn query_fields(pairs: Vec<(String, String)>) -> Fields {
     pairs
@@ -76,7 +88,7 @@ fn settings(app: &App, f: &Fields) -> Result<(Settings, String), ApiError> {
     if let Some(v) = params::boolean(f, "include_prefix")? {
         p.include_prefix = v;
     }
-    let seed = params::int(f, "seed")?.map(|s| s as u64);
+    let seed = params::count(f, "seed")?.map(|s| s as u64);
     let prefix = params::text(f, "prefix")?.unwrap_or_else(|| p.prefix.clone());
     let prefix: String = prefix.chars().take(PREFIX_CHARS).collect();
     p.nsamples = 1;

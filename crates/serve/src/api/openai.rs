@@ -117,12 +117,15 @@ fn parse(app: &App, f: &Fields) -> Result<Completion, ApiError> {
     if let Some(v) = params::float(f, "top_p")? {
         p.top_p = v;
     }
-    if let Some(v) = params::count(f, "top_k")? {
-        p.top_k = v;
+    // vLLM's convention: -1 turns top-k off, as 0 does here.
+    match params::int(f, "top_k")? {
+        Some(-1) => p.top_k = 0,
+        Some(_) => p.top_k = params::count(f, "top_k")?.unwrap_or(0),
+        None => {}
     }
     p.nsamples = params::count(f, "n")?.unwrap_or(1);
     p.include_prefix = params::boolean(f, "echo")?.unwrap_or(false);
-    let seed = params::int(f, "seed")?.map(|s| s as u64);
+    let seed = params::count(f, "seed")?.map(|s| s as u64);
     params::check(&p, NAMES, app.config.max_length, app.config.max_batch)?;
     if prompts.len() * p.nsamples > app.config.max_batch {
         return Err(ApiError::field(

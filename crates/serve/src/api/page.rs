@@ -8,12 +8,14 @@ use serde_json::json;
 
 const PAGE: &str = include_str!("page.html");
 
-/// The page, with the model's name and the served defaults filled in. They go in as JSON
-/// with `<` escaped, so a model name cannot close the script element.
-pub fn render(config: &ServeConfig) -> String {
+/// The page, with the model's name, its context (`n_ctx`, once loaded) and the served
+/// defaults filled in. They go in as JSON with `<` escaped, so a model name cannot close
+/// the script element.
+pub fn render(config: &ServeConfig, n_ctx: Option<usize>) -> String {
     let d = &config.defaults;
     let settings = json!({
         "model": config.model_name,
+        "context": n_ctx,
         "length": d.length.min(config.max_length),
         "max_length": config.max_length,
         "temperature": d.temperature,
@@ -45,7 +47,7 @@ mod tests {
             model_name: "</script><script>alert(1)</script>".into(),
             defaults: Default::default(),
         };
-        let page = render(&config);
+        let page = render(&config, Some(64));
         assert!(!page.contains("</script><script>alert"));
         assert!(page.contains("\\u003c/script>"));
         assert!(!page.contains("/*SETTINGS*/"));

@@ -332,6 +332,10 @@ impl Backend for TchBackend {
         Ok(())
     }
 
+    fn can_join(&self) -> bool {
+        true
+    }
+
     fn join(&mut self, prompts: &[Vec<u32>]) -> Result<()> {
         let n_ctx = self.cfg.n_ctx;
         for (i, p) in prompts.iter().enumerate() {
@@ -406,7 +410,9 @@ impl Backend for TchBackend {
 
     fn retain(&mut self, keep: &[usize]) -> Result<()> {
         let Some(bufs) = self.bufs.as_mut() else {
-            bail!("retain before start");
+            // Nothing to keep of nothing: an empty batch stays empty.
+            ensure!(keep.is_empty(), "retain before start");
+            return Ok(());
         };
         let rows = bufs.kv.rows();
         // In place, so the buffers (and any captured graph) keep their addresses.
