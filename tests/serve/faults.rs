@@ -180,9 +180,23 @@ fn bodies_over_the_limit_get_413_and_slow_or_broken_clients_harm_no_one() {
             });
         }
     });
-    drop(stalled);
     drop(garbage);
     assert_eq!(server.get("/health").status, 200);
+    // Slow clients are cut off: one that never finishes its headers, and the one that
+    // never finishes its body.
+    let mut slow = server.connect().unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    for mut s in [slow, stalled] {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let start = Instant::now();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "still open after {:?}",
+            start.elapsed()
+        );
+    }
 }
 
 #[test]

@@ -86,16 +86,7 @@ pub fn serve(
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut signals = Signals::new()?;
-        let graceful = {
-            let app = app.clone();
-            let mut stop_rx = stop_rx.clone();
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-                app.stopping.store(true, Ordering::Relaxed);
-            }
-        };
-        let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(graceful);
-        let server = std::future::IntoFuture::into_future(server);
+        let server = accept_loop(listener, router(app.clone()), app.clone(), stop_rx);
         // The first SIGTERM or SIGINT starts the grace period; a second one, or its end,
         // stops at once.
         let stopping = async move {
@@ -111,7 +102,7 @@ pub fn serve(
             }
         };
         let result = tokio::select! {
-            r = server => r.context("the server failed"),
+            () = server => Ok(()),
             cut = stopping => {
                 eprintln!("gptpipe serve: {cut}; requests still in flight were cut");
                 Ok(())
@@ -130,6 +121,60 @@ pub fn serve(
         }
         result
     })
+}
+
+/// A request's headers must arrive within this, or its connection is closed: a client
+/// that sends them a byte at a time (slowloris) holds nothing for long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once, at most (the rest wait to be accepted): file descriptors
+/// are not for one client to use up.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Accepts connections until `stop`, then lets those open finish their requests (the
+/// caller bounds how long). HTTP/1.1 by hyper, with [`HEADER_READ_TIMEOUT`].
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    app: Arc<App>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            a = listener.accept() => a.map(|(stream, _)| (stream, slot)),
+        };
+        let (stream, slot) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                eprintln!("gptpipe serve: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    // No new connections; requests on open ones get 503 while those in flight finish.
+    drop(listener);
+    app.stopping.store(true, Ordering::Relaxed);
+    graceful.shutdown().await;
 }
 
 /// Resolves with the engine's fatal error (the model did not load, or the engine died).
@@ -174,6 +219,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
+        // A body that trickles in is cut off as a header that does ([`HEADER_READ_TIMEOUT`]).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            HEADER_READ_TIMEOUT,
+        ))
         // gpt-2-cloud-run answers every origin; pages elsewhere call the API.
         .layer(CorsLayer::permissive())
         .layer(middleware::from_fn(log_request))
