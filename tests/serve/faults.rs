@@ -103,6 +103,13 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_frees_its_row_at_once() {
         wait_for("the batch emptied", Duration::from_secs(5), || {
             server.metric("gptpipe_batch_rows") == 0.0
         });
+        // The stream that lost its client counts as 499, nginx's "client closed request".
+        wait_for("the 499 counted", Duration::from_secs(5), || {
+            server
+                .get("/metrics")
+                .text()
+                .contains("gptpipe_requests_total{api=\"openai\",status=\"499\"} 1")
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::engine::{Engine, Failure, Refused, Request, Update};
 use crate::error::ApiError;
+use crate::metrics::Timing;
 use crate::params::Settings;
 use crate::ServeConfig;
 use axum::http::StatusCode;
@@ -51,6 +52,11 @@ impl App {
             )
             .retry_after(1)
         })
+    }
+
+    /// Starts the metrics entry of a request of `api`.
+    pub fn timing(&self, api: &'static str) -> Timing {
+        Timing::start(self.engine.shared.metrics.clone(), api)
     }
 
     /// A seed for a request that gives none: different for every request.
@@ -141,19 +147,13 @@ pub fn failure_error(failure: Failure) -> ApiError {
 pub async fn collect(
     mut rx: UnboundedReceiver<Update>,
     n: usize,
-    mut first_text: impl FnMut(),
+    timing: &mut Timing,
 ) -> Result<Vec<Sample>, ApiError> {
     let mut samples: Vec<Option<Sample>> = vec![None; n];
     let mut left = n;
-    let mut seen_text = false;
     while left > 0 {
         match rx.recv().await {
-            Some(Update::Text { .. }) => {
-                if !seen_text {
-                    seen_text = true;
-                    first_text();
-                }
-            }
+            Some(Update::Text { .. }) => timing.first_text(),
             Some(Update::Done { index, sample }) => {
                 if samples[index].replace(sample).is_none() {
                     left -= 1;

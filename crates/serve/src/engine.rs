@@ -55,7 +55,7 @@ pub struct Shared {
     pub fatal: OnceLock<String>,
     /// Set when the server stops: the engine returns after its current step.
     pub stop: AtomicBool,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub max_batch: usize,
 }
 
@@ -89,7 +89,7 @@ impl Engine {
             n_ctx: OnceLock::new(),
             fatal: OnceLock::new(),
             stop: AtomicBool::new(false),
-            metrics: Metrics::new(max_queue),
+            metrics: Arc::new(Metrics::new(max_queue)),
             max_batch,
         });
         let (tx, rx) = std::sync::mpsc::channel();

@@ -253,8 +253,7 @@ async fn root_get(
         Ok(q) => q,
         Err(e) => {
             let e = error::ApiError::new(StatusCode::BAD_REQUEST, format!("bad query string: {e}"));
-            let metrics = &app.engine.shared.metrics;
-            metrics.request(api::cloud_run::API, 400, 0.0);
+            app.timing(api::cloud_run::API).finish(400);
             return e.into_response();
         }
     };
@@ -280,8 +279,7 @@ async fn root_post(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Resp
     match api::cloud_run::body_fields(&body) {
         Ok(fields) => api::cloud_run::generate(app, fields).await.into_response(),
         Err(e) => {
-            let metrics = &app.engine.shared.metrics;
-            metrics.request(api::cloud_run::API, e.status.as_u16(), 0.0);
+            app.timing(api::cloud_run::API).finish(e.status.as_u16());
             e.into_response()
         }
     }
@@ -296,8 +294,7 @@ async fn completions(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Re
     match api::cloud_run::body_fields(&body) {
         Ok(fields) => api::openai::completions(app, fields).await,
         Err(e) => {
-            let metrics = &app.engine.shared.metrics;
-            metrics.request(api::openai::API, e.status.as_u16(), 0.0);
+            app.timing(api::openai::API).finish(e.status.as_u16());
             e.into_response()
         }
     }

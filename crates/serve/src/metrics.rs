@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -188,6 +189,57 @@ impl Metrics {
     }
 }
 
+/// Status recorded for a request whose client left before its answer ended (nginx's
+/// convention).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// One request's entry in the metrics, from its arrival: its first text, then its status
+/// and duration when it ends, or [`CLIENT_CLOSED`] if it is dropped first (the client left
+/// and the server stopped working on it).
+pub struct Timing {
+    metrics: Arc<Metrics>,
+    api: &'static str,
+    start: Instant,
+    first_text: bool,
+    ended: bool,
+}
+
+impl Timing {
+    pub fn start(metrics: Arc<Metrics>, api: &'static str) -> Self {
+        Self {
+            metrics,
+            api,
+            start: Instant::now(),
+            first_text: false,
+            ended: false,
+        }
+    }
+
+    /// The request's first text is out (counted once).
+    pub fn first_text(&mut self) {
+        if !std::mem::replace(&mut self.first_text, true) {
+            self.metrics.first_token(self.start.elapsed().as_secs_f64());
+        }
+    }
+
+    pub fn finish(mut self, status: u16) {
+        self.end(status);
+    }
+
+    fn end(&mut self, status: u16) {
+        if !std::mem::replace(&mut self.ended, true) {
+            let seconds = self.start.elapsed().as_secs_f64();
+            self.metrics.request(self.api, status, seconds);
+        }
+    }
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        self.end(CLIENT_CLOSED);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +252,16 @@ mod tests {
         m.dequeued();
         assert!(m.try_enqueue());
         assert_eq!(m.queued(), 2);
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_end_counts_as_client_closed() {
+        let m = Arc::new(Metrics::new(1));
+        Timing::start(m.clone(), "openai").finish(200);
+        drop(Timing::start(m.clone(), "openai"));
+        let text = m.render();
+        assert!(text.contains("gptpipe_requests_total{api=\"openai\",status=\"200\"} 1"));
+        assert!(text.contains("gptpipe_requests_total{api=\"openai\",status=\"499\"} 1"));
     }
 
     #[test]

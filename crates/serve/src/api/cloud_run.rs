@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Instant;
 
 /// gpt-2-cloud-run's app keeps the first 500 characters of a prefix.
 pub const PREFIX_CHARS: usize = 500;
@@ -98,22 +97,18 @@ fn settings(app: &App, f: &Fields) -> Result<(Settings, String), ApiError> {
 
 /// Generates one sample for `fields`.
 pub async fn generate(app: Arc<App>, fields: Fields) -> Result<Json<Value>, ApiError> {
-    let start = Instant::now();
+    let mut timing = app.timing(API);
     let result = async {
         let (settings, prefix) = settings(&app, &fields)?;
         let job = app.job(&settings, &prefix, "prefix", Vec::new())?;
         let rx = app.submit(job, 1)?;
-        let metrics = &app.engine.shared.metrics;
-        let samples = collect(rx, 1, || metrics.first_token(start.elapsed().as_secs_f64())).await?;
+        let samples = collect(rx, 1, &mut timing).await?;
         Ok(Json(json!({"text": samples[0].text})))
     }
     .await;
     let status = result
         .as_ref()
         .map_or_else(|e: &ApiError| e.status, |_| StatusCode::OK);
-    app.engine
-        .shared
-        .metrics
-        .request(API, status.as_u16(), start.elapsed().as_secs_f64());
+    timing.finish(status.as_u16());
     result
 }

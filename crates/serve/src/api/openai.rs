@@ -8,6 +8,7 @@ use crate::api::cloud_run::kind_of;
 use crate::app::{collect, failure_error, App};
 use crate::engine::Update;
 use crate::error::ApiError;
+use crate::metrics::Timing;
 use crate::params::{self, Fields, Settings};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -19,7 +20,7 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub const API: &str = "openai";
@@ -168,35 +169,31 @@ fn finish_reason(sample: &Sample) -> &'static str {
 
 /// `POST /v1/completions`.
 pub async fn completions(app: Arc<App>, fields: Fields) -> Response {
-    let start = Instant::now();
-    let result = completions_inner(&app, fields, start).await;
-    let status = match &result {
-        Ok(_) => StatusCode::OK,
-        Err(e) => e.status,
-    };
-    // A stream's status is known at its start; its latency is counted at its end.
-    if status != StatusCode::OK || !matches!(result, Ok(Answer::Stream(_))) {
-        app.engine
-            .shared
-            .metrics
-            .request(API, status.as_u16(), start.elapsed().as_secs_f64());
-    }
-    match result {
-        Ok(Answer::Json(v)) => Json(v).into_response(),
-        Ok(Answer::Stream(s)) => s,
-        Err(e) => e.into_response(),
+    let mut timing = app.timing(API);
+    match completions_inner(&app, fields, &mut timing).await {
+        Ok(Answer::Json(v)) => {
+            timing.finish(200);
+            Json(v).into_response()
+        }
+        // A stream's metrics entry ends with the stream.
+        Ok(Answer::Stream(answer)) => answer(timing),
+        Err(e) => {
+            timing.finish(e.status.as_u16());
+            e.into_response()
+        }
     }
 }
 
 enum Answer {
     Json(Value),
-    Stream(Response),
+    /// The streamed answer, given the request's metrics entry to end when it ends.
+    Stream(Box<dyn FnOnce(Timing) -> Response + Send>),
 }
 
 async fn completions_inner(
     app: &Arc<App>,
     fields: Fields,
-    start: Instant,
+    timing: &mut Timing,
 ) -> Result<Answer, ApiError> {
     let c = parse(app, &fields)?;
     let n = c.settings.params.nsamples;
@@ -220,32 +217,19 @@ async fn completions_inner(
     let created = now_secs();
     let model = app.config.model_name.clone();
     if c.stream {
-        let stream = sse_stream(
-            app.clone(),
-            receivers,
-            n,
-            Head { id, created, model },
-            prompt_tokens,
-            c.include_usage,
-            start,
-        );
-        return Ok(Answer::Stream(
+        let head = Head { id, created, model };
+        let include_usage = c.include_usage;
+        return Ok(Answer::Stream(Box::new(move |timing| {
+            let stream = sse_stream(receivers, n, head, prompt_tokens, include_usage, timing);
             Sse::new(stream)
                 .keep_alive(KeepAlive::default())
-                .into_response(),
-        ));
+                .into_response()
+        })));
     }
-    let metrics = &app.engine.shared.metrics;
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
-    let mut first = true;
     for (p, rx) in receivers.into_iter().enumerate() {
-        let samples = collect(rx, n, || {
-            if std::mem::take(&mut first) {
-                metrics.first_token(start.elapsed().as_secs_f64());
-            }
-        })
-        .await?;
+        let samples = collect(rx, n, timing).await?;
         for s in samples {
             completion_tokens += s.tokens.len();
             choices.push(json!({
@@ -299,13 +283,12 @@ impl Head {
 /// The events of a streamed completion: text as it settles, a last chunk per choice with
 /// its finish reason, the usage if asked, then `[DONE]`.
 fn sse_stream(
-    app: Arc<App>,
     receivers: Vec<UnboundedReceiver<Update>>,
     n: usize,
     head: Head,
     prompt_tokens: usize,
     include_usage: bool,
-    start: Instant,
+    timing: Timing,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let left = receivers.len() * n;
     // Each prompt's updates, tagged with the index of the prompt's first choice.
@@ -315,12 +298,11 @@ fn sse_stream(
             .boxed()
     }));
     let state = Streaming {
-        app,
+        timing: Some(timing),
         head,
         merged,
         left,
         completion_tokens: 0,
-        first_text: true,
         queue: VecDeque::new(),
         finished: false,
     };
@@ -333,7 +315,7 @@ fn sse_stream(
                 return None;
             }
             let outcome = match st.merged.next().await {
-                Some((base, update)) => st.on_update(base, update, start),
+                Some((base, update)) => st.on_update(base, update),
                 None => Some(failure_error(crate::engine::Failure::Model(
                     "the generation engine stopped".into(),
                 ))),
@@ -346,39 +328,38 @@ fn sse_stream(
                         .to_string(),
                     ),
                 );
-                st.finish(error.status.as_u16(), start);
+                st.finish(error.status.as_u16());
             } else if st.left == 0 {
                 if include_usage {
                     let mut chunk = st.head.json(json!([]));
                     chunk["usage"] = usage(prompt_tokens, st.completion_tokens);
                     st.queue.push_back(Event::default().data(chunk.to_string()));
                 }
-                st.finish(200, start);
+                st.finish(200);
             }
         }
     })
 }
 
 struct Streaming<S> {
-    app: Arc<App>,
+    /// Ended with the stream; dropped with it if the client leaves first.
+    timing: Option<Timing>,
     head: Head,
     merged: S,
     /// Choices not finished yet.
     left: usize,
     completion_tokens: usize,
-    first_text: bool,
     queue: VecDeque<Event>,
     finished: bool,
 }
 
 impl<S> Streaming<S> {
     /// Queues the events of one update; an error ends the stream.
-    fn on_update(&mut self, base: usize, update: Update, start: Instant) -> Option<ApiError> {
+    fn on_update(&mut self, base: usize, update: Update) -> Option<ApiError> {
         match update {
             Update::Text { index, text } => {
-                if std::mem::take(&mut self.first_text) {
-                    let metrics = &self.app.engine.shared.metrics;
-                    metrics.first_token(start.elapsed().as_secs_f64());
+                if let Some(timing) = &mut self.timing {
+                    timing.first_text();
                 }
                 let choice = json!([{"text": text, "index": base + index,
                                      "logprobs": null, "finish_reason": null}]);
@@ -397,11 +378,12 @@ impl<S> Streaming<S> {
         }
     }
 
-    fn finish(&mut self, status: u16, start: Instant) {
+    fn finish(&mut self, status: u16) {
         self.queue.push_back(Event::default().data("[DONE]"));
         self.finished = true;
-        let seconds = start.elapsed().as_secs_f64();
-        self.app.engine.shared.metrics.request(API, status, seconds);
+        if let Some(timing) = self.timing.take() {
+            timing.finish(status);
+        }
     }
 }
 
