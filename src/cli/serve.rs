@@ -66,6 +66,16 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     pub grace: f64,
+    /// Seconds a client may take to send a request's headers or body; also how long an
+    /// idle keep-alive connection stays open (keep it above a proxy's idle timeout: nginx
+    /// 60 s, AWS load balancers 60 s)
+    #[arg(
+        long,
+        default_value_t = 75.0,
+        value_name = "SECONDS",
+        allow_negative_numbers = true
+    )]
+    pub client_timeout: f64,
 }
 
 /// Request bodies larger than this get 413: a prompt is at most a context of tokens.
@@ -109,6 +119,7 @@ pub fn run(args: ServeArgs, registry: &Registry, backends: &Backends) -> Result<
         max_length: args.max_length,
         request_timeout: seconds("request-timeout", args.request_timeout, false)?,
         grace: seconds("grace", args.grace, true)?,
+        client_timeout: seconds("client-timeout", args.client_timeout, false)?,
         max_body: MAX_BODY,
         model_name,
         defaults: defaults.clone(),

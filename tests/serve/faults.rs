@@ -155,7 +155,7 @@ fn a_request_past_the_time_limit_gets_504_and_frees_its_row() {
 
 #[test]
 fn bodies_over_the_limit_get_413_and_slow_or_broken_clients_harm_no_one() {
-    let Some((server, _)) = serve_tiny(backends()[0], &[]) else {
+    let Some((server, _)) = serve_tiny(backends()[0], &["--client-timeout", "2"]) else {
         return;
     };
     let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(2 << 20));
@@ -189,21 +189,30 @@ fn bodies_over_the_limit_get_413_and_slow_or_broken_clients_harm_no_one() {
     });
     drop(garbage);
     assert_eq!(server.get("/health").status, 200);
-    // Slow clients are cut off: one that never finishes its headers, and the one that
-    // never finishes its body.
+    // Slow clients are cut off after --client-timeout: one that never finishes its
+    // headers (closed), and the one that never finishes its body (408, then closed).
     let mut slow = server.connect().unwrap();
     slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").unwrap();
-    for mut s in [slow, stalled] {
+    for (mut s, status) in [(slow, None), (stalled, Some(408))] {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let start = Instant::now();
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
         assert!(
-            start.elapsed() < Duration::from_secs(25),
+            start.elapsed() < Duration::from_secs(15),
             "still open after {:?}",
             start.elapsed()
         );
+        if let Some(status) = status {
+            let r = Response::parse(&rest);
+            assert_eq!(r.status, status, "{}", r.text());
+            assert!(r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--client-timeout"));
+        }
     }
+    assert!(server.metric("gptpipe_requests_total{api=\"cloud-run\",status=\"408\"}") >= 1.0);
 }
 
 #[test]
@@ -269,11 +278,17 @@ fn sigterm_cuts_what_outlives_the_grace_period_and_still_exits_0() {
     else {
         return;
     };
-    let _long = start_long_stream(&server, 1_000_000);
+    let mut long = start_long_stream(&server, 1_000_000);
     let start = Instant::now();
     server.terminate();
     let status = server.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{}", server.log());
+    // The cut stream says why, then ends as every stream does.
+    let mut rest = Vec::new();
+    let _ = long.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("grace period"), "{rest}");
+    assert!(rest.contains("data: [DONE]"), "{rest}");
     assert!(
         start.elapsed() < Duration::from_secs(10),
         "{:?}",

@@ -140,6 +140,10 @@ pub fn failure_error(failure: Failure) -> ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the model failed: {m}"),
         ),
+        Failure::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server stopped (its grace period after SIGTERM ended) before this request was done",
+        ),
     }
 }
 
@@ -154,6 +158,7 @@ pub async fn collect(
     while left > 0 {
         match rx.recv().await {
             Some(Update::Text { .. }) => timing.first_text(),
+            Some(Update::Prefix { .. }) => {}
             Some(Update::Done { index, sample }) => {
                 if samples[index].replace(sample).is_none() {
                     left -= 1;

@@ -22,6 +22,8 @@ use tokio::sync::mpsc::UnboundedSender;
 /// What a request hears about its samples, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
+    /// The prefix an echoed sample starts with (before the model has run on it).
+    Prefix { index: usize, text: String },
     /// More text of sample `index` (text that a later token can no longer change).
     Text { index: usize, text: String },
     /// Sample `index` is finished.
@@ -36,6 +38,8 @@ pub enum Failure {
     TimedOut,
     /// The model failed; the message says why.
     Model(String),
+    /// The server stopped before the request was done (its grace period ended).
+    ShuttingDown,
 }
 
 /// One request: samples `0..n` of `job`, numbered as `gptpipe generate` numbers them.
@@ -241,6 +245,13 @@ impl Batcher {
             }
             self.shared.metrics.set_batch(self.live.len());
         }
+        // Stopped: what is left is cut, and says so.
+        for live in self.live.drain(..) {
+            live.request.fail(Failure::ShuttingDown);
+        }
+        for request in self.pending.drain(..) {
+            let _ = request.updates.send(Update::Failed(Failure::ShuttingDown));
+        }
         Ok(())
     }
 
@@ -366,7 +377,7 @@ impl Batcher {
             for index in 0..request.n {
                 if admitted.job.include_prefix && !admitted.job.prefix.is_empty() {
                     // The text of an echoed sample starts with its prefix: so does its stream.
-                    let _ = admitted.updates.send(Update::Text {
+                    let _ = admitted.updates.send(Update::Prefix {
                         index,
                         text: admitted.job.prefix.clone(),
                     });

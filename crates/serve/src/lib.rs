@@ -18,6 +18,8 @@ pub mod params;
 
 use anyhow::{Context, Result};
 use app::App;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -47,6 +49,9 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// Request bodies larger than this get 413.
     pub max_body: usize,
+    /// How long a client may take to send a request's headers, or its body, and how long
+    /// an idle keep-alive connection stays open.
+    pub client_timeout: Duration,
     /// The name `/v1/models` and the page show, and OpenAI requests name.
     pub model_name: String,
     /// The served stage's keys (or `gptpipe generate`'s defaults): every request's defaults.
@@ -123,16 +128,15 @@ pub fn serve(
     })
 }
 
-/// A request's headers must arrive within this, or its connection is closed: a client
-/// that sends them a byte at a time (slowloris) holds nothing for long.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Connections served at once, at most (the rest wait to be accepted): file descriptors
 /// are not for one client to use up.
 const MAX_CONNECTIONS: usize = 4096;
 
 /// Accepts connections until `stop`, then lets those open finish their requests (the
-/// caller bounds how long). HTTP/1.1 by hyper, with [`HEADER_READ_TIMEOUT`].
+/// caller bounds how long). HTTP/1.1 by hyper: a request's headers must arrive within
+/// `client_timeout` of the connection's last request (or of its opening), or the
+/// connection is closed, so a client that sends them a byte at a time (slowloris) holds
+/// nothing for long, and an idle keep-alive connection closes after as long.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -163,7 +167,7 @@ async fn accept_loop(
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(app.config.client_timeout)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -219,9 +223,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
-        // A body that trickles in is cut off as a header that does ([`HEADER_READ_TIMEOUT`]).
+        // A body that trickles in is cut off, as headers that do are (`accept_loop`).
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            HEADER_READ_TIMEOUT,
+            app.config.client_timeout,
         ))
         // gpt-2-cloud-run answers every origin; pages elsewhere call the API.
         .layer(CorsLayer::permissive())
@@ -275,8 +279,8 @@ async fn root_get(
         .into_response()
 }
 
-async fn root_post(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
-    match api::cloud_run::body_fields(&body) {
+async fn root_post(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body_fields(body) {
         Ok(fields) => api::cloud_run::generate(app, fields).await.into_response(),
         Err(e) => {
             app.timing(api::cloud_run::API).finish(e.status.as_u16());
@@ -285,13 +289,34 @@ async fn root_post(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Resp
     }
 }
 
+/// A POST body as request fields: a JSON object. A body too large (413) or too slow (408)
+/// is answered in the same JSON shape as any other error.
+fn body_fields(body: Result<Bytes, BytesRejection>) -> Result<params::Fields, error::ApiError> {
+    let body = body.map_err(|rejection| {
+        let timed_out = std::iter::successors(
+            Some(&rejection as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        )
+        .any(|e| e.is::<tower_http::timeout::TimeoutError>());
+        if timed_out {
+            error::ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time (--client-timeout)",
+            )
+        } else {
+            error::ApiError::new(rejection.status(), rejection.body_text())
+        }
+    })?;
+    api::cloud_run::body_fields(&body)
+}
+
 /// gpt-2-cloud-run answers HEAD with an empty text (a liveness probe).
 async fn root_head() -> Response {
     Json(serde_json::json!({"text": ""})).into_response()
 }
 
-async fn completions(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
-    match api::cloud_run::body_fields(&body) {
+async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body_fields(body) {
         Ok(fields) => api::openai::completions(app, fields).await,
         Err(e) => {
             app.timing(api::openai::API).finish(e.status.as_u16());

@@ -357,13 +357,15 @@ impl<S> Streaming<S> {
     /// Queues the events of one update; an error ends the stream.
     fn on_update(&mut self, base: usize, update: Update) -> Option<ApiError> {
         match update {
+            Update::Prefix { index, text } => {
+                self.text(base + index, text);
+                None
+            }
             Update::Text { index, text } => {
                 if let Some(timing) = &mut self.timing {
                     timing.first_text();
                 }
-                let choice = json!([{"text": text, "index": base + index,
-                                     "logprobs": null, "finish_reason": null}]);
-                self.queue.push_back(self.head.event(choice));
+                self.text(base + index, text);
                 None
             }
             Update::Done { index, sample } => {
@@ -376,6 +378,13 @@ impl<S> Streaming<S> {
             }
             Update::Failed(f) => Some(failure_error(f)),
         }
+    }
+
+    /// Queues a chunk of text of choice `index`.
+    fn text(&mut self, index: usize, text: String) {
+        let choice = json!([{"text": text, "index": index, "logprobs": null,
+                             "finish_reason": null}]);
+        self.queue.push_back(self.head.event(choice));
     }
 
     fn finish(&mut self, status: u16) {

@@ -44,6 +44,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             grace: Duration::from_secs(1),
             max_body: 1024,
+            client_timeout: Duration::from_secs(1),
             model_name: "</script><script>alert(1)</script>".into(),
             defaults: Default::default(),
         };
