@@ -14,6 +14,9 @@
 #   SERVERS ["peer tch onnx"]
 #   MODEL [2,4,128]       layers,heads,width of the random GPT-2 (vocabulary 50257, n_ctx CTX [256])
 #   MAX_BATCH [32]        gptpipe serve --max-batch (its default)
+#   DEVICE [cpu]          where the peer and the tch server run (cuda on a GPU machine; the
+#                         onnx server runs on the CPU whatever this says: leave it out of
+#                         SERVERS there)
 #   THREADS [0]           CPU threads of every server's model (0: each library's default,
 #                         one per core): the peer's torch.set_num_threads, OMP_NUM_THREADS of
 #                         `gptpipe serve --backend tch`, GPTPIPE_ORT_THREADS of `--backend onnx`
@@ -34,6 +37,7 @@ SERVERS=${SERVERS:-"peer tch onnx"}
 MODEL=${MODEL:-2,4,128}
 CTX=${CTX:-256}
 MAX_BATCH=${MAX_BATCH:-32}
+DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-0}
 RUN_TIMEOUT=${RUN_TIMEOUT:-240}
 REQ_TIMEOUT=${REQ_TIMEOUT:-120}
@@ -102,8 +106,8 @@ start_server() { # NAME
   omp=; [ "$THREADS" = 0 ] || omp=$THREADS
   case $1 in
     peer) PYTHONPATH=$pydeps setsid "$PY" benches/peers/cloud_run_peer.py --model-dir "$model" \
-            --host $host --port $port --threads "$THREADS" >"$server_log" 2>&1 & ;;
-    tch)  env ${omp:+OMP_NUM_THREADS=$omp} setsid "$bin" serve --model "$model" --backend tch --device cpu --host $host \
+            --host $host --port $port --threads "$THREADS" --device "$DEVICE" >"$server_log" 2>&1 & ;;
+    tch)  env ${omp:+OMP_NUM_THREADS=$omp} setsid "$bin" serve --model "$model" --backend tch --device "$DEVICE" --host $host \
             --port $port --max-batch "$MAX_BATCH" >"$server_log" 2>&1 & ;;
     onnx) env ${omp:+GPTPIPE_ORT_THREADS=$omp} setsid "$bin" serve --model "$onnx" --backend onnx --device cpu --host $host \
             --port $port --max-batch "$MAX_BATCH" >"$server_log" 2>&1 & ;;
@@ -135,7 +139,7 @@ load() { # CLIENTS REQUESTS OUT.json
 results=$(mktemp -d)
 trap 'cleanup; rm -rf "$results"' EXIT
 date -u +"%Y-%m-%d %H:%M UTC"
-echo "$(nproc) cores; model $MODEL (layers,heads,width), n_ctx $CTX; $LENGTH new tokens per request; top_k 40, temperature 0.7; gptpipe serve --max-batch $MAX_BATCH; model threads: ${THREADS/#0/default}"
+echo "$(nproc) cores; model $MODEL (layers,heads,width), n_ctx $CTX; $LENGTH new tokens per request; top_k 40, temperature 0.7; gptpipe serve --max-batch $MAX_BATCH; model threads: ${THREADS/#0/default}; device $DEVICE"
 servers=($SERVERS)
 i=0
 for c in $CLIENTS; do

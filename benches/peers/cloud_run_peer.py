@@ -39,10 +39,10 @@ EOT = 50256
 HEADERS = {"Access-Control-Allow-Origin": "*"}
 
 
-def build(model_dir, threads):
+def build(model_dir, threads, device):
     if threads:
         torch.set_num_threads(threads)
-    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval().to(device)
     tok = tokenizer(model_dir)
     lock = asyncio.Lock()
     stats = {"requests": 0, "tokens": 0}
@@ -55,7 +55,7 @@ def build(model_dir, threads):
         prefix = str(params.get("prefix", ""))[:500]
         include_prefix = str(params.get("include_prefix", True)).lower() == "true"
         ids = tok.encode(prefix).ids if prefix else [EOT]
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=device)
         kw = dict(do_sample=True, temperature=temperature, top_k=top_k,
                   top_p=top_p if top_p > 0 else 1.0, pad_token_id=EOT,
                   attention_mask=torch.ones_like(x))
@@ -97,10 +97,11 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8090)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda")
     a = ap.parse_args()
-    app = build(a.model_dir, a.threads)
+    app = build(a.model_dir, a.threads, a.device)
     print(f"peer: transformers {transformers.__version__}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads", file=sys.stderr, flush=True)
+          f"{torch.get_num_threads()} CPU threads, device {a.device}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
 
 
