@@ -145,8 +145,8 @@ impl Engine {
     }
 }
 
-/// A request admitted to the batch: what its samples share.
-struct Admitted {
+/// A request the engine has taken, queued or in the batch: what its samples share.
+struct Accepted {
     job: Job,
     deadline: Instant,
     updates: UnboundedSender<Update>,
@@ -154,14 +154,35 @@ struct Admitted {
     failed: AtomicBool,
 }
 
-impl Admitted {
+/// A request waiting for room in the batch, for its `n` samples.
+struct Queued {
+    request: Arc<Accepted>,
+    n: usize,
+}
+
+impl From<Request> for Queued {
+    fn from(r: Request) -> Self {
+        Self {
+            n: r.n,
+            request: Arc::new(Accepted {
+                job: r.job,
+                deadline: r.deadline,
+                updates: r.updates,
+                failed: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl Accepted {
     fn fail(&self, failure: Failure) {
         if !self.failed.swap(true, Ordering::Relaxed) {
             let _ = self.updates.send(Update::Failed(failure));
         }
     }
 
-    /// Whether its samples should stop: the client is gone, or it is too late.
+    /// Whether it should stop (or not start): the client is gone, or it is too late (and
+    /// then it fails, once).
     fn abandoned(&self, now: Instant) -> bool {
         if self.failed.load(Ordering::Relaxed) || self.updates.is_closed() {
             return true;
@@ -176,7 +197,7 @@ impl Admitted {
 
 /// One sample in the batch.
 struct Live {
-    request: Arc<Admitted>,
+    request: Arc<Accepted>,
     row: SampleRow,
     /// Tokens of this row in the backend's cache.
     cached: usize,
@@ -191,7 +212,7 @@ struct Batcher {
     n_ctx: usize,
     /// In the backend's row order.
     live: Vec<Live>,
-    pending: VecDeque<Request>,
+    pending: VecDeque<Queued>,
 }
 
 /// How long an idle engine sleeps between looks at the queue.
@@ -220,13 +241,13 @@ impl Batcher {
         while !self.shared.stop.load(Ordering::Relaxed) {
             if self.live.is_empty() && self.pending.is_empty() {
                 match rx.recv_timeout(IDLE_POLL) {
-                    Ok(r) => self.pending.push_back(r),
+                    Ok(r) => self.pending.push_back(r.into()),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
             while let Ok(r) = rx.try_recv() {
-                self.pending.push_back(r);
+                self.pending.push_back(r.into());
             }
             self.drop_abandoned_requests();
             if let Err(e) = self.turn() {
@@ -249,8 +270,8 @@ impl Batcher {
         for live in self.live.drain(..) {
             live.request.fail(Failure::ShuttingDown);
         }
-        for request in self.pending.drain(..) {
-            let _ = request.updates.send(Update::Failed(Failure::ShuttingDown));
+        for queued in self.pending.drain(..) {
+            queued.request.fail(Failure::ShuttingDown);
         }
         Ok(())
     }
@@ -333,12 +354,8 @@ impl Batcher {
     fn drop_abandoned_requests(&mut self) {
         let now = Instant::now();
         let metrics = &self.shared.metrics;
-        self.pending.retain(|r| {
-            let gone = r.updates.is_closed();
-            if !gone && now >= r.deadline {
-                let _ = r.updates.send(Update::Failed(Failure::TimedOut));
-            }
-            let keep = !gone && now < r.deadline;
+        self.pending.retain(|queued| {
+            let keep = !queued.request.abandoned(now);
             if !keep {
                 metrics.dequeued();
             }
@@ -350,31 +367,28 @@ impl Batcher {
     fn admit(&mut self, in_batch: usize, now: Instant, joining: &mut Vec<(Vec<u32>, Live)>) {
         let join = self.backend.can_join();
         let mut rows = in_batch + joining.len();
-        while let Some(request) = self.pending.front() {
-            let fits = rows == 0 || rows + request.n <= self.shared.max_batch;
+        while let Some(queued) = self.pending.front() {
+            let fits = rows == 0 || rows + queued.n <= self.shared.max_batch;
             if !fits || (!join && rows > 0) {
                 break;
             }
-            let request = self.pending.pop_front().expect("front");
+            let Queued {
+                request: admitted,
+                n,
+            } = self.pending.pop_front().expect("front");
             self.shared.metrics.dequeued();
-            let admitted = Arc::new(Admitted {
-                job: request.job,
-                deadline: request.deadline,
-                updates: request.updates,
-                failed: AtomicBool::new(false),
-            });
             if admitted.abandoned(now) {
                 continue;
             }
             if admitted.job.length == 0 {
-                for index in 0..request.n {
+                for index in 0..n {
                     let row = SampleRow::new(&admitted.job, index);
                     let sample = row.finish(&admitted.job);
                     let _ = admitted.updates.send(Update::Done { index, sample });
                 }
                 continue;
             }
-            for index in 0..request.n {
+            for index in 0..n {
                 if admitted.job.include_prefix && !admitted.job.prefix.is_empty() {
                     // The text of an echoed sample starts with its prefix: so does its stream.
                     let _ = admitted.updates.send(Update::Prefix {
@@ -390,7 +404,7 @@ impl Batcher {
                 };
                 joining.push((admitted.job.prompt.clone(), live));
             }
-            rows += request.n;
+            rows += n;
             if !join {
                 break;
             }
