@@ -164,18 +164,24 @@ impl GenerateArgs {
             // The stage's rule for `output` (a name inside its folder) does not apply here.
             output: "samples.txt".into(),
             format,
-            backend: match self.backend {
-                BackendArg::Auto => Backend::Auto,
-                BackendArg::Tch => Backend::Tch,
-                BackendArg::Onnx => Backend::Onnx,
-            },
+            backend: self.backend.into(),
             device,
         })
     }
 }
 
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Tch => Backend::Tch,
+            BackendArg::Onnx => Backend::Onnx,
+        }
+    }
+}
+
 /// A usage error naming the flag that causes it (exit code 2).
-fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
+pub(super) fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
     RunError::Config(ConfigError::new(format!(
         "--{}: {message}",
         flag.replace('_', "-")

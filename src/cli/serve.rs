@@ -3,12 +3,10 @@
 //! defaults and its upstream is brought up to date (or restored from the cache) first, as
 //! `run` would.
 
-use super::generate::{model_source, BackendArg};
+use super::generate::{invalid, model_source, BackendArg};
 use super::pipeline_args;
 use clap::Args;
-use gptpipe_core::config::{
-    Backend, ConfigError, Device, GenerateParams, ModelRef, StageKind, StageParams,
-};
+use gptpipe_core::config::{ConfigError, Device, GenerateParams, ModelRef, StageKind, StageParams};
 use gptpipe_core::report::HumanSink;
 use gptpipe_core::runner::{RunError, RunOptions, Runner};
 use gptpipe_core::stage::{ModelSource, Registry};
@@ -81,10 +79,6 @@ pub struct ServeArgs {
 /// Request bodies larger than this get 413: a prompt is at most a context of tokens.
 const MAX_BODY: usize = 1 << 20;
 
-fn invalid(flag: &str, message: impl std::fmt::Display) -> RunError {
-    RunError::Config(ConfigError::new(format!("--{flag}: {message}")))
-}
-
 /// A number of seconds: positive, or also 0 when `zero` is allowed.
 fn seconds(flag: &str, s: f64, zero: bool) -> Result<Duration, RunError> {
     let least = if zero { 0.0 } else { f64::MIN_POSITIVE };
@@ -102,11 +96,7 @@ pub fn run(args: ServeArgs, registry: &Registry, backends: &Backends) -> Result<
         None => served_stage(&args, registry)?,
     };
     if let Some(b) = args.backend {
-        defaults.backend = match b {
-            BackendArg::Auto => Backend::Auto,
-            BackendArg::Tch => Backend::Tch,
-            BackendArg::Onnx => Backend::Onnx,
-        };
+        defaults.backend = b.into();
     }
     if let Some(d) = &args.device {
         defaults.device = d.parse::<Device>().map_err(|e| invalid("device", e))?;
@@ -152,25 +142,21 @@ fn served_stage(
 ) -> Result<(GenerateParams, ModelSource, String), RunError> {
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
-    let generate_stages: Vec<&String> = pipeline
+    let generate_stages: Vec<&str> = pipeline
         .stages
         .iter()
         .filter(|(_, p)| p.kind() == StageKind::Generate)
-        .map(|(name, _)| name)
+        .map(|(name, _)| name.as_str())
         .collect();
+    let listed = generate_stages.join(", ");
     let name = match targets.as_slice() {
         [name] => name.clone(),
-        [] if generate_stages.len() == 1 => generate_stages[0].clone(),
+        [] if generate_stages.len() == 1 => generate_stages[0].to_owned(),
         [] => {
             return Err(RunError::Config(ConfigError::new(format!(
-                "{} has {} generate stages ({}): name the one to serve",
+                "{} has {} generate stages ({listed}): name the one to serve",
                 path.display(),
                 generate_stages.len(),
-                generate_stages
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
             ))))
         }
         _ => {
@@ -183,13 +169,8 @@ fn served_stage(
         Some(StageParams::Generate(p)) => p.clone(),
         Some(other) => {
             return Err(RunError::Config(ConfigError::new(format!(
-                "stage {name:?} is a {} stage: serve a generate stage ({})",
+                "stage {name:?} is a {} stage: serve a generate stage ({listed})",
                 other.kind().name(),
-                generate_stages
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
             ))))
         }
         None => {
