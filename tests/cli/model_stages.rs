@@ -60,18 +60,10 @@ nsamples = 2
 format = "jsonl"
 "#;
 
-fn titles() -> String {
-    let mut csv = String::from("title\n");
-    for i in 0..40 {
-        csv.push_str(&format!("The fox number {i} jumps over the lazy dog\n"));
-    }
-    csv
-}
-
 #[test]
 fn finetune_generate_export_through_the_worker() {
     let p = Project::new();
-    p.file("data/titles.csv", titles());
+    p.file("data/titles.csv", crate::common::fox_titles_csv());
     p.file("p.toml", PIPELINE);
     let run = p.run(&["run", "p.toml", "--json", "--jobs", "2"]).ok();
     let mut ran = run.stages_with("stage_finished");
@@ -227,7 +219,7 @@ fn a_folder_of_text_files_is_a_dataset_and_each_file_is_part_of_the_key() {
 #[test]
 fn one_off_generate_takes_the_stage_options_as_flags() {
     let p = Project::new();
-    p.file("data/titles.csv", titles());
+    p.file("data/titles.csv", crate::common::fox_titles_csv());
     p.file(
         "p.toml",
         "[pipeline]\nname = \"f\"\nworkdir = \"work\"\n\n[stages.titles]\nkind = \"prepare\"\n\
@@ -276,7 +268,7 @@ fn one_off_generate_takes_the_stage_options_as_flags() {
 #[test]
 fn restoring_from_a_checkpoint_folder_keys_the_stage_on_its_content() {
     let p = Project::new();
-    p.file("data/titles.csv", titles());
+    p.file("data/titles.csv", crate::common::fox_titles_csv());
     let base = "[pipeline]\nname = \"f\"\nworkdir = \"work\"\n\n[stages.titles]\nkind = \"prepare\"\n\
                 inputs = [\"data/titles.csv\"]\n\n[stages.base]\nkind = \"finetune\"\n\
                 dataset = \"@titles\"\nmodel = { n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }\n\

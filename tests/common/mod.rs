@@ -180,6 +180,59 @@ impl Run {
     }
 }
 
+/// What a test needs from its environment that may be missing (a Python package, a Debian
+/// program): skips the test
+/// (returns `None`) with a message, or fails it under `GPTPIPE_TEST_CLIENTS=require`.
+pub fn missing<T>(what: &str) -> Option<T> {
+    if std::env::var("GPTPIPE_TEST_CLIENTS").as_deref() == Ok("require") {
+        panic!("missing: {what} (GPTPIPE_TEST_CLIENTS=require; scripts/setup.sh and .ci/run install it)");
+    }
+    eprintln!("skipped: {what}");
+    None
+}
+
+/// The Python of the reference stack and the clients: `$GPTPIPE_PYTHON`, else the workspace's `.venv/bin/python`
+/// (as the other reference tests find it), holding every module of `modules`.
+pub fn python(modules: &[&str]) -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("GPTPIPE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    if !python.exists() {
+        return missing(&format!(
+            "no Python at {} (set GPTPIPE_PYTHON or run scripts/setup.sh)",
+            python.display()
+        ));
+    }
+    let import = std::process::Command::new(&python)
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .output()
+        .expect("cannot run python");
+    if !import.status.success() {
+        return missing(&format!(
+            "{} lacks {} (run scripts/setup.sh): {}",
+            python.display(),
+            modules.join(", "),
+            String::from_utf8_lossy(&import.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ));
+    }
+    Some(python)
+}
+
+/// A CSV of 40 short titles in a `title` column, enough to finetune a tiny model on.
+#[cfg(feature = "worker")]
+pub fn fox_titles_csv() -> String {
+    let mut csv = String::from("title\n");
+    for i in 0..40 {
+        csv.push_str(&format!("The fox number {i} jumps over the lazy dog\n"));
+    }
+    csv
+}
+
 /// Writes `content` to `path`, making its folders.
 pub fn write(path: &Path, content: impl AsRef<[u8]>) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

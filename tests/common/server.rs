@@ -111,9 +111,7 @@ impl Server {
     }
 
     pub fn connect(&self) -> std::io::Result<TcpStream> {
-        let s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))?;
-        Ok(s)
+        connect(self.port)
     }
 
     /// One request on a new connection, read to its end.
@@ -124,11 +122,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<Response> {
-        let mut s = self.connect()?;
-        s.write_all(&request_bytes(method, path, headers, body))?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        Ok(Response::parse(&raw))
+        request_to(self.port, method, path, headers, body)
     }
 
     pub fn request(
@@ -172,6 +166,29 @@ impl Drop for Server {
         }
         let _ = self.child.wait();
     }
+}
+
+/// A connection to 127.0.0.1:`port`, with a read timeout a test can live with.
+pub fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    Ok(s)
+}
+
+/// One request to 127.0.0.1:`port` on a new connection, read to its end (for a thread
+/// that has the port and not the [`Server`]).
+pub fn request_to(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut s = connect(port)?;
+    s.write_all(&request_bytes(method, path, headers, body))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    Ok(Response::parse(&raw))
 }
 
 pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
@@ -272,13 +289,10 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 }
 
 /// A tiny random GPT-2 (one layer, 2 heads, 32 wide) with GPT-2's vocabulary and a
-/// context of `n_positions`, saved by transformers (through `GPTPIPE_PYTHON`), made once
-/// per target folder; `None` (and a note) without Python.
+/// context of `n_positions`, saved by transformers (through [`super::python`]), made once
+/// per target folder; `None` (and a note) without them, as [`super::missing`] says.
 pub fn tiny_model(n_positions: usize) -> Option<PathBuf> {
-    let Some(python) = std::env::var_os("GPTPIPE_PYTHON") else {
-        eprintln!("skipped: GPTPIPE_PYTHON is not set (scripts/test.sh sets it)");
-        return None;
-    };
+    let python = super::python(&["torch", "transformers"])?;
     static MADE: Mutex<()> = Mutex::new(());
     let _one = MADE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))

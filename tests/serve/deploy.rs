@@ -3,9 +3,9 @@
 //! `/app/bin`, the model in `/app/model`, the ENTRYPOINT's arguments, `PORT` from the
 //! environment, a working folder elsewhere and no virtualenv, then SIGTERM.
 
-use crate::common::server::{free_port, tiny_model, Response};
+use crate::common::server::{free_port, request_to, tiny_model};
 use crate::common::GPTPIPE;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,15 +17,6 @@ fn entrypoint(dockerfile: &str) -> Vec<String> {
         .find_map(|l| l.strip_prefix("ENTRYPOINT "))
         .expect("the Dockerfile has an ENTRYPOINT");
     serde_json::from_str(line).expect("ENTRYPOINT in exec form")
-}
-
-fn post(port: u16, body: &str) -> std::io::Result<Response> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    let bytes = crate::common::server::request_bytes("POST", "/", &[], body.as_bytes());
-    s.write_all(&bytes)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    Ok(Response::parse(&raw))
 }
 
 #[test]
@@ -80,7 +71,8 @@ fn the_image_layout_serves_without_libtorch_a_virtualenv_or_the_workspace() {
         .unwrap();
     let start = Instant::now();
     let answer = loop {
-        match post(port, r#"{"prefix": "Hello", "length": "5", "seed": "1"}"#) {
+        let body = r#"{"prefix": "Hello", "length": "5", "seed": "1"}"#;
+        match request_to(port, "POST", "/", &[], body.as_bytes()) {
             Ok(r) if r.status == 200 => break r,
             _ if start.elapsed() > Duration::from_secs(60)
                 || child.try_wait().unwrap().is_some() =>

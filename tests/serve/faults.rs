@@ -2,7 +2,7 @@
 //! leave, bodies too large, SIGTERM with a grace period, and models that cannot load.
 
 use super::{backends, serve_tiny};
-use crate::common::server::{request_bytes, tiny_model, Response, Server};
+use crate::common::server::{request_bytes, request_to, tiny_model, Response, Server};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -62,18 +62,9 @@ fn a_full_queue_answers_429_and_a_client_that_leaves_frees_its_row_at_once() {
         let waiting = {
             let port = server.port;
             std::thread::spawn(move || {
-                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
                 let body = json!({"prompt": "y", "max_tokens": 3}).to_string();
-                s.write_all(&request_bytes(
-                    "POST",
-                    "/v1/completions",
-                    &[],
-                    body.as_bytes(),
-                ))
-                .unwrap();
-                let mut raw = Vec::new();
-                s.read_to_end(&mut raw).unwrap();
-                (Instant::now(), Response::parse(&raw))
+                let r = request_to(port, "POST", "/v1/completions", &[], body.as_bytes());
+                (Instant::now(), r.unwrap())
             })
         };
         wait_for("the second request queued", Duration::from_secs(10), || {
@@ -238,18 +229,8 @@ fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
     // A request that takes a while: it must finish whole.
     let port = server.port;
     let in_flight = std::thread::spawn(move || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let body = json!({"prompt": "x", "max_tokens": 300, "stop": [], "seed": 3}).to_string();
-        s.write_all(&request_bytes(
-            "POST",
-            "/v1/completions",
-            &[],
-            body.as_bytes(),
-        ))
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        Response::parse(&raw)
+        request_to(port, "POST", "/v1/completions", &[], body.as_bytes()).unwrap()
     });
     wait_for("the request in the batch", Duration::from_secs(10), || {
         server.metric("gptpipe_batch_rows") == 1.0

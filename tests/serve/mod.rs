@@ -28,6 +28,8 @@ mod openai_client;
 
 use crate::common::server::{tiny_model, Server};
 #[cfg(feature = "worker")]
+use crate::common::{missing, python};
+#[cfg(feature = "worker")]
 use crate::common::{Run, Test};
 #[cfg(feature = "worker")]
 use serde_json::Value;
@@ -141,15 +143,6 @@ pub const STAGE_SAMPLING: &[&str] = &[
 #[cfg(feature = "worker")]
 pub const MODEL_NAME: &str = "train";
 
-#[cfg(feature = "worker")]
-fn titles() -> String {
-    let mut csv = String::from("title\n");
-    for i in 0..40 {
-        csv.push_str(&format!("The fox number {i} jumps over the lazy dog\n"));
-    }
-    csv
-}
-
 /// The project folder with [`PIPELINE`] run (trained and exported), made once per run of
 /// this test binary under cargo's temp folder for tests.
 #[cfg(feature = "worker")]
@@ -169,7 +162,10 @@ pub fn project() -> &'static Path {
         let dir = runs.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&dir);
         crate::common::write(&dir.join("p.toml"), PIPELINE);
-        crate::common::write(&dir.join("data/titles.csv"), titles());
+        crate::common::write(
+            &dir.join("data/titles.csv"),
+            crate::common::fox_titles_csv(),
+        );
         Test::new()
             .dir(&dir)
             .args(["run", "p.toml", "train", "onnx"])
@@ -177,48 +173,6 @@ pub fn project() -> &'static Path {
             .ok();
         dir
     })
-}
-
-/// What a client test needs from its environment that may be missing: skips the test
-/// (returns `None`) with a message, or fails it under `GPTPIPE_TEST_CLIENTS=require`.
-#[cfg(feature = "worker")]
-pub fn missing<T>(what: &str) -> Option<T> {
-    if std::env::var("GPTPIPE_TEST_CLIENTS").as_deref() == Ok("require") {
-        panic!("missing: {what} (GPTPIPE_TEST_CLIENTS=require; scripts/setup.sh and .ci/run install it)");
-    }
-    eprintln!("skipped: {what}");
-    None
-}
-
-/// The Python with the clients: `$GPTPIPE_PYTHON`, else the workspace's `.venv/bin/python`
-/// (as the other reference tests find it), holding every module of `modules`.
-#[cfg(feature = "worker")]
-pub fn python(modules: &[&str]) -> Option<PathBuf> {
-    let python = std::env::var_os("GPTPIPE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    if !python.exists() {
-        return missing(&format!(
-            "no Python at {} (set GPTPIPE_PYTHON or run scripts/setup.sh)",
-            python.display()
-        ));
-    }
-    let import = Command::new(&python)
-        .args(["-c", &format!("import {}", modules.join(", "))])
-        .output()
-        .expect("cannot run python");
-    if !import.status.success() {
-        return missing(&format!(
-            "{} lacks {} (run scripts/setup.sh): {}",
-            python.display(),
-            modules.join(", "),
-            String::from_utf8_lossy(&import.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        ));
-    }
-    Some(python)
 }
 
 /// Runs `script` (a file of this folder) with `python` and `args`; panics with what it

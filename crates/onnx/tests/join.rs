@@ -30,25 +30,35 @@ fn alone(backend: &mut OnnxBackend, tokens: &[u32]) -> Vec<f32> {
     backend.logits().unwrap().data
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// Checks every row's logits against the row alone.
 fn check_rows(batch: &mut OnnxBackend, reference: &mut OnnxBackend, rows: &[Vec<u32>], what: &str) {
     let logits = batch.logits().unwrap();
     assert_eq!(logits.rows, rows.len(), "{what}");
     for (r, tokens) in rows.iter().enumerate() {
-        let d = max_diff(logits.row(r), &alone(reference, tokens));
+        let d = gptpipe_testkit::max_abs_diff(logits.row(r), &alone(reference, tokens));
         assert!(
             d <= TOL,
             "{what}: row {r} ({} tokens) differs by {d}",
             tokens.len()
         );
+    }
+}
+
+/// Steps `steps` of every row (each fed `token(row, step)`), checking the logits of each
+/// against the row alone after every one.
+fn step_and_check(
+    batch: &mut OnnxBackend,
+    reference: &mut OnnxBackend,
+    rows: &mut [Vec<u32>],
+    steps: std::ops::Range<usize>,
+) {
+    for s in steps {
+        let tokens: Vec<u32> = (0..rows.len()).map(|r| token(r, s)).collect();
+        batch.step(&tokens).unwrap();
+        rows.iter_mut()
+            .zip(&tokens)
+            .for_each(|(row, &t)| row.push(t));
+        check_rows(batch, reference, rows, &format!("step {s}"));
     }
 }
 
@@ -68,28 +78,14 @@ fn a_row_joining_a_running_batch_equals_itself_alone() {
     let mut rows: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5], vec![9, 8, 7, 6, 5]];
     batch.start(&rows).unwrap();
     check_rows(&mut batch, &mut reference, &rows, "start");
-    for s in 0..4 {
-        let tokens: Vec<u32> = (0..rows.len()).map(|r| token(r, s)).collect();
-        batch.step(&tokens).unwrap();
-        rows.iter_mut()
-            .zip(&tokens)
-            .for_each(|(row, &t)| row.push(t));
-        check_rows(&mut batch, &mut reference, &rows, &format!("step {s}"));
-    }
+    step_and_check(&mut batch, &mut reference, &mut rows, 0..4);
     // Prompts shorter and longer than the rows there (9 tokens in), one of each length
     // twice (prefilled together).
     let joining = vec![vec![40, 41, 42], vec![50; 12], vec![60, 61, 62]];
     batch.join(&joining).unwrap();
     rows.extend(joining);
     check_rows(&mut batch, &mut reference, &rows, "join");
-    for s in 4..14 {
-        let tokens: Vec<u32> = (0..rows.len()).map(|r| token(r, s)).collect();
-        batch.step(&tokens).unwrap();
-        rows.iter_mut()
-            .zip(&tokens)
-            .for_each(|(row, &t)| row.push(t));
-        check_rows(&mut batch, &mut reference, &rows, &format!("step {s}"));
-    }
+    step_and_check(&mut batch, &mut reference, &mut rows, 4..14);
     assert!(batch.columns() <= batch.n_ctx());
 }
 
@@ -274,7 +270,8 @@ fn an_export_without_mask_inputs_runs_but_cannot_join() {
         old.step(&tokens).unwrap();
         new.step(&tokens).unwrap();
         old.retain(&[0, 1]).unwrap();
-        let d = max_diff(&old.logits().unwrap().data, &new.logits().unwrap().data);
+        let d =
+            gptpipe_testkit::max_abs_diff(&old.logits().unwrap().data, &new.logits().unwrap().data);
         assert!(d <= TOL, "step {s}: {d}");
     }
     let err = old.join(&[vec![1]]).unwrap_err().to_string();

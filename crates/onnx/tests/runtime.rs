@@ -8,14 +8,6 @@ use gptpipe_onnx::graph::Float;
 use gptpipe_onnx::runtime::{Runtime, SessionOptions};
 use std::sync::OnceLock;
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn check(precision: Float, external: bool, tol: f32) {
     let tmp = tempfile::tempdir().unwrap();
     let hf = TinyModel::default().cached();
@@ -51,7 +43,7 @@ fn check(precision: Float, external: bool, tol: f32) {
     for (b, reference) in reference.iter().enumerate() {
         for (p, want) in reference.iter().enumerate().take(6) {
             let got = &out.logits[(b * 6 + p) * 1000..(b * 6 + p + 1) * 1000];
-            let d = max_diff(got, want);
+            let d = gptpipe_testkit::max_abs_diff(got, want);
             assert!(d <= tol, "row {b} pos {p}: {d}");
         }
     }
@@ -61,7 +53,8 @@ fn check(precision: Float, external: bool, tol: f32) {
         .unwrap();
     assert_eq!((last.seq, last.cache.len), (1, 6));
     for (b, reference) in reference.iter().enumerate() {
-        let d = max_diff(&last.logits[b * 1000..(b + 1) * 1000], &reference[5]);
+        let d =
+            gptpipe_testkit::max_abs_diff(&last.logits[b * 1000..(b + 1) * 1000], &reference[5]);
         assert!(d <= tol, "row {b} last position: {d}");
     }
     // One step through the cache for all rows.
@@ -70,7 +63,7 @@ fn check(precision: Float, external: bool, tol: f32) {
     assert_eq!(out.cache.len, 7);
     let last = out.last_logits();
     for (b, reference) in reference.iter().enumerate() {
-        let d = max_diff(&last[b * 1000..(b + 1) * 1000], &reference[6]);
+        let d = gptpipe_testkit::max_abs_diff(&last[b * 1000..(b + 1) * 1000], &reference[6]);
         assert!(d <= tol, "row {b} step: {d}");
     }
     // Drop row 1; rows 0 and 2 continue with their own past.
@@ -79,7 +72,7 @@ fn check(precision: Float, external: bool, tol: f32) {
     let out = model.run(&[rows[0][7], rows[2][7]], 2, &cache).unwrap();
     let last = out.last_logits();
     for (i, b) in [0, 2].into_iter().enumerate() {
-        let d = max_diff(&last[i * 1000..(i + 1) * 1000], &reference[b][7]);
+        let d = gptpipe_testkit::max_abs_diff(&last[i * 1000..(i + 1) * 1000], &reference[b][7]);
         assert!(d <= tol, "row {b} after retain: {d}");
     }
 }

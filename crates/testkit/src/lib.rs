@@ -27,3 +27,12 @@ pub fn alone(path: &str) -> bool {
     );
     false
 }
+
+/// The largest absolute difference between two equally long slices (of logits, say).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "slices of different lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -48,14 +48,6 @@ fn alone(id: usize, len: usize, steps: usize) -> Vec<Vec<f32>> {
     out
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// A batch of rows on one backend, each checked after every call against itself alone.
 struct Batch {
     backend: TchBackend,
@@ -123,7 +115,7 @@ impl Batch {
         let logits = self.backend.logits().unwrap();
         assert_eq!(logits.rows, self.rows.len(), "{what}");
         for (r, &(id, k)) in self.rows.iter().enumerate() {
-            let d = max_diff(logits.row(r), &self.reference[id][k]);
+            let d = gptpipe_testkit::max_abs_diff(logits.row(r), &self.reference[id][k]);
             assert!(
                 d < 1e-4,
                 "{what}: row {r} (id {id}, step {k}) differs by {d}"
