@@ -117,8 +117,8 @@ pub fn serve(
         // The engine finishes its step and returns before the process (and the libraries
         // it runs on) goes away.
         app.engine.shared.stop.store(true, Ordering::Relaxed);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !engine_thread.is_finished() && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !engine_thread.is_finished() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if result.is_ok() {
