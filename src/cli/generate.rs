@@ -4,13 +4,15 @@
 use clap::{ArgAction, Args, ValueEnum};
 use gptpipe_core::config::{
     check_stage_values, Backend, ConfigError, Device, GenerateParams, ModelRef, SampleFormat,
-    StageParams,
+    StageParams, UserPath,
 };
 use gptpipe_core::runner::RunError;
 use gptpipe_core::stage::ModelSource;
+use gptpipe_generate::draw::{draw, Draw};
 use gptpipe_generate::output::{render, OutputFile};
-use gptpipe_generate::stage::{job_of, known_n_ctx, open_backend};
-use gptpipe_generate::{generate_range, Backends};
+use gptpipe_generate::prompts::{jobs_of, listed, read_prefix_file};
+use gptpipe_generate::stage::{group_header, known_n_ctx, open_backend, render_all};
+use gptpipe_generate::{Backends, Sample};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +45,10 @@ pub struct GenerateArgs {
     /// Text every sample starts from (empty: start from <|endoftext|>)
     #[arg(long, default_value = "", help_heading = "Text")]
     pub prefix: String,
+    /// A file of prefixes, one per line (blank lines skipped): --nsamples samples each,
+    /// grouped by prefix
+    #[arg(long, conflicts_with = "prefix", help_heading = "Text")]
+    pub prefix_file: Option<PathBuf>,
     /// End each sample before the first occurrence of this string
     #[arg(long, default_value = "", help_heading = "Text")]
     pub truncate: String,
@@ -166,6 +172,11 @@ impl GenerateArgs {
             format,
             backend: self.backend.into(),
             device,
+            prefix_file: self
+                .prefix_file
+                .as_ref()
+                .map(|p| UserPath::from_path(p.clone())),
+            ..GenerateParams::default()
         })
     }
 }
@@ -223,40 +234,68 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     };
     let seed = args.seed;
     let codec = gptpipe_generate::codec::gpt2()?;
-    let job = job_of(&params, seed, codec.as_ref())?;
+    let file_prefixes = match &args.prefix_file {
+        Some(path) => {
+            Some(read_prefix_file(path).map_err(|e| invalid("prefix_file", format!("{e:#}")))?)
+        }
+        None => None,
+    };
+    let prefix_flag = if file_prefixes.is_some() {
+        "prefix_file"
+    } else {
+        "prefix"
+    };
+    let jobs = jobs_of(&params, seed, codec.as_ref(), file_prefixes.as_deref())
+        .map_err(|e| invalid(prefix_flag, format!("{e:#}")))?;
+    let fits = |n_ctx: usize| {
+        jobs.iter()
+            .try_for_each(|job| job.check_fits(n_ctx))
+            .map_err(|e| invalid(prefix_flag, e))
+    };
     if let Some(n_ctx) = known_n_ctx(&source) {
-        job.check_fits(n_ctx).map_err(|e| invalid("prefix", e))?;
+        fits(n_ctx)?;
     }
     let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
-    job.check_fits(backend.n_ctx())
-        .map_err(|e| invalid("prefix", e))?;
+    fits(backend.n_ctx())?;
 
-    let mut rendered = Vec::new();
+    let mut kept: Vec<Vec<Sample>> = vec![Vec::new(); jobs.len()];
     let stdout = std::io::stdout();
-    let to_stdout = args.output.is_none();
-    generate_range(
+    // Each batch appears on stdout as soon as it is done.
+    let streaming = args.output.is_none();
+    let plan = Draw {
+        jobs: &jobs,
+        nsamples: params.nsamples,
+        batch_size: params.batch_size,
+        max_draws: params.nsamples,
+        judging: false,
+        start: 0,
+    };
+    draw(
         backend.as_mut(),
         codec.as_ref(),
-        &job,
-        0..params.nsamples,
-        params.batch_size,
+        &plan,
+        &mut |_, _| Ok(true),
         &mut |_| Ok(()),
-        &mut |samples| {
-            for s in &samples {
-                let text = render(s, params.format, &params.sample_delim, seed);
-                if to_stdout {
-                    // Each batch appears as soon as it is done.
-                    let mut out = stdout.lock();
-                    out.write_all(text.as_bytes())?;
-                    out.flush()?;
-                } else {
-                    rendered.push(text);
+        &mut |_, j, samples| {
+            if streaming {
+                let first = kept[j].is_empty();
+                let mut text = String::new();
+                if first && listed(&params) && params.format == SampleFormat::Text {
+                    text.push_str(&group_header(&jobs[j].prefix));
                 }
+                for s in &samples {
+                    text.push_str(&render(s, &jobs[j], params.format, &params.sample_delim));
+                }
+                let mut out = stdout.lock();
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
             }
+            kept[j].extend(samples);
             Ok(())
         },
     )?;
     if let Some(output) = &output {
+        let rendered = render_all(&params, &jobs, Vec::new(), kept);
         output.write(rendered.concat().as_bytes())?;
     }
     Ok(())

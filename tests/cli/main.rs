@@ -8,6 +8,7 @@ mod model_stages;
 mod pipelines;
 mod prepare;
 mod schema;
+mod short_texts;
 #[cfg(not(feature = "worker"))]
 mod without_torch;
 

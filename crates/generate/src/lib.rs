@@ -8,8 +8,10 @@
 
 pub mod backend;
 pub mod codec;
+pub mod draw;
 pub mod driver;
 pub mod output;
+pub mod prompts;
 pub mod rng;
 pub mod row;
 pub mod sampling;

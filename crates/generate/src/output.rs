@@ -2,7 +2,7 @@
 //! `samples.jsonl`, plus `generate.json`, the record that lets a later run with a larger
 //! `nsamples` keep these samples byte for byte.
 
-use crate::driver::Sample;
+use crate::driver::{Job, Sample};
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::{GenerateParams, SampleFormat};
 use serde::{Deserialize, Serialize};
@@ -13,14 +13,15 @@ use std::path::{Path, PathBuf};
 /// take: the config check refuses it).
 pub const META_FILE: &str = GenerateParams::META_FILE;
 
-/// One sample as it appears in the output file.
-pub fn render(sample: &Sample, format: SampleFormat, sample_delim: &str, seed: u64) -> String {
+/// One sample of `job` as it appears in the output file.
+pub fn render(sample: &Sample, job: &Job, format: SampleFormat, sample_delim: &str) -> String {
     match format {
         SampleFormat::Text => format!("{}\n{}", sample.text, sample_delim),
         SampleFormat::Jsonl => {
             let line = serde_json::json!({
                 "index": sample.index,
-                "seed": seed,
+                "prefix": job.prefix,
+                "seed": job.seed,
                 "text": sample.text,
                 "tokens": sample.tokens,
                 "truncated": sample.truncated,
@@ -43,11 +44,18 @@ pub struct Meta {
     pub params: serde_json::Value,
     /// Byte length of each sample in the output file, in order.
     pub sample_bytes: Vec<usize>,
+    /// How a sample is rendered: samples of another layout are not reused.
+    #[serde(default)]
+    pub layout: u32,
 }
 
+/// The current [`Meta::layout`] of jsonl samples: 1 added the prefix, the scores, the
+/// novelty and the model hash to each row (0 before).
+const LAYOUT: u32 = 1;
+
 impl Meta {
-    pub fn new(version: u32, inputs_hash: &str, seed: u64, params: &GenerateParams) -> Self {
-        let mut params = serde_json::to_value(params).expect("params serialize");
+    pub fn new(version: u32, inputs_hash: &str, seed: u64, generate: &GenerateParams) -> Self {
+        let mut params = serde_json::to_value(generate).expect("params serialize");
         if let Some(map) = params.as_object_mut() {
             map.remove("nsamples");
             map.remove("batch_size");
@@ -59,6 +67,11 @@ impl Meta {
             seed,
             params,
             sample_bytes: Vec::new(),
+            // Text samples render as they always did.
+            layout: match generate.format {
+                SampleFormat::Jsonl => LAYOUT,
+                SampleFormat::Text => 0,
+            },
         }
     }
 
@@ -67,6 +80,7 @@ impl Meta {
             && self.inputs_hash == other.inputs_hash
             && self.seed == other.seed
             && self.params == other.params
+            && self.layout == other.layout
     }
 }
 

@@ -2,12 +2,15 @@
 
 use crate::backend::{Backend, BackendFactory, Backends};
 use crate::codec::Codec;
-use crate::driver::{generate_range, Job};
+use crate::draw::{draw, Draw};
+use crate::driver::{Job, Sample};
 use crate::output::{previous_samples, render, write_outputs, Meta};
+use crate::prompts::{jobs_of, listed, read_prefix_file};
 use crate::sampling::Sampling;
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::{
-    Backend as BackendChoice, Device, GenerateParams, ModelRef, Pipeline, StageKind, StageParams,
+    Backend as BackendChoice, Device, GenerateParams, ModelRef, Pipeline, SampleFormat, SortBy,
+    StageKind, StageParams,
 };
 use gptpipe_core::stage::{resolve_model, ModelSource, StageContext};
 
@@ -25,11 +28,11 @@ pub fn sampling_of(params: &GenerateParams) -> Sampling {
     }
 }
 
-/// The job `params` describe, with the prefix encoded.
-pub fn job_of(params: &GenerateParams, seed: u64, codec: &dyn Codec) -> Result<Job> {
+/// The job of `params` for `prefix` (encoded) with `seed`.
+pub fn job_of(params: &GenerateParams, prefix: &str, seed: u64, codec: &dyn Codec) -> Result<Job> {
     Job::new(
         codec,
-        &params.prefix,
+        prefix,
         params.include_prefix,
         params.length,
         sampling_of(params),
@@ -109,13 +112,35 @@ pub fn check_prefix_fits(
     };
     // GPT-2's tokens are byte-level, at least one byte each: a prefix of at most n_ctx
     // bytes fits without loading the tokenizer (tens of ms on every `status` and no-op run).
-    let Some(n_ctx) = planned_n_ctx(pipeline, &p.model).filter(|n| p.prefix.len() > *n) else {
+    let Some(n_ctx) = planned_n_ctx(pipeline, &p.model) else {
         return Ok(());
     };
-    let checked = crate::codec::gpt2()
-        .and_then(|codec| job_of(p, 0, codec.as_ref()))
+    let (key, prefixes) = if p.prefixes.is_empty() {
+        ("prefix", std::slice::from_ref(&p.prefix))
+    } else {
+        ("prefixes", p.prefixes.as_slice())
+    };
+    let mut codec = None;
+    for (i, prefix) in prefixes.iter().enumerate() {
+        if prefix.len() <= n_ctx {
+            continue;
+        }
+        let checked = match &codec {
+            Some(c) => Ok(c),
+            None => crate::codec::gpt2().map(|c| &*codec.insert(c)),
+        }
+        .and_then(|codec| job_of(p, prefix, 0, codec.as_ref()))
         .and_then(|job| job.check_fits(n_ctx));
-    checked.map_err(|e| ("prefix", format!("{e:#}")))
+        if let Err(e) = checked {
+            let at = if key == "prefixes" {
+                format!("prefixes[{i}]: ")
+            } else {
+                String::new()
+            };
+            return Err((key, format!("{at}{e:#}")));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the backend for `source`, or says why this build cannot.
@@ -151,28 +176,36 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
         bail!("stage `{}` is not a generate stage", ctx.name);
     };
     let seed = ctx.seed();
-    let job = job_of(params, seed, codec)?;
+    let file_prefixes = match &params.prefix_file {
+        Some(path) => Some(read_prefix_file(&ctx.pipeline.resolve(path))?),
+        None => None,
+    };
+    let jobs = jobs_of(params, seed, codec, file_prefixes.as_deref())?;
     let meta = Meta::new(VERSION, ctx.inputs_hash, seed, params);
-    let mut rendered: Vec<String> = ctx
+    // An earlier output's samples are reused only where sample i of this run is sample i of
+    // that one: one prompt, every sample kept, in index order.
+    let reusable = jobs.len() == 1 && params.sort_by == SortBy::Index;
+    let mut earlier: Vec<String> = ctx
         .previous_output
+        .filter(|_| reusable)
         .and_then(|dir| previous_samples(dir, &meta, &params.output))
         .unwrap_or_default();
-    rendered.truncate(params.nsamples);
-    if !rendered.is_empty() {
+    earlier.truncate(params.nsamples);
+    if !earlier.is_empty() {
         ctx.log(format!(
             "keeping {} samples from the previous run",
-            rendered.len()
+            earlier.len()
         ));
     }
-    if rendered.len() < params.nsamples {
+    let mut kept: Vec<Vec<Sample>> = vec![Vec::new(); jobs.len()];
+    if earlier.len() < jobs.len() * params.nsamples {
         let source = ctx.resolve_model(&params.model);
         if let Some(n_ctx) = known_n_ctx(&source) {
-            job.check_fits(n_ctx)?;
+            jobs.iter().try_for_each(|job| job.check_fits(n_ctx))?;
         }
         let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
-        job.check_fits(backend.n_ctx())?;
-        let start = rendered.len();
-        let total = ((params.nsamples - start) * params.length) as u64;
+        let needed = jobs.len() * params.nsamples - earlier.len();
+        let total = (needed * params.length) as u64;
         // Tokens of finished batches, for progress across batches.
         let done_before = std::cell::Cell::new(0u64);
         // A decoding step can take well under a millisecond: progress events go out at
@@ -193,23 +226,59 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
             }
             Ok(())
         };
-        let mut on_batch = |samples: Vec<crate::driver::Sample>| {
-            let n: u64 = samples.iter().map(|s| s.tokens.len() as u64).sum();
-            done_before.set(done_before.get() + n);
-            for s in &samples {
-                rendered.push(render(s, params.format, &params.sample_delim, seed));
-            }
-            Ok(())
+        let plan = Draw {
+            jobs: &jobs,
+            nsamples: params.nsamples,
+            batch_size: params.batch_size,
+            max_draws: params.nsamples,
+            judging: false,
+            start: earlier.len(),
         };
-        generate_range(
+        draw(
             backend.as_mut(),
             codec,
-            &job,
-            start..params.nsamples,
-            params.batch_size,
+            &plan,
+            &mut |_, _| Ok(true),
             &mut check,
-            &mut on_batch,
+            &mut |_, j, samples| {
+                let n: u64 = samples.iter().map(|s| s.tokens.len() as u64).sum();
+                done_before.set(done_before.get() + n);
+                kept[j].extend(samples);
+                Ok(())
+            },
         )?;
     }
+    let rendered = render_all(params, &jobs, earlier, kept);
     write_outputs(ctx.out_dir, &params.output, &rendered, meta)
+}
+
+/// The output file's pieces, one per sample (after `earlier`, rendered by a previous run),
+/// grouped by prompt under a header line when the prefixes are listed.
+pub fn render_all(
+    params: &GenerateParams,
+    jobs: &[Job],
+    earlier: Vec<String>,
+    kept: Vec<Vec<Sample>>,
+) -> Vec<String> {
+    let mut rendered = earlier;
+    for (job, samples) in jobs.iter().zip(kept) {
+        let first = rendered.len();
+        for s in &samples {
+            rendered.push(render(s, job, params.format, &params.sample_delim));
+        }
+        if params.format == SampleFormat::Text && listed(params) {
+            let header = group_header(&job.prefix);
+            match rendered.get_mut(first) {
+                Some(piece) => piece.insert_str(0, &header),
+                None => rendered.push(header),
+            }
+        }
+    }
+    rendered
+}
+
+/// The line above a prefix's samples in a text output.
+pub fn group_header(prefix: &str) -> String {
+    let shown = serde_json::to_string(prefix).expect("a string serializes");
+    format!("# prefix: {shown}\n")
 }

@@ -15,7 +15,7 @@ pub use load::{load, LoadOptions};
 pub use params::*;
 pub use reads::Read;
 pub use schema::{pipeline_schema, pipeline_schema_json};
-pub use validate::check_stage_values;
+pub use validate::{check_stage_values, MAX_NSAMPLES};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

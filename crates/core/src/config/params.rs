@@ -319,6 +319,34 @@ pub struct GenerateParams {
     pub backend: Backend,
     /// `"auto"`, `"cpu"`, `"cuda"` or `"cuda:N"`.
     pub device: Device,
+    // Conditioned generation and ordering. Unset keys stay out of the params' JSON, so a
+    // stage without them keeps its cache key.
+    /// Several prefixes, `nsamples` samples each, instead of `prefix`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
+    /// A file of prefixes, one per line, relative to the pipeline file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_file: Option<UserPath>,
+    /// The order of the samples of each prefix in the output.
+    #[serde(skip_serializing_if = "SortBy::is_index")]
+    pub sort_by: SortBy,
+}
+
+/// How the generate stage orders the samples of each prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SortBy {
+    /// By sample index (the order they were drawn in).
+    #[default]
+    Index,
+    /// Best first: the highest mean log-probability under the model.
+    Score,
+}
+
+impl SortBy {
+    pub fn is_index(&self) -> bool {
+        *self == SortBy::Index
+    }
 }
 
 impl Default for GenerateParams {
@@ -341,6 +369,9 @@ impl Default for GenerateParams {
             format: SampleFormat::Text,
             backend: Backend::Auto,
             device: Device::Auto,
+            prefixes: Vec::new(),
+            prefix_file: None,
+            sort_by: SortBy::Index,
         }
     }
 }

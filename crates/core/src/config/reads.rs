@@ -109,7 +109,16 @@ impl StageParams {
                 reads
             }
             Self::Export(p) => vec![model(&p.model)],
-            Self::Generate(p) => vec![model(&p.model)],
+            Self::Generate(p) => {
+                let mut reads = vec![model(&p.model)];
+                if let Some(path) = &p.prefix_file {
+                    reads.push(Read::FileOrTree {
+                        key: "prefix_file",
+                        path,
+                    });
+                }
+                reads
+            }
         }
     }
 

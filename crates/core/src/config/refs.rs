@@ -397,14 +397,22 @@ impl JsonSchema for ModelRef {
     }
 }
 
-string_schema!(InputRef, RestoreFrom, Device);
-as_string!(InputRef, RestoreFrom, Device);
+string_schema!(UserPath, InputRef, RestoreFrom, Device);
+as_string!(UserPath, InputRef, RestoreFrom, Device);
 
 /// A path whose `~` cannot be expanded is an error at its key.
 fn refuse_unexpanded<E: serde::de::Error>(path: Option<&UserPath>) -> Result<(), E> {
     match path.and_then(UserPath::unexpanded_tilde) {
         Some(why) => Err(E::custom(why)),
         None => Ok(()),
+    }
+}
+
+impl<'de> Deserialize<'de> for UserPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Self::new(&String::deserialize(d)?);
+        refuse_unexpanded::<D::Error>(Some(&value))?;
+        Ok(value)
     }
 }
 

@@ -425,6 +425,7 @@ fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
     )?;
     ensure(p.length > 0, "length", "length must be at least 1".into())?;
     check_generate_sizes(p)?;
+    check_prefixes(p)?;
     ensure(
         p.repetition_penalty > 0.0,
         "repetition_penalty",
@@ -464,10 +465,53 @@ fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// `prefix`, `prefixes` and `prefix_file` name the prompts in three ways: one of them.
+fn check_prefixes(p: &GenerateParams) -> Result<(), Invalid> {
+    if p.prefix_file.is_some() {
+        for (key, set) in [
+            ("prefix", !p.prefix.is_empty()),
+            ("prefixes", !p.prefixes.is_empty()),
+        ] {
+            ensure(
+                !set,
+                key,
+                format!("{key} and prefix_file both name the prefixes: keep one of them"),
+            )?;
+        }
+    }
+    ensure(
+        p.prefix.is_empty() || p.prefixes.is_empty(),
+        "prefixes",
+        "prefix and prefixes both name the prefixes: put the prefix into the list".into(),
+    )?;
+    let mut seen = std::collections::HashMap::new();
+    for (i, prefix) in p.prefixes.iter().enumerate() {
+        if let Some(first) = seen.insert(prefix.as_str(), i) {
+            return Err((
+                "prefixes",
+                format!(
+                    "prefixes[{i}] {prefix:?} is prefixes[{first}] again: each prefix \
+                     already gets nsamples samples"
+                ),
+            ));
+        }
+    }
+    ensure(
+        p.nsamples.saturating_mul(p.prefixes.len().max(1)) <= MAX_NSAMPLES,
+        "prefixes",
+        format!(
+            "{} prefixes of {} samples are more than the limit of {MAX_NSAMPLES} samples: the \
+             samples are held in memory until they are written",
+            p.prefixes.len(),
+            p.nsamples
+        ),
+    )
+}
+
 /// Rows of one generation batch at most: each row holds a KV cache of the whole context.
 const MAX_GENERATE_BATCH: usize = 1 << 16;
 /// Samples of one generate stage at most: they are held in memory until written.
-const MAX_NSAMPLES: usize = 10_000_000;
+pub const MAX_NSAMPLES: usize = 10_000_000;
 /// New tokens per sample at most (longer than the context slides the window).
 const MAX_LENGTH: usize = 1 << 20;
 
