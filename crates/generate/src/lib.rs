@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod codec;
+pub mod controls;
 pub mod driver;
 pub mod output;
 pub mod rng;
@@ -17,6 +18,7 @@ pub mod stage;
 
 pub use backend::{Backend, BackendFactory, Backends, Logits};
 pub use codec::Codec;
+pub use controls::Controls;
 pub use driver::{generate_batch, generate_range, Job, Sample};
 pub use row::SampleRow;
 pub use sampling::Sampling;

@@ -18,7 +18,7 @@ fn job(
         length,
         sampling,
         42,
-        truncate,
+        &[truncate.to_owned()],
     )
     .unwrap()
 }

@@ -21,8 +21,8 @@ fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, seed: u64) -> Job {
         length,
         sampling,
         seed,
-        truncate: String::new(),
         stops: Vec::new(),
+        controls: None,
     }
 }
 

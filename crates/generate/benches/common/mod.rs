@@ -55,8 +55,8 @@ pub fn tokens(
         length,
         sampling,
         seed: 0,
-        truncate: String::new(),
         stops: Vec::new(),
+        controls: None,
     };
     let mut out = Vec::new();
     generate_range(
