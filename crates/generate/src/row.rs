@@ -85,11 +85,14 @@ impl SampleRow {
     /// of `job`, with its controls masking the logits.
     pub fn sample(&self, job: &Job, logits: &mut [f32], u: f64) -> u32 {
         job.sampling
-            .sample_row_masked(logits, &self.context, u, |l| {
-                if let Some(c) = &job.controls {
-                    c.apply(l, &self.context, self.generated.len(), self.bad_state);
-                }
-            })
+            .sample_row_masked(logits, &self.context, u, |l| self.mask(job, l))
+    }
+
+    /// Applies `job`'s controls to this row's next-token `logits` (nothing without them).
+    pub fn mask(&self, job: &Job, logits: &mut [f32]) {
+        if let Some(c) = &job.controls {
+            c.apply(logits, &self.context, self.generated.len(), self.bad_state);
+        }
     }
 
     pub fn is_done(&self, job: &Job) -> bool {
