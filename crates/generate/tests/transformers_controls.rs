@@ -96,12 +96,7 @@ fn controls_match_transformers_logits_processors() {
         };
         let job = Job::new(codec.as_ref(), c.prefix, true, 100, sampling, 0, &stops)
             .unwrap()
-            .with_controls(
-                codec.as_ref(),
-                c.min_length,
-                c.no_repeat_ngram_size,
-                &bad,
-            )
+            .with_controls(codec.as_ref(), c.min_length, c.no_repeat_ngram_size, &bad)
             .unwrap();
         let mut row = SampleRow::new(&job, 0);
         for t in codec.encode(c.generated).unwrap() {
@@ -197,9 +192,15 @@ print(json.dumps(out))
                 .collect()
         };
         let (tf_bad, brute) = (ids("tf_bad"), ids("brute"));
-        assert!(!tf_bad.is_empty(), "case {i}: transformers bans no bad word");
+        assert!(
+            !tf_bad.is_empty(),
+            "case {i}: transformers bans no bad word"
+        );
         for t in &tf_bad {
-            assert!(brute.contains(t), "case {i}: {t} banned by transformers only");
+            assert!(
+                brute.contains(t),
+                "case {i}: {t} banned by transformers only"
+            );
         }
         assert_eq!(mine.len(), scores.len());
         let mut banned = 0;
