@@ -226,7 +226,9 @@ pub fn model_source(model: &ModelRef) -> Result<ModelSource, RunError> {
 pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     let params = args.params()?;
     if let Err((key, message)) = check_stage_values(&StageParams::Generate(params.clone())) {
-        return Err(invalid(key, message));
+        // The one key whose flag is not its name: `--bad-word`, repeated.
+        let flag = if key == "bad_words" { "bad_word" } else { key };
+        return Err(invalid(flag, message));
     }
     let source = model_source(&params.model)?;
     // Where the samples go is checked before any work (a missing folder is not created).
