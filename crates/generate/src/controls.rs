@@ -174,19 +174,19 @@ impl BadWords {
         // Breadth-first: fail links, then missing transitions through them (a DFA).
         let mut fail = vec![0u32; next.len()];
         let mut queue = std::collections::VecDeque::new();
-        for b in 0..256 {
-            match next[0][b] {
-                u32::MAX => next[0][b] = 0,
+        for slot in next[0].iter_mut() {
+            match *slot {
+                u32::MAX => *slot = 0,
                 child => queue.push_back(child as usize),
             }
         }
         while let Some(s) = queue.pop_front() {
             ends[s] = ends[s] || ends[fail[s] as usize];
-            for b in 0..256 {
-                let child = next[s][b];
-                let via_fail = next[fail[s] as usize][b];
+            let fallback = next[fail[s] as usize];
+            for (slot, via_fail) in next[s].iter_mut().zip(fallback) {
+                let child = *slot;
                 if child == u32::MAX {
-                    next[s][b] = via_fail;
+                    *slot = via_fail;
                 } else {
                     fail[child as usize] = via_fail;
                     queue.push_back(child as usize);
