@@ -122,7 +122,9 @@ fn ban(logits: &mut [f32], token: u32) {
 /// n-gram already in `context` (those following an earlier occurrence of its last n - 1
 /// tokens).
 pub fn banned_ngram_tokens(context: &[u32], n: usize) -> Vec<u32> {
-    if n == 0 || context.len() + 1 < n {
+    // transformers stops at `cur_len + 1 < n`; at `cur_len + 1 == n` the context holds no
+    // n-gram yet either.
+    if n == 0 || context.len() < n {
         return Vec::new();
     }
     let k = n - 1;
@@ -268,5 +270,6 @@ mod tests {
         // Size 1 bans every token seen; too short a context bans nothing.
         assert_eq!(banned_ngram_tokens(&[4, 5, 4], 1), vec![4, 5, 4]);
         assert!(banned_ngram_tokens(&[4], 3).is_empty());
+        assert!(banned_ngram_tokens(&[4, 5], 3).is_empty());
     }
 }
