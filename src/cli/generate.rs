@@ -4,7 +4,7 @@
 use clap::{ArgAction, Args, ValueEnum};
 use gptpipe_core::config::{
     check_stage_values, Backend, ConfigError, Device, GenerateParams, ModelRef, SampleFormat,
-    StageParams, UserPath,
+    StageParams, Truncate, UserPath,
 };
 use gptpipe_core::runner::RunError;
 use gptpipe_core::stage::ModelSource;
@@ -49,9 +49,10 @@ pub struct GenerateArgs {
     /// grouped by prefix
     #[arg(long, conflicts_with = "prefix", help_heading = "Text")]
     pub prefix_file: Option<PathBuf>,
-    /// End each sample before the first occurrence of this string
-    #[arg(long, default_value = "", help_heading = "Text")]
-    pub truncate: String,
+    /// End each sample before the first occurrence of this string (repeat it for several:
+    /// the earliest ends the sample)
+    #[arg(long, value_name = "STOP", help_heading = "Text")]
+    pub truncate: Vec<String>,
     /// Keep the prefix in the samples (--include-prefix false drops it)
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_value_t = true,
           default_missing_value = "true", value_name = "BOOL", help_heading = "Text")]
@@ -137,6 +138,17 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = format!("{}\n", "=".repeat(20)), hide_default_value = true,
           help_heading = "Output")]
     pub sample_delim: String,
+
+    // Stop and shape controls (issue 14, part 3).
+    /// Generated tokens before a --truncate string may end a sample (0: off)
+    #[arg(long, default_value_t = 0, help_heading = "Controls")]
+    pub min_length: usize,
+    /// No n-gram of this many tokens appears twice in a sample's context (0: off)
+    #[arg(long, default_value_t = 0, help_heading = "Controls")]
+    pub no_repeat_ngram_size: usize,
+    /// A string never generated, whatever its tokenisation (repeat it for several)
+    #[arg(long = "bad-word", value_name = "WORD", help_heading = "Controls")]
+    pub bad_words: Vec<String>,
 }
 
 impl GenerateArgs {
@@ -162,7 +174,7 @@ impl GenerateArgs {
             nsamples: self.nsamples,
             batch_size: self.batch_size,
             prefix: self.prefix.clone(),
-            truncate: self.truncate.clone(),
+            truncate: Truncate::from_list(self.truncate.clone()),
             include_prefix: self.include_prefix,
             seed: Some(self.seed),
             sample_delim: self.sample_delim.clone(),
@@ -172,6 +184,9 @@ impl GenerateArgs {
             format,
             backend: self.backend.into(),
             device,
+            min_length: self.min_length,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            bad_words: self.bad_words.clone(),
             prefix_file: self
                 .prefix_file
                 .as_ref()
@@ -222,7 +237,9 @@ pub fn model_source(model: &ModelRef) -> Result<ModelSource, RunError> {
 pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     let params = args.params()?;
     if let Err((key, message)) = check_stage_values(&StageParams::Generate(params.clone())) {
-        return Err(invalid(key, message));
+        // The one key whose flag is not its name: `--bad-word`, repeated.
+        let flag = if key == "bad_words" { "bad_word" } else { key };
+        return Err(invalid(flag, message));
     }
     let source = model_source(&params.model)?;
     // Where the samples go is checked before any work (a missing folder is not created).

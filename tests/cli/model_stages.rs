@@ -255,6 +255,64 @@ fn one_off_generate_takes_the_stage_options_as_flags() {
         "{}",
         bad.stderr
     );
+    let bad = generate(&["--bad-word", ""]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("--bad-word: bad_words"),
+        "{}",
+        bad.stderr
+    );
+    let bad = generate(&["--length", "5", "--min-length", "6"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("--min-length: min_length"),
+        "{}",
+        bad.stderr
+    );
+
+    // The controls as flags: banned strings never appear, and several stop strings end
+    // samples (none of them in the text).
+    let hot = ["--length", "20", "--nsamples", "4", "--temperature", "1.5"];
+    let free = generate(&[&hot[..], &["--format", "jsonl"]].concat()).ok();
+    let controlled = generate(
+        &[
+            &hot[..],
+            &[
+                "--format",
+                "jsonl",
+                "--bad-word",
+                "e",
+                "--bad-word",
+                "a",
+                "--no-repeat-ngram-size",
+                "2",
+                "--truncate",
+                "o",
+                "--truncate",
+                "i",
+            ],
+        ]
+        .concat(),
+    )
+    .ok();
+    let texts = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert!(
+        texts(&free.stdout).iter().any(|t| t.contains('e')),
+        "{}",
+        free.stdout
+    );
+    for t in texts(&controlled.stdout) {
+        assert!(!t.contains(['e', 'a', 'o', 'i']), "{t:?}");
+    }
     let long = ["word"; 40].join(" ");
     let bad = generate(&["--prefix", &long]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);

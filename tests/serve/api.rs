@@ -151,6 +151,24 @@ fn impossible_values_get_400_naming_the_field() {
         ("/v1/completions", json!({"top_k": -2}), "top_k"),
         ("/v1/completions", json!({"stream": "sometimes"}), "stream"),
         ("/v1/completions", json!({"top_p": 1.5}), "top_p"),
+        ("/v1/completions", json!({"min_tokens": -1}), "min_tokens"),
+        (
+            "/v1/completions",
+            json!({"min_tokens": 50, "max_tokens": 10}),
+            "min_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"no_repeat_ngram_size": "x"}),
+            "no_repeat_ngram_size",
+        ),
+        ("/v1/completions", json!({"bad_words": [""]}), "bad_words"),
+        ("/v1/completions", json!({"bad_words": 3}), "bad_words"),
+        (
+            "/v1/completions",
+            json!({"stop": "\n", "bad_words": ["\n"]}),
+            "bad_words",
+        ),
     ];
     for (path, body, field) in cases {
         let r = if body.is_null() {
@@ -195,6 +213,21 @@ fn impossible_values_get_400_naming_the_field() {
         &json!({"prompt": "x", "max_tokens": 3, "top_k": -1}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // vLLM's extra keys: a banned letter never appears in hot samples of the tiny model
+    // (letters outside the served stop string, "<|endoftext|>").
+    let r = server.post(
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 30, "n": 4, "temperature": 1.5,
+                "bad_words": ["a", "i"], "no_repeat_ngram_size": 2, "min_tokens": 5}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for c in r.json()["choices"].as_array().unwrap() {
+        let t = c["text"].as_str().unwrap();
+        assert!(
+            !t.contains('a') && !t.contains('i') && !t.is_empty(),
+            "{t:?}"
+        );
+    }
     // The server is still well.
     let r = server.post("/v1/completions", &json!({"prompt": "x", "max_tokens": 3}));
     assert_eq!(r.status, 200, "{}", r.text());

@@ -131,3 +131,43 @@ model = "models/m"
     .collect();
     assert_eq!(keys, expected);
 }
+
+/// Issue 14's stop and shape controls (`truncate` as a list, `min_length`,
+/// `no_repeat_ngram_size`, `bad_words`): a generate stage that uses none of them, or sets
+/// them to their defaults, keeps the key it had before they existed (pinned from the
+/// commit before them), and setting one changes it.
+#[test]
+fn generate_controls_at_their_defaults_keep_the_key() {
+    let key_of = |extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gptpipe.toml");
+        let text = format!(
+            "[pipeline]\nname = \"keys\"\n[stages.gen]\nkind = \"generate\"\nmodel = \"gpt2\"\n\
+             truncate = \"<|endoftext|>\"\n{extra}"
+        );
+        std::fs::write(&file, text).unwrap();
+        let pipeline = load(&file, &LoadOptions::default()).unwrap();
+        let params = &pipeline.stages["gen"];
+        KeyMaterial {
+            kind: params.kind().to_string(),
+            version: gptpipe_core::stage::versions::of(params.kind()),
+            params: params.keyed_json(),
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::new(),
+        }
+        .key()
+    };
+    let before = "567c999396dc27a4177b73379ff77ff8b2bf55a8abd6bd5e14bf318dad9f8952";
+    assert_eq!(key_of(""), before);
+    assert_eq!(
+        key_of("min_length = 0\nno_repeat_ngram_size = 0\nbad_words = []\n"),
+        before
+    );
+    for changed in [
+        "min_length = 5\n",
+        "no_repeat_ngram_size = 3\n",
+        "bad_words = [\"zebra\"]\n",
+    ] {
+        assert_ne!(key_of(changed), before, "{changed}");
+    }
+}

@@ -15,6 +15,10 @@ pub trait Codec {
 
     /// The token a sample starts from when the prefix is empty (`<|endoftext|>`).
     fn start_token(&self) -> u32;
+
+    /// How many tokens the tokenizer has (ids `0..vocab_len()`), for tables over the
+    /// vocabulary such as `bad_words`'.
+    fn vocab_len(&self) -> usize;
 }
 
 /// Text of some bytes; a token boundary inside a UTF-8 character shows as U+FFFD, as
@@ -39,6 +43,10 @@ impl Codec for gptpipe_text::Gpt2Tokenizer {
 
     fn start_token(&self) -> u32 {
         self.eot_id()
+    }
+
+    fn vocab_len(&self) -> usize {
+        self.vocab_size()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::backend::Backend;
 use crate::codec::Codec;
+use crate::controls::Controls;
 use crate::row::SampleRow;
 use crate::sampling::Sampling;
 use anyhow::{bail, ensure, Result};
@@ -20,12 +21,12 @@ pub struct Job {
     pub length: usize,
     pub sampling: Sampling,
     pub seed: u64,
-    /// Each sample ends before the first occurrence of this in its generated text; empty
-    /// for none.
-    pub truncate: String,
-    /// More stop strings, as `truncate` (the earliest of them all ends the sample): an
-    /// OpenAI request's `stop`.
+    /// Each sample ends before the earliest occurrence of any of these in its generated
+    /// text (`truncate`, or an OpenAI request's `stop`); empty strings are ignored.
     pub stops: Vec<String>,
+    /// `min_length`, `no_repeat_ngram_size` and `bad_words`; `None` when all are off
+    /// (set by [`Job::with_controls`], after `stops` and `prompt`).
+    pub controls: Option<Controls>,
 }
 
 impl Job {
@@ -38,7 +39,7 @@ impl Job {
         length: usize,
         sampling: Sampling,
         seed: u64,
-        truncate: &str,
+        stops: &[String],
     ) -> Result<Self> {
         let prompt = if prefix.is_empty() {
             vec![codec.start_token()]
@@ -56,17 +57,51 @@ impl Job {
             length,
             sampling,
             seed,
-            truncate: truncate.to_owned(),
-            stops: Vec::new(),
+            stops: stops.to_vec(),
+            controls: None,
         })
     }
 
-    /// The non-empty stop strings: `truncate` and `stops`.
+    /// Adds the stop and shape controls (see [`Controls`]); call it once `stops` are set.
+    pub fn with_controls(
+        mut self,
+        codec: &dyn Codec,
+        min_length: usize,
+        no_repeat_ngram_size: usize,
+        bad_words: &[String],
+    ) -> Result<Self> {
+        self.controls = Controls::new(
+            codec,
+            &self.prompt,
+            &self.stops,
+            min_length,
+            no_repeat_ngram_size,
+            bad_words,
+        )?;
+        Ok(self)
+    }
+
+    /// The non-empty stop strings.
     pub fn stops(&self) -> impl Iterator<Item = &[u8]> {
-        std::iter::once(&self.truncate)
-            .chain(&self.stops)
+        self.stops
+            .iter()
             .map(|s| s.as_bytes())
             .filter(|s| !s.is_empty())
+    }
+
+    /// Generated tokens before a stop may end a sample.
+    pub fn min_length(&self) -> usize {
+        self.controls.as_ref().map_or(0, |c| c.min_length)
+    }
+
+    /// `Some(k)` when the `k` largest logits of each row are enough to pick its next token
+    /// (a backend may then send just those); `None` when the sampler or a control needs
+    /// the full row.
+    pub fn candidates_needed(&self) -> Option<usize> {
+        match self.controls {
+            Some(_) => None,
+            None => self.sampling.candidates_needed(),
+        }
     }
 
     /// Fails when the prefix does not fit the model's context (checked before any work).
@@ -117,10 +152,12 @@ pub fn generate_batch(
     loop {
         // Active rows have all generated the same number of tokens.
         let remaining = job.length - rows[active[0]].generated().len();
-        let ahead = backend
-            .sample_ahead_limit(&job.sampling)
-            .min(n_ctx - seq_len)
-            .min(remaining);
+        // Controls need each row's full logits on the host: no sampling on the device.
+        let limit = match job.controls {
+            Some(_) => 0,
+            None => backend.sample_ahead_limit(&job.sampling),
+        };
+        let ahead = limit.min(n_ctx - seq_len).min(remaining);
         let keep = if ahead > 0 {
             // The backend samples `ahead` tokens per row by itself; rows that stop inside
             // the block drop the tokens after their stop (the draws keep their places).
@@ -203,7 +240,7 @@ fn sample_next(
     // One draw per row and step whatever the settings, so streams stay aligned.
     let us: Vec<f64> = active.iter().map(|&r| rows[r].next_uniform()).collect();
     let s = &job.sampling;
-    let tokens = match s.candidates_needed() {
+    let tokens = match job.candidates_needed() {
         Some(k) => {
             let cands = backend.top_k(k)?;
             ensure!(
@@ -232,11 +269,7 @@ fn sample_next(
                 .zip(&us)
                 .enumerate()
                 .map(|(pos, (&r, &u))| {
-                    s.sample_row(
-                        &mut logits.data[pos * v..(pos + 1) * v],
-                        rows[r].context(),
-                        u,
-                    )
+                    rows[r].sample(job, &mut logits.data[pos * v..(pos + 1) * v], u)
                 })
                 .collect()
         }

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod codec;
+pub mod controls;
 pub mod draw;
 pub mod driver;
 pub mod output;
@@ -19,6 +20,7 @@ pub mod stage;
 
 pub use backend::{Backend, BackendFactory, Backends, Logits};
 pub use codec::Codec;
+pub use controls::Controls;
 pub use driver::{generate_batch, generate_range, Job, Sample};
 pub use row::SampleRow;
 pub use sampling::Sampling;

@@ -18,6 +18,8 @@ pub struct SampleRow {
     bytes: Vec<u8>,
     /// Where the first stop string starts in `bytes`, once one has appeared.
     cut: Option<usize>,
+    /// The bad-word state of the text so far (prompt and generated), see `Controls`.
+    bad_state: u32,
 }
 
 impl SampleRow {
@@ -30,6 +32,7 @@ impl SampleRow {
             generated: Vec::new(),
             bytes: Vec::new(),
             cut: None,
+            bad_state: job.controls.as_ref().map_or(0, |c| c.start_state()),
         }
     }
 
@@ -61,7 +64,11 @@ impl SampleRow {
         self.generated.push(token);
         let before = self.bytes.len();
         self.bytes.extend_from_slice(&codec.token_bytes(token));
-        if self.cut.is_none() {
+        if let Some(c) = &job.controls {
+            self.bad_state = c.advance(self.bad_state, &self.bytes[before..]);
+        }
+        // A stop that ends in the first `min_length` generated tokens does not count.
+        if self.cut.is_none() && self.generated.len() > job.min_length() {
             // Only a match that ends in the new bytes can be new.
             self.cut = job
                 .stops()
@@ -72,6 +79,20 @@ impl SampleRow {
                 .min();
         }
         !self.is_done(job)
+    }
+
+    /// Picks the next token from this row's full `logits` with uniform `u`: the sampler
+    /// of `job`, with its controls masking the logits.
+    pub fn sample(&self, job: &Job, logits: &mut [f32], u: f64) -> u32 {
+        job.sampling
+            .sample_row_masked(logits, &self.context, u, |l| self.mask(job, l))
+    }
+
+    /// Applies `job`'s controls to this row's next-token `logits` (nothing without them).
+    pub fn mask(&self, job: &Job, logits: &mut [f32]) {
+        if let Some(c) = &job.controls {
+            c.apply(logits, &self.context, self.generated.len(), self.bad_state);
+        }
     }
 
     pub fn is_done(&self, job: &Job) -> bool {

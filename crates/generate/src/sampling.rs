@@ -65,9 +65,23 @@ impl Sampling {
     /// Picks a token from a full row of logits; `seen` are the row's tokens so far (for
     /// the repetition penalty), `u` is uniform in [0, 1). `logits` may be modified.
     pub fn sample_row(&self, logits: &mut [f32], seen: &[u32], u: f64) -> u32 {
+        self.sample_row_masked(logits, seen, u, |_| {})
+    }
+
+    /// [`Sampling::sample_row`] with `mask` applied to the logits after the repetition
+    /// penalty and before temperature, top-k and top-p (where transformers applies its
+    /// other logits processors).
+    pub fn sample_row_masked(
+        &self,
+        logits: &mut [f32],
+        seen: &[u32],
+        u: f64,
+        mask: impl FnOnce(&mut [f32]),
+    ) -> u32 {
         if self.penalizes() {
             apply_repetition_penalty(logits, seen, self.repetition_penalty as f32);
         }
+        mask(logits);
         if self.is_greedy() {
             return argmax(logits);
         }

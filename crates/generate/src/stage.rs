@@ -37,7 +37,13 @@ pub fn job_of(params: &GenerateParams, prefix: &str, seed: u64, codec: &dyn Code
         params.length,
         sampling_of(params),
         seed,
-        &params.truncate,
+        &params.truncate.stops(),
+    )?
+    .with_controls(
+        codec,
+        params.min_length,
+        params.no_repeat_ngram_size,
+        &params.bad_words,
     )
 }
 

@@ -18,7 +18,7 @@ fn job(
         length,
         sampling,
         42,
-        truncate,
+        &[truncate.to_owned()],
     )
     .unwrap()
 }
@@ -275,4 +275,91 @@ fn sampling_ahead_on_the_backend_gives_the_same_samples() {
             }
         }
     }
+}
+
+/// A job with stop strings `stops` and the controls, from the prefix "ja", no prefix in
+/// the text.
+fn controlled(stops: &[&str], min_length: usize, ngram: usize, bad: &[&str]) -> Job {
+    let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+    let bad: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+    Job::new(&FakeCodec, "ja", false, 40, sampled(), 42, &stops)
+        .unwrap()
+        .with_controls(&FakeCodec, min_length, ngram, &bad)
+        .unwrap()
+}
+
+#[test]
+fn controls_need_the_full_row_so_device_sampling_is_not_used() {
+    let plain = controlled(&[], 0, 0, &[]);
+    assert!(plain.controls.is_none());
+    let j = controlled(&[], 0, 2, &["ea", "c"]);
+    let (host, _) = run_ahead(&j, 8, 4, 64, 0);
+    let (ahead, _) = run_ahead(&j, 8, 4, 64, 16);
+    assert_eq!(host, ahead);
+    let (free, _) = run(&plain, 8, 4, 64);
+    let text = |s: &[Sample]| s.iter().map(|s| s.text.clone()).collect::<Vec<_>>();
+    // Without the key the words appear; with it, never (in the prefix and text together).
+    assert!(text(&free).iter().any(|t| t.contains("ea")));
+    assert!(text(&free).iter().any(|t| t.contains('c')));
+    for (s, t) in host.iter().zip(text(&host)) {
+        let full = format!("ja{t}");
+        assert!(!full.contains("ea") && !full.contains('c'), "{full:?}");
+        // No bigram twice in the context (prompt and generated).
+        let ctx: Vec<u32> = j.prompt.iter().chain(&s.tokens).copied().collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for w in ctx.windows(2) {
+            assert!(seen.insert(w.to_vec()), "bigram {w:?} twice in {ctx:?}");
+        }
+    }
+}
+
+#[test]
+fn truncate_list_stops_at_the_earliest_string() {
+    let j = controlled(&["<e>", "\n"], 0, 0, &[]);
+    let (samples, _) = run(&j, 30, 8, 64);
+    let (end, newline) = (END, 11);
+    let stopped_by = |t: u32| {
+        samples
+            .iter()
+            .filter(|s| s.truncated && *s.tokens.last().unwrap() == t)
+            .count()
+    };
+    assert!(stopped_by(end) > 0 && stopped_by(newline) > 0);
+    for s in &samples {
+        assert!(!s.text.contains("<e>") && !s.text.contains('\n'), "{s:?}");
+        // The sample ends at its first stop token: none before it.
+        let body = &s.tokens[..s.tokens.len() - s.truncated as usize];
+        assert!(!body.contains(&end) && !body.contains(&newline), "{s:?}");
+    }
+}
+
+#[test]
+fn min_length_holds_back_one_token_stops_and_ignores_earlier_matches() {
+    let m = 6;
+    // A one-token stop: it cannot be generated before m tokens (its logit is -inf), so a
+    // truncated sample has at least m tokens before it; without min_length some stop
+    // earlier.
+    let early = |j: &Job| {
+        let (samples, _) = run(j, 40, 8, 64);
+        assert!(samples.iter().any(|s| s.truncated));
+        samples
+            .iter()
+            .filter(|s| s.truncated && s.tokens.len() <= m)
+            .count()
+    };
+    assert!(early(&controlled(&["<e>"], 0, 0, &[])) > 0);
+    assert_eq!(early(&controlled(&["<e>"], m, 0, &[])), 0);
+    // A stop of two tokens: a match ending in the first m tokens is kept in the text, the
+    // first that ends later ends the sample.
+    let j = controlled(&["da"], m, 0, &[]);
+    let (samples, _) = run(&j, 300, 32, 64);
+    let mut kept_early = 0;
+    for s in samples.iter().filter(|s| s.truncated) {
+        // One byte per token: a match ending at byte i ends in token i.
+        let ends: Vec<usize> = s.text.match_indices("da").map(|(i, _)| i + 1).collect();
+        assert!(ends.iter().all(|&e| e < m), "{s:?}");
+        kept_early += ends.len();
+        assert!(s.tokens.len() > m);
+    }
+    assert!(kept_early > 0, "no early match to ignore");
 }

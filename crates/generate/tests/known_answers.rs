@@ -142,7 +142,7 @@ fn the_samples_of_the_decoding_loop_are_pinned() {
         top_k: 8,
         ..Sampling::default()
     };
-    let job = Job::new(&FakeCodec, "abc", true, 10, sampling, SEED, "").unwrap();
+    let job = Job::new(&FakeCodec, "abc", true, 10, sampling, SEED, &[]).unwrap();
     let mut backend = FakeBackend::new(8);
     let mut samples = Vec::new();
     generate_range(

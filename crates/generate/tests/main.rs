@@ -5,4 +5,5 @@ mod common;
 mod driver;
 mod known_answers;
 mod stage;
+mod transformers_controls;
 mod transformers_sampling;

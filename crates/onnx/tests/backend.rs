@@ -24,6 +24,9 @@ impl Codec for NumberCodec {
     fn start_token(&self) -> u32 {
         0
     }
+    fn vocab_len(&self) -> usize {
+        unimplemented!("the tests set no bad_words")
+    }
 }
 
 fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, truncate: &str) -> Job {
@@ -34,8 +37,12 @@ fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, truncate: &str) -> J
         length,
         sampling,
         seed: 5,
-        truncate: truncate.into(),
-        stops: Vec::new(),
+        stops: [truncate]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_string())
+            .collect(),
+        controls: None,
     }
 }
 

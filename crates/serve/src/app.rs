@@ -66,26 +66,25 @@ impl App {
             .rotate_left(17)
     }
 
-    /// The job of `settings` for `prefix` (`prefix_field` names it in errors), with the
-    /// extra stop strings, checked against the model's context.
+    /// The job of `settings` for `prefix` (`prefix_field` names it in errors), checked
+    /// against the model's context.
     pub fn job(
         &self,
         settings: &Settings,
         prefix: &str,
         prefix_field: &str,
-        stops: Vec<String>,
     ) -> Result<Job, ApiError> {
         let n_ctx = self.ready()?;
         let p = &settings.params;
         let seed = settings.seed.unwrap_or_else(|| self.fresh_seed());
-        let mut job = Job::new(
+        let job = Job::new(
             &self.codec,
             prefix,
             p.include_prefix,
             p.length,
             sampling_of(p),
             seed,
-            &p.truncate,
+            &p.truncate.stops(),
         )
         .map_err(|e| ApiError::field(prefix_field, format!("{e:#}")))?;
         if job.prompt.len() > n_ctx {
@@ -97,8 +96,13 @@ impl App {
                 ),
             ));
         }
-        job.stops = stops;
-        Ok(job)
+        job.with_controls(
+            &self.codec,
+            p.min_length,
+            p.no_repeat_ngram_size,
+            &p.bad_words,
+        )
+        .map_err(|e| ApiError::field("bad_words", format!("{e:#}")))
     }
 
     /// Queues samples `0..n` of `job`; their updates arrive on the receiver.

@@ -417,7 +417,7 @@ impl Batcher {
         let candidates: Option<Vec<usize>> = self
             .live
             .iter()
-            .map(|l| l.request.job.sampling.candidates_needed())
+            .map(|l| l.request.job.candidates_needed())
             .collect();
         let tokens: Vec<u32> = match candidates.and_then(|ks| ks.into_iter().max()) {
             Some(k) => {
@@ -442,7 +442,7 @@ impl Batcher {
                     .map(|(pos, l)| {
                         let u = l.row.next_uniform();
                         let row = &mut logits.data[pos * v..(pos + 1) * v];
-                        l.request.job.sampling.sample_row(row, l.row.context(), u)
+                        l.row.sample(&l.request.job, row, u)
                     })
                     .collect()
             }

@@ -145,8 +145,36 @@ fn parts(backend: &mut TchBackend) {
     }
 }
 
+/// The stop and shape controls' cost on the CPU: tokens/s with and without them, same
+/// model, same run (`-- --controls`).
+fn controls() {
+    let (layers, heads, embd) = (arg("--layers", 4), arg("--heads", 4), arg("--embd", 256));
+    let new = arg("--new", 64);
+    let tmp = tempfile::tempdir().unwrap();
+    common::save_random_model(tmp.path(), layers, heads, embd);
+    let threads = tch::get_num_threads();
+    println!(
+        "CPU, {threads} threads, GPT-2 n_layer={layers} n_head={heads} n_embd={embd}, {new} new \
+         tokens, top_k=40, temperature=0.7; controls: truncate <|endoftext|>, min_length 8, \
+         no_repeat_ngram_size 3, bad_words [\" the\", \"zz\"]"
+    );
+    println!(
+        "{:>6} {:>12} {:>14} {:>7}",
+        "batch", "plain tok/s", "controls tok/s", "ratio"
+    );
+    for batch in [1, 20] {
+        let model = gptpipe_torch::weights::load_folder(tmp.path(), Device::Cpu).unwrap();
+        let mut backend = TchBackend::new(model);
+        let a = common::ours_with(&mut backend, batch, new, false);
+        let b = common::ours_with(&mut backend, batch, new, true);
+        println!("{batch:>6} {a:>12.1} {b:>14.1} {:>6.2}x", b / a);
+    }
+}
+
 fn main() {
-    if std::env::args().any(|a| a == "--gpu") {
+    if std::env::args().any(|a| a == "--controls") {
+        controls();
+    } else if std::env::args().any(|a| a == "--gpu") {
         gpu();
     } else {
         cpu();

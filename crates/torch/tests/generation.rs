@@ -21,8 +21,8 @@ fn job(prompt: Vec<u32>, length: usize, sampling: Sampling, seed: u64) -> Job {
         length,
         sampling,
         seed,
-        truncate: String::new(),
         stops: Vec::new(),
+        controls: None,
     }
 }
 
@@ -294,5 +294,101 @@ fn device_sampling_equals_host_sampling() {
             let got = generate(&mut on_device, &j, 5, batch);
             assert_eq!(got, want, "{sampling:?}, batch {batch}");
         }
+    }
+}
+
+/// The stop and shape controls through the libtorch backend against transformers'
+/// `generate` on the same random model: greedy, with `no_repeat_ngram_size = 2`, and as
+/// bad words two tokens of transformers' own unconstrained greedy output (so that the
+/// ban changes the path). transformers bans the words' token sequences, we ban their bytes
+/// (a wider rule); on these paths the two coincide, and the tokens must be equal.
+#[test]
+fn controls_equal_transformers_generate() {
+    let f = fixture();
+    let codec = codec();
+    let prompt = f.prompts[0].clone();
+    let free = &f.greedy[0][0];
+    // Two tokens of the free path that are plain ASCII words of 3+ bytes.
+    let words: Vec<(u32, String)> = free
+        .iter()
+        .filter_map(|&t| {
+            let b = codec.token_bytes(t);
+            let s = String::from_utf8(b).ok()?;
+            (s.trim().len() >= 3 && s.is_ascii()).then_some((t, s))
+        })
+        .take(2)
+        .collect();
+    assert_eq!(words.len(), 2, "no usable words in {free:?}");
+    let script = r#"
+import sys, json, torch, transformers
+spec = json.loads(sys.argv[1])
+m = transformers.GPT2LMHeadModel.from_pretrained(spec["dir"]).eval()
+ids = torch.tensor([spec["prompt"]])
+g = m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+               max_new_tokens=40, min_new_tokens=40, pad_token_id=0,
+               no_repeat_ngram_size=2, bad_words_ids=[[t] for t in spec["bad"]])
+print(json.dumps(g[0, len(spec["prompt"]):].tolist()))
+"#;
+    let spec = serde_json::json!({
+        "dir": f.dirs[0], "prompt": prompt,
+        "bad": words.iter().map(|w| w.0).collect::<Vec<_>>(),
+    });
+    let want: Vec<u32> =
+        serde_json::from_str(run_python(script, &[&spec.to_string()]).trim()).unwrap();
+    assert_ne!(&want[..], &free[..40], "the controls changed nothing");
+    let bad: Vec<String> = words.iter().map(|w| w.1.clone()).collect();
+    let j = job(prompt, 40, Sampling::greedy(), 0)
+        .with_controls(codec.as_ref(), 0, 2, &bad)
+        .unwrap();
+    let mut backend = TchBackend::new(load(0));
+    for s in generate(&mut backend, &j, 2, 2) {
+        assert_eq!(s.tokens, want, "sample {}", s.index);
+    }
+}
+
+/// A random model sampled hot (temperature 1.5 over the whole vocabulary) writes the
+/// bad words often without the key and never with it, with device-side sampling turned
+/// on (the controls must keep the driver on the host).
+#[test]
+fn bad_words_never_appear_in_hot_samples() {
+    use gptpipe_torch::generation::DecodeOptions;
+    let opts = DecodeOptions {
+        sample_on_device: true,
+        ..DecodeOptions::for_device(Device::Cpu)
+    };
+    let codec = codec();
+    let hot = Sampling {
+        temperature: 1.5,
+        ..Sampling::default()
+    };
+    let bad = vec!["e".to_string(), " th".to_string()];
+    let free = job(encode("Once upon a time there was"), 40, hot, 3);
+    let banned = free
+        .clone()
+        .with_controls(codec.as_ref(), 0, 0, &bad)
+        .unwrap();
+    let text = |samples: Vec<Sample>| -> Vec<String> {
+        samples
+            .iter()
+            .map(|s| {
+                String::from_utf8_lossy(
+                    &s.tokens
+                        .iter()
+                        .flat_map(|&t| codec.token_bytes(t))
+                        .collect::<Vec<_>>(),
+                )
+                .into_owned()
+            })
+            .collect()
+    };
+    let mut backend = TchBackend::with_options(load(2), opts);
+    let without = text(generate(&mut backend, &free, 12, 4));
+    assert!(without.iter().all(|t| t.contains('e')), "{without:?}");
+    assert!(without.iter().any(|t| t.contains(" th")), "{without:?}");
+    let with = text(generate(&mut backend, &banned, 12, 4));
+    for t in &with {
+        // The prompt ends in "was": " th" could only start in the text.
+        assert!(!t.contains('e') && !t.contains(" th"), "{t:?}");
+        assert!(t.len() >= 40, "{t:?}");
     }
 }

@@ -306,8 +306,9 @@ pub struct GenerateParams {
     pub nsamples: usize,
     pub batch_size: usize,
     pub prefix: String,
-    /// Stop each sample before this string; empty for none.
-    pub truncate: String,
+    /// Stop each sample before this string (or the earliest of a list of them); empty for
+    /// none.
+    pub truncate: Truncate,
     pub include_prefix: bool,
     /// Defaults to the pipeline's seed.
     pub seed: Option<u64>,
@@ -330,6 +331,18 @@ pub struct GenerateParams {
     /// The order of the samples of each prefix in the output.
     #[serde(skip_serializing_if = "SortBy::is_index")]
     pub sort_by: SortBy,
+    // Stop and shape controls (issue 14, part 3). Each is left out of the serialized
+    // params at its default, so a stage without them keeps its cache key.
+    /// Generated tokens before a stop may end a sample (transformers' `min_new_tokens`);
+    /// 0 = off.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_length: usize,
+    /// No n-gram of this size appears twice in a row's context; 0 = off.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub no_repeat_ngram_size: usize,
+    /// Strings never generated, whatever their tokenisation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bad_words: Vec<String>,
 }
 
 /// How the generate stage orders the samples of each prefix.
@@ -349,6 +362,52 @@ impl SortBy {
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// `truncate`: one stop string, as gpt-2-simple takes it, or a list of them (the earliest
+/// to appear ends a sample). A single string serializes back as a string, so a stage
+/// written before lists existed keeps its cache key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Truncate {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for Truncate {
+    fn default() -> Self {
+        Truncate::One(String::new())
+    }
+}
+
+impl From<&str> for Truncate {
+    fn from(s: &str) -> Self {
+        Truncate::One(s.to_owned())
+    }
+}
+
+impl Truncate {
+    /// The stop strings, empty ones left out (`""` means none).
+    pub fn stops(&self) -> Vec<String> {
+        let all = match self {
+            Truncate::One(s) => std::slice::from_ref(s),
+            Truncate::Many(v) => v.as_slice(),
+        };
+        all.iter().filter(|s| !s.is_empty()).cloned().collect()
+    }
+
+    /// `truncate` as a list of flags gives it: none, one string, or a list.
+    pub fn from_list(mut stops: Vec<String>) -> Self {
+        match stops.len() {
+            0 => Truncate::default(),
+            1 => Truncate::One(stops.remove(0)),
+            _ => Truncate::Many(stops),
+        }
+    }
+}
+
 impl Default for GenerateParams {
     fn default() -> Self {
         Self {
@@ -360,7 +419,7 @@ impl Default for GenerateParams {
             nsamples: 1,
             batch_size: 1,
             prefix: String::new(),
-            truncate: String::new(),
+            truncate: Truncate::default(),
             include_prefix: true,
             seed: None,
             sample_delim: format!("{}\n", "=".repeat(20)),
@@ -372,6 +431,9 @@ impl Default for GenerateParams {
             prefixes: Vec::new(),
             prefix_file: None,
             sort_by: SortBy::Index,
+            min_length: 0,
+            no_repeat_ngram_size: 0,
+            bad_words: Vec::new(),
         }
     }
 }

@@ -462,6 +462,43 @@ fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
             ),
         ));
     }
+    check_generate_controls(p)
+}
+
+/// Stop and shape controls (issue 14, part 3): `truncate`'s list, `min_length`,
+/// `bad_words`.
+fn check_generate_controls(p: &GenerateParams) -> Result<(), Invalid> {
+    if let crate::config::Truncate::Many(list) = &p.truncate {
+        ensure(
+            list.iter().all(|s| !s.is_empty()),
+            "truncate",
+            "truncate: a list of stop strings may not hold an empty string".into(),
+        )?;
+    }
+    ensure(
+        p.min_length <= p.length,
+        "min_length",
+        format!(
+            "min_length = {} is more than length = {}: no sample could reach it",
+            p.min_length, p.length
+        ),
+    )?;
+    for word in &p.bad_words {
+        ensure(
+            !word.is_empty(),
+            "bad_words",
+            "bad_words: an empty string cannot be banned".into(),
+        )?;
+        if let Some(stop) = p.truncate.stops().into_iter().find(|s| s.contains(word)) {
+            return Err((
+                "bad_words",
+                format!(
+                    "bad_words: banning {word:?} would keep the stop string {stop:?} \
+                     (truncate) from ever being generated"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 

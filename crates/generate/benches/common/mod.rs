@@ -48,16 +48,35 @@ pub fn tokens(
     rows: usize,
     length: usize,
 ) -> Vec<Vec<u32>> {
-    let job = Job {
+    tokens_with(backend, codec, sampling, rows, length, false)
+}
+
+/// [`tokens`], with the stop and shape controls on when `controls` (a stop at
+/// `<|endoftext|>`, `min_length = 8`, `no_repeat_ngram_size = 3`, two bad words): what
+/// they cost, the fast paths (top-k transfer, device sampling) being off with them.
+pub fn tokens_with(
+    backend: &mut dyn Backend,
+    codec: &dyn Codec,
+    sampling: Sampling,
+    rows: usize,
+    length: usize,
+    controls: bool,
+) -> Vec<Vec<u32>> {
+    let mut job = Job {
         prompt: (0..8).map(|i| (i * 977 + 13) % 50257).collect(),
         prefix: String::new(),
         include_prefix: false,
         length,
         sampling,
         seed: 0,
-        truncate: String::new(),
         stops: Vec::new(),
+        controls: None,
     };
+    if controls {
+        job.stops = vec!["<|endoftext|>".into()];
+        let bad = [" the".to_string(), "zz".to_string()];
+        job = job.with_controls(codec, 8, 3, &bad).unwrap();
+    }
     let mut out = Vec::new();
     generate_range(
         backend,
@@ -77,10 +96,15 @@ pub fn tokens(
 
 /// Tokens/s of ours: `batch` samples of `new` tokens each, after one short warm-up.
 pub fn ours(backend: &mut dyn Backend, batch: usize, new: usize) -> f64 {
+    ours_with(backend, batch, new, false)
+}
+
+/// [`ours`], with the controls of [`tokens_with`] when `controls`.
+pub fn ours_with(backend: &mut dyn Backend, batch: usize, new: usize, controls: bool) -> f64 {
     let codec = codec();
-    tokens(backend, codec.as_ref(), sampling(), batch, 16);
+    tokens_with(backend, codec.as_ref(), sampling(), batch, 16, controls);
     let t = Instant::now();
-    let n: usize = tokens(backend, codec.as_ref(), sampling(), batch, new)
+    let n: usize = tokens_with(backend, codec.as_ref(), sampling(), batch, new, controls)
         .iter()
         .map(Vec::len)
         .sum();

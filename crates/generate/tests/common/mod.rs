@@ -49,6 +49,10 @@ impl Codec for FakeCodec {
     fn start_token(&self) -> u32 {
         START
     }
+
+    fn vocab_len(&self) -> usize {
+        VOCAB
+    }
 }
 
 /// Logits of a context: a hash of every token and of the length, so any difference in

@@ -82,7 +82,7 @@ fn settings(app: &App, f: &Fields) -> Result<(Settings, String), ApiError> {
         p.top_p = v;
     }
     if let Some(v) = params::text(f, "truncate")? {
-        p.truncate = v;
+        p.truncate = v.as_str().into();
     }
     if let Some(v) = params::boolean(f, "include_prefix")? {
         p.include_prefix = v;
@@ -100,7 +100,7 @@ pub async fn generate(app: Arc<App>, fields: Fields) -> Result<Json<Value>, ApiE
     let mut timing = app.timing(API);
     let result = async {
         let (settings, prefix) = settings(&app, &fields)?;
-        let job = app.job(&settings, &prefix, "prefix", Vec::new())?;
+        let job = app.job(&settings, &prefix, "prefix")?;
         let rx = app.submit(job, 1)?;
         let samples = collect(rx, 1, &mut timing).await?;
         Ok(Json(json!({"text": samples[0].text})))

@@ -2,7 +2,8 @@
 //! `openai` Python client speaks it. Fields: `model`, `prompt` (a string or a list of
 //! strings), `max_tokens`, `temperature`, `top_p`, `n`, `stop` (a string or up to 4),
 //! `seed`, `echo`, `stream` (server-sent events, `stream_options.include_usage`), and
-//! `top_k` as vLLM accepts it. Defaults are the served stage's keys, not OpenAI's.
+//! `top_k`, `min_tokens`, `no_repeat_ngram_size` and `bad_words` as vLLM accepts them.
+//! Defaults are the served stage's keys, not OpenAI's.
 
 use crate::api::cloud_run::kind_of;
 use crate::app::{collect, failure_error, App};
@@ -15,6 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
+use gptpipe_core::config::Truncate;
 use gptpipe_generate::Sample;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -33,13 +35,14 @@ const NAMES: params::Names = &[
     ("length", "max_tokens"),
     ("nsamples", "n"),
     ("include_prefix", "echo"),
+    ("truncate", "stop"),
+    ("min_length", "min_tokens"),
 ];
 
 /// A checked completion request.
 struct Completion {
     settings: Settings,
     prompts: Vec<String>,
-    stops: Vec<String>,
     stream: bool,
     include_usage: bool,
 }
@@ -86,28 +89,20 @@ fn parse(app: &App, f: &Fields) -> Result<Completion, ApiError> {
             ))
         }
     };
-    let stops = match f.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.len() <= MAX_STOPS => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::field("stop", "must hold strings only"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(ApiError::field(
-                "stop",
-                format!("must be a string or a list of at most {MAX_STOPS} strings"),
-            ))
-        }
-    };
     let mut p = app.config.defaults.clone();
-    if f.get("stop").is_some_and(|s| !s.is_null()) {
-        // The request's stop strings replace the served stage's `truncate`.
-        p.truncate = String::new();
+    // The request's stop strings replace the served stage's `truncate`.
+    if let Some(stops) = strings(f, "stop", MAX_STOPS)? {
+        p.truncate = Truncate::from_list(stops);
+    }
+    // vLLM's names for the stop and shape controls.
+    if let Some(v) = params::count(f, "min_tokens")? {
+        p.min_length = v;
+    }
+    if let Some(v) = params::count(f, "no_repeat_ngram_size")? {
+        p.no_repeat_ngram_size = v;
+    }
+    if let Some(words) = strings(f, "bad_words", usize::MAX)? {
+        p.bad_words = words;
     }
     if let Some(v) = params::count(f, "max_tokens")? {
         p.length = v;
@@ -147,10 +142,35 @@ fn parse(app: &App, f: &Fields) -> Result<Completion, ApiError> {
     Ok(Completion {
         settings: Settings { params: p, seed },
         prompts,
-        stops,
         stream: params::boolean(f, "stream")?.unwrap_or(false),
         include_usage,
     })
+}
+
+/// Reads `field` as a string or a list of at most `max` strings; `None` when absent or
+/// null.
+fn strings(f: &Fields, field: &str, max: usize) -> Result<Option<Vec<String>>, ApiError> {
+    match f.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(Value::Array(items)) if items.len() <= max => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::field(field, "must hold strings only"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) if max == usize::MAX => Err(ApiError::field(
+            field,
+            "must be a string or a list of strings",
+        )),
+        Some(_) => Err(ApiError::field(
+            field,
+            format!("must be a string or a list of at most {max} strings"),
+        )),
+    }
 }
 
 fn now_secs() -> u64 {
@@ -205,7 +225,7 @@ async fn completions_inner(
         } else {
             "prompt".into()
         };
-        let job = app.job(&c.settings, prompt, &field, c.stops.clone())?;
+        let job = app.job(&c.settings, prompt, &field)?;
         prompt_tokens += job.prompt.len();
         jobs.push(job);
     }
