@@ -8,6 +8,8 @@ mod model_stages;
 mod pipelines;
 mod prepare;
 mod schema;
+#[cfg(feature = "worker")]
+mod score;
 #[cfg(not(feature = "worker"))]
 mod without_torch;
 

@@ -13,6 +13,7 @@ pub mod output;
 pub mod rng;
 pub mod row;
 pub mod sampling;
+pub mod score;
 pub mod stage;
 
 pub use backend::{Backend, BackendFactory, Backends, Logits};
@@ -20,6 +21,7 @@ pub use codec::Codec;
 pub use driver::{generate_batch, generate_range, Job, Sample};
 pub use row::SampleRow;
 pub use sampling::Sampling;
+pub use score::Score;
 
 use gptpipe_core::config::StageKind;
 use gptpipe_core::stage::Registry;
