@@ -7,6 +7,7 @@ mod gc;
 mod generate;
 mod pipeline_args;
 mod run;
+mod score;
 mod serve;
 mod status;
 mod watch;
@@ -40,6 +41,8 @@ enum Command {
     Gc(gc::GcArgs),
     /// Generate text from a model, without a pipeline
     Generate(generate::GenerateArgs),
+    /// Score texts under a model: mean log-probability and perplexity, one jsonl row each
+    Score(score::ScoreArgs),
     /// Serve a model over HTTP: gpt-2-cloud-run's API, an OpenAI-compatible API and a page
     Serve(serve::ServeArgs),
     /// Rerun what is stale whenever the pipeline file or a stage's inputs change
@@ -100,6 +103,12 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
             }
             generate::run(args, &(process.backends)())
         }
+        Command::Score(args) => {
+            if cfg!(feature = "worker") && !worker {
+                return delegate_to_worker();
+            }
+            score::run(args, &(process.backends)())
+        }
         Command::Watch(args) => watch::run(args, &(process.registry)()),
         Command::Serve(args) => {
             if cfg!(feature = "worker") && !worker {
@@ -120,7 +129,7 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
     }
 }
 
-/// Runs this command line in `gptpipe-worker`, which has libtorch loaded: the worker
+/// Runs this command line (`generate`, `score`, `serve`) in `gptpipe-worker`, which has libtorch loaded: the worker
 /// replaces this process (same pid), so signals reach it (`serve` finishes its requests on
 /// SIGTERM) and killing gptpipe leaves no worker behind.
 fn delegate_to_worker() -> i32 {

@@ -8,7 +8,10 @@ mod model_stages;
 mod pipelines;
 mod prepare;
 mod schema;
+#[cfg(feature = "worker")]
 mod short_texts;
+#[cfg(feature = "worker")]
+mod score;
 #[cfg(not(feature = "worker"))]
 mod without_torch;
 

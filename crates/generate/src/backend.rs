@@ -9,6 +9,7 @@
 //! last `n_ctx - 1` tokens (the sliding window), so backends need no shifting logic.
 
 use crate::sampling::Sampling;
+pub use crate::score::score_window;
 use anyhow::Result;
 use gptpipe_core::config::Device;
 use gptpipe_core::stage::ModelSource;
@@ -62,6 +63,20 @@ pub trait Backend {
         Ok((0..logits.rows)
             .map(|r| crate::sampling::top_k_of(logits.row(r), k))
             .collect())
+    }
+
+    /// The model's log-probabilities (natural log, temperature 1, no sampling rule) of
+    /// given tokens: for each row, `log p(row[j] | context)` for `j in from[row]..row.len()`
+    /// (`from >= 1`; an empty vector when `from == row.len()`).
+    ///
+    /// The context of token `j` is [`score_window`]`(j, n_ctx)..j`: the whole row before
+    /// it while that fits the model, and past the context a strided sliding window (as
+    /// `transformers`' perplexity guide does it), so every token keeps at least half the
+    /// context. This replaces the batch (as [`Backend::start`] does): start again before
+    /// decoding. The default runs through `start`, `step` and `logits`, which works for any
+    /// backend; backends that can run a whole padded batch in one pass override it.
+    fn token_log_probs(&mut self, rows: &[Vec<u32>], from: &[usize]) -> Result<Vec<Vec<f32>>> {
+        crate::score::log_probs_by_steps(self, rows, from)
     }
 
     /// Whether [`Backend::join`] works: rows of different lengths in one batch, what

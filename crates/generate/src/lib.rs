@@ -16,6 +16,7 @@ pub mod prompts;
 pub mod rng;
 pub mod row;
 pub mod sampling;
+pub mod score;
 pub mod stage;
 
 pub use backend::{Backend, BackendFactory, Backends, Logits};
@@ -24,6 +25,7 @@ pub use controls::Controls;
 pub use driver::{generate_batch, generate_range, Job, Sample};
 pub use row::SampleRow;
 pub use sampling::Sampling;
+pub use score::Score;
 
 use gptpipe_core::config::StageKind;
 use gptpipe_core::stage::Registry;

@@ -18,6 +18,9 @@ use gptpipe_generate::{Backend, BackendFactory, Logits};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The most logits one scoring run of [`Backend::token_log_probs`] returns (512 MB of f32).
+const SCORE_LOGITS: usize = 1 << 27;
+
 pub struct OnnxBackend {
     model: OnnxGpt2,
     cache: Option<KvCache>,
@@ -220,6 +223,48 @@ impl Backend for OnnxBackend {
         }
         let ids = tokens.iter().map(|&t| t as i64).collect();
         self.run(ids, tokens.len(), past)
+    }
+
+    /// One run per window of [`gptpipe_generate::score::windows`] (rows right-padded:
+    /// the causal mask keeps padding after a token out of its logits), split so that the
+    /// `[rows, length, vocab]` logits of a run stay under [`SCORE_LOGITS`] values, then
+    /// `log_softmax` on the host at the scored positions. The batch in use is dropped.
+    fn token_log_probs(&mut self, rows: &[Vec<u32>], from: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let plan = gptpipe_generate::score::windows(rows, from, self.n_ctx())?;
+        self.cache = None;
+        self.rows = 0;
+        self.lens.clear();
+        self.masks.clear();
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
+        for w in &plan {
+            let t = w
+                .parts
+                .iter()
+                .map(|p| p.input(rows, w.start).len())
+                .max()
+                .unwrap_or(0);
+            let per_run = (SCORE_LOGITS / (t * self.vocab_size()).max(1)).max(1);
+            for parts in w.parts.chunks(per_run) {
+                let mut ids = vec![0i64; parts.len() * t];
+                for (k, p) in parts.iter().enumerate() {
+                    for (i, &tok) in p.input(rows, w.start).iter().enumerate() {
+                        ids[k * t + i] = tok as i64;
+                    }
+                }
+                let past = self.model.empty_cache(parts.len())?;
+                let run = self.model.run(&ids, parts.len(), &past)?;
+                let v = run.vocab;
+                for (k, p) in parts.iter().enumerate() {
+                    for j in p.score.clone() {
+                        let at = k * run.seq + (j - 1 - w.start);
+                        let logits = &run.logits[at * v..(at + 1) * v];
+                        let lp = gptpipe_generate::score::log_prob_of(logits, rows[p.row][j]);
+                        out[p.row].push(lp);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn retain(&mut self, keep: &[usize]) -> Result<()> {

@@ -1,8 +1,9 @@
 //! The ONNX Runtime generation backend through `gptpipe_generate`'s driver: greedy
 //! decoding equals transformers' greedy `generate`, and the KV cache (with rows dropped as
-//! they finish) gives the same tokens as recomputing every step without it.
+//! they finish) gives the same tokens as recomputing every step without it. Scoring: the
+//! one-pass `token_log_probs` equals transformers' `log_softmax` of its logits.
 
-use crate::common::{run_py_stdin, TinyModel};
+use crate::common::{reference_logits, run_py_stdin, TinyModel};
 use gptpipe_core::config::Device;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_generate::{generate_batch, Backend, Codec, Job, Logits, Sampling};
@@ -212,4 +213,71 @@ fn a_pickle_only_folder_is_refused_with_the_reason() {
     };
     assert!(err.contains("pickle"), "{err}");
     assert!(err.contains("safe_serialization=True"), "{err}");
+}
+
+#[test]
+fn token_log_probs_equal_transformers_log_softmax_for_ragged_rows_and_past_the_context() {
+    use gptpipe_generate::score::{log_prob_of, score_window};
+    let runtime = Runtime::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let n_ctx = 16;
+    let (hf, onnx) = exported(
+        tmp.path(),
+        TinyModel {
+            n_positions: n_ctx,
+            ..TinyModel::default()
+        },
+    );
+    let rows: Vec<Vec<u32>> = [2usize, 7, 16, 35]
+        .iter()
+        .enumerate()
+        .map(|(r, &len)| {
+            (0..len)
+                .map(|c| ((r * 131 + c * 37 + c * c) % 1000) as u32)
+                .collect()
+        })
+        .collect();
+    let from = [1usize, 4, 1, 3];
+    let mut backend =
+        OnnxBackend::open(&runtime, &ModelSource::Folder(onnx), &Device::Cpu).unwrap();
+    let got = backend.token_log_probs(&rows, &from).unwrap();
+
+    // transformers' logits of each window a scored token's context starts, the token's
+    // context being exactly that window up to it.
+    let mut windows: Vec<(usize, usize)> = Vec::new(); // (row, start)
+    for (r, (row, &f)) in rows.iter().zip(&from).enumerate() {
+        for j in f..row.len() {
+            let s = score_window(j, n_ctx);
+            if !windows.contains(&(r, s)) {
+                windows.push((r, s));
+            }
+        }
+    }
+    let inputs: Vec<Vec<i64>> = windows
+        .iter()
+        .map(|&(r, s)| {
+            rows[r][s..rows[r].len().min(s + n_ctx)]
+                .iter()
+                .map(|&t| t as i64)
+                .collect()
+        })
+        .collect();
+    let logits = reference_logits(&hf, &inputs);
+    for (r, (row, &f)) in rows.iter().zip(&from).enumerate() {
+        assert_eq!(got[r].len(), row.len() - f, "row {r}");
+        for (k, j) in (f..row.len()).enumerate() {
+            let s = score_window(j, n_ctx);
+            let w = windows.iter().position(|&x| x == (r, s)).unwrap();
+            let want = log_prob_of(&logits[w][j - 1 - s], row[j]);
+            let diff = (got[r][k] - want).abs();
+            assert!(
+                diff < 1e-4,
+                "row {r} token {j}: {} vs transformers {want}",
+                got[r][k]
+            );
+        }
+    }
+    // The backend still generates after scoring.
+    backend.start(&[vec![1, 2, 3]]).unwrap();
+    assert_eq!(backend.logits().unwrap().rows, 1);
 }

@@ -11,3 +11,4 @@ mod join;
 mod model_parity;
 mod optimizer_parity;
 mod padded_vocab;
+mod scores;

@@ -451,6 +451,73 @@ impl Backend for TchBackend {
         Ok(out)
     }
 
+    /// One forward pass per window of [`gptpipe_generate::score::windows`] over all its rows,
+    /// right-padded (causal attention: padding after a token cannot change its logits),
+    /// then `log_softmax` in fp32 at the scored positions only, a chunk at a time so the
+    /// logits never take `rows x length x vocab`. The batch in use is left untouched. On a
+    /// GPU the model runs in bf16, so the figures are bf16's.
+    fn token_log_probs(&mut self, rows: &[Vec<u32>], from: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let plan = gptpipe_generate::score::windows(rows, from, self.cfg.n_ctx)?;
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
+        for w in &plan {
+            let inputs: Vec<&[u32]> = w.parts.iter().map(|p| p.input(rows, w.start)).collect();
+            let t = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
+            let b = inputs.len();
+            crate::memory::ensure_fits(
+                &crate::memory::generation(&self.cfg, b, t, self.kind),
+                self.device(),
+            )?;
+            let mut ids = vec![0i64; b * t];
+            // Flat positions [row * t + i] whose logits predict a scored token, and it.
+            let (mut at, mut targets) = (Vec::new(), Vec::new());
+            for (k, (part, input)) in w.parts.iter().zip(&inputs).enumerate() {
+                for (i, &tok) in input.iter().enumerate() {
+                    ids[k * t + i] = tok as i64;
+                }
+                for j in part.score.clone() {
+                    at.push((k * t + j - 1 - w.start) as i64);
+                    targets.push(rows[part.row][j] as i64);
+                }
+            }
+            let log_probs: Vec<f32> = tch::no_grad(|| -> Result<Vec<f32>> {
+                let ids = Tensor::from_slice(&ids)
+                    .reshape([b as i64, t as i64])
+                    .to_device(self.device());
+                let hidden = self.model.hidden_states(&ids, None, None, false);
+                let e = hidden.size()[2];
+                let hidden = hidden
+                    .reshape([-1, e])
+                    .index_select(0, &Tensor::from_slice(&at).to_device(self.device()))
+                    .to_kind(self.kind);
+                let targets = Tensor::from_slice(&targets).to_device(self.device());
+                let wte = self.weights.wte.tr();
+                const CHUNK: i64 = 512;
+                let n = at.len() as i64;
+                let mut got = Vec::with_capacity(at.len());
+                for c in (0..n).step_by(CHUNK as usize) {
+                    let len = CHUNK.min(n - c);
+                    let lp = hidden
+                        .narrow(0, c, len)
+                        .matmul(&wte)
+                        .to_kind(Kind::Float)
+                        .log_softmax(-1, Kind::Float)
+                        .gather(1, &targets.narrow(0, c, len).unsqueeze(1), false);
+                    got.extend(Vec::<f32>::try_from(
+                        lp.reshape([-1]).to_device(Device::Cpu),
+                    )?);
+                }
+                Ok(got)
+            })?;
+            let mut rest = log_probs.as_slice();
+            for part in &w.parts {
+                let (mine, tail) = rest.split_at(part.score.len());
+                out[part.row].extend_from_slice(mine);
+                rest = tail;
+            }
+        }
+        Ok(out)
+    }
+
     fn sample_ahead_limit(&self, sampling: &Sampling) -> usize {
         // Device sampling feeds every row at one position.
         if self.opts.sample_on_device && !sampling.penalizes() && self.uniform_len().is_some() {
