@@ -8,7 +8,9 @@
 
 pub mod backend;
 pub mod codec;
+pub mod curation;
 pub mod driver;
+pub mod novelty;
 pub mod output;
 pub mod rng;
 pub mod row;

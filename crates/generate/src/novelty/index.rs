@@ -1,0 +1,368 @@
+//! The novelty index: a suffix array over the training rows' GPT-2 tokens, answering
+//! "what is the longest run of a sample's tokens that some training row holds, and the
+//! first row that holds it" in O(m * L * log n) for a sample of m tokens whose longest
+//! run is L (short texts: microseconds), plus a sorted set of the rows' normalised-text
+//! hashes for exact copies.
+//!
+//! Layout: every row's tokens (id + 1, as u16: GPT-2 ids are below 65535) followed by a
+//! separator 0, one after another. A suffix ends at its row's separator, so a match never
+//! crosses rows. Memory: 6 bytes per token (text and suffix array) plus a small range-min
+//! table; building peaks at about 14 bytes per token.
+
+use anyhow::{bail, ensure, Result};
+use rayon::prelude::*;
+
+/// Separator after each row (token codes are id + 1).
+const SEP: u16 = 0;
+/// Suffix-array entries per block of the range-minimum table.
+const BLOCK: usize = 64;
+
+/// The index over a list of training rows. Row numbers are positions in that list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoveltyIndex {
+    /// Token codes of all rows, each row followed by [`SEP`].
+    pub(super) text: Vec<u16>,
+    /// Where each row starts in `text` (increasing).
+    pub(super) starts: Vec<u32>,
+    /// Positions of `text` (separators excluded) in order of their suffixes.
+    pub(super) sa: Vec<u32>,
+    /// First 16 bytes of blake3 of each non-empty normalised row, sorted, deduplicated.
+    pub(super) copies: Vec<[u8; 16]>,
+    rmq: RangeMin,
+}
+
+/// The longest run of a sample's tokens held by a training row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Tokens in the run; 0 when no token of the sample is in any row.
+    pub len: usize,
+    /// The lowest-numbered row holding a run of `len` tokens; `None` when `len` is 0.
+    pub row: Option<usize>,
+}
+
+impl NoveltyIndex {
+    /// Builds the index over `rows` (token ids) with `copies`, the hashes of the
+    /// normalised rows ([`super::copy_hash`]).
+    pub fn from_tokens(rows: &[Vec<u32>], mut copies: Vec<[u8; 16]>) -> Result<Self> {
+        let total: usize = rows.iter().map(|r| r.len() + 1).sum();
+        ensure!(
+            total < u32::MAX as usize,
+            "the training rows hold {total} tokens; the novelty index holds at most {}",
+            u32::MAX - 1
+        );
+        let mut text = Vec::with_capacity(total);
+        let mut starts = Vec::with_capacity(rows.len());
+        for row in rows {
+            starts.push(text.len() as u32);
+            for &id in row {
+                if id >= u16::MAX as u32 {
+                    bail!("token id {id} is beyond the novelty index's vocabulary (65534)");
+                }
+                text.push(id as u16 + 1);
+            }
+            text.push(SEP);
+        }
+        copies.sort_unstable();
+        copies.dedup();
+        let sa = suffix_array(&text);
+        Ok(Self::from_parts(text, starts, sa, copies))
+    }
+
+    pub(super) fn from_parts(
+        text: Vec<u16>,
+        starts: Vec<u32>,
+        sa: Vec<u32>,
+        copies: Vec<[u8; 16]>,
+    ) -> Self {
+        let rmq = RangeMin::new(&sa);
+        Self {
+            text,
+            starts,
+            sa,
+            copies,
+            rmq,
+        }
+    }
+
+    /// Number of training rows.
+    pub fn rows(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether a normalised text with this hash is a training row.
+    pub fn is_copy(&self, hash: &[u8; 16]) -> bool {
+        self.copies.binary_search(hash).is_ok()
+    }
+
+    /// The longest run of `sample`'s tokens that a training row holds.
+    pub fn longest_run(&self, sample: &[u32]) -> Run {
+        let m = sample.len();
+        let mut best = 0;
+        // Suffix-array intervals of every start whose run has length `best`.
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        for i in 0..m {
+            if m - i < best {
+                break;
+            }
+            let (mut lo, mut hi) = (0, self.sa.len());
+            let mut k = 0;
+            while i + k < m && sample[i + k] < u16::MAX as u32 {
+                let c = sample[i + k] as u16 + 1;
+                // Suffixes in [lo, hi) share k tokens and none ends before k, so their
+                // k-th codes are sorted: narrow to those equal to c.
+                let sub = &self.sa[lo..hi];
+                let at = |p: u32| self.text.get(p as usize + k).copied().unwrap_or(SEP);
+                let a = sub.partition_point(|&p| at(p) < c);
+                let b = a + sub[a..].partition_point(|&p| at(p) == c);
+                if a == b {
+                    break;
+                }
+                (lo, hi) = (lo + a, lo + b);
+                k += 1;
+            }
+            if k > best {
+                best = k;
+                hits.clear();
+            }
+            if k == best && k > 0 {
+                hits.push((lo, hi));
+            }
+        }
+        // The earliest position among the matches lies in the lowest-numbered row.
+        let row = hits
+            .iter()
+            .map(|&(lo, hi)| self.rmq.min(&self.sa, lo, hi))
+            .min()
+            .map(|pos| self.row_of(pos));
+        Run { len: best, row }
+    }
+
+    fn row_of(&self, pos: u32) -> usize {
+        self.starts.partition_point(|&s| s <= pos) - 1
+    }
+}
+
+/// Suffix array of `text` by prefix doubling: O(n log n) per round, one round per doubling
+/// of the longest row, so a huge or repetitive row costs rounds, never quadratic time.
+/// Separators rank below every token and each one uniquely (a suffix ends at its row's
+/// end); separator positions are left out of the result.
+fn suffix_array(text: &[u16]) -> Vec<u32> {
+    let n = text.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let seps = text.iter().filter(|&&t| t == SEP).count() as u32;
+    let mut sep_rank = 0;
+    let mut rank: Vec<u32> = text
+        .iter()
+        .map(|&t| {
+            if t == SEP {
+                sep_rank += 1;
+                sep_rank - 1
+            } else {
+                seps + t as u32
+            }
+        })
+        .collect();
+    let mut sa: Vec<u32> = (0..n as u32).collect();
+    let mut next = vec![0u32; n];
+    let mut k = 1;
+    loop {
+        let key = |i: u32| -> u64 {
+            let i = i as usize;
+            let second = if i + k < n { rank[i + k] as u64 + 1 } else { 0 };
+            (rank[i] as u64) << 32 | second
+        };
+        sa.par_sort_unstable_by_key(|&i| key(i));
+        let mut groups = 1;
+        next[sa[0] as usize] = 0;
+        for j in 1..n {
+            if key(sa[j]) != key(sa[j - 1]) {
+                groups += 1;
+                next[sa[j] as usize] = j as u32;
+            } else {
+                next[sa[j] as usize] = next[sa[j - 1] as usize];
+            }
+        }
+        std::mem::swap(&mut rank, &mut next);
+        if groups == n {
+            break;
+        }
+        k *= 2;
+    }
+    sa.retain(|&p| text[p as usize] != SEP);
+    sa
+}
+
+/// Minimum of `sa[lo..hi]`: a sparse table over blocks of [`BLOCK`] entries, scans inside
+/// the end blocks. About n / 64 * log(n / 64) words.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct RangeMin {
+    /// `levels[j][b]`: the minimum of blocks b .. b + 2^j.
+    levels: Vec<Vec<u32>>,
+}
+
+impl RangeMin {
+    fn new(sa: &[u32]) -> Self {
+        let base: Vec<u32> = sa
+            .chunks(BLOCK)
+            .map(|c| *c.iter().min().expect("chunks are not empty"))
+            .collect();
+        let mut levels = vec![base];
+        let mut width = 1;
+        while width * 2 <= levels[0].len() {
+            let prev = levels.last().expect("one level at least");
+            let level: Vec<u32> = (0..prev.len() - width)
+                .map(|b| prev[b].min(prev[b + width]))
+                .collect();
+            levels.push(level);
+            width *= 2;
+        }
+        Self { levels }
+    }
+
+    /// Minimum of `sa[lo..hi]`, `lo < hi`.
+    fn min(&self, sa: &[u32], lo: usize, hi: usize) -> u32 {
+        let (first, last) = (lo / BLOCK, (hi - 1) / BLOCK);
+        if last <= first + 1 {
+            return *sa[lo..hi].iter().min().expect("a non-empty range");
+        }
+        let ends = sa[lo..(first + 1) * BLOCK]
+            .iter()
+            .chain(&sa[last * BLOCK..hi])
+            .min()
+            .copied()
+            .expect("non-empty ends");
+        // Whole blocks first + 1 ..= last - 1.
+        let (a, b) = (first + 1, last);
+        let j = (usize::BITS - 1 - (b - a).leading_zeros()) as usize;
+        let level = &self.levels[j];
+        ends.min(level[a]).min(level[b - (1 << j)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The brute-force answer: longest common substring with every row, the first row
+    /// holding the longest.
+    fn reference(rows: &[Vec<u32>], sample: &[u32]) -> Run {
+        let mut best = Run { len: 0, row: None };
+        for (r, row) in rows.iter().enumerate() {
+            let mut prev = vec![0usize; row.len() + 1];
+            let mut longest = 0;
+            for &s in sample {
+                let mut cur = vec![0usize; row.len() + 1];
+                for (j, &t) in row.iter().enumerate() {
+                    if s == t {
+                        cur[j + 1] = prev[j] + 1;
+                        longest = longest.max(cur[j + 1]);
+                    }
+                }
+                prev = cur;
+            }
+            if longest > best.len {
+                best = Run {
+                    len: longest,
+                    row: Some(r),
+                };
+            }
+        }
+        best
+    }
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn random_rows(rng: &mut Rng, count: usize, vocab: u64, max_len: u64) -> Vec<Vec<u32>> {
+        (0..count)
+            .map(|_| {
+                let len = rng.next(max_len + 1);
+                (0..len).map(|_| rng.next(vocab) as u32).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn longest_run_equals_brute_force_on_random_data() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..300 {
+            // Small vocabularies make long shared runs and many ties.
+            let vocab = [2, 3, 5, 50][round % 4];
+            let count = 1 + rng.next(30) as usize;
+            let rows = random_rows(&mut rng, count, vocab, 12);
+            let index = NoveltyIndex::from_tokens(&rows, Vec::new()).unwrap();
+            for _ in 0..20 {
+                let mut sample: Vec<u32> =
+                    (0..rng.next(15)).map(|_| rng.next(vocab) as u32).collect();
+                // Often splice in a piece of a row, as samples copy training text.
+                let row = &rows[rng.next(rows.len() as u64) as usize];
+                if !row.is_empty() && rng.next(2) == 0 {
+                    let a = rng.next(row.len() as u64) as usize;
+                    let b = a + rng.next((row.len() - a) as u64 + 1) as usize;
+                    let at = rng.next(sample.len() as u64 + 1) as usize;
+                    sample.splice(at..at, row[a..b].iter().copied());
+                }
+                assert_eq!(
+                    index.longest_run(&sample),
+                    reference(&rows, &sample),
+                    "rows {rows:?} sample {sample:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn range_min_equals_a_scan() {
+        let mut rng = Rng(7);
+        for n in [1, 2, 63, 64, 65, 200, 1000] {
+            let sa: Vec<u32> = (0..n).map(|_| rng.next(1_000_000) as u32).collect();
+            let rmq = RangeMin::new(&sa);
+            for _ in 0..500 {
+                let lo = rng.next(n as u64) as usize;
+                let hi = lo + 1 + rng.next((n - lo) as u64) as usize;
+                assert_eq!(rmq.min(&sa, lo, hi), *sa[lo..hi].iter().min().unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_input_does_not_panic() {
+        // No rows at all, only empty rows, an empty sample.
+        let none = NoveltyIndex::from_tokens(&[], Vec::new()).unwrap();
+        assert_eq!(none.longest_run(&[1, 2]), Run { len: 0, row: None });
+        let empty = NoveltyIndex::from_tokens(&[vec![], vec![]], Vec::new()).unwrap();
+        assert_eq!(empty.longest_run(&[]), Run { len: 0, row: None });
+        assert_eq!(empty.longest_run(&[5]), Run { len: 0, row: None });
+        // A token the index cannot hold matches nothing, and an id too large to index is
+        // an error, not a panic.
+        let one = NoveltyIndex::from_tokens(&[vec![1, 2, 3]], Vec::new()).unwrap();
+        assert_eq!(
+            one.longest_run(&[1, 2, u32::MAX, 3]),
+            Run {
+                len: 2,
+                row: Some(0)
+            }
+        );
+        assert!(NoveltyIndex::from_tokens(&[vec![70_000]], Vec::new()).is_err());
+        // A huge repetitive row costs doubling rounds, not quadratic time.
+        let huge = vec![7u32; 200_000];
+        let index = NoveltyIndex::from_tokens(&[vec![1], huge], Vec::new()).unwrap();
+        assert_eq!(
+            index.longest_run(&[7; 50]),
+            Run {
+                len: 50,
+                row: Some(1)
+            }
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Issue 14, unique samples: how new a sample is next to the rows its model was trained
+//! on. [`NoveltyIndex`] answers per sample whether it is a copy of a training row, the
+//! longest run of tokens it shares with one, and which row; [`store`] keeps the index
+//! cached per dataset; [`rows`] finds a generate stage's training rows.
+//!
+//! Normalisation (one rule for rows, samples and `dedupe`): whitespace trimmed at both
+//! ends and every run of whitespace made one space. Training rows are already cleaned by
+//! the prepare stage and samples come from a model trained on them, so nothing else is
+//! changed (case, punctuation). Tokens are GPT-2's encoding of the normalised text, so a
+//! row and a sample with the same words tokenise the same way.
+
+mod index;
+pub mod rows;
+pub mod store;
+
+pub use index::{NoveltyIndex, Run};
+
+use crate::codec::Codec;
+use anyhow::Result;
+
+/// A sample's novelty, as `samples.jsonl` records it (`copied`, `overlap`, `nearest`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Novelty {
+    /// The normalised sample equals a normalised training row (an empty sample never does).
+    pub copied: bool,
+    /// The longest run of tokens shared with any training row, as a fraction of the
+    /// sample's tokens (0 for a sample of no tokens).
+    pub overlap: f64,
+    /// The 0-based index of the first training row holding that run; `None` when no token
+    /// is shared.
+    pub nearest: Option<usize>,
+}
+
+/// Trimmed, with every run of whitespace made one space.
+pub fn normalize(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The hash that identifies a normalised text in the copy set.
+pub fn copy_hash(normalized: &str) -> [u8; 16] {
+    let h = blake3::hash(normalized.as_bytes());
+    h.as_bytes()[..16].try_into().expect("16 of 32 bytes")
+}
+
+impl NoveltyIndex {
+    /// Builds the index over training `rows` (texts, normalised here), tokenised by `codec`.
+    pub fn build(rows: &[String], codec: &dyn Codec) -> Result<Self> {
+        let mut copies = Vec::new();
+        let mut tokens = Vec::with_capacity(rows.len());
+        for row in rows {
+            let row = normalize(row);
+            if !row.is_empty() {
+                copies.push(copy_hash(&row));
+            }
+            tokens.push(codec.encode(&row)?);
+        }
+        Self::from_tokens(&tokens, copies)
+    }
+
+    /// The novelty of a generated text (the prefix left out).
+    pub fn judge(&self, generated: &str, codec: &dyn Codec) -> Result<Novelty> {
+        let text = normalize(generated);
+        let copied = !text.is_empty() && self.is_copy(&copy_hash(&text));
+        let tokens = codec.encode(&text)?;
+        let run = self.longest_run(&tokens);
+        let overlap = if tokens.is_empty() {
+            0.0
+        } else {
+            run.len as f64 / tokens.len() as f64
+        };
+        Ok(Novelty {
+            copied,
+            overlap,
+            nearest: run.row,
+        })
+    }
+}
