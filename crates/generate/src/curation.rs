@@ -182,3 +182,194 @@ impl<'c> Curation<'c> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, prefix_len: usize, truncated: bool) -> Sample {
+        Sample {
+            index: 0,
+            text: text.into(),
+            tokens: Vec::new(),
+            truncated,
+            prefix_len,
+        }
+    }
+
+    fn index(codec: &dyn Codec) -> NoveltyIndex {
+        let rows = ["Hello world", "The quick brown fox jumps"].map(String::from);
+        NoveltyIndex::build(&rows, codec).unwrap()
+    }
+
+    fn params(set: impl FnOnce(&mut GenerateParams)) -> GenerateParams {
+        let mut p = GenerateParams {
+            nsamples: 2,
+            ..GenerateParams::default()
+        };
+        set(&mut p);
+        p
+    }
+
+    #[test]
+    fn copies_are_equal_after_normalisation_and_judged_without_the_prefix() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| p.drop_copies = true);
+        let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
+        let v = c.judge(&sample("  Hello \n world ", 0, false)).unwrap();
+        assert_eq!(v.dropped, Some(DropReason::Copied));
+        let n = v.novelty.unwrap();
+        assert!(
+            n.copied && n.overlap == 1.0 && n.nearest == Some(0),
+            "{n:?}"
+        );
+        // Case is not normalised: a different text.
+        let v = c.judge(&sample("hello world", 0, false)).unwrap();
+        assert_eq!(v.dropped, None);
+        assert!(!v.novelty.unwrap().copied);
+        // The prefix "Hello" is not judged: " world" alone is no copy, and its token is
+        // the row's " world" although it starts the sample.
+        let v = c.judge(&sample("Hello world", 5, false)).unwrap();
+        assert_eq!(v.dropped, None);
+        let n = v.novelty.unwrap();
+        assert!(
+            !n.copied && n.overlap == 1.0 && n.nearest == Some(0),
+            "{n:?}"
+        );
+        let n = c
+            .judge(&sample("fox jumps high", 0, false))
+            .unwrap()
+            .novelty
+            .unwrap();
+        assert_eq!((n.overlap, n.nearest), (2.0 / 3.0, Some(1)));
+        // An empty sample is no copy, shares nothing and has no nearest row.
+        let n = c.judge(&sample("", 0, false)).unwrap().novelty.unwrap();
+        assert_eq!(
+            n,
+            Novelty {
+                copied: false,
+                overlap: 0.0,
+                nearest: None
+            }
+        );
+        assert_eq!(c.counts().dropped["copied"], 1);
+        assert_eq!((c.counts().generated, c.counts().kept), (5, 4));
+    }
+
+    #[test]
+    fn overlap_is_the_longest_shared_run_over_the_samples_tokens() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| p.max_overlap = Some(0.75));
+        let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
+        // " The| quick| brown| fox| sleeps": 4 of 5 tokens in row 1.
+        let v = c
+            .judge(&sample("The quick brown fox sleeps", 0, false))
+            .unwrap();
+        let n = v.novelty.unwrap();
+        assert_eq!((n.overlap, n.nearest, n.copied), (0.8, Some(1), false));
+        assert_eq!(v.dropped, Some(DropReason::Overlap));
+        // " The| quick| cat| and| a| dog": 2 of 6.
+        let v = c
+            .judge(&sample("The quick cat and a dog", 0, false))
+            .unwrap();
+        assert_eq!(v.novelty.unwrap().overlap, 2.0 / 6.0);
+        assert_eq!(v.dropped, None);
+        // Exactly at the limit is kept: " Hello| world| and| more" shares 2 of 4 (0.5).
+        let p = params(|p| p.max_overlap = Some(0.5));
+        let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
+        assert_eq!(
+            c.judge(&sample("Hello world and more", 0, false))
+                .unwrap()
+                .dropped,
+            None
+        );
+    }
+
+    #[test]
+    fn dedupe_drops_repeats_of_kept_samples_only() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| {
+            p.dedupe = true;
+            p.drop_unfinished = true;
+            p.truncate = "\n".into();
+        });
+        // No training rows are needed: no novelty is reported.
+        let mut c = Curation::from_params(&p, None, codec.as_ref()).unwrap();
+        let verdicts: Vec<_> = [
+            ("a  b", false), // unfinished: dropped, so it does not count for dedupe
+            ("a b", true),
+            (" a b ", true), // the same after normalisation
+            ("a c", true),
+        ]
+        .iter()
+        .map(|&(t, finished)| c.judge(&sample(t, 0, finished)).unwrap())
+        .collect();
+        let reasons: Vec<_> = verdicts.iter().map(|v| v.dropped).collect();
+        assert_eq!(
+            reasons,
+            [
+                Some(DropReason::Unfinished),
+                None,
+                Some(DropReason::Duplicate),
+                None
+            ]
+        );
+        assert!(verdicts.iter().all(|v| v.novelty.is_none()));
+        assert!(c.done());
+        let json = serde_json::to_value(c.counts()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"generated": 4, "kept": 2, "dropped":
+                {"copied": 0, "duplicate": 1, "overlap": 0, "unfinished": 1}})
+        );
+    }
+
+    #[test]
+    fn the_attempt_limit_is_a_clear_error() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| {
+            p.nsamples = 1;
+            p.dedupe = true;
+            p.max_attempts = Some(3);
+        });
+        let mut c = Curation::from_params(&p, None, codec.as_ref()).unwrap();
+        c.judge(&sample("same", 0, false)).unwrap();
+        c.check_limit().unwrap();
+        // Kept: done, so the limit no longer matters.
+        let p2 = params(|p| {
+            p.nsamples = 2;
+            p.dedupe = true;
+            p.max_attempts = Some(2);
+        });
+        let mut c2 = Curation::from_params(&p2, None, codec.as_ref()).unwrap();
+        for _ in 0..3 {
+            c2.judge(&sample("same", 0, false)).unwrap();
+        }
+        c2.check_limit().unwrap();
+        c2.judge(&sample("same", 0, false)).unwrap();
+        let e = c2.check_limit().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "kept 1 of nsamples = 2 after generating 4 samples, the limit of max_attempts = 2 \
+             per kept sample (dropped: 3 duplicate); raise max_attempts or loosen the \
+             curation keys"
+        );
+        drop(c);
+    }
+
+    #[test]
+    fn rules_without_what_they_need_are_errors() {
+        let codec = crate::codec::gpt2().unwrap();
+        for (p, key) in [
+            (params(|p| p.drop_copies = true), "drop_copies"),
+            (params(|p| p.max_overlap = Some(0.5)), "max_overlap"),
+            (params(|p| p.drop_unfinished = true), "drop_unfinished"),
+        ] {
+            let e = Curation::from_params(&p, None, codec.as_ref())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+}

@@ -6,8 +6,9 @@
 //! Normalisation (one rule for rows, samples and `dedupe`): whitespace trimmed at both
 //! ends and every run of whitespace made one space. Training rows are already cleaned by
 //! the prepare stage and samples come from a model trained on them, so nothing else is
-//! changed (case, punctuation). Tokens are GPT-2's encoding of the normalised text, so a
-//! row and a sample with the same words tokenise the same way.
+//! changed (case, punctuation). Tokens are GPT-2's encoding of the normalised text after
+//! one space ([`tokens_of`]): GPT-2 tokenises a word at the start of a text differently
+//! from the same word after a space, and a sample's first word is often a row's middle one.
 
 mod index;
 pub mod rows;
@@ -42,6 +43,15 @@ pub fn copy_hash(normalized: &str) -> [u8; 16] {
     h.as_bytes()[..16].try_into().expect("16 of 32 bytes")
 }
 
+/// The tokens a normalised text is indexed and queried by: those of " " + text (none for
+/// an empty text).
+pub fn tokens_of(normalized: &str, codec: &dyn Codec) -> Result<Vec<u32>> {
+    if normalized.is_empty() {
+        return Ok(Vec::new());
+    }
+    codec.encode(&format!(" {normalized}"))
+}
+
 impl NoveltyIndex {
     /// Builds the index over training `rows` (texts, normalised here), tokenised by `codec`.
     pub fn build(rows: &[String], codec: &dyn Codec) -> Result<Self> {
@@ -52,7 +62,7 @@ impl NoveltyIndex {
             if !row.is_empty() {
                 copies.push(copy_hash(&row));
             }
-            tokens.push(codec.encode(&row)?);
+            tokens.push(tokens_of(&row, codec)?);
         }
         Self::from_tokens(&tokens, copies)
     }
@@ -61,7 +71,7 @@ impl NoveltyIndex {
     pub fn judge(&self, generated: &str, codec: &dyn Codec) -> Result<Novelty> {
         let text = normalize(generated);
         let copied = !text.is_empty() && self.is_copy(&copy_hash(&text));
-        let tokens = codec.encode(&text)?;
+        let tokens = tokens_of(&text, codec)?;
         let run = self.longest_run(&tokens);
         let overlap = if tokens.is_empty() {
             0.0

@@ -147,3 +147,91 @@ pub fn decode(bytes: &[u8]) -> Result<NoveltyIndex> {
     );
     Ok(NoveltyIndex::from_parts(text, starts, sa, copies))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<String> {
+        [
+            "Hello world",
+            "The quick brown fox",
+            "",
+            "What is your favourite food?",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn an_index_is_built_once_then_read_from_the_cache() {
+        let codec = crate::codec::gpt2().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (built, origin) = open(dir.path(), &rows(), codec.as_ref()).unwrap();
+        assert_eq!(origin, Origin::Built);
+        let (cached, origin) = open(dir.path(), &rows(), codec.as_ref()).unwrap();
+        assert_eq!(origin, Origin::Cached);
+        assert_eq!(cached, built);
+        assert_eq!(cached.rows(), 4);
+        // Other rows, another file.
+        let (_, origin) = open(dir.path(), &rows()[..2], codec.as_ref()).unwrap();
+        assert_eq!(origin, Origin::Built);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_damaged_cached_index_is_rebuilt_never_trusted() {
+        let codec = crate::codec::gpt2().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (good, _) = open(dir.path(), &rows(), codec.as_ref()).unwrap();
+        let path = dir.path().join(format!("{}.idx", key(&rows())));
+        let bytes = std::fs::read(&path).unwrap();
+        let mut flipped = bytes.clone();
+        flipped[HEADER + 3] ^= 1;
+        let mut huge_count = bytes.clone();
+        huge_count[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        for (damage, why) in [
+            (bytes[..bytes.len() / 2].to_vec(), "truncated"),
+            (bytes[..HEADER].to_vec(), "not a novelty index"),
+            (Vec::new(), "not a novelty index"),
+            (flipped, "checksum does not match"),
+            (huge_count, "truncated"),
+            (b"garbage".to_vec(), "not a novelty index"),
+        ] {
+            std::fs::write(&path, &damage).unwrap();
+            let (index, origin) = open(dir.path(), &rows(), codec.as_ref()).unwrap();
+            assert!(
+                matches!(&origin, Origin::Rebuilt(e) if e.contains(why)),
+                "{why}: {origin:?}"
+            );
+            assert_eq!(index, good);
+            // Replaced by a good file.
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+        // A file whose checksum matches but whose positions are out of range.
+        let mut bad = good.clone();
+        bad.sa[0] = u32::MAX;
+        assert!(format!("{:#}", decode(&encode(&bad)).unwrap_err()).contains("inconsistent"));
+    }
+
+    #[test]
+    fn runs_building_the_same_index_at_once_leave_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let many: Vec<String> = (0..3000)
+            .map(|i| format!("row number {i} of many"))
+            .collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let codec = crate::codec::gpt2().unwrap();
+                    open(dir.path(), &many, codec.as_ref()).unwrap();
+                });
+            }
+        });
+        let path = dir.path().join(format!("{}.idx", key(&many)));
+        let index = decode(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(index.rows(), 3000);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
