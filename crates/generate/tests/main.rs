@@ -4,5 +4,6 @@
 mod common;
 mod driver;
 mod known_answers;
+mod novelty_rows;
 mod stage;
 mod transformers_sampling;

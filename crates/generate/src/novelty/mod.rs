@@ -18,6 +18,8 @@ pub use index::{NoveltyIndex, Run};
 
 use crate::codec::Codec;
 use anyhow::Result;
+use gptpipe_core::config::GenerateParams;
+use gptpipe_core::stage::StageContext;
 
 /// A sample's novelty, as `samples.jsonl` records it (`copied`, `overlap`, `nearest`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -30,6 +32,26 @@ pub struct Novelty {
     /// The 0-based index of the first training row holding that run; `None` when no token
     /// is shared.
     pub nearest: Option<usize>,
+}
+
+/// The index over the training rows of the generate stage `ctx` runs with params `p`
+/// (`novelty_against`), from the workdir's cache or built and cached; `None` when the
+/// stage names no rows. A damaged cached index is rebuilt with a warning.
+pub fn for_stage(
+    ctx: &StageContext,
+    p: &GenerateParams,
+    codec: &dyn Codec,
+) -> Result<Option<NoveltyIndex>> {
+    let Some(rows) = rows::training_rows(ctx, p)? else {
+        return Ok(None);
+    };
+    let (index, origin) = store::open(&store::dir_in(&ctx.pipeline.workdir), &rows, codec)?;
+    if let store::Origin::Rebuilt(why) = origin {
+        ctx.warn(format!(
+            "rebuilt the novelty index: the cached one was unusable ({why})"
+        ));
+    }
+    Ok(Some(index))
 }
 
 /// Trimmed, with every run of whitespace made one space.
