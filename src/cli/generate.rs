@@ -166,6 +166,8 @@ impl GenerateArgs {
             format,
             backend: self.backend.into(),
             device,
+            // Keys without a flag keep their defaults.
+            ..GenerateParams::default()
         })
     }
 }
