@@ -142,55 +142,94 @@ impl NoveltyIndex {
     }
 }
 
-/// Suffix array of `text` by prefix doubling: O(n log n) per round, one round per doubling
-/// of the longest row, so a huge or repetitive row costs rounds, never quadratic time.
-/// Separators rank below every token and each one uniquely (a suffix ends at its row's
-/// end); separator positions are left out of the result.
+/// Suffix array of `text` (separator positions left out), each suffix ending at its row's
+/// separator: suffixes equal up to their separator are in no particular order (a query
+/// never matches a separator). First a parallel sort by the first 4 codes, then prefix
+/// doubling on the groups not yet told apart only (Larsson-Sadakane), so short rows cost
+/// one sort and a huge repetitive row costs rounds of O(n log n), never quadratic time.
 fn suffix_array(text: &[u16]) -> Vec<u32> {
-    let n = text.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    let seps = text.iter().filter(|&&t| t == SEP).count() as u32;
-    let mut sep_rank = 0;
-    let mut rank: Vec<u32> = text
-        .iter()
-        .map(|&t| {
-            if t == SEP {
-                sep_rank += 1;
-                sep_rank - 1
-            } else {
-                seps + t as u32
-            }
-        })
+    const HEAD: usize = 4;
+    let code = |i: usize| text.get(i).copied().unwrap_or(SEP);
+    // The first HEAD codes, none after a separator.
+    let head = |p: u32| -> u64 {
+        let mut key = 0u64;
+        let mut ended = false;
+        for j in 0..HEAD {
+            let c = if ended { SEP } else { code(p as usize + j) };
+            ended |= c == SEP;
+            key = key << 16 | c as u64;
+        }
+        key
+    };
+    // Sorted as (key, position) pairs: each key is computed once, and the sort reads
+    // memory in order.
+    let mut pairs: Vec<(u64, u32)> = (0..text.len() as u32)
+        .into_par_iter()
+        .filter(|&p| text[p as usize] != SEP)
+        .map(|p| (head(p), p))
         .collect();
-    let mut sa: Vec<u32> = (0..n as u32).collect();
-    let mut next = vec![0u32; n];
-    let mut k = 1;
-    loop {
-        let key = |i: u32| -> u64 {
-            let i = i as usize;
-            let second = if i + k < n { rank[i + k] as u64 + 1 } else { 0 };
-            (rank[i] as u64) << 32 | second
-        };
-        sa.par_sort_unstable_by_key(|&i| key(i));
-        let mut groups = 1;
-        next[sa[0] as usize] = 0;
-        for j in 1..n {
-            if key(sa[j]) != key(sa[j - 1]) {
-                groups += 1;
-                next[sa[j] as usize] = j as u32;
-            } else {
-                next[sa[j] as usize] = next[sa[j - 1] as usize];
+    pairs.par_sort_unstable();
+    let mut sa: Vec<u32> = pairs.iter().map(|&(_, p)| p).collect();
+    // rank[p] = 1 + the start of p's group in `sa`; 0 at separators (shortest first).
+    let mut rank = vec![0u32; text.len()];
+    // Whether p's group is told apart as far as it can be: its suffixes are equal up to
+    // their separator.
+    let mut ended = vec![false; text.len()];
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    let mut s = 0;
+    while s < pairs.len() {
+        let key = pairs[s].0;
+        let e = s + pairs[s..].partition_point(|&(k, _)| k == key);
+        let done_at_sep = key & 0xFFFF == SEP as u64;
+        for &(_, p) in &pairs[s..e] {
+            rank[p as usize] = s as u32 + 1;
+            ended[p as usize] = done_at_sep;
+        }
+        if e - s > 1 && !done_at_sep {
+            open.push((s, e));
+        }
+        s = e;
+    }
+    drop(pairs);
+    let mut h = HEAD;
+    while !open.is_empty() {
+        // Each open group sorted by the rank h codes on, as (rank, position) pairs, in
+        // parallel; ranks change only after the round.
+        let key = |p: u32| rank.get(p as usize + h).copied().unwrap_or(0);
+        let sorted: Vec<Vec<(u32, u32)>> = open
+            .par_iter()
+            .map(|&(s, e)| {
+                let mut v: Vec<(u32, u32)> = sa[s..e].iter().map(|&p| (key(p), p)).collect();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        let mut updates: Vec<(u32, u32, bool)> = Vec::new();
+        let mut next = Vec::new();
+        for (&(s, _), group) in open.iter().zip(&sorted) {
+            let mut a = 0;
+            while a < group.len() {
+                let k = group[a].0;
+                let b = a + group[a..].partition_point(|&(x, _)| x == k);
+                let q = group[a].1 as usize + h;
+                let done_at_sep = k == 0 || ended.get(q).copied().unwrap_or(true);
+                for (j, &(_, p)) in group[a..b].iter().enumerate() {
+                    sa[s + a + j] = p;
+                    updates.push((p, (s + a) as u32 + 1, done_at_sep));
+                }
+                if b - a > 1 && !done_at_sep {
+                    next.push((s + a, s + b));
+                }
+                a = b;
             }
         }
-        std::mem::swap(&mut rank, &mut next);
-        if groups == n {
-            break;
+        for (p, r, d) in updates {
+            rank[p as usize] = r;
+            ended[p as usize] = d;
         }
-        k *= 2;
+        open = next;
+        h *= 2;
     }
-    sa.retain(|&p| text[p as usize] != SEP);
     sa
 }
 
