@@ -343,8 +343,9 @@ mod tests {
             let rows = random_rows(&mut rng, count, vocab, max_len);
             let index = NoveltyIndex::from_tokens(&rows, Vec::new()).unwrap();
             for _ in 0..20 {
-                let mut sample: Vec<u32> =
-                    (0..rng.next(15)).map(|_| rng.next(vocab) as u32).collect();
+                let mut sample: Vec<u32> = (0..rng.next(max_len + 3))
+                    .map(|_| rng.next(vocab) as u32)
+                    .collect();
                 // Often splice in a piece of a row, as samples copy training text.
                 let row = &rows[rng.next(rows.len() as u64) as usize];
                 if !row.is_empty() && rng.next(2) == 0 {
