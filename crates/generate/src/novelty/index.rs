@@ -7,7 +7,7 @@
 //! Layout: every row's tokens (id + 1, as u16: GPT-2 ids are below 65535) followed by a
 //! separator 0, one after another. A suffix ends at its row's separator, so a match never
 //! crosses rows. Memory: 6 bytes per token (text and suffix array) plus a small range-min
-//! table; building peaks at about 14 bytes per token.
+//! table; building peaks at about 30 bytes per token (sort pairs, ranks).
 
 use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
