@@ -191,6 +191,7 @@ impl GenerateArgs {
                 .prefix_file
                 .as_ref()
                 .map(|p| UserPath::from_path(p.clone())),
+            // Keys without a flag keep their defaults.
             ..GenerateParams::default()
         })
     }

@@ -9,9 +9,9 @@ mod pipelines;
 mod prepare;
 mod schema;
 #[cfg(feature = "worker")]
-mod short_texts;
-#[cfg(feature = "worker")]
 mod score;
+#[cfg(feature = "worker")]
+mod short_texts;
 #[cfg(not(feature = "worker"))]
 mod without_torch;
 

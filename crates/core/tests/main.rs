@@ -3,6 +3,7 @@
 //! runs the tests whose path contains NAME (e.g. `fuzz_config::`).
 
 mod config_values;
+mod curation_keys;
 mod fuzz_config;
 mod known_answers;
 mod memo_race;

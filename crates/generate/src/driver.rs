@@ -127,6 +127,15 @@ pub struct Sample {
     pub tokens: Vec<u32>,
     /// Whether the sample stopped at `truncate` rather than at `length`.
     pub truncated: bool,
+    /// Bytes of `text` that are the prefix: its length when `include_prefix`, else 0.
+    pub prefix_len: usize,
+}
+
+impl Sample {
+    /// The generated text, without the prefix (what novelty and curation judge).
+    pub fn generated(&self) -> &str {
+        &self.text[self.prefix_len.min(self.text.len())..]
+    }
 }
 
 /// Generates samples `indices` as one batch.

@@ -9,8 +9,10 @@
 pub mod backend;
 pub mod codec;
 pub mod controls;
+pub mod curation;
 pub mod draw;
 pub mod driver;
+pub mod novelty;
 pub mod output;
 pub mod prompts;
 pub mod rng;

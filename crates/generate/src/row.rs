@@ -120,12 +120,14 @@ impl SampleRow {
         } else {
             String::new()
         };
+        let prefix_len = text.len();
         text.push_str(&text_of(body));
         Sample {
             index: self.index,
             text,
             tokens: self.generated.clone(),
             truncated: self.cut.is_some(),
+            prefix_len,
         }
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 mod driver;
 mod known_answers;
+mod novelty_rows;
 mod stage;
 mod transformers_controls;
 mod transformers_sampling;

@@ -96,6 +96,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
         let params = stage_params(&name, dict, raw.pipeline.seed, &origins)?;
         stages.insert(name, params);
     }
+    super::curation::fill_defaults(&mut stages);
 
     let dir = path
         .parent()

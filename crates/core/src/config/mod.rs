@@ -1,6 +1,7 @@
 //! Pipeline files: typed stages, layered loading (defaults < file < `GPTPIPE_*` < `--set`),
 //! validation with file:line:col, and the JSON Schema. Knows nothing of models or the cache.
 
+mod curation;
 mod error;
 mod load;
 mod params;

@@ -343,6 +343,30 @@ pub struct GenerateParams {
     /// Strings never generated, whatever their tokenisation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bad_words: Vec<String>,
+    // Issue 14, unique samples (curation): every key is left out of the serialized params
+    // at its default, so a stage that does not use them keeps its cache key.
+    /// Training rows that samples are compared with: `"@prepare-stage"` or files/globs
+    /// (one row per line). Default, when `drop_copies` or `max_overlap` is set: the rows
+    /// of the finetune stage the model comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub novelty_against: Option<NoveltyAgainst>,
+    /// Drop samples equal to a training row (after normalisation).
+    #[serde(skip_serializing_if = "is_false")]
+    pub drop_copies: bool,
+    /// Drop samples sharing a run of more than this fraction of their tokens with a
+    /// training row (0 < x <= 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_overlap: Option<f64>,
+    /// Drop samples equal to an earlier kept sample (after normalisation).
+    #[serde(skip_serializing_if = "is_false")]
+    pub dedupe: bool,
+    /// Drop samples that never reached a stop string (`truncate`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub drop_unfinished: bool,
+    /// Samples generated per kept sample at most (so `max_attempts * nsamples` in all)
+    /// before the stage fails; default 10 when a drop rule is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<usize>,
 }
 
 /// How the generate stage orders the samples of each prefix.
@@ -359,6 +383,27 @@ pub enum SortBy {
 impl SortBy {
     pub fn is_index(&self) -> bool {
         *self == SortBy::Index
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `novelty_against`: one `"@prepare-stage"`, file or glob, or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum NoveltyAgainst {
+    One(InputRef),
+    Many(Vec<InputRef>),
+}
+
+impl NoveltyAgainst {
+    pub fn refs(&self) -> &[InputRef] {
+        match self {
+            Self::One(r) => std::slice::from_ref(r),
+            Self::Many(v) => v,
+        }
     }
 }
 
@@ -434,6 +479,12 @@ impl Default for GenerateParams {
             min_length: 0,
             no_repeat_ngram_size: 0,
             bad_words: Vec::new(),
+            novelty_against: None,
+            drop_copies: false,
+            max_overlap: None,
+            dedupe: false,
+            drop_unfinished: false,
+            max_attempts: None,
         }
     }
 }
@@ -445,4 +496,28 @@ impl GenerateParams {
     /// Names in a generate stage's folder that `output` may not take (or be below): the
     /// stage writes them itself.
     pub const RESERVED_OUTPUTS: &'static [&'static str] = &[Self::META_FILE];
+
+    // Issue 14, unique samples (curation).
+    /// `max_attempts` when a drop rule is set and the key is not.
+    pub const DEFAULT_MAX_ATTEMPTS: usize = 10;
+
+    /// Whether a key that needs the training rows is set.
+    pub fn needs_training_rows(&self) -> bool {
+        self.drop_copies || self.max_overlap.is_some()
+    }
+
+    /// Whether any rule may drop a sample (so more than `nsamples` may be generated).
+    pub fn curates(&self) -> bool {
+        self.needs_training_rows() || self.dedupe || self.drop_unfinished
+    }
+
+    /// Samples generated in all at most: `max_attempts * nsamples` when curating, else
+    /// `nsamples`.
+    pub fn attempt_limit(&self) -> usize {
+        if !self.curates() {
+            return self.nsamples;
+        }
+        let per = self.max_attempts.unwrap_or(Self::DEFAULT_MAX_ATTEMPTS);
+        per.saturating_mul(self.nsamples)
+    }
 }

@@ -175,6 +175,8 @@ fn accepted_kinds(params: &StageParams, key: &str) -> &'static [StageKind] {
         // Text in: a prepare stage's dataset or a generate stage's samples.
         (StageParams::Prepare(_), _) => &[Prepare, Generate],
         (StageParams::Finetune(_), "dataset") => &[Prepare],
+        // Issue 14, unique samples: training rows are a prepare stage's dataset.
+        (StageParams::Generate(_), "novelty_against") => &[Prepare],
         (StageParams::Generate(g), _) if g.backend != Backend::Tch => &[Finetune, Export],
         // Weights in: libtorch reads a finetune stage's safetensors folder.
         _ => &[Finetune],
@@ -403,6 +405,7 @@ fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
 
 fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
     check_model(&p.model)?;
+    check_curation(p)?;
     ensure(
         p.temperature >= 0.0 && p.temperature.is_finite(),
         "temperature",
@@ -543,6 +546,51 @@ fn check_prefixes(p: &GenerateParams) -> Result<(), Invalid> {
             p.nsamples
         ),
     )
+}
+
+// Issue 14, unique samples (curation).
+fn check_curation(p: &GenerateParams) -> Result<(), Invalid> {
+    if let Some(x) = p.max_overlap {
+        ensure(
+            x > 0.0 && x <= 1.0,
+            "max_overlap",
+            format!("max_overlap must be in (0, 1] (a fraction of a sample's tokens), not {x}"),
+        )?;
+    }
+    ensure(
+        p.max_attempts != Some(0),
+        "max_attempts",
+        "max_attempts must be at least 1".into(),
+    )?;
+    ensure(
+        !p.drop_unfinished || !p.truncate.stops().is_empty(),
+        "drop_unfinished",
+        "drop_unfinished drops samples that never reached the stop string, but `truncate` \
+         is not set"
+            .into(),
+    )?;
+    if let Some(n) = &p.novelty_against {
+        ensure(
+            !n.refs().is_empty() && n.refs().iter().all(|r| !r.as_written().trim().is_empty()),
+            "novelty_against",
+            "novelty_against must name a prepare stage (\"@stage\") or files".into(),
+        )?;
+    } else if p.needs_training_rows() {
+        let key = if p.drop_copies {
+            "drop_copies"
+        } else {
+            "max_overlap"
+        };
+        return Err((
+            key,
+            format!(
+                "{key} compares samples with the training rows, but they are unknown: the \
+                 model is not a finetune stage of this pipeline whose dataset is a prepare \
+                 stage or a file; set novelty_against = \"@prepare-stage\" or files"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Rows of one generation batch at most: each row holds a KV cache of the whole context.

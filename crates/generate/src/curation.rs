@@ -1,0 +1,375 @@
+//! Issue 14, unique samples: the rules that keep or drop a generated sample (`drop_copies`,
+//! `max_overlap`, `dedupe`, `drop_unfinished`) and the count of drops by reason, for the
+//! generation loop to call once per sample, in sample order.
+//!
+//! Rules are checked in the order of [`DropReason`]; the first that applies is the
+//! sample's reason. `dedupe` compares with the samples kept so far, after the same
+//! normalisation as novelty ([`crate::novelty::normalize`]). The loop generates until
+//! `nsamples` are kept, and at most [`GenerateParams::attempt_limit`] samples in all
+//! ([`Curation::check_limit`]).
+
+use crate::codec::Codec;
+use crate::driver::Sample;
+use crate::novelty::{self, Novelty, NoveltyIndex};
+use anyhow::{bail, Result};
+use gptpipe_core::config::GenerateParams;
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// Why a sample was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The stop string was never reached (`drop_unfinished`).
+    Unfinished,
+    /// Equal to a training row (`drop_copies`).
+    Copied,
+    /// Shares more than `max_overlap` of its tokens with a training row.
+    Overlap,
+    /// Equal to a sample kept before it (`dedupe`).
+    Duplicate,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        Self::Unfinished,
+        Self::Copied,
+        Self::Overlap,
+        Self::Duplicate,
+    ];
+
+    /// The stable name reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unfinished => "unfinished",
+            Self::Copied => "copied",
+            Self::Overlap => "overlap",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// What [`Curation::judge`] says of one sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Set when the stage knows its training rows (for `samples.jsonl`).
+    pub novelty: Option<Novelty>,
+    /// Set when the sample is dropped.
+    pub dropped: Option<DropReason>,
+}
+
+/// Samples judged, kept and dropped by reason (`report` of the stage).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub generated: usize,
+    pub kept: usize,
+    /// Reason name -> samples dropped for it; every reason present, 0 included.
+    pub dropped: std::collections::BTreeMap<&'static str, usize>,
+}
+
+/// The curation rules of one generate stage, with what they have seen.
+pub struct Curation<'c> {
+    index: Option<NoveltyIndex>,
+    codec: &'c dyn Codec,
+    drop_copies: bool,
+    max_overlap: Option<f64>,
+    dedupe: bool,
+    drop_unfinished: bool,
+    nsamples: usize,
+    limit: usize,
+    /// Normalised-text hashes of kept samples (`dedupe`).
+    kept: HashSet<[u8; 16]>,
+    counts: Counts,
+}
+
+impl<'c> Curation<'c> {
+    /// The rules of `p`; `index` is the index over its training rows
+    /// (`novelty::store::open`), required when `drop_copies` or `max_overlap` is set.
+    pub fn from_params(
+        p: &GenerateParams,
+        index: Option<NoveltyIndex>,
+        codec: &'c dyn Codec,
+    ) -> Result<Self> {
+        if index.is_none() && p.needs_training_rows() {
+            let key = if p.drop_copies {
+                "drop_copies"
+            } else {
+                "max_overlap"
+            };
+            bail!("{key} needs the training rows (novelty_against), and none were given");
+        }
+        if p.drop_unfinished && p.truncate.stops().is_empty() {
+            bail!("drop_unfinished needs a stop string (truncate)");
+        }
+        let mut counts = Counts::default();
+        for r in DropReason::ALL {
+            counts.dropped.insert(r.name(), 0);
+        }
+        Ok(Self {
+            index,
+            codec,
+            drop_copies: p.drop_copies,
+            max_overlap: p.max_overlap,
+            dedupe: p.dedupe,
+            drop_unfinished: p.drop_unfinished,
+            nsamples: p.nsamples,
+            limit: p.attempt_limit(),
+            kept: HashSet::new(),
+            counts,
+        })
+    }
+
+    /// Judges one sample: its novelty (when the training rows are known) and whether a
+    /// rule drops it. A kept sample counts for `dedupe` from now on.
+    pub fn judge(&mut self, sample: &Sample) -> Result<Verdict> {
+        let generated = sample.generated();
+        let novelty = match &self.index {
+            Some(index) => Some(index.judge(generated, self.codec)?),
+            None => None,
+        };
+        let hash = novelty::copy_hash(&novelty::normalize(generated));
+        let dropped = DropReason::ALL.into_iter().find(|r| match r {
+            DropReason::Unfinished => self.drop_unfinished && !sample.truncated,
+            DropReason::Copied => self.drop_copies && novelty.is_some_and(|n| n.copied),
+            DropReason::Overlap => self
+                .max_overlap
+                .is_some_and(|max| novelty.is_some_and(|n| n.overlap > max)),
+            DropReason::Duplicate => self.dedupe && self.kept.contains(&hash),
+        });
+        self.counts.generated += 1;
+        match dropped {
+            Some(r) => *self.counts.dropped.entry(r.name()).or_default() += 1,
+            None => {
+                self.counts.kept += 1;
+                if self.dedupe {
+                    self.kept.insert(hash);
+                }
+            }
+        }
+        Ok(Verdict { novelty, dropped })
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Whether `nsamples` samples have been kept.
+    pub fn done(&self) -> bool {
+        self.counts.kept >= self.nsamples
+    }
+
+    /// Fails once the attempt limit is spent without `nsamples` kept, naming the key and
+    /// the drops by reason.
+    pub fn check_limit(&self) -> Result<()> {
+        if self.done() || self.counts.generated < self.limit {
+            return Ok(());
+        }
+        let reasons: Vec<String> = self
+            .counts
+            .dropped
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        bail!(
+            "kept {} of nsamples = {} after generating {} samples, the limit of max_attempts \
+             = {} per kept sample (dropped: {}); raise max_attempts or loosen the curation \
+             keys",
+            self.counts.kept,
+            self.nsamples,
+            self.counts.generated,
+            self.limit / self.nsamples.max(1),
+            reasons.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, prefix_len: usize, truncated: bool) -> Sample {
+        Sample {
+            index: 0,
+            text: text.into(),
+            tokens: Vec::new(),
+            truncated,
+            prefix_len,
+        }
+    }
+
+    fn index(codec: &dyn Codec) -> NoveltyIndex {
+        let rows = ["Hello world", "The quick brown fox jumps"].map(String::from);
+        NoveltyIndex::build(&rows, codec).unwrap()
+    }
+
+    fn params(set: impl FnOnce(&mut GenerateParams)) -> GenerateParams {
+        let mut p = GenerateParams {
+            nsamples: 2,
+            ..GenerateParams::default()
+        };
+        set(&mut p);
+        p
+    }
+
+    #[test]
+    fn copies_are_equal_after_normalisation_and_judged_without_the_prefix() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| p.drop_copies = true);
+        let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
+        let v = c.judge(&sample("  Hello \n world ", 0, false)).unwrap();
+        assert_eq!(v.dropped, Some(DropReason::Copied));
+        let n = v.novelty.unwrap();
+        assert!(
+            n.copied && n.overlap == 1.0 && n.nearest == Some(0),
+            "{n:?}"
+        );
+        // Case is not normalised: a different text.
+        let v = c.judge(&sample("hello world", 0, false)).unwrap();
+        assert_eq!(v.dropped, None);
+        assert!(!v.novelty.unwrap().copied);
+        // The prefix "Hello" is not judged: " world" alone is no copy, and its token is
+        // the row's " world" although it starts the sample.
+        let v = c.judge(&sample("Hello world", 5, false)).unwrap();
+        assert_eq!(v.dropped, None);
+        let n = v.novelty.unwrap();
+        assert!(
+            !n.copied && n.overlap == 1.0 && n.nearest == Some(0),
+            "{n:?}"
+        );
+        let n = c
+            .judge(&sample("fox jumps high", 0, false))
+            .unwrap()
+            .novelty
+            .unwrap();
+        assert_eq!((n.overlap, n.nearest), (2.0 / 3.0, Some(1)));
+        // An empty sample is no copy, shares nothing and has no nearest row.
+        let n = c.judge(&sample("", 0, false)).unwrap().novelty.unwrap();
+        assert_eq!(
+            n,
+            Novelty {
+                copied: false,
+                overlap: 0.0,
+                nearest: None
+            }
+        );
+        assert_eq!(c.counts().dropped["copied"], 1);
+        assert_eq!((c.counts().generated, c.counts().kept), (5, 4));
+    }
+
+    #[test]
+    fn overlap_is_the_longest_shared_run_over_the_samples_tokens() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| p.max_overlap = Some(0.75));
+        let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
+        // " The| quick| brown| fox| sleeps": 4 of 5 tokens in row 1.
+        let v = c
+            .judge(&sample("The quick brown fox sleeps", 0, false))
+            .unwrap();
+        let n = v.novelty.unwrap();
+        assert_eq!((n.overlap, n.nearest, n.copied), (0.8, Some(1), false));
+        assert_eq!(v.dropped, Some(DropReason::Overlap));
+        // " The| quick| cat| and| a| dog": 2 of 6.
+        let v = c
+            .judge(&sample("The quick cat and a dog", 0, false))
+            .unwrap();
+        assert_eq!(v.novelty.unwrap().overlap, 2.0 / 6.0);
+        assert_eq!(v.dropped, None);
+        // Exactly at the limit is kept: " Hello| world| and| more" shares 2 of 4 (0.5).
+        let p = params(|p| p.max_overlap = Some(0.5));
+        let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
+        assert_eq!(
+            c.judge(&sample("Hello world and more", 0, false))
+                .unwrap()
+                .dropped,
+            None
+        );
+    }
+
+    #[test]
+    fn dedupe_drops_repeats_of_kept_samples_only() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| {
+            p.dedupe = true;
+            p.drop_unfinished = true;
+            p.truncate = "\n".into();
+        });
+        // No training rows are needed: no novelty is reported.
+        let mut c = Curation::from_params(&p, None, codec.as_ref()).unwrap();
+        let verdicts: Vec<_> = [
+            ("a  b", false), // unfinished: dropped, so it does not count for dedupe
+            ("a b", true),
+            (" a b ", true), // the same after normalisation
+            ("a c", true),
+        ]
+        .iter()
+        .map(|&(t, finished)| c.judge(&sample(t, 0, finished)).unwrap())
+        .collect();
+        let reasons: Vec<_> = verdicts.iter().map(|v| v.dropped).collect();
+        assert_eq!(
+            reasons,
+            [
+                Some(DropReason::Unfinished),
+                None,
+                Some(DropReason::Duplicate),
+                None
+            ]
+        );
+        assert!(verdicts.iter().all(|v| v.novelty.is_none()));
+        assert!(c.done());
+        let json = serde_json::to_value(c.counts()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"generated": 4, "kept": 2, "dropped":
+                {"copied": 0, "duplicate": 1, "overlap": 0, "unfinished": 1}})
+        );
+    }
+
+    #[test]
+    fn the_attempt_limit_is_a_clear_error() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| {
+            p.nsamples = 1;
+            p.dedupe = true;
+            p.max_attempts = Some(3);
+        });
+        let mut c = Curation::from_params(&p, None, codec.as_ref()).unwrap();
+        c.judge(&sample("same", 0, false)).unwrap();
+        c.check_limit().unwrap();
+        // Kept: done, so the limit no longer matters.
+        let p2 = params(|p| {
+            p.nsamples = 2;
+            p.dedupe = true;
+            p.max_attempts = Some(2);
+        });
+        let mut c2 = Curation::from_params(&p2, None, codec.as_ref()).unwrap();
+        for _ in 0..3 {
+            c2.judge(&sample("same", 0, false)).unwrap();
+        }
+        c2.check_limit().unwrap();
+        c2.judge(&sample("same", 0, false)).unwrap();
+        let e = c2.check_limit().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "kept 1 of nsamples = 2 after generating 4 samples, the limit of max_attempts = 2 \
+             per kept sample (dropped: 3 duplicate); raise max_attempts or loosen the \
+             curation keys"
+        );
+        drop(c);
+    }
+
+    #[test]
+    fn rules_without_what_they_need_are_errors() {
+        let codec = crate::codec::gpt2().unwrap();
+        for (p, key) in [
+            (params(|p| p.drop_copies = true), "drop_copies"),
+            (params(|p| p.max_overlap = Some(0.5)), "max_overlap"),
+            (params(|p| p.drop_unfinished = true), "drop_unfinished"),
+        ] {
+            let e = Curation::from_params(&p, None, codec.as_ref())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+}
