@@ -10,6 +10,7 @@ pub mod backend;
 pub mod codec;
 pub mod driver;
 pub mod output;
+pub mod provenance;
 pub mod rng;
 pub mod row;
 pub mod sampling;

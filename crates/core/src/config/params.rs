@@ -105,6 +105,13 @@ pub struct PrepareParams {
     pub start_token: String,
     pub end_token: String,
     pub on_error: OnError,
+    // Conditioned rows (issue 14, template).
+    /// Builds each row from several CSV columns or JSONL fields, as
+    /// `"{subreddit} | {title}"` (`{{` and `}}` are braces); instead of `column`/`field`.
+    /// Unset, it is left out of the params' JSON, so the cache keys of stages without it
+    /// stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl Default for PrepareParams {
@@ -127,6 +134,7 @@ impl Default for PrepareParams {
             start_token: "<|startoftext|>".into(),
             end_token: "<|endoftext|>".into(),
             on_error: OnError::Error,
+            template: None,
         }
     }
 }
@@ -351,5 +359,8 @@ impl GenerateParams {
     pub const META_FILE: &'static str = "generate.json";
     /// Names in a generate stage's folder that `output` may not take (or be below): the
     /// stage writes them itself.
-    pub const RESERVED_OUTPUTS: &'static [&'static str] = &[Self::META_FILE];
+    pub const RESERVED_OUTPUTS: &'static [&'static str] = &[Self::META_FILE, Self::PROVENANCE_FILE];
+    // Provenance (issue 14).
+    /// Where the samples came from (`gptpipe_generate::provenance`), beside `generate.json`.
+    pub const PROVENANCE_FILE: &'static str = "provenance.json";
 }
