@@ -106,10 +106,10 @@ pub struct PrepareParams {
     pub end_token: String,
     pub on_error: OnError,
     // Conditioned rows (issue 14, template).
-    /// Builds each row from several CSV columns or JSONL fields, as
-    /// `"{subreddit} | {title}"` (`{{` and `}}` are braces); instead of `column`/`field`.
-    /// Unset, it is left out of the params' JSON, so the cache keys of stages without it
-    /// stay as they were.
+    /// Builds each row from several CSV columns (by header name, or `{0}` by index without
+    /// a header) or JSONL fields, as `"{subreddit} | {title}"` (`{{` and `}}` are braces),
+    /// before cleaning; instead of `column`/`field`.
+    // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
 }
