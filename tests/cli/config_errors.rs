@@ -394,6 +394,18 @@ fn a_generate_output_named_like_the_stage_s_own_record_is_refused() {
             ],
         );
     }
+    // Provenance (issue 14): so does provenance.json.
+    for output in ["provenance.json", "provenance.json/samples.txt"] {
+        check(
+            &format!("{stage}output = \"{output}\"\n"),
+            &[],
+            &[
+                "p.toml:7:1",
+                &format!("output \"{output}\" is reserved"),
+                "the generate stage writes provenance.json itself",
+            ],
+        );
+    }
     check(
         stage,
         &["--set", "stages.g.output=generate.json"],

@@ -20,3 +20,6 @@ pub mod runner;
 pub mod stage;
 
 pub use runner::Cancelled;
+
+/// The gptpipe version (one for the whole workspace), as model cards and provenance record it.
+pub const GPTPIPE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod novelty;
 pub mod output;
 pub mod prompts;
+pub mod provenance;
 pub mod rng;
 pub mod row;
 pub mod sampling;

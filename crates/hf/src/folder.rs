@@ -10,6 +10,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// An exported model (the layout of Hugging Face Optimum's ONNX exports), which the
 /// generate stage tells from safetensors weights.
 pub const ONNX_FILE: &str = "model.onnx";
+/// An ONNX model's weights when they went to external data (over 2 GiB).
+pub const ONNX_DATA_FILE: &str = "model.onnx.data";
 /// Generation defaults, copied along with a model when the source has them.
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 /// The tokenizer files a GPT-2 folder may hold: fetched from the hub, and copied into a

@@ -6,6 +6,14 @@ use std::path::PathBuf;
 
 use crate::folder::{CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE};
 
+/// Whether `id` is one of OpenAI's GPT-2 repositories (`gpt2`, `gpt2-medium`,
+/// `gpt2-large`, `gpt2-xl`, with or without the `openai-community/` prefix), whose weights
+/// OpenAI released under the MIT license.
+pub fn is_openai_gpt2(id: &str) -> bool {
+    let bare = id.strip_prefix("openai-community/").unwrap_or(id);
+    matches!(bare, "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl")
+}
+
 /// Downloads `id` into the Hugging Face cache (`HF_HOME`, else `~/.cache/huggingface`)
 /// unless it is there already, and returns the snapshot folder.
 pub fn hub_folder(id: &str) -> Result<PathBuf> {

@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+pub use gptpipe_hf::folder::ONNX_DATA_FILE as DATA_FILE;
 pub use gptpipe_hf::folder::ONNX_FILE as MODEL_FILE;
-pub const DATA_FILE: &str = "model.onnx.data";
 
 /// Protobuf messages cannot exceed 2 GiB; keep a margin for the graph's own bytes.
 pub const DEFAULT_EXTERNAL_THRESHOLD: u64 = (1 << 31) - (64 << 20);

@@ -5,5 +5,6 @@ mod common;
 mod known_answers;
 mod prepare_fixtures;
 mod prepare_stage;
+mod prepare_template;
 mod tokenizer_hf;
 mod tokenizer_tiktoken;

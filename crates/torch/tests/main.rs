@@ -8,6 +8,7 @@ mod fused_adam;
 mod generate_stage;
 mod generation;
 mod join;
+mod model_card;
 mod model_parity;
 mod optimizer_parity;
 mod padded_vocab;

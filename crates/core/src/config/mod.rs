@@ -9,6 +9,7 @@ mod reads;
 mod refs;
 mod schema;
 mod source;
+mod template;
 mod validate;
 
 pub use error::{suggest as suggest_name, ConfigError};
@@ -16,6 +17,7 @@ pub use load::{load, LoadOptions};
 pub use params::*;
 pub use reads::Read;
 pub use schema::{pipeline_schema, pipeline_schema_json};
+pub use template::{parse_template, TemplatePart};
 pub use validate::{check_stage_values, MAX_NSAMPLES};
 
 use serde::{Deserialize, Serialize};

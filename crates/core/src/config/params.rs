@@ -105,6 +105,13 @@ pub struct PrepareParams {
     pub start_token: String,
     pub end_token: String,
     pub on_error: OnError,
+    // Conditioned rows (issue 14, template).
+    /// Builds each row from several CSV columns (by header name, or `{0}` by index without
+    /// a header) or JSONL fields, as `"{subreddit} | {title}"` (`{{` and `}}` are braces),
+    /// before cleaning; instead of `column`/`field`.
+    // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 impl Default for PrepareParams {
@@ -127,6 +134,7 @@ impl Default for PrepareParams {
             start_token: "<|startoftext|>".into(),
             end_token: "<|endoftext|>".into(),
             on_error: OnError::Error,
+            template: None,
         }
     }
 }
@@ -495,7 +503,9 @@ impl GenerateParams {
     pub const META_FILE: &'static str = "generate.json";
     /// Names in a generate stage's folder that `output` may not take (or be below): the
     /// stage writes them itself.
-    pub const RESERVED_OUTPUTS: &'static [&'static str] = &[Self::META_FILE];
+    pub const RESERVED_OUTPUTS: &'static [&'static str] = &[Self::META_FILE, Self::PROVENANCE_FILE];
+    /// Where the samples came from (`gptpipe_generate::provenance`), beside `generate.json`.
+    pub const PROVENANCE_FILE: &'static str = "provenance.json";
 
     // Issue 14, unique samples (curation).
     /// `max_attempts` when a drop rule is set and the key is not.

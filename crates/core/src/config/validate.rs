@@ -345,6 +345,32 @@ fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
             return Err(("replace", format!("invalid regex {:?}: {e}", r.pattern)));
         }
     }
+    check_template(p)
+}
+
+/// Conditioned rows (issue 14, template): a template that parses, and not beside
+/// `column`/`field`, which it replaces.
+fn check_template(p: &PrepareParams) -> Result<(), Invalid> {
+    let Some(template) = &p.template else {
+        return Ok(());
+    };
+    let defaults = PrepareParams::default();
+    for (key, set) in [
+        ("column", p.column != defaults.column),
+        ("field", p.field != defaults.field),
+    ] {
+        ensure(
+            !set,
+            "template",
+            format!(
+                "`template` and `{key}` are both set: the template names the columns or \
+                 fields itself; remove `{key}`"
+            ),
+        )?;
+    }
+    if let Err(e) = super::parse_template(template) {
+        return Err(("template", e));
+    }
     Ok(())
 }
 

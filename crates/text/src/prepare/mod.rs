@@ -9,6 +9,7 @@ mod clean;
 mod inputs;
 mod read;
 mod report;
+mod template;
 
 use crate::tokenizer::{Gpt2Tokenizer, StreamEncoder};
 use anyhow::{bail, Context as _};

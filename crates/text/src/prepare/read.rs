@@ -3,6 +3,7 @@
 
 use super::inputs::Input;
 use super::report::DropReason;
+use super::template::Template;
 use anyhow::{bail, Context as _};
 use gptpipe_core::config::{ColumnRef, InputFormat, OnError, PrepareParams};
 use std::fs::File;
@@ -219,6 +220,20 @@ fn read_csv(
             )
         }
     };
+    let template = Template::of(p)?;
+    let picks = match &template {
+        Some(t) => t.csv_columns(&columns, p.header, name)?,
+        None => Vec::new(),
+    };
+    // How messages name a column: as the header does, else by index.
+    let column_name = |i: usize| {
+        if p.header {
+            format!("{:?}", columns[i])
+        } else {
+            i.to_string()
+        }
+    };
+    let mut row = String::new();
     let width = columns.len();
     let mut first = !p.header;
     loop {
@@ -257,24 +272,58 @@ fn read_csv(
             )?;
             continue;
         }
-        let field = &record[column];
-        match std::str::from_utf8(field) {
-            Ok(text) => out.row(text, pos.byte())?,
-            Err(e) => {
-                let before: u64 = (0..column).map(|i| newlines(&record[i])).sum();
-                let at = line + before + newlines(&field[..e.valid_up_to()]);
-                out.bad(
-                    at,
-                    DropReason::InvalidUtf8,
-                    format!("invalid UTF-8 in column {column}"),
-                )?;
+        let Some(template) = &template else {
+            let field = &record[column];
+            match std::str::from_utf8(field) {
+                Ok(text) => out.row(text, pos.byte())?,
+                Err(e) => {
+                    let before: u64 = (0..column).map(|i| newlines(&record[i])).sum();
+                    let at = line + before + newlines(&field[..e.valid_up_to()]);
+                    out.bad(
+                        at,
+                        DropReason::InvalidUtf8,
+                        format!("invalid UTF-8 in column {column}"),
+                    )?;
+                }
+            }
+            continue;
+        };
+        let mut values: Vec<&str> = Vec::with_capacity(picks.len());
+        let mut invalid = None;
+        for &column in &picks {
+            let field = &record[column];
+            match std::str::from_utf8(field) {
+                Ok(text) => values.push(text),
+                Err(e) => {
+                    let before: u64 = (0..column).map(|i| newlines(&record[i])).sum();
+                    invalid = Some((line + before + newlines(&field[..e.valid_up_to()]), column));
+                    break;
+                }
             }
         }
+        if let Some((at, column)) = invalid {
+            out.bad(
+                at,
+                DropReason::InvalidUtf8,
+                format!("invalid UTF-8 in column {column}"),
+            )?;
+            continue;
+        }
+        if let Some(i) = values.iter().position(|v| v.is_empty()) {
+            let message = format!("the template's column {} is empty", column_name(picks[i]));
+            out.bad(line, DropReason::MissingField, message)?;
+            continue;
+        }
+        row.clear();
+        template.fill(&values, &mut row);
+        out.row(&row, pos.byte())?;
     }
     Ok(())
 }
 
 fn read_jsonl(mut reader: impl BufRead, p: &PrepareParams, out: &mut Sink) -> anyhow::Result<()> {
+    let template = Template::of(p)?;
+    let mut row = String::new();
     let mut buf = Vec::new();
     let mut line = 0u64;
     let mut consumed = 0u64;
@@ -309,6 +358,13 @@ fn read_jsonl(mut reader: impl BufRead, p: &PrepareParams, out: &mut Sink) -> an
             out.bad(line, DropReason::Malformed, "not a JSON object".into())?;
             continue;
         };
+        if let Some(template) = &template {
+            match template_row(template, object, &mut row) {
+                Ok(()) => out.row(&row, consumed)?,
+                Err((why, message)) => out.bad(line, why, message)?,
+            }
+            continue;
+        }
         match object.get(&p.field) {
             Some(serde_json::Value::String(s)) => out.row(s, consumed)?,
             // A null text is an empty row, dropped as such after cleaning.
@@ -340,6 +396,52 @@ fn read_jsonl(mut reader: impl BufRead, p: &PrepareParams, out: &mut Sink) -> an
             }
         }
     }
+    Ok(())
+}
+
+/// Fills `template` from a JSONL object into `row`. Strings go in as they are, numbers
+/// and booleans as JSON writes them; a missing, null or empty field is a
+/// `missing_field`, an array or object a malformed record.
+fn template_row(
+    template: &Template,
+    object: &serde_json::Map<String, serde_json::Value>,
+    row: &mut String,
+) -> Result<(), (DropReason, String)> {
+    let mut owned: Vec<std::borrow::Cow<str>> = Vec::new();
+    for f in template.fields() {
+        let value = match object.get(f) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.as_str().into(),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                v.to_string().into()
+            }
+            Some(serde_json::Value::Array(_) | serde_json::Value::Object(_)) => {
+                return Err((
+                    DropReason::Malformed,
+                    format!("the template's field {f:?} is not a string, number or boolean"),
+                ))
+            }
+            Some(_) => {
+                return Err((
+                    DropReason::MissingField,
+                    format!("the template's field {f:?} is empty"),
+                ))
+            }
+            None => {
+                let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+                return Err((
+                    DropReason::MissingField,
+                    format!(
+                        "no field {f:?} for the template; the fields are: {}",
+                        keys.join(", ")
+                    ),
+                ));
+            }
+        };
+        owned.push(value);
+    }
+    let values: Vec<&str> = owned.iter().map(|v| v.as_ref()).collect();
+    row.clear();
+    template.fill(&values, row);
     Ok(())
 }
 

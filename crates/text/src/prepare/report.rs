@@ -11,6 +11,8 @@ pub(crate) enum DropReason {
     Malformed,
     /// Not UTF-8 (only with `on_error = "skip"`).
     InvalidUtf8,
+    /// A `template` field missing or empty (only with `on_error = "skip"`).
+    MissingField,
     /// Nothing left after cleaning.
     Empty,
     TooShort,
@@ -23,6 +25,7 @@ impl DropReason {
         match self {
             DropReason::Malformed => "malformed",
             DropReason::InvalidUtf8 => "invalid_utf8",
+            DropReason::MissingField => "missing_field",
             DropReason::Empty => "empty",
             DropReason::TooShort => "too_short",
             DropReason::TooLong => "too_long",

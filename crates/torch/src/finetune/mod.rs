@@ -21,6 +21,7 @@
 //! which steps validate, print, sample and save, early stopping, the fp16 loss scale, which
 //! state resumes) are plain functions over numbers in [`rules`].
 
+mod card;
 mod data;
 pub mod fused;
 mod optim;
@@ -29,6 +30,7 @@ pub mod rules;
 mod state;
 mod trainer;
 
+pub use card::{Card, CARD_FILE};
 pub use data::{mix, read_tokens_bin, Dataset};
 pub use optim::Optimizer;
 pub use rules::learning_rate;
@@ -181,7 +183,9 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         metrics,
     };
     trainer.train(ctx)?;
-    write_outputs(ctx, p, &model, folder.as_deref(), &trainer.state_files())
+    let files = trainer.state_files();
+    let card = Card::of_run(ctx, p, &model_source, &data, &files)?;
+    write_outputs(ctx, p, &model, folder.as_deref(), &files, &card)
 }
 
 /// Where to continue from: `restore_from = "latest"` takes the newest compatible state (a
@@ -295,19 +299,22 @@ pub fn validation_loss(model: &Gpt2, data: &Dataset, batch_size: usize) -> f64 {
     sum / count.max(1.0)
 }
 
-/// The output folder: the model in Hugging Face layout (with tokenizer files), metrics,
-/// the loss plot and the training state; plus a final checkpoint in the state folder.
+/// The output folder: the model in Hugging Face layout (with tokenizer files and the model
+/// card), metrics, the loss plot and the training state; plus a final checkpoint in the
+/// state folder.
 fn write_outputs(
     ctx: &StageContext,
     p: &FinetuneParams,
     model: &Gpt2,
     source_dir: Option<&Path>,
     files: &StateFiles,
+    card: &Card,
 ) -> Result<()> {
     let out = ctx.out_dir;
     let metrics = files.metrics;
     weights::save_folder(model, out)?;
     write_tokenizer(out, source_dir, &model.config)?;
+    weights::write_atomic(&out.join(CARD_FILE), card.render().as_bytes())?;
     let state_dir = out.join(state::OUTPUT_STATE_DIR);
     std::fs::create_dir_all(&state_dir)?;
     state::write_state_files(&state_dir, files)?;
