@@ -4,15 +4,16 @@
 use clap::{ArgAction, Args, ValueEnum};
 use gptpipe_core::config::{
     check_stage_values, Backend, ConfigError, Device, GenerateParams, ModelRef, SampleFormat,
-    StageParams, Truncate, UserPath,
+    SortBy, StageParams, Truncate, UserPath,
 };
 use gptpipe_core::runner::RunError;
 use gptpipe_core::stage::ModelSource;
-use gptpipe_generate::draw::{draw, Draw};
+use gptpipe_generate::kept::{generate_kept, group_header, render_all, Kept, Wanted};
 use gptpipe_generate::output::{render, OutputFile};
 use gptpipe_generate::prompts::{jobs_of, listed, read_prefix_file};
-use gptpipe_generate::stage::{group_header, known_n_ctx, open_backend, render_all};
-use gptpipe_generate::{Backends, Sample};
+use gptpipe_generate::provenance::model_hash_for;
+use gptpipe_generate::stage::{choose_backend, known_n_ctx, open_backend};
+use gptpipe_generate::Backends;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,12 @@ use std::path::{Path, PathBuf};
 pub enum FormatArg {
     Text,
     Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SortArg {
+    Index,
+    Score,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -134,6 +141,10 @@ pub struct GenerateArgs {
     /// extension, else text
     #[arg(long, value_enum, help_heading = "Output")]
     pub format: Option<FormatArg>,
+    /// The order of each prefix's samples: "index", or "score" (best first; printed once
+    /// all are done)
+    #[arg(long, value_enum, default_value_t = SortArg::Index, help_heading = "Output")]
+    pub sort_by: SortArg,
     /// Written after each sample in text format (after a newline)
     #[arg(long, default_value_t = format!("{}\n", "=".repeat(20)), hide_default_value = true,
           help_heading = "Output")]
@@ -192,6 +203,10 @@ impl GenerateArgs {
                 .as_ref()
                 .map(|p| UserPath::from_path(p.clone())),
             // Keys without a flag keep their defaults.
+            sort_by: match self.sort_by {
+                SortArg::Index => SortBy::Index,
+                SortArg::Score => SortBy::Score,
+            },
             ..GenerateParams::default()
         })
     }
@@ -276,45 +291,55 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
     fits(backend.n_ctx())?;
 
-    let mut kept: Vec<Vec<Sample>> = vec![Vec::new(); jobs.len()];
+    let model_hash = model_hash_for(&source, choose_backend(params.backend, &source))?;
+    let mut kept: Vec<Vec<Kept>> = vec![Vec::new(); jobs.len()];
     let stdout = std::io::stdout();
-    // Each batch appears on stdout as soon as it is done.
-    let streaming = args.output.is_none();
-    let plan = Draw {
-        jobs: &jobs,
-        nsamples: params.nsamples,
-        batch_size: params.batch_size,
-        max_draws: params.nsamples,
-        judging: false,
-        start: 0,
-    };
-    draw(
+    // Each batch appears on stdout as soon as it is done, unless the samples are sorted.
+    let streaming = args.output.is_none() && params.sort_by == SortBy::Index;
+    generate_kept(
         backend.as_mut(),
         codec.as_ref(),
-        &plan,
-        &mut |_, _| Ok(true),
+        &Wanted {
+            params: &params,
+            jobs: &jobs,
+            start: 0,
+        },
+        None,
         &mut |_| Ok(()),
-        &mut |_, j, samples| {
+        &mut |j, batch| {
             if streaming {
-                let first = kept[j].is_empty();
                 let mut text = String::new();
-                if first && listed(&params) && params.format == SampleFormat::Text {
+                if kept[j].is_empty() && listed(&params) && params.format == SampleFormat::Text {
                     text.push_str(&group_header(&jobs[j].prefix));
                 }
-                for s in &samples {
-                    text.push_str(&render(s, &jobs[j], params.format, &params.sample_delim));
+                for k in &batch {
+                    text.push_str(&render(
+                        k,
+                        &jobs[j],
+                        params.format,
+                        &params.sample_delim,
+                        &model_hash,
+                    ));
                 }
                 let mut out = stdout.lock();
                 out.write_all(text.as_bytes())?;
                 out.flush()?;
             }
-            kept[j].extend(samples);
+            kept[j].extend(batch);
             Ok(())
         },
     )?;
-    if let Some(output) = &output {
-        let rendered = render_all(&params, &jobs, Vec::new(), kept);
-        output.write(rendered.concat().as_bytes())?;
+    if !streaming {
+        let text = render_all(&params, &jobs, &model_hash, Vec::new(), kept).concat();
+        match &output {
+            Some(output) => output.write(text.as_bytes())?,
+            None => {
+                let mut out = stdout.lock();
+                out.write_all(text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(anyhow::Error::from)?;
+            }
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 use crate::backend::Backend;
 use crate::codec::Codec;
 use crate::driver::{generate_batch, Job, Sample};
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 
 /// What to draw.
 pub struct Draw<'a> {
@@ -24,19 +24,22 @@ pub struct Draw<'a> {
     pub start: usize,
 }
 
+/// Says whether a sample of a job is kept, with what was learnt judging it.
+pub type Keep<'a, N> = dyn FnMut(usize, &Sample) -> Result<Option<N>> + 'a;
 /// Receives each batch's kept samples of one job, with the backend free for more work.
-pub type OnKept<'a> = dyn FnMut(&mut dyn Backend, usize, Vec<Sample>) -> Result<()> + 'a;
+pub type OnKept<'a, N> = dyn FnMut(&mut dyn Backend, usize, Vec<(Sample, N)>) -> Result<()> + 'a;
 
 /// Draws the samples of `draw`. `keep(job, sample)` says whether a sample is kept; each
 /// batch's kept samples go to `on_kept(backend, job, samples)`, in index order, with the
-/// backend free for more work (scoring). `check(tokens)` runs after each step.
-pub fn draw(
+/// backend free for more work (scoring). `check(tokens)` runs after each step. When a job
+/// reaches `max_draws` without enough kept samples, the error is [`Exhausted`].
+pub fn draw<N>(
     backend: &mut dyn Backend,
     codec: &dyn Codec,
     draw: &Draw,
-    keep: &mut dyn FnMut(usize, &Sample) -> Result<bool>,
+    keep: &mut Keep<N>,
     check: &mut dyn FnMut(usize) -> Result<()>,
-    on_kept: &mut OnKept,
+    on_kept: &mut OnKept<N>,
 ) -> Result<()> {
     ensure!(draw.batch_size > 0, "batch_size must be at least 1");
     for (j, job) in draw.jobs.iter().enumerate() {
@@ -45,12 +48,13 @@ pub fn draw(
         let mut kept = next;
         while kept < draw.nsamples {
             if next >= draw.max_draws {
-                bail!(
-                    "kept {kept} of {} samples{} after drawing {next}: the rest were dropped \
-                     (raise max_attempts, or relax the rules that drop samples)",
-                    draw.nsamples,
-                    prefix_note(draw, job),
-                );
+                return Err(Exhausted {
+                    kept,
+                    nsamples: draw.nsamples,
+                    drawn: next,
+                    prefix: (draw.jobs.len() > 1).then(|| job.prefix.clone()),
+                }
+                .into());
             }
             let want = if draw.judging {
                 draw.batch_size
@@ -65,9 +69,9 @@ pub fn draw(
                 if kept == draw.nsamples {
                     break;
                 }
-                if keep(j, &sample)? {
+                if let Some(note) = keep(j, &sample)? {
                     kept += 1;
-                    chosen.push(sample);
+                    chosen.push((sample, note));
                 }
             }
             if !chosen.is_empty() {
@@ -78,10 +82,28 @@ pub fn draw(
     Ok(())
 }
 
-fn prefix_note(draw: &Draw, job: &Job) -> String {
-    if draw.jobs.len() > 1 {
-        format!(" for the prefix {:?}", job.prefix)
-    } else {
-        String::new()
+/// A job drew as many samples as it may without keeping `nsamples`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exhausted {
+    pub kept: usize,
+    pub nsamples: usize,
+    pub drawn: usize,
+    /// The job's prefix, when the stage has several.
+    pub prefix: Option<String>,
+}
+
+impl std::fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kept {} of nsamples = {} after generating {} samples",
+            self.kept, self.nsamples, self.drawn
+        )?;
+        if let Some(prefix) = &self.prefix {
+            write!(f, " for the prefix {prefix:?}")?;
+        }
+        Ok(())
     }
 }
+
+impl std::error::Error for Exhausted {}

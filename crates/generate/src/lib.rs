@@ -12,6 +12,7 @@ pub mod controls;
 pub mod curation;
 pub mod draw;
 pub mod driver;
+pub mod kept;
 pub mod novelty;
 pub mod output;
 pub mod prompts;

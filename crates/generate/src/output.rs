@@ -2,7 +2,8 @@
 //! `samples.jsonl`, plus `generate.json`, the record that lets a later run with a larger
 //! `nsamples` keep these samples byte for byte.
 
-use crate::driver::{Job, Sample};
+use crate::driver::Job;
+use crate::kept::Kept;
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::{GenerateParams, SampleFormat};
 use serde::{Deserialize, Serialize};
@@ -13,19 +14,38 @@ use std::path::{Path, PathBuf};
 /// take: the config check refuses it).
 pub const META_FILE: &str = GenerateParams::META_FILE;
 
-/// One sample of `job` as it appears in the output file.
-pub fn render(sample: &Sample, job: &Job, format: SampleFormat, sample_delim: &str) -> String {
+/// One kept sample of `job` as it appears in the output file. A jsonl row also carries
+/// the prefix, the hash of the model that wrote it, its score and its novelty when known.
+pub fn render(
+    kept: &Kept,
+    job: &Job,
+    format: SampleFormat,
+    sample_delim: &str,
+    model_hash: &str,
+) -> String {
+    let sample = &kept.sample;
     match format {
         SampleFormat::Text => format!("{}\n{}", sample.text, sample_delim),
         SampleFormat::Jsonl => {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "index": sample.index,
                 "prefix": job.prefix,
                 "seed": job.seed,
                 "text": sample.text,
                 "tokens": sample.tokens,
                 "truncated": sample.truncated,
+                "model": model_hash,
             });
+            let row = line.as_object_mut().expect("an object");
+            if let Some(score) = kept.score {
+                row.insert("logprob".into(), score.mean_logprob.into());
+                row.insert("perplexity".into(), score.perplexity.into());
+            }
+            if let Some(n) = kept.novelty {
+                row.insert("copied".into(), n.copied.into());
+                row.insert("overlap".into(), n.overlap.into());
+                row.insert("nearest".into(), serde_json::json!(n.nearest));
+            }
             format!("{line}\n")
         }
     }

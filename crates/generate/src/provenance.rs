@@ -7,6 +7,7 @@
 //! hashes (`tests/safety/reproducible_outputs.rs`). `gptpipe generate`, which caches
 //! nothing, stamps its provenance with the time ([`Provenance::stamped`]).
 
+use crate::curation::Counts;
 use crate::stage::choose_backend;
 use anyhow::{Context as _, Result};
 use gptpipe_core::cache::hash::hash_bytes;
@@ -100,6 +101,10 @@ pub struct Provenance {
     /// When the samples were made, RFC 3339 in UTC; only `gptpipe generate` writes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// How many samples were generated, kept and dropped by each rule, when samples were
+    /// judged (the curation keys, or `novelty_against`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curation: Option<Counts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -189,6 +194,7 @@ impl Provenance {
             params: serde_json::to_value(params).expect("params serialize"),
             gptpipe_version: gptpipe_core::GPTPIPE_VERSION.to_owned(),
             time: None,
+            curation: None,
         })
     }
 

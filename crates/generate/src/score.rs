@@ -353,6 +353,7 @@ mod tests {
             text: String::new(),
             tokens: tokens.clone(),
             truncated: true,
+            prefix_len: 0,
         };
         let job = |stop: &str| {
             Job::new(
@@ -362,7 +363,7 @@ mod tests {
                 10,
                 crate::Sampling::default(),
                 0,
-                stop,
+                &[stop.to_owned()],
             )
             .unwrap()
         };

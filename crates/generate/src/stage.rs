@@ -2,15 +2,18 @@
 
 use crate::backend::{Backend, BackendFactory, Backends};
 use crate::codec::Codec;
-use crate::draw::{draw, Draw};
-use crate::driver::{Job, Sample};
-use crate::output::{previous_samples, render, write_outputs, Meta};
-use crate::prompts::{jobs_of, listed, read_prefix_file};
+use crate::curation::Curation;
+use crate::driver::Job;
+use crate::kept::{generate_kept, render_all, Kept, Wanted};
+use crate::novelty;
+use crate::output::{previous_samples, write_outputs, Meta};
+use crate::prompts::{jobs_of, read_prefix_file};
+use crate::provenance::Provenance;
 use crate::sampling::Sampling;
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::{
-    Backend as BackendChoice, Device, GenerateParams, ModelRef, Pipeline, SampleFormat, SortBy,
-    StageKind, StageParams,
+    Backend as BackendChoice, Device, GenerateParams, ModelRef, Pipeline, SortBy, StageKind,
+    StageParams,
 };
 use gptpipe_core::stage::{resolve_model, ModelSource, StageContext};
 
@@ -187,10 +190,17 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
         None => None,
     };
     let jobs = jobs_of(params, seed, codec, file_prefixes.as_deref())?;
+    let source = ctx.resolve_model(&params.model);
+    let index = novelty::for_stage(ctx, params, codec)?;
+    let mut curation = match index {
+        Some(index) => Some(Curation::from_params(params, Some(index), codec)?),
+        None if params.curates() => Some(Curation::from_params(params, None, codec)?),
+        None => None,
+    };
     let meta = Meta::new(VERSION, ctx.inputs_hash, seed, params);
     // An earlier output's samples are reused only where sample i of this run is sample i of
     // that one: one prompt, every sample kept, in index order.
-    let reusable = jobs.len() == 1 && params.sort_by == SortBy::Index;
+    let reusable = jobs.len() == 1 && curation.is_none() && params.sort_by == SortBy::Index;
     let mut earlier: Vec<String> = ctx
         .previous_output
         .filter(|_| reusable)
@@ -203,16 +213,15 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
             earlier.len()
         ));
     }
-    let mut kept: Vec<Vec<Sample>> = vec![Vec::new(); jobs.len()];
+    let mut kept: Vec<Vec<Kept>> = vec![Vec::new(); jobs.len()];
     if earlier.len() < jobs.len() * params.nsamples {
-        let source = ctx.resolve_model(&params.model);
         if let Some(n_ctx) = known_n_ctx(&source) {
             jobs.iter().try_for_each(|job| job.check_fits(n_ctx))?;
         }
         let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
         let needed = jobs.len() * params.nsamples - earlier.len();
         let total = (needed * params.length) as u64;
-        // Tokens of finished batches, for progress across batches.
+        // Tokens of kept samples so far, for progress across batches.
         let done_before = std::cell::Cell::new(0u64);
         // A decoding step can take well under a millisecond: progress events go out at
         // most every PROGRESS_EVERY, not once per token.
@@ -224,67 +233,52 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
                 .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)
             {
                 last_progress.set(Some(std::time::Instant::now()));
-                ctx.progress(
-                    done_before.get() + done as u64,
-                    total,
-                    serde_json::json!({}),
-                );
+                // Dropped samples make the batch's tokens overshoot what is kept.
+                let step = (done_before.get() + done as u64).min(total);
+                ctx.progress(step, total, serde_json::json!({}));
             }
             Ok(())
         };
-        let plan = Draw {
-            jobs: &jobs,
-            nsamples: params.nsamples,
-            batch_size: params.batch_size,
-            max_draws: params.nsamples,
-            judging: false,
-            start: earlier.len(),
-        };
-        draw(
+        generate_kept(
             backend.as_mut(),
             codec,
-            &plan,
-            &mut |_, _| Ok(true),
+            &Wanted {
+                params,
+                jobs: &jobs,
+                start: earlier.len(),
+            },
+            curation.as_mut(),
             &mut check,
-            &mut |_, j, samples| {
-                let n: u64 = samples.iter().map(|s| s.tokens.len() as u64).sum();
+            &mut |j, batch| {
+                let n: u64 = batch.iter().map(|k| k.sample.tokens.len() as u64).sum();
                 done_before.set(done_before.get() + n);
-                kept[j].extend(samples);
+                kept[j].extend(batch);
                 Ok(())
             },
         )?;
     }
-    let rendered = render_all(params, &jobs, earlier, kept);
-    write_outputs(ctx.out_dir, &params.output, &rendered, meta)
-}
-
-/// The output file's pieces, one per sample (after `earlier`, rendered by a previous run),
-/// grouped by prompt under a header line when the prefixes are listed.
-pub fn render_all(
-    params: &GenerateParams,
-    jobs: &[Job],
-    earlier: Vec<String>,
-    kept: Vec<Vec<Sample>>,
-) -> Vec<String> {
-    let mut rendered = earlier;
-    for (job, samples) in jobs.iter().zip(kept) {
-        let first = rendered.len();
-        for s in &samples {
-            rendered.push(render(s, job, params.format, &params.sample_delim));
+    // After generating: the model's files are those the backend loaded (a hub model has
+    // been downloaded).
+    let chosen = choose_backend(params.backend, &source);
+    let mut provenance = Provenance::for_stage(ctx, params, &source, chosen)?;
+    if let Some(c) = &curation {
+        let counts = c.counts();
+        if params.curates() {
+            let dropped: Vec<String> = counts
+                .dropped
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            ctx.log(format!(
+                "kept {} of {} samples generated (dropped: {})",
+                counts.kept,
+                counts.generated,
+                dropped.join(", ")
+            ));
         }
-        if params.format == SampleFormat::Text && listed(params) {
-            let header = group_header(&job.prefix);
-            match rendered.get_mut(first) {
-                Some(piece) => piece.insert_str(0, &header),
-                None => rendered.push(header),
-            }
-        }
+        provenance.curation = Some(counts.clone());
     }
-    rendered
-}
-
-/// The line above a prefix's samples in a text output.
-pub fn group_header(prefix: &str) -> String {
-    let shown = serde_json::to_string(prefix).expect("a string serializes");
-    format!("# prefix: {shown}\n")
+    let rendered = render_all(params, &jobs, &provenance.model.hash, earlier, kept);
+    write_outputs(ctx.out_dir, &params.output, &rendered, meta)?;
+    provenance.write(ctx.out_dir, &params.output)
 }

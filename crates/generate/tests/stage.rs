@@ -22,9 +22,18 @@ fn backends() -> Backends {
     }
 }
 
+/// A model folder for the fake backend: it loads nothing, but the stage hashes the weights
+/// file for the samples' provenance.
+fn fake_model_folder() -> String {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-model");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"fake weights").unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
 fn params(nsamples: usize, batch_size: usize, format: SampleFormat) -> GenerateParams {
     GenerateParams {
-        model: ModelRef::from("fake"),
+        model: ModelRef::from(fake_model_folder().as_str()),
         length: 10,
         temperature: 1.0,
         nsamples,
@@ -59,8 +68,11 @@ fn run_with(
     inputs_hash: &str,
 ) -> anyhow::Result<()> {
     let params = StageParams::Generate(p);
+    let state = tempfile::tempdir()?;
+    let pipeline_file = state.path().join("gptpipe.toml");
+    std::fs::write(&pipeline_file, "[pipeline]\nname = \"t\"\n")?;
     let pipeline = Pipeline {
-        path: out.join("gptpipe.toml"),
+        path: pipeline_file,
         dir: out.to_path_buf(),
         name: "t".into(),
         workdir: out.to_path_buf(),
@@ -68,7 +80,6 @@ fn run_with(
         stages: BTreeMap::new(),
         origins: Origins::default(),
     };
-    let state = tempfile::tempdir()?;
     let upstream = BTreeMap::new();
     let cancel = AtomicBool::new(false);
     let ctx = StageContext {

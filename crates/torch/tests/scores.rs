@@ -105,8 +105,8 @@ fn sample_scores_cover_the_kept_tokens_after_the_prompt_as_transformers_scores_t
             ..Sampling::default()
         },
         seed: 3,
-        truncate: "a".into(),
-        stops: ["b", "c", "d", "e"].map(String::from).to_vec(),
+        stops: ["a", "b", "c", "d", "e"].map(String::from).to_vec(),
+        controls: None,
     };
     let mut backend = TchBackend::new(load_folder(dir.path(), Device::Cpu).unwrap());
     let mut samples = Vec::new();
