@@ -149,3 +149,160 @@ fn one_off_generate_takes_a_prefix_file() {
         bad.stderr
     );
 }
+
+/// Stages over a model that has learnt the fox titles well enough to copy some.
+fn curation_project() -> Project {
+    let gen = |name: &str, extra: &str| {
+        format!(
+            "[stages.{name}]\nkind = \"generate\"\nmodel = \"@train\"\n\
+             prefix = \"<|startoftext|>\"\ntruncate = \"<|endoftext|>\"\ninclude_prefix = false\n\
+             length = 16\ntemperature = 1.0\nbatch_size = 4\n{extra}\n"
+        )
+    };
+    let p = Project::new();
+    p.file("data/titles.csv", crate::common::fox_titles_csv());
+    p.file(
+        "p.toml",
+        [
+            "[pipeline]\nname = \"c\"\nworkdir = \"work\"\nseed = 5\n\n[stages.titles]\n\
+             kind = \"prepare\"\ninputs = [\"data/titles.csv\"]\n\n[stages.train]\n\
+             kind = \"finetune\"\ndataset = \"@titles\"\n\
+             model = { n_layer = 1, n_head = 2, n_embd = 48, n_ctx = 32, dropout = 0.0 }\n\
+             steps = 120\nbatch_size = 4\naccumulate_gradients = 1\nlearning_rate = 1e-2\n\
+             device = \"cpu\"\nsample_every = 0\nprint_every = 1000\n\n"
+                .to_owned(),
+            gen(
+                "raw",
+                "nsamples = 60\nformat = \"jsonl\"\nnovelty_against = \"@titles\"\n",
+            ),
+            gen(
+                "kept",
+                "nsamples = 6\nformat = \"jsonl\"\ndrop_copies = true\ndedupe = true\n\
+                 drop_unfinished = true\n",
+            ),
+            gen("sorted", "nsamples = 8\nsort_by = \"score\"\n"),
+        ]
+        .concat(),
+    );
+    p
+}
+
+#[test]
+fn curated_samples_are_the_first_that_pass_the_rules_scored_and_credited() {
+    let p = curation_project();
+    p.run(&["run", "p.toml"]).ok();
+    let raw = jsonl(&p.read("work/raw/samples.jsonl"));
+    assert_eq!(raw.len(), 60);
+    let rows: Vec<String> = (0..40)
+        .map(|i| format!("The fox number {i} jumps over the lazy dog"))
+        .collect();
+    let model = raw[0]["model"].as_str().unwrap().to_owned();
+    assert_eq!(model.len(), 64, "{model}");
+    for r in &raw {
+        let text = r["text"].as_str().unwrap();
+        // copied is exact equality with a training row (after trimming and spaces).
+        let copy = rows.iter().position(|row| row == text.trim());
+        assert_eq!(r["copied"], copy.is_some(), "{r}");
+        if let Some(i) = copy {
+            assert_eq!(r["overlap"], 1.0, "{r}");
+            assert_eq!(r["nearest"], i, "{r}");
+        }
+        let (logprob, ppl) = (r["logprob"].as_f64(), r["perplexity"].as_f64());
+        if let (Some(l), Some(ppl)) = (logprob, ppl) {
+            assert!(l < 0.0 && (ppl - (-l).exp()).abs() < 1e-6 * ppl, "{r}");
+        }
+        assert_eq!(r["model"], model.as_str());
+        assert_eq!(r["prefix"], "<|startoftext|>");
+    }
+    let copies = raw.iter().filter(|r| r["copied"] == true).count();
+    assert!(
+        copies > 0 && copies < 60,
+        "{copies} copies of 60: the test needs both"
+    );
+
+    // The kept samples are exactly the first six of the raw stream that pass the rules,
+    // judged in index order (same seed, prefix and settings: the same stream).
+    let mut expected: Vec<&serde_json::Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in &raw {
+        let text = r["text"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if r["truncated"] == true && r["copied"] == false && seen.insert(text) {
+            expected.push(r);
+        }
+        if expected.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!(
+        expected.len(),
+        6,
+        "the raw stream has too few keepable samples"
+    );
+    let kept = jsonl(&p.read("work/kept/samples.jsonl"));
+    let pick = |r: &serde_json::Value| (r["index"].clone(), r["text"].clone());
+    assert_eq!(
+        kept.iter().map(pick).collect::<Vec<_>>(),
+        expected.iter().map(|r| pick(r)).collect::<Vec<_>>()
+    );
+    let provenance: serde_json::Value =
+        serde_json::from_str(&p.read("work/kept/provenance.json")).unwrap();
+    let counts = &provenance["curation"];
+    let last = expected[5]["index"].as_u64().unwrap();
+    assert_eq!(counts["kept"], 6, "{provenance}");
+    assert_eq!(counts["generated"], last + 1, "{provenance}");
+    assert!(
+        counts["dropped"]["copied"].as_u64().unwrap() > 0,
+        "{provenance}"
+    );
+    assert_eq!(provenance["model"]["hash"], model.as_str());
+    assert_eq!(provenance["samples"], "samples.jsonl");
+    assert_eq!(provenance["stage"]["name"], "kept");
+
+    // sort_by = "score": the same samples, best first.
+    let mut by_score: Vec<&serde_json::Value> = raw[..8].iter().collect();
+    by_score.sort_by(|a, b| {
+        let key = |r: &serde_json::Value| r["logprob"].as_f64().unwrap_or(f64::NEG_INFINITY);
+        key(b).total_cmp(&key(a))
+    });
+    let delim = format!("\n{}\n", "=".repeat(20));
+    let sorted: Vec<&str> = p
+        .read("work/sorted/samples.txt")
+        .leak()
+        .split_terminator(&delim)
+        .collect();
+    let want: Vec<&str> = by_score
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(sorted, want);
+}
+
+#[test]
+fn rules_that_drop_every_sample_fail_with_the_counts_and_publish_nothing() {
+    let p = curation_project();
+    p.run(&["run", "p.toml", "train"]).ok();
+    // Greedy decoding draws one sample over and over: dedupe keeps the first only.
+    p.file(
+        "p.toml",
+        p.read("p.toml")
+            + "[stages.greedy]\nkind = \"generate\"\nmodel = \"@train\"\n\
+               prefix = \"<|startoftext|>\"\ntruncate = \"<|endoftext|>\"\nlength = 16\n\
+               temperature = 0.0\nnsamples = 3\ndedupe = true\nmax_attempts = 2\n",
+    );
+    let bad = p.run(&["run", "p.toml", "greedy"]);
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.stderr
+            .contains("kept 1 of nsamples = 3 after generating 6 samples"),
+        "{}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("max_attempts = 2"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("5 duplicate"), "{}", bad.stderr);
+    assert!(!p.path("work/greedy").exists());
+}
