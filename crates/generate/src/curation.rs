@@ -1,4 +1,4 @@
-//! Issue 14, unique samples: the rules that keep or drop a generated sample (`drop_copies`,
+//! The rules that keep or drop a generated sample (`drop_copies`,
 //! `max_overlap`, `dedupe`, `drop_unfinished`) and the count of drops by reason, for the
 //! generation loop to call once per sample, in sample order.
 //!

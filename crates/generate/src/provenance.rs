@@ -30,8 +30,8 @@ pub fn model_hash(source: &ModelSource) -> Result<String> {
 }
 
 /// The content hash of the weights `backend` loads for `source`: blake3 of
-/// `model.safetensors` (libtorch) or of `model.onnx` (ONNX Runtime; with external data,
-/// blake3 of both files' names and hashes). A hub id hashes the snapshot in the Hugging
+/// `model.safetensors` (libtorch, or ONNX Runtime on a folder it exports on the fly) or of
+/// `model.onnx` (ONNX Runtime; with external data, blake3 of both files' names and hashes). A hub id hashes the snapshot in the Hugging
 /// Face cache (downloading it if it is not there, as loading does). An inline model has
 /// random weights and no file: its hash is blake3 of its shape's JSON. Files are hashed
 /// once per process while their size, times and inode stay the same.
@@ -59,7 +59,8 @@ fn weight_files(source: &ModelSource, backend: Backend) -> Result<Vec<(&'static 
         ModelSource::Inline(_) => unreachable!("an inline model has no files"),
     };
     let mut files = Vec::new();
-    if choose_backend(backend, source) == Backend::Onnx {
+    // ONNX Runtime exports a folder without `model.onnx` on the fly, from its weights.
+    if choose_backend(backend, source) == Backend::Onnx && dir.join(ONNX_FILE).is_file() {
         files.push((ONNX_FILE, dir.join(ONNX_FILE)));
         if dir.join(ONNX_DATA_FILE).is_file() {
             files.push((ONNX_DATA_FILE, dir.join(ONNX_DATA_FILE)));

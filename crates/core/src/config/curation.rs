@@ -1,4 +1,4 @@
-//! Issue 14, unique samples: where a generate stage's training rows come from when
+//! Unique samples: where a generate stage's training rows come from when
 //! `novelty_against` is not written. The default is filled in once, at load, so the
 //! effective params (what the cache key, the lock file and `reads` see) name the rows.
 

@@ -105,7 +105,7 @@ pub struct PrepareParams {
     pub start_token: String,
     pub end_token: String,
     pub on_error: OnError,
-    // Conditioned rows (issue 14, template).
+    // Conditioned rows.
     /// Builds each row from several CSV columns (by header name, or `{0}` by index without
     /// a header) or JSONL fields, as `"{subreddit} | {title}"` (`{{` and `}}` are braces),
     /// before cleaning; instead of `column`/`field`.
@@ -339,7 +339,7 @@ pub struct GenerateParams {
     /// The order of the samples of each prefix in the output.
     #[serde(skip_serializing_if = "SortBy::is_index")]
     pub sort_by: SortBy,
-    // Stop and shape controls (issue 14, part 3). Each is left out of the serialized
+    // Stop and shape controls. Each is left out of the serialized
     // params at its default, so a stage without them keeps its cache key.
     /// Generated tokens before a stop may end a sample (transformers' `min_new_tokens`);
     /// 0 = off.
@@ -351,7 +351,7 @@ pub struct GenerateParams {
     /// Strings never generated, whatever their tokenisation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bad_words: Vec<String>,
-    // Issue 14, unique samples (curation): every key is left out of the serialized params
+    // Unique samples (curation): every key is left out of the serialized params
     // at its default, so a stage that does not use them keeps its cache key.
     /// Training rows that samples are compared with: `"@prepare-stage"` or files/globs
     /// (one row per line). Default, when `drop_copies` or `max_overlap` is set: the rows
@@ -507,7 +507,7 @@ impl GenerateParams {
     /// Where the samples came from (`gptpipe_generate::provenance`), beside `generate.json`.
     pub const PROVENANCE_FILE: &'static str = "provenance.json";
 
-    // Issue 14, unique samples (curation).
+    // Unique samples (curation).
     /// `max_attempts` when a drop rule is set and the key is not.
     pub const DEFAULT_MAX_ATTEMPTS: usize = 10;
 

@@ -117,7 +117,7 @@ impl StageParams {
                         path,
                     });
                 }
-                // Issue 14, unique samples: the training rows, only when set (load.rs
+                // The training rows, only when set (load.rs
                 // fills the default), so a stage without them keeps its key.
                 for input in p.novelty_against.iter().flat_map(|n| n.refs()) {
                     reads.push(match input {

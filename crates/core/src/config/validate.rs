@@ -175,7 +175,7 @@ fn accepted_kinds(params: &StageParams, key: &str) -> &'static [StageKind] {
         // Text in: a prepare stage's dataset or a generate stage's samples.
         (StageParams::Prepare(_), _) => &[Prepare, Generate],
         (StageParams::Finetune(_), "dataset") => &[Prepare],
-        // Issue 14, unique samples: training rows are a prepare stage's dataset.
+        // Training rows are a prepare stage's dataset.
         (StageParams::Generate(_), "novelty_against") => &[Prepare],
         (StageParams::Generate(g), _) if g.backend != Backend::Tch => &[Finetune, Export],
         // Weights in: libtorch reads a finetune stage's safetensors folder.
@@ -348,7 +348,7 @@ fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
     check_template(p)
 }
 
-/// Conditioned rows (issue 14, template): a template that parses, and not beside
+/// Conditioned rows: a template that parses, and not beside
 /// `column`/`field`, which it replaces.
 fn check_template(p: &PrepareParams) -> Result<(), Invalid> {
     let Some(template) = &p.template else {
@@ -494,7 +494,7 @@ fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
     check_generate_controls(p)
 }
 
-/// Stop and shape controls (issue 14, part 3): `truncate`'s list, `min_length`,
+/// Stop and shape controls: `truncate`'s list, `min_length`,
 /// `bad_words`.
 fn check_generate_controls(p: &GenerateParams) -> Result<(), Invalid> {
     if let crate::config::Truncate::Many(list) = &p.truncate {
@@ -574,7 +574,7 @@ fn check_prefixes(p: &GenerateParams) -> Result<(), Invalid> {
     )
 }
 
-// Issue 14, unique samples (curation).
+// Unique samples (curation).
 fn check_curation(p: &GenerateParams) -> Result<(), Invalid> {
     if let Some(x) = p.max_overlap {
         ensure(

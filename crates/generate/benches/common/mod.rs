@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use gptpipe_generate::{generate_range, Backend, Codec, Job, Sampling};
+use gptpipe_generate::{generate_range, Backend, Codec, Job, Sample, Sampling};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -51,18 +51,12 @@ pub fn tokens(
     tokens_with(backend, codec, sampling, rows, length, false)
 }
 
-/// [`tokens`], with the stop and shape controls on when `controls` (a stop at
-/// `<|endoftext|>`, `min_length = 8`, `no_repeat_ngram_size = 3`, two bad words): what
-/// they cost, the fast paths (top-k transfer, device sampling) being off with them.
-pub fn tokens_with(
-    backend: &mut dyn Backend,
-    codec: &dyn Codec,
-    sampling: Sampling,
-    rows: usize,
-    length: usize,
-    controls: bool,
-) -> Vec<Vec<u32>> {
-    let mut job = Job {
+/// The benches' job: an 8-token prompt, `length` new tokens; with the stop and shape
+/// controls on when `controls` (a stop at `<|endoftext|>`, `min_length = 8`,
+/// `no_repeat_ngram_size = 3`, two bad words): what they cost, the fast paths (top-k
+/// transfer, device sampling) being off with them.
+pub fn job(codec: &dyn Codec, sampling: Sampling, length: usize, controls: bool) -> Job {
+    let job = Job {
         prompt: (0..8).map(|i| (i * 977 + 13) % 50257).collect(),
         prefix: String::new(),
         include_prefix: false,
@@ -72,21 +66,35 @@ pub fn tokens_with(
         stops: Vec::new(),
         controls: None,
     };
-    if controls {
-        job.stops = vec!["<|endoftext|>".into()];
-        let bad = [" the".to_string(), "zz".to_string()];
-        job = job.with_controls(codec, 8, 3, &bad).unwrap();
+    if !controls {
+        return job;
     }
+    let bad = [" the".to_string(), "zz".to_string()];
+    Job {
+        stops: vec!["<|endoftext|>".into()],
+        ..job
+    }
+    .with_controls(codec, 8, 3, &bad)
+    .unwrap()
+}
+
+/// Samples `0..rows` of `job`, as one batch.
+pub fn samples(
+    backend: &mut dyn Backend,
+    codec: &dyn Codec,
+    job: &Job,
+    rows: usize,
+) -> Vec<Sample> {
     let mut out = Vec::new();
     generate_range(
         backend,
         codec,
-        &job,
+        job,
         0..rows,
         rows,
         &mut |_| Ok(()),
         &mut |s| {
-            out.extend(s.into_iter().map(|s| s.tokens));
+            out.extend(s);
             Ok(())
         },
     )
@@ -94,20 +102,49 @@ pub fn tokens_with(
     out
 }
 
-/// Tokens/s of ours: `batch` samples of `new` tokens each, after one short warm-up.
-pub fn ours(backend: &mut dyn Backend, batch: usize, new: usize) -> f64 {
-    ours_with(backend, batch, new, false)
+/// [`tokens`], with the controls of [`job`] when `controls`.
+pub fn tokens_with(
+    backend: &mut dyn Backend,
+    codec: &dyn Codec,
+    sampling: Sampling,
+    rows: usize,
+    length: usize,
+    controls: bool,
+) -> Vec<Vec<u32>> {
+    let job = job(codec, sampling, length, controls);
+    samples(backend, codec, &job, rows)
+        .into_iter()
+        .map(|s| s.tokens)
+        .collect()
 }
 
-/// [`ours`], with the controls of [`tokens_with`] when `controls`.
-pub fn ours_with(backend: &mut dyn Backend, batch: usize, new: usize, controls: bool) -> f64 {
+/// Tokens/s of ours: `batch` samples of `new` tokens each, after one short warm-up.
+pub fn ours(backend: &mut dyn Backend, batch: usize, new: usize) -> f64 {
+    ours_with(backend, batch, new, false, false)
+}
+
+/// [`ours`], with the controls of [`job`] when `controls`, and each sample scored after
+/// its batch (as a jsonl output's `logprob`) when `scores`.
+pub fn ours_with(
+    backend: &mut dyn Backend,
+    batch: usize,
+    new: usize,
+    controls: bool,
+    scores: bool,
+) -> f64 {
     let codec = codec();
-    tokens_with(backend, codec.as_ref(), sampling(), batch, 16, controls);
+    let run = |backend: &mut dyn Backend, length: usize| -> usize {
+        let job = job(codec.as_ref(), sampling(), length, controls);
+        let samples = samples(backend, codec.as_ref(), &job, batch);
+        if scores {
+            gptpipe_generate::score::score_samples(backend, codec.as_ref(), &job, &samples, batch)
+                .unwrap();
+        }
+        samples.iter().map(|s| s.tokens.len()).sum()
+    };
+    run(backend, 16);
     let t = Instant::now();
-    let n: usize = tokens_with(backend, codec.as_ref(), sampling(), batch, new, controls)
-        .iter()
-        .map(Vec::len)
-        .sum();
+    let n = run(backend, new);
     n as f64 / t.elapsed().as_secs_f64()
 }
 

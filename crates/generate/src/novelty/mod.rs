@@ -1,4 +1,4 @@
-//! Issue 14, unique samples: how new a sample is next to the rows its model was trained
+//! Unique samples: how new a sample is next to the rows its model was trained
 //! on. [`NoveltyIndex`] answers per sample whether it is a copy of a training row, the
 //! longest run of tokens it shares with one, and which row; [`store`] keeps the index
 //! cached per dataset; [`rows`] finds a generate stage's training rows.
