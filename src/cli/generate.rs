@@ -10,8 +10,8 @@ use gptpipe_core::runner::RunError;
 use gptpipe_core::stage::ModelSource;
 use gptpipe_generate::kept::{generate_kept, group_header, render_all, Kept, Wanted};
 use gptpipe_generate::output::{render, OutputFile};
-use gptpipe_generate::prompts::{jobs_of, listed, read_prefix_file};
-use gptpipe_generate::provenance::model_hash_for;
+use gptpipe_generate::prompts::{check_fit, jobs_of, listed, read_prefix_file};
+use gptpipe_generate::provenance::{model_hash_for, Provenance};
 use gptpipe_generate::stage::{choose_backend, known_n_ctx, open_backend};
 use gptpipe_generate::Backends;
 use std::io::Write;
@@ -267,23 +267,22 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     };
     let seed = args.seed;
     let codec = gptpipe_generate::codec::gpt2()?;
-    let file_prefixes = match &args.prefix_file {
+    let file = match &args.prefix_file {
         Some(path) => {
             Some(read_prefix_file(path).map_err(|e| invalid("prefix_file", format!("{e:#}")))?)
         }
         None => None,
     };
-    let prefix_flag = if file_prefixes.is_some() {
+    let prefix_flag = if file.is_some() {
         "prefix_file"
     } else {
         "prefix"
     };
-    let jobs = jobs_of(&params, seed, codec.as_ref(), file_prefixes.as_deref())
+    let jobs = jobs_of(&params, seed, codec.as_ref(), file.as_ref())
         .map_err(|e| invalid(prefix_flag, format!("{e:#}")))?;
     let fits = |n_ctx: usize| {
-        jobs.iter()
-            .try_for_each(|job| job.check_fits(n_ctx))
-            .map_err(|e| invalid(prefix_flag, e))
+        check_fit(&params, file.as_ref(), &jobs, n_ctx)
+            .map_err(|e| invalid(prefix_flag, format!("{e:#}")))
     };
     if let Some(n_ctx) = known_n_ctx(&source) {
         fits(n_ctx)?;
@@ -291,7 +290,8 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
     let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
     fits(backend.n_ctx())?;
 
-    let model_hash = model_hash_for(&source, choose_backend(params.backend, &source))?;
+    let chosen = choose_backend(params.backend, &source);
+    let model_hash = model_hash_for(&source, chosen)?;
     let mut kept: Vec<Vec<Kept>> = vec![Vec::new(); jobs.len()];
     let stdout = std::io::stdout();
     // Each batch appears on stdout as soon as it is done, unless the samples are sorted.
@@ -340,6 +340,12 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
                     .map_err(anyhow::Error::from)?;
             }
         }
+    }
+    // A regular file's provenance goes beside it (not for stdout or a device).
+    if let Some(path) = args.output.as_deref().filter(|p| p.is_file()) {
+        Provenance::new(&params, &source, chosen, seed)?
+            .stamped()
+            .write_beside(path)?;
     }
     Ok(())
 }

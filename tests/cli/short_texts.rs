@@ -41,6 +41,7 @@ fn each_prefix_gets_nsamples_from_its_own_stream() {
             generate("both", r#"["A fox", "The dog"]"#, "jsonl"),
             generate("one", r#"["The dog"]"#, "jsonl"),
             generate("grouped", r#"["A fox", "The dog"]"#, "text"),
+            generate("single", r#"["A fox"]"#, "text"),
         ]
         .concat(),
     );
@@ -71,6 +72,25 @@ fn each_prefix_gets_nsamples_from_its_own_stream() {
             assert!(g.contains(&format!("{t}\n{delim}")), "{t:?} not in {g}");
         }
     }
+
+    // More samples of a listed prefix: generated again, under one header.
+    p.run(&[
+        "run",
+        "p.toml",
+        "single",
+        "--set",
+        "stages.single.nsamples=5",
+    ])
+    .ok();
+    let single = p.read("work/single/samples.text");
+    assert_eq!(single.matches("# prefix: ").count(), 1, "{single}");
+    assert_eq!(single.matches(&delim).count(), 5, "{single}");
+    let first = groups[0].strip_prefix("\"A fox\"\n").unwrap();
+    let first = first.split(&delim).next().unwrap();
+    assert!(
+        single.starts_with(&format!("# prefix: \"A fox\"\n{first}")),
+        "{single}"
+    );
 }
 
 #[test]
@@ -140,6 +160,21 @@ fn one_off_generate_takes_a_prefix_file() {
     p.run(&[&args[..], &["--batch-size", "3", "-o", "s.txt"]].concat())
         .ok();
     assert_eq!(p.read("s.txt"), out.stdout);
+    // A regular output file gets its provenance beside it, with the time.
+    let prov: serde_json::Value = serde_json::from_str(&p.read("s.txt.provenance.json")).unwrap();
+    assert_eq!(prov["samples"], "s.txt");
+    assert!(prov["time"].as_str().unwrap().ends_with('Z'), "{prov}");
+    assert_eq!(prov["params"]["prefix_file"], "prompts.txt");
+    // A prefix too long for the context is named by its line.
+    p.file("long.txt", format!("A fox\n{}\n", ["word"; 40].join(" ")));
+    let bad = p.run(&[&args[..9], &["--prefix-file", "long.txt"]].concat());
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("--prefix-file: long.txt:2: the prefix is 40 tokens"),
+        "{}",
+        bad.stderr
+    );
     let bad = p.run(&[&args[..9], &["--prefix-file", "missing.txt"]].concat());
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(

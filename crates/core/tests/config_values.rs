@@ -202,3 +202,40 @@ fn prefixes_are_named_one_way() {
         assert!(e.contains(message), "{extra}: {e}");
     }
 }
+
+/// `provenance.json` records every parameter in effect: the keys a default leaves out of
+/// the cache key are there too, `max_attempts` with the value the rules use.
+#[test]
+fn effective_params_hold_every_key() {
+    use gptpipe_core::config::GenerateParams;
+    let plain = GenerateParams::default().effective_json();
+    let curated = GenerateParams {
+        dedupe: true,
+        ..GenerateParams::default()
+    }
+    .effective_json();
+    let keyed = serde_json::to_value(GenerateParams::default()).unwrap();
+    for key in [
+        "min_length",
+        "bad_words",
+        "sort_by",
+        "dedupe",
+        "max_attempts",
+        "prefixes",
+    ] {
+        assert!(plain.get(key).is_some(), "{key} missing from {plain}");
+        assert!(
+            keyed.get(key).is_none(),
+            "{key} in the keyed params {keyed}"
+        );
+    }
+    assert_eq!(plain["max_attempts"], serde_json::Value::Null);
+    assert_eq!(
+        curated["max_attempts"],
+        GenerateParams::DEFAULT_MAX_ATTEMPTS
+    );
+    assert_eq!(
+        plain.as_object().unwrap().len(),
+        keyed.as_object().unwrap().len() + 12
+    );
+}

@@ -86,6 +86,11 @@ fn curation_values_are_config_errors_at_their_key() {
             "max_attempts must be at least 1",
         ),
         (
+            "model = \"@train\"\nmax_attempts = 5\n",
+            2,
+            "max_attempts limits the samples drawn when a rule drops some",
+        ),
+        (
             "model = \"@train\"\ndrop_unfinished = true\n",
             2,
             "drop_unfinished drops samples that never reached the stop string, but `truncate` is not set",

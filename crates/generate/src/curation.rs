@@ -4,9 +4,9 @@
 //!
 //! Rules are checked in the order of [`DropReason`]; the first that applies is the
 //! sample's reason. `dedupe` compares with the samples kept so far, after the same
-//! normalisation as novelty ([`crate::novelty::normalize`]). The loop generates until
-//! `nsamples` are kept, and at most [`GenerateParams::attempt_limit`] samples in all
-//! ([`Curation::check_limit`]).
+//! normalisation as novelty ([`crate::novelty::normalize`]), among the samples of the same
+//! prompt. The loop (`crate::kept`) generates until `nsamples` are kept, and at most
+//! [`GenerateParams::attempt_limit`] per prompt.
 
 use crate::codec::Codec;
 use crate::driver::Sample;
@@ -14,7 +14,11 @@ use crate::novelty::{self, Novelty, NoveltyIndex};
 use anyhow::{bail, Result};
 use gptpipe_core::config::GenerateParams;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+/// The special tokens a prompt may start with, which no training row holds.
+const START_OF_TEXT: &str = "<|startoftext|>";
+const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// Why a sample was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,10 +78,8 @@ pub struct Curation<'c> {
     max_overlap: Option<f64>,
     dedupe: bool,
     drop_unfinished: bool,
-    nsamples: usize,
-    limit: usize,
-    /// Normalised-text hashes of kept samples (`dedupe`).
-    kept: HashSet<[u8; 16]>,
+    /// Per job (prompt): normalised-text hashes of its kept samples (`dedupe`).
+    kept: HashMap<usize, HashSet<[u8; 16]>>,
     counts: Counts,
 }
 
@@ -97,9 +99,6 @@ impl<'c> Curation<'c> {
             };
             bail!("{key} needs the training rows (novelty_against), and none were given");
         }
-        if p.drop_unfinished && p.truncate.stops().is_empty() {
-            bail!("drop_unfinished needs a stop string (truncate)");
-        }
         let mut counts = Counts::default();
         for r in DropReason::ALL {
             counts.dropped.insert(r.name(), 0);
@@ -111,29 +110,41 @@ impl<'c> Curation<'c> {
             max_overlap: p.max_overlap,
             dedupe: p.dedupe,
             drop_unfinished: p.drop_unfinished,
-            nsamples: p.nsamples,
-            limit: p.attempt_limit(),
-            kept: HashSet::new(),
+            kept: HashMap::new(),
             counts,
         })
     }
 
     /// Judges one sample: its novelty (when the training rows are known) and whether a
     /// rule drops it. A kept sample counts for `dedupe` from now on.
-    pub fn judge(&mut self, sample: &Sample) -> Result<Verdict> {
+    /// Judges `sample` of job `job` (its place in the stage's prompts), whose prompt is
+    /// `prefix`: samples of different prompts never count as duplicates of each other.
+    pub fn judge(&mut self, job: usize, prefix: &str, sample: &Sample) -> Result<Verdict> {
         let generated = sample.generated();
-        let novelty = match &self.index {
+        let mut novelty = match &self.index {
             Some(index) => Some(index.judge(generated, self.codec)?),
             None => None,
         };
+        // A prompt that is the start of a training row (a conditioned row's "{subreddit} |")
+        // makes a sample a copy when prompt and sample together are the row.
+        let head = prefix
+            .trim_start_matches(START_OF_TEXT)
+            .trim_start_matches(END_OF_TEXT);
+        if let (Some(index), Some(n)) = (&self.index, novelty.as_mut()) {
+            if !n.copied && !head.is_empty() {
+                let whole = novelty::normalize(&format!("{head}{generated}"));
+                n.copied = index.is_copy(&novelty::copy_hash(&whole));
+            }
+        }
         let hash = novelty::copy_hash(&novelty::normalize(generated));
+        let kept = self.kept.entry(job).or_default();
         let dropped = DropReason::ALL.into_iter().find(|r| match r {
-            DropReason::Unfinished => self.drop_unfinished && !sample.truncated,
+            DropReason::Unfinished => self.drop_unfinished && !sample.truncated(),
             DropReason::Copied => self.drop_copies && novelty.is_some_and(|n| n.copied),
             DropReason::Overlap => self
                 .max_overlap
                 .is_some_and(|max| novelty.is_some_and(|n| n.overlap > max)),
-            DropReason::Duplicate => self.dedupe && self.kept.contains(&hash),
+            DropReason::Duplicate => self.dedupe && kept.contains(&hash),
         });
         self.counts.generated += 1;
         match dropped {
@@ -141,7 +152,7 @@ impl<'c> Curation<'c> {
             None => {
                 self.counts.kept += 1;
                 if self.dedupe {
-                    self.kept.insert(hash);
+                    kept.insert(hash);
                 }
             }
         }
@@ -150,36 +161,6 @@ impl<'c> Curation<'c> {
 
     pub fn counts(&self) -> &Counts {
         &self.counts
-    }
-
-    /// Whether `nsamples` samples have been kept.
-    pub fn done(&self) -> bool {
-        self.counts.kept >= self.nsamples
-    }
-
-    /// Fails once the attempt limit is spent without `nsamples` kept, naming the key and
-    /// the drops by reason.
-    pub fn check_limit(&self) -> Result<()> {
-        if self.done() || self.counts.generated < self.limit {
-            return Ok(());
-        }
-        let reasons: Vec<String> = self
-            .counts
-            .dropped
-            .iter()
-            .filter(|(_, &n)| n > 0)
-            .map(|(r, n)| format!("{n} {r}"))
-            .collect();
-        bail!(
-            "kept {} of nsamples = {} after generating {} samples, the limit of max_attempts \
-             = {} per kept sample (dropped: {}); raise max_attempts or loosen the curation \
-             keys",
-            self.counts.kept,
-            self.nsamples,
-            self.counts.generated,
-            self.limit / self.nsamples.max(1),
-            reasons.join(", ")
-        )
     }
 }
 
@@ -192,7 +173,7 @@ mod tests {
             index: 0,
             text: text.into(),
             tokens: Vec::new(),
-            truncated,
+            stop_at: truncated.then_some(text.len()),
             prefix_len,
         }
     }
@@ -216,7 +197,9 @@ mod tests {
         let codec = crate::codec::gpt2().unwrap();
         let p = params(|p| p.drop_copies = true);
         let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
-        let v = c.judge(&sample("  Hello \n world ", 0, false)).unwrap();
+        let v = c
+            .judge(0, "", &sample("  Hello \n world ", 0, false))
+            .unwrap();
         assert_eq!(v.dropped, Some(DropReason::Copied));
         let n = v.novelty.unwrap();
         assert!(
@@ -224,12 +207,12 @@ mod tests {
             "{n:?}"
         );
         // Case is not normalised: a different text.
-        let v = c.judge(&sample("hello world", 0, false)).unwrap();
+        let v = c.judge(0, "", &sample("hello world", 0, false)).unwrap();
         assert_eq!(v.dropped, None);
         assert!(!v.novelty.unwrap().copied);
         // The prefix "Hello" is not judged: " world" alone is no copy, and its token is
         // the row's " world" although it starts the sample.
-        let v = c.judge(&sample("Hello world", 5, false)).unwrap();
+        let v = c.judge(0, "", &sample("Hello world", 5, false)).unwrap();
         assert_eq!(v.dropped, None);
         let n = v.novelty.unwrap();
         assert!(
@@ -237,13 +220,17 @@ mod tests {
             "{n:?}"
         );
         let n = c
-            .judge(&sample("fox jumps high", 0, false))
+            .judge(0, "", &sample("fox jumps high", 0, false))
             .unwrap()
             .novelty
             .unwrap();
         assert_eq!((n.overlap, n.nearest), (2.0 / 3.0, Some(1)));
         // An empty sample is no copy, shares nothing and has no nearest row.
-        let n = c.judge(&sample("", 0, false)).unwrap().novelty.unwrap();
+        let n = c
+            .judge(0, "", &sample("", 0, false))
+            .unwrap()
+            .novelty
+            .unwrap();
         assert_eq!(
             n,
             Novelty {
@@ -263,14 +250,14 @@ mod tests {
         let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
         // " The| quick| brown| fox| sleeps": 4 of 5 tokens in row 1.
         let v = c
-            .judge(&sample("The quick brown fox sleeps", 0, false))
+            .judge(0, "", &sample("The quick brown fox sleeps", 0, false))
             .unwrap();
         let n = v.novelty.unwrap();
         assert_eq!((n.overlap, n.nearest, n.copied), (0.8, Some(1), false));
         assert_eq!(v.dropped, Some(DropReason::Overlap));
         // " The| quick| cat| and| a| dog": 2 of 6.
         let v = c
-            .judge(&sample("The quick cat and a dog", 0, false))
+            .judge(0, "", &sample("The quick cat and a dog", 0, false))
             .unwrap();
         assert_eq!(v.novelty.unwrap().overlap, 2.0 / 6.0);
         assert_eq!(v.dropped, None);
@@ -278,7 +265,7 @@ mod tests {
         let p = params(|p| p.max_overlap = Some(0.5));
         let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
         assert_eq!(
-            c.judge(&sample("Hello world and more", 0, false))
+            c.judge(0, "", &sample("Hello world and more", 0, false))
                 .unwrap()
                 .dropped,
             None
@@ -302,7 +289,7 @@ mod tests {
             ("a c", true),
         ]
         .iter()
-        .map(|&(t, finished)| c.judge(&sample(t, 0, finished)).unwrap())
+        .map(|&(t, finished)| c.judge(0, "", &sample(t, 0, finished)).unwrap())
         .collect();
         let reasons: Vec<_> = verdicts.iter().map(|v| v.dropped).collect();
         assert_eq!(
@@ -315,7 +302,6 @@ mod tests {
             ]
         );
         assert!(verdicts.iter().all(|v| v.novelty.is_none()));
-        assert!(c.done());
         let json = serde_json::to_value(c.counts()).unwrap();
         assert_eq!(
             json,
@@ -325,36 +311,38 @@ mod tests {
     }
 
     #[test]
-    fn the_attempt_limit_is_a_clear_error() {
+    fn duplicates_are_counted_within_a_prompt() {
         let codec = crate::codec::gpt2().unwrap();
-        let p = params(|p| {
-            p.nsamples = 1;
-            p.dedupe = true;
-            p.max_attempts = Some(3);
-        });
+        let p = params(|p| p.dedupe = true);
         let mut c = Curation::from_params(&p, None, codec.as_ref()).unwrap();
-        c.judge(&sample("same", 0, false)).unwrap();
-        c.check_limit().unwrap();
-        // Kept: done, so the limit no longer matters.
-        let p2 = params(|p| {
-            p.nsamples = 2;
-            p.dedupe = true;
-            p.max_attempts = Some(2);
-        });
-        let mut c2 = Curation::from_params(&p2, None, codec.as_ref()).unwrap();
-        for _ in 0..3 {
-            c2.judge(&sample("same", 0, false)).unwrap();
-        }
-        c2.check_limit().unwrap();
-        c2.judge(&sample("same", 0, false)).unwrap();
-        let e = c2.check_limit().unwrap_err().to_string();
+        let same = sample("a cat", 0, false);
+        assert_eq!(c.judge(0, "x", &same).unwrap().dropped, None);
+        assert_eq!(c.judge(1, "y", &same).unwrap().dropped, None);
         assert_eq!(
-            e,
-            "kept 1 of nsamples = 2 after generating 4 samples, the limit of max_attempts = 2 \
-             per kept sample (dropped: 3 duplicate); raise max_attempts or loosen the \
-             curation keys"
+            c.judge(1, "y", &same).unwrap().dropped,
+            Some(DropReason::Duplicate)
         );
-        drop(c);
+    }
+
+    #[test]
+    fn a_prompt_and_its_sample_together_may_be_a_training_row() {
+        let codec = crate::codec::gpt2().unwrap();
+        let p = params(|p| p.drop_copies = true);
+        let mut c = Curation::from_params(&p, Some(index(codec.as_ref())), codec.as_ref()).unwrap();
+        // "The quick" + " brown fox jumps" is row 1; the sample alone is not.
+        let v = c
+            .judge(
+                0,
+                "<|startoftext|>The quick",
+                &sample(" brown fox jumps", 0, true),
+            )
+            .unwrap();
+        assert_eq!(v.dropped, Some(DropReason::Copied));
+        // The start token alone adds nothing.
+        let v = c
+            .judge(0, "<|startoftext|>", &sample(" brown fox jumps", 0, true))
+            .unwrap();
+        assert_eq!(v.dropped, None);
     }
 
     #[test]
@@ -363,7 +351,6 @@ mod tests {
         for (p, key) in [
             (params(|p| p.drop_copies = true), "drop_copies"),
             (params(|p| p.max_overlap = Some(0.5)), "max_overlap"),
-            (params(|p| p.drop_unfinished = true), "drop_unfinished"),
         ] {
             let e = Curation::from_params(&p, None, codec.as_ref())
                 .err()

@@ -122,16 +122,22 @@ pub struct Sample {
     pub index: usize,
     /// The prefix (when included) and the generated text, cut before `truncate`.
     pub text: String,
-    /// Every token generated for this sample (the prefix excluded); when `truncated`, the
-    /// last one completed the `truncate` string.
+    /// Every token generated for this sample (the prefix excluded); when it stopped at a
+    /// stop string, the last one completed it.
     pub tokens: Vec<u32>,
-    /// Whether the sample stopped at `truncate` rather than at `length`.
-    pub truncated: bool,
+    /// Where the stop string that ended the sample starts in the bytes of `tokens`; `None`
+    /// when it ran to `length`.
+    pub stop_at: Option<usize>,
     /// Bytes of `text` that are the prefix: its length when `include_prefix`, else 0.
     pub prefix_len: usize,
 }
 
 impl Sample {
+    /// Whether the sample stopped at a stop string (`truncate`) rather than at `length`.
+    pub fn truncated(&self) -> bool {
+        self.stop_at.is_some()
+    }
+
     /// The generated text, without the prefix (what novelty and curation judge).
     pub fn generated(&self) -> &str {
         &self.text[self.prefix_len.min(self.text.len())..]

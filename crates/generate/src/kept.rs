@@ -67,10 +67,10 @@ pub fn generate_kept(
         backend,
         codec,
         &plan,
-        &mut |_, sample| match curation.as_deref_mut() {
+        &mut |j, sample| match curation.as_deref_mut() {
             None => Ok(Some(None)),
             Some(c) => {
-                let verdict = c.judge(sample)?;
+                let verdict = c.judge(j, &jobs[j].prefix, sample)?;
                 Ok(verdict.dropped.is_none().then_some(verdict.novelty))
             }
         },
@@ -177,7 +177,7 @@ mod tests {
                 index,
                 text: String::new(),
                 tokens: Vec::new(),
-                truncated: false,
+                stop_at: None,
                 prefix_len: 0,
             },
             novelty: None,

@@ -33,7 +33,7 @@ pub fn render(
                 "seed": job.seed,
                 "text": sample.text,
                 "tokens": sample.tokens,
-                "truncated": sample.truncated,
+                "truncated": sample.truncated(),
                 "model": model_hash,
             });
             let row = line.as_object_mut().expect("an object");

@@ -10,14 +10,41 @@ use crate::codec::Codec;
 use crate::driver::Job;
 use anyhow::{bail, Context, Result};
 use gptpipe_core::config::GenerateParams;
+use std::io::Read;
 use std::path::Path;
+
+/// A prefix file's size at most: it is read whole, and each prefix is a job.
+pub const MAX_PREFIX_FILE_BYTES: u64 = 64 << 20;
+
+/// The prefixes of a prefix file, with the line each is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixFile {
+    pub path: std::path::PathBuf,
+    pub prefixes: Vec<String>,
+    /// The 1-based line of each prefix.
+    pub lines: Vec<usize>,
+}
 
 /// The prefixes of a prefix file: one per line (a trailing `\r` dropped), blank lines
 /// skipped. Errors name the file and the line.
-pub fn read_prefix_file(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the prefix file {}", path.display()))?;
-    let mut prefixes = Vec::new();
+pub fn read_prefix_file(path: &Path) -> Result<PrefixFile> {
+    let cannot = || format!("cannot read the prefix file {}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PREFIX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .with_context(cannot)?;
+    if bytes.len() as u64 > MAX_PREFIX_FILE_BYTES {
+        bail!(
+            "the prefix file {} is larger than the limit of {} MiB",
+            path.display(),
+            MAX_PREFIX_FILE_BYTES >> 20
+        );
+    }
+    let mut file = PrefixFile {
+        path: path.to_path_buf(),
+        prefixes: Vec::new(),
+        lines: Vec::new(),
+    };
     let mut first_line = std::collections::HashMap::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let n = i + 1;
@@ -28,22 +55,51 @@ pub fn read_prefix_file(path: &Path) -> Result<Vec<String>> {
         if text.trim().is_empty() {
             continue;
         }
-        if let Some(first) = first_line.insert(text.to_owned(), n) {
+        if let Some(first) = first_line.insert(text, n) {
             bail!(
                 "{}:{n}: this prefix is line {first} again: each prefix already gets nsamples \
                  samples",
                 path.display()
             );
         }
-        prefixes.push(text.to_owned());
+        file.prefixes.push(text.to_owned());
+        file.lines.push(n);
     }
-    if prefixes.is_empty() {
+    if file.prefixes.is_empty() {
         bail!(
             "the prefix file {} has no prefixes (every line is blank)",
             path.display()
         );
     }
-    Ok(prefixes)
+    Ok(file)
+}
+
+/// Where job `j`'s prefix was written, for errors: `prefix`, `prefixes[j]` or the prefix
+/// file's `path:line`.
+pub fn origin_of(params: &GenerateParams, file: Option<&PrefixFile>, j: usize) -> String {
+    match file {
+        Some(f) => format!("{}:{}", f.path.display(), f.lines[j]),
+        None if listed(params) => format!("prefixes[{j}]"),
+        None => "prefix".to_owned(),
+    }
+}
+
+/// Fails, naming the prefix's origin, when a job's prompt does not fit `n_ctx` tokens.
+pub fn check_fit(
+    params: &GenerateParams,
+    file: Option<&PrefixFile>,
+    jobs: &[Job],
+    n_ctx: usize,
+) -> Result<()> {
+    for (j, job) in jobs.iter().enumerate() {
+        let fits = job.check_fits(n_ctx);
+        if listed(params) {
+            fits.with_context(|| origin_of(params, file, j))?;
+        } else {
+            fits?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `params` list their prefixes (`prefixes` or `prefix_file`) rather than give one.
@@ -59,13 +115,13 @@ pub fn prompt_seed(seed: u64, prefix: &str) -> u64 {
     u64::from_str_radix(&hex[..16], 16).expect("a blake3 hex digest")
 }
 
-/// The jobs of `params`: one for `prefix`, else one per prefix of `file_prefixes` (the
-/// prefix file's, when it is set) or `prefixes`.
+/// The jobs of `params`: one for `prefix`, else one per prefix of `file` (when
+/// `prefix_file` is set) or of `prefixes`.
 pub fn jobs_of(
     params: &GenerateParams,
     seed: u64,
     codec: &dyn Codec,
-    file_prefixes: Option<&[String]>,
+    file: Option<&PrefixFile>,
 ) -> Result<Vec<Job>> {
     if !listed(params) {
         return Ok(vec![crate::stage::job_of(
@@ -75,11 +131,14 @@ pub fn jobs_of(
             codec,
         )?]);
     }
-    let prefixes = file_prefixes.unwrap_or(&params.prefixes);
+    let prefixes = file.map_or(&params.prefixes, |f| &f.prefixes);
     let total = prefixes.len().saturating_mul(params.nsamples);
     if total > gptpipe_core::config::MAX_NSAMPLES {
+        let from = file.map_or("prefixes".to_owned(), |f| {
+            format!("the prefix file {}", f.path.display())
+        });
         bail!(
-            "{} prefixes of {} samples are more than the limit of {} samples",
+            "{from}: {} prefixes of {} samples are more than the limit of {} samples",
             prefixes.len(),
             params.nsamples,
             gptpipe_core::config::MAX_NSAMPLES
@@ -90,7 +149,7 @@ pub fn jobs_of(
         .enumerate()
         .map(|(i, prefix)| {
             crate::stage::job_of(params, prefix, prompt_seed(seed, prefix), codec)
-                .with_context(|| format!("prefix {} ({prefix:?})", i + 1))
+                .with_context(|| origin_of(params, file, i))
         })
         .collect()
 }
@@ -109,7 +168,8 @@ mod tests {
     fn a_prefix_file_has_one_prefix_per_line_blank_lines_skipped() {
         let f = file(b"first\r\n\n  \nsecond line | x\nthird");
         let got = read_prefix_file(f.path()).unwrap();
-        assert_eq!(got, ["first", "second line | x", "third"]);
+        assert_eq!(got.prefixes, ["first", "second line | x", "third"]);
+        assert_eq!(got.lines, [1, 4, 5]);
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Provenance {
             pipeline: None,
             stage: None,
             seed,
-            params: serde_json::to_value(params).expect("params serialize"),
+            params: params.effective_json(),
             gptpipe_version: gptpipe_core::GPTPIPE_VERSION.to_owned(),
             time: None,
             curation: None,
@@ -213,6 +213,35 @@ impl Provenance {
         self
     }
 
+    /// Writes `<samples>.provenance.json` beside the samples file `samples` (what
+    /// `gptpipe generate --output FILE` writes: a name of its own, so that no file of the
+    /// user's is replaced).
+    pub fn write_beside(&self, samples: &Path) -> Result<()> {
+        let name = samples
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = samples.with_file_name(format!("{name}.{PROVENANCE_FILE}"));
+        write_atomic(&path, &self.to_json(&name))
+    }
+
+    /// The file's bytes: which samples file it describes, then the provenance.
+    fn to_json(&self, samples: &str) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            samples: &'a str,
+            #[serde(flatten)]
+            provenance: &'a Provenance,
+        }
+        let written = Written {
+            samples,
+            provenance: self,
+        };
+        let mut json = serde_json::to_vec_pretty(&written).expect("provenance serializes");
+        json.push(b'\n');
+        json
+    }
+
     /// Writes `provenance.json` into `dir` (the stage folder, or the folder of
     /// `gptpipe generate --output`), atomically; `output` is the samples file it
     /// describes, relative to `dir`, and may not be `provenance.json` itself.
@@ -221,20 +250,7 @@ impl Provenance {
             Path::new(output) != Path::new(PROVENANCE_FILE),
             "the samples cannot be written to {PROVENANCE_FILE}: gptpipe writes it itself"
         );
-        /// The file as written: which samples file it describes, then the provenance.
-        #[derive(Serialize)]
-        struct Written<'a> {
-            samples: &'a str,
-            #[serde(flatten)]
-            provenance: &'a Provenance,
-        }
-        let written = Written {
-            samples: output,
-            provenance: self,
-        };
-        let mut json = serde_json::to_vec_pretty(&written).expect("provenance serializes");
-        json.push(b'\n');
-        write_atomic(&dir.join(PROVENANCE_FILE), &json)
+        write_atomic(&dir.join(PROVENANCE_FILE), &self.to_json(output))
     }
 }
 
@@ -361,7 +377,7 @@ mod tests {
             "pipeline": {"name": "prov", "file": "p.toml", "hash": hash_bytes(text.as_bytes())},
             "stage": {"name": "samples", "version": crate::stage::VERSION, "inputs_hash": "abc"},
             "seed": 9,
-            "params": serde_json::to_value(params).unwrap(),
+            "params": params.effective_json(),
             "gptpipe_version": env!("CARGO_PKG_VERSION"),
         });
         assert_eq!(json, expected);

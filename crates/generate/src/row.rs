@@ -126,7 +126,7 @@ impl SampleRow {
             index: self.index,
             text,
             tokens: self.generated.clone(),
-            truncated: self.cut.is_some(),
+            stop_at: self.cut,
             prefix_len,
         }
     }

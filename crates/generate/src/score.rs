@@ -252,24 +252,16 @@ pub fn score_texts(
 /// The generated tokens of `sample` that its score covers: those whose bytes all lie before
 /// the stop cut (all of them when no stop was reached). A token that completes or
 /// straddles the stop string is not kept, nor is any after it.
-pub fn kept_tokens<'a>(sample: &'a Sample, codec: &dyn Codec, job: &Job) -> &'a [u32] {
-    let pieces: Vec<Vec<u8>> = sample
+pub fn kept_tokens<'a>(sample: &'a Sample, codec: &dyn Codec) -> &'a [u32] {
+    let Some(cut) = sample.stop_at else {
+        return &sample.tokens;
+    };
+    let mut end = 0;
+    let kept = sample
         .tokens
         .iter()
-        .map(|&t| codec.token_bytes(t))
-        .collect();
-    let bytes = pieces.concat();
-    // The driver cuts at the earliest occurrence of any stop string.
-    let cut = job
-        .stops()
-        .filter_map(|needle| bytes.windows(needle.len()).position(|w| w == needle))
-        .min()
-        .unwrap_or(bytes.len());
-    let mut end = 0;
-    let kept = pieces
-        .iter()
-        .take_while(|p| {
-            end += p.len();
+        .take_while(|&&t| {
+            end += codec.token_bytes(t).len();
             end <= cut
         })
         .count();
@@ -289,7 +281,7 @@ pub fn score_samples(
 ) -> Result<Vec<Option<Score>>> {
     let rows: Vec<Vec<u32>> = samples
         .iter()
-        .map(|s| [job.prompt.as_slice(), kept_tokens(s, codec, job)].concat())
+        .map(|s| [job.prompt.as_slice(), kept_tokens(s, codec)].concat())
         .collect();
     let from = vec![job.prompt.len(); rows.len()];
     score_rows(backend, &rows, &from, batch_size)
@@ -348,37 +340,51 @@ mod tests {
         let codec = crate::codec::gpt2().unwrap();
         let tokens = codec.encode("Hello world!").unwrap();
         assert_eq!(tokens.len(), 3);
-        let sample = Sample {
+        let cut_at = |stop_at: Option<usize>| Sample {
             index: 0,
             text: String::new(),
             tokens: tokens.clone(),
-            truncated: true,
+            stop_at,
             prefix_len: 0,
         };
-        let job = |stop: &str| {
-            Job::new(
-                codec.as_ref(),
-                "",
-                false,
-                10,
-                crate::Sampling::default(),
-                0,
-                &[stop.to_owned()],
-            )
-            .unwrap()
-        };
-        // The stop starts where a token starts: the tokens before it are kept.
-        assert_eq!(
-            kept_tokens(&sample, codec.as_ref(), &job(" world")),
-            &tokens[..1]
-        );
-        // The stop starts inside "Hello": that token straddles the cut.
-        assert_eq!(
-            kept_tokens(&sample, codec.as_ref(), &job("lo w")),
-            &[] as &[u32]
-        );
+        // The stop starts where a token starts (" world" at byte 5): the tokens before it
+        // are kept.
+        assert_eq!(kept_tokens(&cut_at(Some(5)), codec.as_ref()), &tokens[..1]);
+        // The stop starts inside "Hello" ("lo w" at byte 3): that token straddles the cut.
+        assert_eq!(kept_tokens(&cut_at(Some(3)), codec.as_ref()), &[] as &[u32]);
         // No stop reached: every token.
-        assert_eq!(kept_tokens(&sample, codec.as_ref(), &job("")), &tokens[..]);
+        assert_eq!(kept_tokens(&cut_at(None), codec.as_ref()), &tokens[..]);
+    }
+
+    #[test]
+    fn a_stop_that_min_length_ignored_does_not_cut_the_score() {
+        let codec = crate::codec::gpt2().unwrap();
+        let job = Job::new(
+            codec.as_ref(),
+            "",
+            false,
+            10,
+            crate::Sampling::default(),
+            0,
+            &["b".to_owned()],
+        )
+        .unwrap()
+        .with_controls(codec.as_ref(), 3, 0, &[])
+        .unwrap();
+        let mut row = crate::SampleRow::new(&job, 0);
+        let tokens: Vec<u32> = ["b", "c", "d", "b", "e"]
+            .iter()
+            .map(|t| codec.encode(t).unwrap()[0])
+            .collect();
+        for &t in &tokens {
+            if !row.push(t, codec.as_ref(), &job) {
+                break;
+            }
+        }
+        // The first "b" came within min_length tokens: the sample went on to the second.
+        let sample = row.finish(&job);
+        assert_eq!(sample.text, "bcd");
+        assert_eq!(kept_tokens(&sample, codec.as_ref()), &tokens[..3]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::driver::Job;
 use crate::kept::{generate_kept, render_all, Kept, Wanted};
 use crate::novelty;
 use crate::output::{previous_samples, write_outputs, Meta};
-use crate::prompts::{jobs_of, read_prefix_file};
+use crate::prompts::{check_fit, jobs_of, listed, read_prefix_file};
 use crate::provenance::Provenance;
 use crate::sampling::Sampling;
 use anyhow::{bail, Context, Result};
@@ -185,11 +185,11 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
         bail!("stage `{}` is not a generate stage", ctx.name);
     };
     let seed = ctx.seed();
-    let file_prefixes = match &params.prefix_file {
-        Some(path) => Some(read_prefix_file(&ctx.pipeline.resolve(path))?),
+    let file = match &params.prefix_file {
+        Some(path) => Some(read_prefix_file(&ctx.pipeline.resolve(path)).context("prefix_file")?),
         None => None,
     };
-    let jobs = jobs_of(params, seed, codec, file_prefixes.as_deref())?;
+    let jobs = jobs_of(params, seed, codec, file.as_ref())?;
     let source = ctx.resolve_model(&params.model);
     let index = novelty::for_stage(ctx, params, codec)?;
     let mut curation = match index {
@@ -199,8 +199,8 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
     };
     let meta = Meta::new(VERSION, ctx.inputs_hash, seed, params);
     // An earlier output's samples are reused only where sample i of this run is sample i of
-    // that one: one prompt, every sample kept, in index order.
-    let reusable = jobs.len() == 1 && curation.is_none() && params.sort_by == SortBy::Index;
+    // that one: `prefix` (a listed prefix has a header), every sample kept, in index order.
+    let reusable = !listed(params) && curation.is_none() && params.sort_by == SortBy::Index;
     let mut earlier: Vec<String> = ctx
         .previous_output
         .filter(|_| reusable)
@@ -216,9 +216,10 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
     let mut kept: Vec<Vec<Kept>> = vec![Vec::new(); jobs.len()];
     if earlier.len() < jobs.len() * params.nsamples {
         if let Some(n_ctx) = known_n_ctx(&source) {
-            jobs.iter().try_for_each(|job| job.check_fits(n_ctx))?;
+            check_fit(params, file.as_ref(), &jobs, n_ctx)?;
         }
         let mut backend = open_backend(backends, params.backend, &source, &params.device)?;
+        check_fit(params, file.as_ref(), &jobs, backend.n_ctx())?;
         let needed = jobs.len() * params.nsamples - earlier.len();
         let total = (needed * params.length) as u64;
         // Tokens of kept samples so far, for progress across batches.

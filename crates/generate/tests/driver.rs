@@ -147,13 +147,13 @@ fn truncate_stops_each_row_before_the_string_and_stops_its_compute() {
         match f.text.find("<e>") {
             Some(at) => {
                 stopped += 1;
-                assert!(c.truncated);
+                assert!(c.truncated());
                 assert_eq!(c.text, f.text[..at]);
                 assert_eq!(*c.tokens.last().unwrap(), END);
                 assert_eq!(c.tokens, f.tokens[..c.tokens.len()]);
             }
             None => {
-                assert!(!c.truncated);
+                assert!(!c.truncated());
                 assert_eq!(c.text, f.text);
             }
         }
@@ -321,14 +321,14 @@ fn truncate_list_stops_at_the_earliest_string() {
     let stopped_by = |t: u32| {
         samples
             .iter()
-            .filter(|s| s.truncated && *s.tokens.last().unwrap() == t)
+            .filter(|s| s.truncated() && *s.tokens.last().unwrap() == t)
             .count()
     };
     assert!(stopped_by(end) > 0 && stopped_by(newline) > 0);
     for s in &samples {
         assert!(!s.text.contains("<e>") && !s.text.contains('\n'), "{s:?}");
         // The sample ends at its first stop token: none before it.
-        let body = &s.tokens[..s.tokens.len() - s.truncated as usize];
+        let body = &s.tokens[..s.tokens.len() - s.truncated() as usize];
         assert!(!body.contains(&end) && !body.contains(&newline), "{s:?}");
     }
 }
@@ -341,10 +341,10 @@ fn min_length_holds_back_one_token_stops_and_ignores_earlier_matches() {
     // earlier.
     let early = |j: &Job| {
         let (samples, _) = run(j, 40, 8, 64);
-        assert!(samples.iter().any(|s| s.truncated));
+        assert!(samples.iter().any(|s| s.truncated()));
         samples
             .iter()
-            .filter(|s| s.truncated && s.tokens.len() <= m)
+            .filter(|s| s.truncated() && s.tokens.len() <= m)
             .count()
     };
     assert!(early(&controlled(&["<e>"], 0, 0, &[])) > 0);
@@ -354,7 +354,7 @@ fn min_length_holds_back_one_token_stops_and_ignores_earlier_matches() {
     let j = controlled(&["da"], m, 0, &[]);
     let (samples, _) = run(&j, 300, 32, 64);
     let mut kept_early = 0;
-    for s in samples.iter().filter(|s| s.truncated) {
+    for s in samples.iter().filter(|s| s.truncated()) {
         // One byte per token: a match ending at byte i ends in token i.
         let ends: Vec<usize> = s.text.match_indices("da").map(|(i, _)| i + 1).collect();
         assert!(ends.iter().all(|&e| e < m), "{s:?}");

@@ -125,18 +125,18 @@ fn sample_scores_cover_the_kept_tokens_after_the_prompt_as_transformers_scores_t
     .unwrap();
     let scores = score_samples(&mut backend, codec.as_ref(), &job, &samples, 3).unwrap();
     assert!(
-        samples.iter().any(|s| s.truncated),
+        samples.iter().any(|s| s.truncated()),
         "no sample reached a stop"
     );
 
     let mut cases = Vec::new();
     let mut counts = Vec::new();
     for s in &samples {
-        let kept = kept_tokens(s, codec.as_ref(), &job);
+        let kept = kept_tokens(s, codec.as_ref());
         // The kept tokens spell the sample's text, which ends before the stop.
         let text: Vec<u8> = kept.iter().flat_map(|&t| codec.token_bytes(t)).collect();
         assert_eq!(gptpipe_generate::codec::text_of(&text), s.text);
-        assert_eq!(kept.len() < s.tokens.len(), s.truncated);
+        assert_eq!(kept.len() < s.tokens.len(), s.truncated());
         let row = [job.prompt.as_slice(), kept].concat();
         for j in job.prompt.len()..row.len() {
             cases.push((row[score_window(j, n_ctx)..j].to_vec(), row[j]));

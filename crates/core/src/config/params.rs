@@ -511,6 +511,35 @@ impl GenerateParams {
     /// `max_attempts` when a drop rule is set and the key is not.
     pub const DEFAULT_MAX_ATTEMPTS: usize = 10;
 
+    /// Every parameter with the value in effect, the keys left out of the cache key at their
+    /// defaults included (for `provenance.json`).
+    pub fn effective_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).expect("params serialize");
+        let max_attempts = self
+            .max_attempts
+            .or(self.curates().then_some(Self::DEFAULT_MAX_ATTEMPTS));
+        let defaults = serde_json::json!({
+            "prefixes": self.prefixes,
+            "prefix_file": self.prefix_file,
+            "sort_by": self.sort_by,
+            "min_length": self.min_length,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "bad_words": self.bad_words,
+            "novelty_against": self.novelty_against,
+            "drop_copies": self.drop_copies,
+            "max_overlap": self.max_overlap,
+            "dedupe": self.dedupe,
+            "drop_unfinished": self.drop_unfinished,
+            "max_attempts": max_attempts,
+        });
+        if let (Some(all), serde_json::Value::Object(more)) = (json.as_object_mut(), defaults) {
+            for (key, value) in more {
+                all.insert(key, value);
+            }
+        }
+        json
+    }
+
     /// Whether a key that needs the training rows is set.
     pub fn needs_training_rows(&self) -> bool {
         self.drop_copies || self.max_overlap.is_some()

@@ -589,6 +589,13 @@ fn check_curation(p: &GenerateParams) -> Result<(), Invalid> {
         "max_attempts must be at least 1".into(),
     )?;
     ensure(
+        p.max_attempts.is_none() || p.curates(),
+        "max_attempts",
+        "max_attempts limits the samples drawn when a rule drops some (drop_copies, \
+         max_overlap, dedupe, drop_unfinished), and none is set"
+            .into(),
+    )?;
+    ensure(
         !p.drop_unfinished || !p.truncate.stops().is_empty(),
         "drop_unfinished",
         "drop_unfinished drops samples that never reached the stop string, but `truncate` \

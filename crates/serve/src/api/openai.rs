@@ -180,7 +180,7 @@ fn now_secs() -> u64 {
 }
 
 fn finish_reason(sample: &Sample) -> &'static str {
-    if sample.truncated {
+    if sample.truncated() {
         "stop"
     } else {
         "length"
