@@ -26,7 +26,8 @@ pub struct Controls {
     /// generated.
     stop_tokens: Vec<u32>,
     bad_words: Option<Arc<BadWords>>,
-    /// The bad-word automaton's state after the prompt's bytes.
+    /// The bad-word automaton's state after the prompt's bytes (none for the start token
+    /// of an empty prefix, see `Job::with_controls`).
     start_state: u32,
 }
 
@@ -42,7 +43,8 @@ impl std::fmt::Debug for Controls {
 }
 
 impl Controls {
-    /// The controls for a job with these `stops` and `prompt`; `None` when all are off.
+    /// The controls for a job with these `stops` whose text before the first token is
+    /// `prompt`'s bytes; `None` when all are off.
     pub fn new(
         codec: &dyn Codec,
         prompt: &[u32],
