@@ -15,7 +15,12 @@ pub fn run(args: GcArgs, registry: &Registry) -> Result<(), RunError> {
         .pipeline
         .unwrap_or_else(|| pipeline_args::DEFAULT_PIPELINE.into());
     let pipeline = pipeline_args::load(&path, &[]).map_err(RunError::Config)?;
-    let (runs, objects) = Runner::new(&pipeline, registry)?.gc(&HumanSink::new())?;
-    eprintln!("removed {runs} cache entries and {objects} objects");
+    let runner = Runner::new(&pipeline, registry)?;
+    let (runs, objects) = runner.gc(&HumanSink::new())?;
+    let (indexes, bytes) = runner.gc_novelty(&HumanSink::new())?;
+    eprintln!(
+        "removed {runs} cache entries and {objects} objects, and {indexes} novelty indexes \
+         ({bytes} bytes)"
+    );
     Ok(())
 }

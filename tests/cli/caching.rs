@@ -297,6 +297,29 @@ fn cached(p: &Project, key: &str) -> bool {
 }
 
 #[test]
+fn gc_removes_the_cached_novelty_indexes() {
+    let p = project();
+    p.run(&["run", "p.toml"]).ok();
+    let dir = p.path("work/.gptpipe/novelty");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{}.idx", "a".repeat(64))), [0u8; 100]).unwrap();
+    std::fs::write(dir.join(format!("{}.idx", "b".repeat(64))), [0u8; 23]).unwrap();
+    let gc = p.run(&["gc", "p.toml"]).ok();
+    assert!(
+        gc.stderr.contains("and 2 novelty indexes (123 bytes)"),
+        "{}",
+        gc.stderr
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let gc = p.run(&["gc", "p.toml"]).ok();
+    assert!(
+        gc.stderr.contains("and 0 novelty indexes (0 bytes)"),
+        "{}",
+        gc.stderr
+    );
+}
+
+#[test]
 fn gc_keeps_what_another_pipeline_sharing_the_workdir_references() {
     let p = shared_workdir();
     p.run(&["run", "a.toml"]).ok();

@@ -164,6 +164,20 @@ fn impossible_values_get_400_naming_the_field() {
         ),
         ("/v1/completions", json!({"bad_words": [""]}), "bad_words"),
         ("/v1/completions", json!({"bad_words": 3}), "bad_words"),
+        // More words than the limit, or too long a word (the ban table is built per
+        // request).
+        (
+            "/v1/completions",
+            json!({"bad_words": (0..=gptpipe_core::config::MAX_BAD_WORDS)
+                .map(|i| format!("w{i}"))
+                .collect::<Vec<_>>()}),
+            "bad_words",
+        ),
+        (
+            "/v1/completions",
+            json!({"bad_words": ["x".repeat(gptpipe_core::config::MAX_BAD_WORD_BYTES + 1)]}),
+            "bad_words",
+        ),
         (
             "/v1/completions",
             json!({"stop": "\n", "bad_words": ["\n"]}),

@@ -239,3 +239,34 @@ fn effective_params_hold_every_key() {
         keyed.as_object().unwrap().len() + 12
     );
 }
+
+#[test]
+fn bad_words_are_capped_in_number_and_length() {
+    use gptpipe_core::config::{MAX_BAD_WORDS, MAX_BAD_WORD_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let list = |words: Vec<String>| {
+        let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
+        format!(
+            "[stages.g]\nkind = \"generate\"\nbad_words = [{}]\n",
+            quoted.join(", ")
+        )
+    };
+    // At the limits: fine.
+    let most: Vec<String> = (0..MAX_BAD_WORDS)
+        .map(|i| format!("{i:0width$}", width = MAX_BAD_WORD_BYTES))
+        .collect();
+    load_in(dir.path(), &list(most)).unwrap();
+    // One word more, or one byte more: a config error naming the key and the limit.
+    let many: Vec<String> = (0..=MAX_BAD_WORDS).map(|i| format!("w{i}")).collect();
+    let e = load_in(dir.path(), &list(many)).unwrap_err();
+    assert!(
+        e.contains("bad_words") && e.contains(&format!("limit of {MAX_BAD_WORDS}")),
+        "{e}"
+    );
+    let long = vec!["x".repeat(MAX_BAD_WORD_BYTES + 1)];
+    let e = load_in(dir.path(), &list(long)).unwrap_err();
+    assert!(
+        e.contains("bad_words") && e.contains(&format!("limit of {MAX_BAD_WORD_BYTES}")),
+        "{e}"
+    );
+}

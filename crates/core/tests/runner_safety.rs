@@ -227,6 +227,7 @@ fn links_planted_among_gptpipes_own_folders_stop_runs_and_gc() {
         ".gptpipe/tmp",
         ".gptpipe/cache/runs",
         ".gptpipe/published",
+        ".gptpipe/novelty",
     ] {
         let p = Project::new();
         let elsewhere = p.dir.join("elsewhere");
@@ -248,6 +249,34 @@ fn links_planted_among_gptpipes_own_folders_stop_runs_and_gc() {
             .collect();
         assert_eq!(left, ["precious.txt"], "{planted}");
     }
+}
+
+#[test]
+fn gc_removes_the_cached_novelty_indexes_and_nothing_else() {
+    let p = Project::new();
+    let pipeline = p.load();
+    let (r, _) = run_with(&pipeline, appending_stage(), false);
+    assert_eq!(r.unwrap(), Outcome::Ran);
+    let dir = p.dir.join("work/.gptpipe/novelty");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{}.idx", "a".repeat(64))), [0u8; 100]).unwrap();
+    std::fs::write(dir.join(format!("{}.idx", "b".repeat(64))), [0u8; 23]).unwrap();
+    // Not an index: kept (and a link's target is never touched).
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let elsewhere = p.dir.join("precious.idx");
+    std::fs::write(&elsewhere, "keep me").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("link.idx")).unwrap();
+    let registry = appending_stage();
+    let runner = Runner::new(&pipeline, &registry).unwrap();
+    assert_eq!(runner.gc_novelty(&Recorder::default()).unwrap(), (2, 123));
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["link.idx", "notes.txt"]);
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "keep me");
+    assert_eq!(runner.gc_novelty(&Recorder::default()).unwrap(), (0, 0));
 }
 
 #[test]

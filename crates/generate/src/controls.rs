@@ -26,7 +26,8 @@ pub struct Controls {
     /// generated.
     stop_tokens: Vec<u32>,
     bad_words: Option<Arc<BadWords>>,
-    /// The bad-word automaton's state after the prompt's bytes.
+    /// The bad-word automaton's state after the prompt's bytes (none for the start token
+    /// of an empty prefix, see `Job::with_controls`).
     start_state: u32,
 }
 
@@ -42,7 +43,8 @@ impl std::fmt::Debug for Controls {
 }
 
 impl Controls {
-    /// The controls for a job with these `stops` and `prompt`; `None` when all are off.
+    /// The controls for a job with these `stops` whose text before the first token is
+    /// `prompt`'s bytes; `None` when all are off.
     pub fn new(
         codec: &dyn Codec,
         prompt: &[u32],
@@ -100,7 +102,7 @@ impl Controls {
             }
         }
         if let Some(b) = &self.bad_words {
-            for &t in &b.banned[state as usize] {
+            for &t in b.always.iter().chain(&b.banned[state as usize]) {
                 ban(logits, t);
             }
         }
@@ -144,7 +146,9 @@ pub struct BadWords {
     words: Vec<String>,
     /// Full transition table, 256 entries per state (the words are short: few states).
     next: Vec<[u32; 256]>,
-    /// Tokens banned in each state, increasing.
+    /// Tokens holding a whole word: banned in every state, increasing.
+    always: Vec<u32>,
+    /// Tokens banned in each state besides `always`, increasing.
     banned: Vec<Vec<u32>>,
 }
 
@@ -153,20 +157,16 @@ impl BadWords {
         for w in words {
             ensure!(!w.is_empty(), "bad_words: an empty string cannot be banned");
         }
-        // The trie: node 0 is the root; `depth` = the length of the prefix a node stands
-        // for, `ends` = a word ends there or at a suffix of it (through fail links).
+        // The trie: node 0 is the root; `ends` = a word ends there or at a suffix of it
+        // (through fail links).
         let mut next: Vec<[u32; 256]> = vec![[u32::MAX; 256]];
-        let mut prefix: Vec<Vec<u8>> = vec![Vec::new()];
         let mut ends = vec![false];
         for w in words {
             let mut s = 0usize;
             for &b in w.as_bytes() {
                 if next[s][b as usize] == u32::MAX {
                     next[s][b as usize] = next.len() as u32;
-                    let mut p = prefix[s].clone();
-                    p.push(b);
                     next.push([u32::MAX; 256]);
-                    prefix.push(p);
                     ends.push(false);
                 }
                 s = next[s][b as usize] as usize;
@@ -176,6 +176,7 @@ impl BadWords {
         // Breadth-first: fail links, then missing transitions through them (a DFA).
         let mut fail = vec![0u32; next.len()];
         let mut queue = std::collections::VecDeque::new();
+        let mut order = Vec::with_capacity(next.len());
         for slot in next[0].iter_mut() {
             match *slot {
                 u32::MAX => *slot = 0,
@@ -183,6 +184,7 @@ impl BadWords {
             }
         }
         while let Some(s) = queue.pop_front() {
+            order.push(s);
             ends[s] = ends[s] || ends[fail[s] as usize];
             let fallback = next[fail[s] as usize];
             for (slot, via_fail) in next[s].iter_mut().zip(fallback) {
@@ -214,33 +216,39 @@ impl BadWords {
                 ends[s]
             })
         };
-        let always: Vec<u32> = vocab
+        let mut always: Vec<u32> = vocab
             .iter()
             .filter(|(b, _)| feed(0, b))
             .map(|(_, t)| *t)
             .collect();
-        // Per state: the words that the text's suffixes (the state and its fail chain)
-        // start; a token starting with a word's rest completes it.
-        let mut banned = Vec::with_capacity(next.len());
-        for s in 0..next.len() {
-            let mut set = always.clone();
-            let mut q = s;
-            while q != 0 {
-                let p = &prefix[q];
-                for w in words.iter().map(|w| w.as_bytes()) {
-                    if w.len() > p.len() && w.starts_with(p) {
-                        set.extend(starting_with(&w[p.len()..]));
-                    }
-                }
-                q = fail[q] as usize;
+        always.sort_unstable();
+        // Per state: the tokens completing a word that the state's own prefix starts
+        // (the word's rest starts the token), then, through the fail link, those of the
+        // longest proper suffix that is a state too. Breadth-first order computes a fail
+        // state before the states linking to it, so the build costs the words' bytes and
+        // the sets' sizes, not words x states.
+        let mut own: Vec<Vec<u32>> = vec![Vec::new(); next.len()];
+        for w in words.iter().map(|w| w.as_bytes()) {
+            let mut s = 0usize;
+            for k in 1..w.len() {
+                s = next[s][w[k - 1] as usize] as usize;
+                own[s].extend(starting_with(&w[k..]));
             }
+        }
+        // `always` (banned in every state) is kept once, not in each state's set.
+        let mut banned: Vec<Vec<u32>> = vec![Vec::new(); next.len()];
+        for s in order {
+            let mut set = std::mem::take(&mut own[s]);
+            set.extend_from_slice(&banned[fail[s] as usize]);
             set.sort_unstable();
             set.dedup();
-            banned.push(set);
+            set.retain(|t| always.binary_search(t).is_err());
+            banned[s] = set;
         }
         Ok(Self {
             words: words.to_vec(),
             next,
+            always,
             banned,
         })
     }
@@ -254,8 +262,10 @@ impl BadWords {
     }
 
     /// The tokens banned after a text in `state`, increasing.
-    pub fn banned(&self, state: u32) -> &[u32] {
-        &self.banned[state as usize]
+    pub fn banned(&self, state: u32) -> Vec<u32> {
+        let mut all = [&self.always[..], &self.banned[state as usize][..]].concat();
+        all.sort_unstable();
+        all
     }
 }
 
@@ -271,5 +281,109 @@ mod tests {
         assert_eq!(banned_ngram_tokens(&[4, 5, 4], 1), vec![4, 5, 4]);
         assert!(banned_ngram_tokens(&[4], 3).is_empty());
         assert!(banned_ngram_tokens(&[4, 5], 3).is_empty());
+    }
+
+    /// Tokens are the byte strings of a list.
+    struct ListCodec(Vec<Vec<u8>>);
+
+    impl Codec for ListCodec {
+        fn encode(&self, _: &str) -> Result<Vec<u32>> {
+            unimplemented!()
+        }
+        fn token_bytes(&self, id: u32) -> Vec<u8> {
+            self.0.get(id as usize).cloned().unwrap_or_default()
+        }
+        fn start_token(&self) -> u32 {
+            0
+        }
+        fn vocab_len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    /// A small xorshift stream, so the test needs no crate.
+    struct Rand(u64);
+
+    impl Rand {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn string(&mut self, max: usize) -> Vec<u8> {
+            let len = 1 + self.below(max);
+            (0..len).map(|_| b"abc"[self.below(3)]).collect()
+        }
+    }
+
+    /// The rule itself: after `text`, a token is banned when some word occurs in
+    /// `text` + the token's bytes ending inside the token's bytes.
+    fn banned_by_rule(codec: &ListCodec, words: &[Vec<u8>], text: &[u8]) -> Vec<u32> {
+        (0..codec.0.len() as u32)
+            .filter(|&t| {
+                let all = [text, &codec.0[t as usize][..]].concat();
+                words.iter().any(|w| {
+                    (0..=all.len().saturating_sub(w.len()))
+                        .any(|i| i + w.len() > text.len() && all[i..].starts_with(w))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bad_word_bans_follow_the_rule_on_random_words() {
+        let mut r = Rand(0x9e37_79b9_7f4a_7c15);
+        for round in 0..40 {
+            let vocab: Vec<Vec<u8>> = (0..60).map(|_| r.string(4)).collect();
+            let codec = ListCodec(vocab);
+            let words: Vec<Vec<u8>> = (0..1 + r.below(6)).map(|_| r.string(5)).collect();
+            let strings: Vec<String> = words
+                .iter()
+                .map(|w| String::from_utf8(w.clone()).unwrap())
+                .collect();
+            let bad = BadWords::new(&codec, &strings).unwrap();
+            for _ in 0..20 {
+                let text = r.string(8);
+                let state = bad.advance(0, &text);
+                assert_eq!(
+                    bad.banned(state),
+                    banned_by_rule(&codec, &words, &text),
+                    "round {round}, words {strings:?}, text {:?}",
+                    String::from_utf8_lossy(&text)
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `cargo test -p gptpipe-generate --lib bad_words_build_time -- --ignored --nocapture`:
+    /// the build time with GPT-2's vocabulary for 1,000 and 5,000 random words.
+    #[test]
+    #[ignore]
+    fn bad_words_build_time() {
+        let codec = crate::codec::gpt2().unwrap();
+        let mut x = 88172645463325252u64;
+        for n in [1_000, 5_000] {
+            let words: Vec<String> = (0..n)
+                .map(|_| {
+                    (0..8)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            (b'a' + (x % 26) as u8) as char
+                        })
+                        .collect()
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            BadWords::new(codec.as_ref(), &words).unwrap();
+            eprintln!("{n} words: {:?}", t.elapsed());
+        }
     }
 }

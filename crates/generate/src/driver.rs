@@ -70,9 +70,16 @@ impl Job {
         no_repeat_ngram_size: usize,
         bad_words: &[String],
     ) -> Result<Self> {
+        // The row's text so far is the prefix: the start token standing for an empty one
+        // is no text (its bytes, "<|endoftext|>", would end bad words such as ">>").
+        let text: &[u32] = if self.prefix.is_empty() && self.prompt == [codec.start_token()] {
+            &[]
+        } else {
+            &self.prompt
+        };
         self.controls = Controls::new(
             codec,
-            &self.prompt,
+            text,
             &self.stops,
             min_length,
             no_repeat_ngram_size,
@@ -313,4 +320,38 @@ pub fn generate_range(
         start = end;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bad_words` after an empty prefix: the text so far is empty, so a word is banned
+    /// only once the sample's own bytes start it.
+    #[test]
+    fn the_start_token_of_an_empty_prefix_is_no_text_for_bad_words() {
+        let codec = crate::codec::gpt2().unwrap();
+        let gt = codec.encode(">").unwrap()[0];
+        let bans_gt = |prefix: &str| {
+            let job = Job::new(
+                codec.as_ref(),
+                prefix,
+                false,
+                4,
+                Sampling::default(),
+                0,
+                &[],
+            )
+            .unwrap()
+            .with_controls(codec.as_ref(), 0, 0, &[">>".to_string()])
+            .unwrap();
+            let c = job.controls.unwrap();
+            let mut logits = vec![0.0f32; codec.vocab_len()];
+            c.apply(&mut logits, &job.prompt, 0, c.start_state());
+            logits[gt as usize] == f32::NEG_INFINITY
+        };
+        assert!(!bans_gt(""), "an empty prefix bans \">\"");
+        assert!(bans_gt("a >"), "after \"a >\", \">\" completes \">>\"");
+        assert!(!bans_gt("a"));
+    }
 }

@@ -31,13 +31,22 @@ val_split = 0.25
 val_every = 1
 "#;
 
-/// A harness whose `prep` upstream is a real prepare run over a CSV with one short row.
-fn harness() -> Harness {
+/// A harness whose `prep` upstream is a real prepare run over a CSV with one short row,
+/// named by an absolute path outside the pipeline's folder (`outside`): the card names it
+/// by its file name only.
+fn harness(outside: &std::path::Path) -> Harness {
     let mut csv = String::from("title\nno\n");
     for i in 0..40 {
         csv.push_str(&format!("the cat sat on mat number {i}\n"));
     }
-    let mut h = Harness::new(PIPELINE, &[("titles.csv", csv.as_bytes())]);
+    let titles = outside.join("titles.csv");
+    std::fs::write(&titles, csv).unwrap();
+    let toml = PIPELINE.replace(
+        "inputs = [\"titles.csv\"]",
+        &format!("inputs = [{:?}]", titles.to_str().unwrap()),
+    );
+    assert_ne!(toml, PIPELINE);
+    let mut h = Harness::new(&toml, &[]);
     let out = h.path("upstream-prep");
     std::fs::create_dir_all(&out).unwrap();
     let cancel = AtomicBool::new(false);
@@ -80,7 +89,8 @@ print(json.dumps(out))
 
 #[test]
 fn the_card_reads_in_huggingface_hub_and_the_folder_still_loads() {
-    let h = harness();
+    let outside = tempfile::tempdir().unwrap();
+    let h = harness(outside.path());
     let out = h.path("o");
     h.run("train", &out, &h.path("s"), None, |p| p.steps = 3)
         .unwrap();
@@ -158,6 +168,7 @@ fn the_card_reads_in_huggingface_hub_and_the_folder_still_loads() {
     }
     // No machine path: the same training writes the same card.
     assert!(!card.contains(h.tmp.path().to_str().unwrap()), "{card}");
+    assert!(!card.contains(outside.path().to_str().unwrap()), "{card}");
     let again = h.path("o2");
     h.run("train", &again, &h.path("s2"), None, |p| p.steps = 3)
         .unwrap();

@@ -18,7 +18,7 @@ pub use params::*;
 pub use reads::Read;
 pub use schema::{pipeline_schema, pipeline_schema_json};
 pub use template::{parse_template, TemplatePart};
-pub use validate::{check_stage_values, MAX_NSAMPLES};
+pub use validate::{check_stage_values, MAX_BAD_WORDS, MAX_BAD_WORD_BYTES, MAX_NSAMPLES};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -528,6 +528,27 @@ fn check_generate_controls(p: &GenerateParams) -> Result<(), Invalid> {
             ));
         }
     }
+    // The ban table is built before the first token (also per `gptpipe serve` request):
+    // its size grows with the words' bytes.
+    ensure(
+        p.bad_words.len() <= MAX_BAD_WORDS,
+        "bad_words",
+        format!(
+            "bad_words: {} words are more than the limit of {MAX_BAD_WORDS}",
+            p.bad_words.len()
+        ),
+    )?;
+    if let Some(word) = p.bad_words.iter().find(|w| w.len() > MAX_BAD_WORD_BYTES) {
+        let head: String = word.chars().take(20).collect();
+        return Err((
+            "bad_words",
+            format!(
+                "bad_words: the word starting {head:?} is {} bytes, more than the limit of \
+                 {MAX_BAD_WORD_BYTES}",
+                word.len()
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -625,6 +646,11 @@ fn check_curation(p: &GenerateParams) -> Result<(), Invalid> {
     }
     Ok(())
 }
+
+/// Words of `bad_words` at most (the config check and `gptpipe serve`'s parser).
+pub const MAX_BAD_WORDS: usize = 1_000;
+/// Bytes of one word of `bad_words` at most.
+pub const MAX_BAD_WORD_BYTES: usize = 64;
 
 /// Rows of one generation batch at most: each row holds a KV cache of the whole context.
 const MAX_GENERATE_BATCH: usize = 1 << 16;

@@ -715,6 +715,16 @@ impl<'a> Runner<'a> {
         let _guard = self.workdir.lock(events)?;
         self.workdir.gc(&self.pipeline.lock_path(), events)
     }
+
+    /// Removes the workdir's cached novelty indexes, all of them (a run rebuilds the one
+    /// it needs; see [`Workdir::remove_novelty_indexes`]). Returns (files, bytes freed).
+    pub fn gc_novelty(&self, events: &dyn EventSink) -> Result<(usize, u64)> {
+        if !self.workdir.exists() {
+            return Ok((0, 0));
+        }
+        let _guard = self.workdir.lock(events)?;
+        self.workdir.remove_novelty_indexes()
+    }
 }
 
 /// A stage thread's panic as an error: its message, where it said one.

@@ -97,6 +97,7 @@ impl Workdir {
             "published",
             "state",
             "lockfiles",
+            "novelty",
         ] {
             folders.push(self.meta.join(sub));
         }
@@ -390,6 +391,35 @@ impl Workdir {
             return Ok((0, 0));
         }
         self.store.gc(&keep)
+    }
+
+    /// Removes every cached novelty index (`novelty/*.idx`, see `gptpipe_generate::novelty`):
+    /// each edit of the training rows leaves one more, and a run rebuilds the one it needs
+    /// in seconds. Returns (files removed, bytes freed). Only regular files are removed;
+    /// the folder itself was checked to be a real one (`check_own_folders`).
+    pub fn remove_novelty_indexes(&self) -> Result<(usize, u64)> {
+        let dir = self.meta.join("novelty");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        let (mut files, mut bytes) = (0, 0);
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() || path.extension().is_none_or(|e| e != "idx") {
+                continue;
+            }
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            files += 1;
+            bytes += meta.len();
+        }
+        Ok((files, bytes))
     }
 
     /// Removes the `.tmp-*` leftovers of checkpoint saves that did not finish (a kill, a

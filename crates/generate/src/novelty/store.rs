@@ -48,20 +48,77 @@ pub enum Origin {
 }
 
 /// The index over `rows`, from `dir` when cached there, else built and saved there.
+/// `dir` must be a real folder (or not exist yet): a link there would have the index
+/// written outside the workdir, so it is an error. A cached entry that is not a regular
+/// file (a link, a FIFO, a folder) is damaged: removed, rebuilt and replaced, never read.
 pub fn open(dir: &Path, rows: &[String], codec: &dyn Codec) -> Result<(NoveltyIndex, Origin)> {
+    check_dir(dir)?;
     let path = dir.join(format!("{}.idx", key(rows)));
-    let origin = match std::fs::read(&path) {
-        Ok(bytes) => match decode(&bytes) {
+    let origin = match read_cached(&path) {
+        Ok(None) => Origin::Built,
+        Ok(Some(bytes)) => match decode(&bytes) {
             Ok(index) => return Ok((index, Origin::Cached)),
             Err(e) => Origin::Rebuilt(format!("{e:#}")),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Origin::Built,
-        Err(e) => Origin::Rebuilt(format!("cannot read {}: {e}", path.display())),
+        Err(why) => Origin::Rebuilt(why),
     };
     let index = NoveltyIndex::build(rows, codec)?;
     gptpipe_core::fsutil::write_atomic(&path, &encode(&index))
         .with_context(|| format!("saving the novelty index {}", path.display()))?;
     Ok((index, origin))
+}
+
+/// Refuses a `dir` that exists but is not a real folder (a link, even to a folder).
+fn check_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if !meta.is_dir() => anyhow::bail!(
+            "{} is not a folder of gptpipe's (it is a link or a file): gptpipe writes novelty \
+             indexes only into a real folder inside the workdir, so it refuses to go on. \
+             Remove it if you did not put it there",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The bytes of the cached file at `path`, `None` when there is none; `Err(why)` when it
+/// cannot be trusted to be one (not a regular file: removed so that the rebuilt index
+/// can take its place) or cannot be read.
+fn read_cached(path: &Path) -> std::result::Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_a_file = |path: &Path, is_dir: bool| {
+        let _ = if is_dir {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        Err(format!(
+            "{} is not a regular file (a link, a FIFO or a folder)",
+            path.display()
+        ))
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(meta) => return not_a_file(path, meta.is_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    // No link is followed and no FIFO waited on, should one be swapped in since the check.
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let mut file = match file.map(|f| (f.metadata(), f)) {
+        Ok((Ok(meta), f)) if meta.is_file() => f,
+        Ok((Ok(meta), _)) => return not_a_file(path, meta.is_dir()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return not_a_file(path, false),
+        Ok((Err(e), _)) | Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Some(bytes))
 }
 
 pub fn encode(index: &NoveltyIndex) -> Vec<u8> {
@@ -212,6 +269,71 @@ mod tests {
         let mut bad = good.clone();
         bad.sa[0] = u32::MAX;
         assert!(format!("{:#}", decode(&encode(&bad)).unwrap_err()).contains("inconsistent"));
+    }
+
+    #[test]
+    fn a_cached_entry_that_is_not_a_regular_file_is_replaced_never_read() {
+        let codec = crate::codec::gpt2().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{}.idx", key(&rows())));
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("target.idx");
+        std::fs::write(&target, b"the user's file").unwrap();
+        let fifo = |p: &Path| {
+            let status = std::process::Command::new("mkfifo")
+                .arg(p)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        let folder = |p: &Path| std::fs::create_dir(p).unwrap();
+        let link = |p: &Path| std::os::unix::fs::symlink(&target, p).unwrap();
+        for (plant, what) in [
+            (&fifo as &dyn Fn(&Path), "FIFO"),
+            (&folder, "folder"),
+            (&link, "link"),
+        ] {
+            plant(&path);
+            // A FIFO would block a plain read forever: run it in a thread with a deadline.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let wanted = rows();
+            let dir_path = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let codec = crate::codec::gpt2().unwrap();
+                let _ = tx.send(open(&dir_path, &wanted, codec.as_ref()).map(|(_, o)| o));
+            });
+            let origin = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{what}: the open hangs"))
+                .unwrap();
+            assert!(
+                matches!(&origin, Origin::Rebuilt(e) if e.contains("not a regular file")),
+                "{what}: {origin:?}"
+            );
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert!(meta.is_file(), "{what}: replaced by a regular file");
+            assert_eq!(std::fs::read(&target).unwrap(), b"the user's file");
+            let (_, origin) = open(dir.path(), &rows(), codec.as_ref()).unwrap();
+            assert_eq!(origin, Origin::Cached, "{what}");
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_linked_cache_folder_is_refused() {
+        let codec = crate::codec::gpt2().unwrap();
+        let workdir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let dir = dir_in(workdir.path());
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), &dir).unwrap();
+        let e = open(&dir, &rows(), codec.as_ref()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a folder of gptpipe's"),
+            "{e:#}"
+        );
+        // Nothing written through the link.
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn parse(app: &App, f: &Fields) -> Result<Completion, ApiError> {
     if let Some(v) = params::count(f, "no_repeat_ngram_size")? {
         p.no_repeat_ngram_size = v;
     }
-    if let Some(words) = strings(f, "bad_words", usize::MAX)? {
+    if let Some(words) = strings(f, "bad_words", gptpipe_core::config::MAX_BAD_WORDS)? {
         p.bad_words = words;
     }
     if let Some(v) = params::count(f, "max_tokens")? {

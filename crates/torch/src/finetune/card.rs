@@ -72,9 +72,14 @@ impl Card {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|i| i["path"].as_str().map(str::to_owned))
+                .filter_map(|i| i["path"].as_str().map(public_name))
                 .collect(),
-            None => vec![dataset.clone()],
+            None => vec![public_name(&dataset)],
+        };
+        let dataset = if dataset.starts_with('@') {
+            dataset
+        } else {
+            public_name(&dataset)
         };
         let tokens = |chunks: &[Vec<u32>]| chunks.iter().map(Vec::len).sum();
         Ok(Self {
@@ -237,6 +242,21 @@ impl Card {
 
 /// A YAML scalar that reads back as `text`: JSON's string syntax is YAML's double-quoted
 /// style.
+/// A data file's name as the card shows it: as written when relative and inside the
+/// pipeline file's folder, else its file name only (the card holds no machine path:
+/// `/tmp/review/titles.csv`, `../data/titles.csv` and `~/titles.csv` are `titles.csv`).
+fn public_name(path: &str) -> String {
+    let p = std::path::Path::new(path);
+    let outside = p.is_absolute()
+        || path.starts_with('~')
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    match p.file_name() {
+        Some(name) if outside => name.to_string_lossy().into_owned(),
+        _ => path.to_owned(),
+    }
+}
+
 fn yaml(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
 }
@@ -299,6 +319,19 @@ mod tests {
             "Trained with gptpipe, which finetunes GPT-2 the way [gpt-2-simple]",
         ] {
             assert!(body.contains(line), "{line:?} not in\n{body}");
+        }
+    }
+
+    #[test]
+    fn data_files_outside_the_pipeline_folder_are_named_by_file_name() {
+        for (written, shown) in [
+            ("/tmp/review/p1/titles.csv", "titles.csv"),
+            ("../data/titles.csv", "titles.csv"),
+            ("~/titles.csv", "titles.csv"),
+            ("data/titles.csv", "data/titles.csv"),
+            ("titles.csv", "titles.csv"),
+        ] {
+            assert_eq!(public_name(written), shown, "{written}");
         }
     }
 
