@@ -270,3 +270,20 @@ fn bad_words_are_capped_in_number_and_length() {
         "{e}"
     );
 }
+
+/// `truncate = ["x"]` and `truncate = "x"` stop at the same string: the same key.
+#[test]
+fn a_truncate_list_of_one_hashes_as_its_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = |truncate: &str| {
+        let p = load_in(
+            dir.path(),
+            &format!("[stages.g]\nkind = \"generate\"\nmodel = \"gpt2\"\ntruncate = {truncate}\n"),
+        )
+        .unwrap();
+        p.stages["g"].keyed_json()["truncate"].clone()
+    };
+    assert_eq!(keyed("[\"x\"]"), keyed("\"x\""));
+    assert_eq!(keyed("[]"), keyed("\"\""));
+    assert_eq!(keyed("[\"x\", \"y\"]"), serde_json::json!(["x", "y"]));
+}

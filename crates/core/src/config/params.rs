@@ -420,13 +420,25 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// `truncate`: one stop string, as gpt-2-simple takes it, or a list of them (the earliest
-/// to appear ends a sample). A single string serializes back as a string, so a stage
-/// written before lists existed keeps its cache key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// to appear ends a sample). It serializes as the stops it means: a single string as a
+/// string (so a stage written before lists existed keeps its cache key), and so do `[]`
+/// (as `""`) and a one-element list (as its string), which mean the same.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Truncate {
     One(String),
     Many(Vec<String>),
+}
+
+impl Serialize for Truncate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Truncate::One(one) => s.serialize_str(one),
+            Truncate::Many(v) if v.is_empty() => s.serialize_str(""),
+            Truncate::Many(v) if v.len() == 1 => s.serialize_str(&v[0]),
+            Truncate::Many(v) => v.serialize(s),
+        }
+    }
 }
 
 impl Default for Truncate {
