@@ -13,14 +13,6 @@
 use gptpipe_generate::rng::SampleRng;
 use gptpipe_generate::sampling::apply_repetition_penalty;
 use gptpipe_generate::{Job, SampleRow, Sampling};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn python() -> PathBuf {
-    std::env::var_os("GPTPIPE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"))
-}
 
 struct Case {
     prefix: &'static str,
@@ -158,29 +150,8 @@ for c in spec["cases"]:
                 "tf_bad": tf_bad, "brute": brute})
 print(json.dumps(out))
 "#;
-    let mut child = Command::new(python())
-        .args(["-c", script])
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cannot run the reference python (set GPTPIPE_PYTHON or run scripts/setup.sh)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Vec<serde_json::Value> =
+        serde_json::from_value(crate::common::run_python(script, &spec)).unwrap();
     for (i, (mine, want)) in ours.iter().zip(&expected).enumerate() {
         let scores = want["scores"].as_array().unwrap();
         let ids = |k: &str| -> Vec<usize> {

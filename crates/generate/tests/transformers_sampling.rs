@@ -4,14 +4,6 @@
 
 use gptpipe_generate::rng::SampleRng;
 use gptpipe_generate::Sampling;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn python() -> PathBuf {
-    std::env::var_os("GPTPIPE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"))
-}
 
 /// Deterministic logits with a realistic spread (a few large, a long tail).
 fn logits(row: u64, vocab: usize) -> Vec<f32> {
@@ -97,28 +89,8 @@ for row, s in zip(spec["rows"], spec["settings"]):
     out.append(torch.isfinite(scores[0]).nonzero().flatten().tolist())
 print(json.dumps(out))
 "#;
-    let mut child = Command::new(python())
-        .args(["-c", script])
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cannot run the reference python (set GPTPIPE_PYTHON or run scripts/setup.sh)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    let expected: Vec<Vec<u32>> =
+        serde_json::from_value(crate::common::run_python(script, &spec)).unwrap();
 
     for ((s, row), want) in settings.iter().zip(&rows).zip(&expected) {
         assert!(

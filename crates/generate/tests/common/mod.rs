@@ -195,3 +195,40 @@ impl Backend for FakeBackend {
         Ok(out)
     }
 }
+
+/// The reference Python (transformers, torch): `GPTPIPE_PYTHON`, else the repository's venv.
+pub fn python() -> std::path::PathBuf {
+    std::env::var_os("GPTPIPE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+        })
+}
+
+/// Runs `script` in the reference Python with `input` as JSON on stdin; its stdout is JSON.
+pub fn run_python(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run the reference python (set GPTPIPE_PYTHON or run scripts/setup.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
