@@ -70,6 +70,24 @@ pub struct Counts {
     pub dropped: std::collections::BTreeMap<&'static str, usize>,
 }
 
+impl Counts {
+    /// `"1 copied, 0 duplicate, ..."`: the drops by reason, those of no sample included
+    /// only when `zeros`; `"none"` when nothing is listed.
+    pub fn dropped_summary(&self, zeros: bool) -> String {
+        let listed: Vec<String> = self
+            .dropped
+            .iter()
+            .filter(|(_, &n)| zeros || n > 0)
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        if listed.is_empty() {
+            "none".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    }
+}
+
 /// The curation rules of one generate stage, with what they have seen.
 pub struct Curation<'c> {
     index: Option<NoveltyIndex>,

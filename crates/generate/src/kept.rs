@@ -95,26 +95,13 @@ pub fn generate_kept(
         },
     );
     match (drawn, &curation) {
-        (Err(e), Some(c)) if e.is::<Exhausted>() => {
-            let dropped: Vec<String> = c
-                .counts()
-                .dropped
-                .iter()
-                .filter(|(_, &n)| n > 0)
-                .map(|(reason, n)| format!("{n} {reason}"))
-                .collect();
-            Err(e.context(format!(
-                "the curation rules dropped too many samples (max_attempts = {} per kept \
+        (Err(e), Some(c)) if e.is::<Exhausted>() => Err(e.context(format!(
+            "the curation rules dropped too many samples (max_attempts = {} per kept \
                  sample; dropped so far: {}): raise max_attempts or loosen drop_copies, \
                  max_overlap, dedupe or drop_unfinished",
-                params.attempt_limit() / params.nsamples.max(1),
-                if dropped.is_empty() {
-                    "none".to_owned()
-                } else {
-                    dropped.join(", ")
-                }
-            )))
-        }
+            params.attempt_limit() / params.nsamples.max(1),
+            c.counts().dropped_summary(false)
+        ))),
         (drawn, _) => drawn,
     }
 }

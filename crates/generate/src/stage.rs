@@ -142,7 +142,7 @@ pub fn check_prefix_fits(
         .and_then(|job| job.check_fits(n_ctx));
         if let Err(e) = checked {
             let at = if key == "prefixes" {
-                format!("prefixes[{i}]: ")
+                format!("{}: ", crate::prompts::origin_of(p, None, i))
             } else {
                 String::new()
             };
@@ -265,16 +265,11 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
     if let Some(c) = &curation {
         let counts = c.counts();
         if params.curates() {
-            let dropped: Vec<String> = counts
-                .dropped
-                .iter()
-                .map(|(reason, n)| format!("{n} {reason}"))
-                .collect();
             ctx.log(format!(
                 "kept {} of {} samples generated (dropped: {})",
                 counts.kept,
                 counts.generated,
-                dropped.join(", ")
+                counts.dropped_summary(true)
             ));
         }
         provenance.curation = Some(counts.clone());
