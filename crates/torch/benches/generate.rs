@@ -21,12 +21,42 @@ use gptpipe_torch::model::{Config, Gpt2};
 use std::time::Instant;
 use tch::Device;
 
+/// The CPU benches' model: a random GPT-2 of `--layers`, `--heads`, `--embd` saved by
+/// transformers, `--new` tokens per sample, libtorch's thread count.
+struct CpuModel {
+    dir: tempfile::TempDir,
+    layers: usize,
+    heads: usize,
+    embd: usize,
+    new: usize,
+    threads: i32,
+}
+
+impl CpuModel {
+    fn from_args() -> Self {
+        let (layers, heads, embd) = (arg("--layers", 4), arg("--heads", 4), arg("--embd", 256));
+        let dir = tempfile::tempdir().unwrap();
+        common::save_random_model(dir.path(), layers, heads, embd);
+        Self {
+            dir,
+            layers,
+            heads,
+            embd,
+            new: arg("--new", 64),
+            threads: tch::get_num_threads(),
+        }
+    }
+}
+
 fn cpu() {
-    let (layers, heads, embd) = (arg("--layers", 4), arg("--heads", 4), arg("--embd", 256));
-    let new = arg("--new", 64);
-    let tmp = tempfile::tempdir().unwrap();
-    common::save_random_model(tmp.path(), layers, heads, embd);
-    let threads = tch::get_num_threads();
+    let CpuModel {
+        dir: tmp,
+        layers,
+        heads,
+        embd,
+        new,
+        threads,
+    } = CpuModel::from_args();
     println!(
         "CPU, {threads} threads, GPT-2 n_layer={layers} n_head={heads} n_embd={embd} (vocab 50257), \
          8-token prompt, {new} new tokens, top_k=40, temperature=0.7"
@@ -149,11 +179,14 @@ fn parts(backend: &mut TchBackend) {
 /// controls, and with the controls and scores (a jsonl output's `logprob`), same model,
 /// same run (`-- --controls`).
 fn controls() {
-    let (layers, heads, embd) = (arg("--layers", 4), arg("--heads", 4), arg("--embd", 256));
-    let new = arg("--new", 64);
-    let tmp = tempfile::tempdir().unwrap();
-    common::save_random_model(tmp.path(), layers, heads, embd);
-    let threads = tch::get_num_threads();
+    let CpuModel {
+        dir: tmp,
+        layers,
+        heads,
+        embd,
+        new,
+        threads,
+    } = CpuModel::from_args();
     println!(
         "CPU, {threads} threads, GPT-2 n_layer={layers} n_head={heads} n_embd={embd}, {new} new \
          tokens, top_k=40, temperature=0.7; controls: truncate <|endoftext|>, min_length 8, \
