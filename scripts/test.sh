@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export GPTPIPE_PYTHON="$PWD/.venv/bin/python"
+export GPTPIPE_TF_PYTHON="$PWD/.tf-venv/bin/python"
 # The serve tests' clients (openai, playwright + chromium, curl) must be there: a missing one
 # fails its test instead of skipping it.
 export GPTPIPE_TEST_CLIENTS=require

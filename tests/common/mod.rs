@@ -194,14 +194,27 @@ pub fn missing<T>(what: &str) -> Option<T> {
 /// The Python of the reference stack and the clients: `$GPTPIPE_PYTHON`, else the workspace's `.venv/bin/python`
 /// (as the other reference tests find it), holding every module of `modules`.
 pub fn python(modules: &[&str]) -> Option<std::path::PathBuf> {
-    let python = std::env::var_os("GPTPIPE_PYTHON")
+    python_of("GPTPIPE_PYTHON", ".venv", modules)
+}
+
+/// The Python of gpt-2-simple and its TensorFlow (numpy 1, so a venv of its own):
+/// `$GPTPIPE_TF_PYTHON`, else the workspace's `.tf-venv/bin/python`.
+#[allow(dead_code)] // used by the tests that compare with gpt-2-simple
+pub fn tf_python(modules: &[&str]) -> Option<std::path::PathBuf> {
+    python_of("GPTPIPE_TF_PYTHON", ".tf-venv", modules)
+}
+
+fn python_of(var: &str, venv: &str, modules: &[&str]) -> Option<std::path::PathBuf> {
+    let python = std::env::var_os(var)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(venv)
+                .join("bin/python")
         });
     if !python.exists() {
         return missing(&format!(
-            "no Python at {} (set GPTPIPE_PYTHON or run scripts/setup.sh)",
+            "no Python at {} (set {var} or run scripts/setup.sh)",
             python.display()
         ));
     }
