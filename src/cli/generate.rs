@@ -48,6 +48,10 @@ pub struct GenerateArgs {
     /// "auto" uses ONNX Runtime for a folder holding model.onnx without safetensors weights
     #[arg(long, value_enum, default_value_t = BackendArg::Auto, help_heading = "Model")]
     pub backend: BackendArg,
+    /// CPU threads of the model code (default: the CPUs available; a user's
+    /// OMP_NUM_THREADS; a stage's `threads` key); wins over all of them
+    #[arg(long, value_name = "N", help_heading = "Model")]
+    pub threads: Option<std::num::NonZeroUsize>,
 
     /// Text every sample starts from (empty: start from <|endoftext|>)
     #[arg(long, default_value = "", help_heading = "Text")]

@@ -15,6 +15,7 @@ mod watch;
 use clap::{Parser, Subcommand};
 use gptpipe_core::config::ConfigError;
 use gptpipe_core::runner::RunError;
+use std::num::NonZeroUsize;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,19 @@ enum Command {
     /// (internal) Run one stage from a request on stdin: gptpipe-worker only
     #[command(hide = true)]
     RunStage,
+}
+
+impl Command {
+    /// The `--threads` flag of the commands that run model code.
+    fn threads(&self) -> Option<NonZeroUsize> {
+        match self {
+            Command::Run(a) => a.threads,
+            Command::Generate(a) => a.threads,
+            Command::Score(a) => a.threads,
+            Command::Serve(a) => a.threads,
+            _ => None,
+        }
+    }
 }
 
 /// A count flag that must be positive (`--jobs 0` would run nothing).
@@ -88,6 +102,15 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
             };
         }
     };
+    if let Some(n) = cli.command.threads() {
+        // Read by the worker processes this command starts (see gptpipe_core::threads);
+        // set before this process starts any thread of its own.
+        std::env::set_var(gptpipe_core::threads::THREADS_ENV, n.to_string());
+    }
+    if worker && gptpipe_core::threads::missing_in_this_process() {
+        // Started directly, not by gptpipe: libgomp has read its defaults already.
+        restart_with_threads();
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args, &(process.registry)()),
         Command::Status(args) => status::run(args, &(process.registry)()),
@@ -99,20 +122,20 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
         Command::Gc(args) => gc::run(args, &(process.registry)()),
         Command::Generate(args) => {
             if cfg!(feature = "worker") && !worker {
-                return delegate_to_worker();
+                return delegate_to_worker(None);
             }
             generate::run(args, &(process.backends)())
         }
         Command::Score(args) => {
             if cfg!(feature = "worker") && !worker {
-                return delegate_to_worker();
+                return delegate_to_worker(None);
             }
             score::run(args, &(process.backends)())
         }
         Command::Watch(args) => watch::run(args, &(process.registry)()),
         Command::Serve(args) => {
             if cfg!(feature = "worker") && !worker {
-                return delegate_to_worker();
+                return delegate_to_worker(serve::stage_threads(&args));
             }
             serve::run(args, &(process.registry)(), &(process.backends)())
         }
@@ -132,14 +155,29 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
 /// Runs this command line (`generate`, `score`, `serve`) in `gptpipe-worker`, which has libtorch loaded: the worker
 /// replaces this process (same pid), so signals reach it (`serve` finishes its requests on
 /// SIGTERM) and killing gptpipe leaves no worker behind.
-fn delegate_to_worker() -> i32 {
+/// `threads`: the `threads` key of the stage it serves, if any.
+fn delegate_to_worker(threads: Option<NonZeroUsize>) -> i32 {
     use std::os::unix::process::CommandExt;
     let worker = crate::wiring::worker_path();
-    let e = gptpipe_core::remote::worker_command(&worker)
+    let e = gptpipe_core::remote::worker_command(&worker, threads)
         .args(std::env::args_os().skip(1))
         .exec();
     eprintln!("error: cannot start {}: {e}", worker.display());
     exit::FAILED
+}
+
+/// Restarts this process (`gptpipe-worker` started by hand) with the OpenMP settings
+/// gptpipe gives its workers (gptpipe_core::threads); carries on as it is if that fails.
+fn restart_with_threads() {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let env = gptpipe_core::threads::worker_env(None);
+    let _ = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(env)
+        .exec();
 }
 
 /// Prints an error the way its kind deserves and maps it to an exit code.

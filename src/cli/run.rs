@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Go on with independent stages after a failure
     #[arg(long)]
     pub keep_going: bool,
+    /// CPU threads of the model code (default: the CPUs available; a user's
+    /// OMP_NUM_THREADS; a stage's `threads` key); wins over all of them
+    #[arg(long, value_name = "N")]
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {

@@ -34,6 +34,10 @@ pub struct ScoreArgs {
     /// "auto" uses ONNX Runtime for a folder holding model.onnx without safetensors weights
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+    /// CPU threads of the model code (default: the CPUs available; a user's
+    /// OMP_NUM_THREADS; a stage's `threads` key); wins over all of them
+    #[arg(long, value_name = "N")]
+    pub threads: Option<std::num::NonZeroUsize>,
     /// Texts run through the model together (does not change the scores beyond rounding)
     #[arg(long, default_value_t = 8, value_parser = super::at_least_one)]
     pub batch_size: usize,

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Overrides the stage's device: "auto", "cpu", "cuda" or "cuda:N"
     #[arg(long)]
     pub device: Option<String>,
+    /// CPU threads of the model code (default: the CPUs available; a user's
+    /// OMP_NUM_THREADS; a stage's `threads` key); wins over all of them
+    #[arg(long, value_name = "N")]
+    pub threads: Option<std::num::NonZeroUsize>,
     /// Samples decoded together at most (continuous batching)
     #[arg(long, default_value_t = 32, value_parser = super::at_least_one)]
     pub max_batch: usize,
@@ -135,13 +139,24 @@ fn served_model(model: &str) -> Result<(GenerateParams, ModelSource, String), Ru
     Ok((defaults, source, model.to_owned()))
 }
 
-/// A generate stage of a pipeline: its keys, and its model brought up to date.
-fn served_stage(
+/// The `threads` key of the stage `args` serve, if any (read before the worker starts:
+/// its OpenMP settings are set from outside; errors are the worker's to report).
+pub fn stage_threads(args: &ServeArgs) -> Option<std::num::NonZeroUsize> {
+    if args.model.is_some() {
+        return None;
+    }
+    let (path, _) = pipeline_args::split(&args.positionals);
+    let pipeline = pipeline_args::load(&path, &args.sets).ok()?;
+    let (params, _) = served_params(args, &pipeline).ok()?;
+    params.threads
+}
+
+/// The generate stage `args` name in `pipeline` (or its only one): its keys and name.
+fn served_params(
     args: &ServeArgs,
-    registry: &Registry,
-) -> Result<(GenerateParams, ModelSource, String), RunError> {
+    pipeline: &gptpipe_core::config::Pipeline,
+) -> Result<(GenerateParams, String), RunError> {
     let (path, targets) = pipeline_args::split(&args.positionals);
-    let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
     let generate_stages: Vec<&str> = pipeline
         .stages
         .iter()
@@ -180,6 +195,17 @@ fn served_stage(
             ))))
         }
     };
+    Ok((params, name))
+}
+
+/// A generate stage of a pipeline: its keys, and its model brought up to date.
+fn served_stage(
+    args: &ServeArgs,
+    registry: &Registry,
+) -> Result<(GenerateParams, ModelSource, String), RunError> {
+    let (path, _) = pipeline_args::split(&args.positionals);
+    let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
+    let (params, name) = served_params(args, &pipeline)?;
     // Bring the stage's upstream up to date (not the stage itself: serving replaces it).
     let runner = Runner::new(&pipeline, registry)?;
     let upstream: Vec<String> = runner

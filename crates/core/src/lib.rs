@@ -18,6 +18,7 @@ pub mod remote;
 pub mod report;
 pub mod runner;
 pub mod stage;
+pub mod threads;
 
 pub use runner::Cancelled;
 

@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,13 +151,16 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
 /// last bits, and a resumed run from a straight one (about one run in eight on a loaded
 /// 2-core machine). Its conditional numerical reproducibility mode (`MKL_CBWR`, strict)
 /// and fixed thread count (`MKL_DYNAMIC`) make it repeatable. A user's own setting wins.
-pub fn worker_command(worker: &Path) -> Command {
+/// The OpenMP threads wait passively and their count is chosen here too
+/// ([`crate::threads`]), for a stage whose `threads` key is `threads`.
+pub fn worker_command(worker: &Path, threads: Option<NonZeroUsize>) -> Command {
     let mut command = Command::new(worker);
     for (key, value) in [("MKL_CBWR", "AUTO,STRICT"), ("MKL_DYNAMIC", "FALSE")] {
         if std::env::var_os(key).is_none() {
             command.env(key, value);
         }
     }
+    command.envs(crate::threads::worker_env(threads));
     command
 }
 
@@ -164,7 +168,7 @@ pub fn worker_command(worker: &Path) -> Command {
 /// events. Cancelling the run kills the worker.
 pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + Send + Sync {
     move |ctx| {
-        let mut command = worker_command(&worker);
+        let mut command = worker_command(&worker, ctx.params.threads());
         command
             .arg("run-stage")
             .stdin(Stdio::piped())

@@ -171,3 +171,40 @@ fn generate_controls_at_their_defaults_keep_the_key() {
         assert_ne!(key_of(changed), before, "{changed}");
     }
 }
+
+/// Issue 16's `threads` (finetune, generate): a CPU thread count changes at most the
+/// rounding of sums, so a stage that sets it keeps the key it had without it (pinned above
+/// and from the commit before it), and 0 threads is refused.
+#[test]
+fn threads_stays_out_of_the_key() {
+    let key_of = |stage: &str, extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gptpipe.toml");
+        let text = format!("[pipeline]\nname = \"keys\"\n[stages.s]\n{stage}{extra}");
+        std::fs::write(&file, text).unwrap();
+        let pipeline = load(&file, &LoadOptions::default()).map_err(|e| e.to_string())?;
+        let params = &pipeline.stages["s"];
+        let material = KeyMaterial {
+            kind: params.kind().to_string(),
+            version: gptpipe_core::stage::versions::of(params.kind()),
+            params: params.keyed_json(),
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::new(),
+        };
+        Ok::<_, String>((material.key(), params.threads().map(|n| n.get())))
+    };
+    let generate = "kind = \"generate\"\nmodel = \"gpt2\"\ntruncate = \"<|endoftext|>\"\n";
+    let before = "567c999396dc27a4177b73379ff77ff8b2bf55a8abd6bd5e14bf318dad9f8952";
+    assert_eq!(key_of(generate, "").unwrap(), (before.into(), None));
+    assert_eq!(
+        key_of(generate, "threads = 3\n").unwrap(),
+        (before.into(), Some(3))
+    );
+    let finetune = "kind = \"finetune\"\ndataset = \"d.txt\"\nmodel = \"gpt2\"\n";
+    let (plain, _) = key_of(finetune, "").unwrap();
+    assert_eq!(key_of(finetune, "threads = 1\n").unwrap(), (plain, Some(1)));
+    for stage in [generate, finetune] {
+        let err = key_of(stage, "threads = 0\n").unwrap_err();
+        assert!(err.contains("threads"), "{err}");
+    }
+}

@@ -107,10 +107,20 @@ impl StageParams {
                 if !p.restores_from_path() {
                     keys.push("restore_from");
                 }
+                keys.push("threads");
                 keys
             }
             // A sample depends on (seed, index) only, never on how samples are batched.
-            Self::Generate(_) => vec!["batch_size"],
+            Self::Generate(_) => vec!["batch_size", "threads"],
+        }
+    }
+
+    /// The stage's `threads` key (CPU threads of its worker; see [`crate::threads`]).
+    pub fn threads(&self) -> Option<std::num::NonZeroUsize> {
+        match self {
+            Self::Finetune(p) => p.threads,
+            Self::Generate(p) => p.threads,
+            Self::Prepare(_) | Self::Export(_) => None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroUsize;
 
 pub use super::refs::{Device, InputRef, ModelRef, RestoreFrom, StageRef, UserPath};
 
@@ -193,6 +194,12 @@ pub struct FinetuneParams {
     pub val_split: f64,
     pub val_every: u64,
     pub early_stopping_patience: u64,
+    /// CPU threads of the worker that runs the stage (libtorch's intra-op threads); unset:
+    /// the CPUs not busy with other work. A user's `OMP_NUM_THREADS` and `--threads` win
+    /// over it. Not in the cache key: a thread count changes at most the rounding of sums.
+    // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<NonZeroUsize>,
 }
 
 impl FinetuneParams {
@@ -240,6 +247,7 @@ impl Default for FinetuneParams {
             val_split: 0.0,
             val_every: 0,
             early_stopping_patience: 0,
+            threads: None,
         }
     }
 }
@@ -375,6 +383,12 @@ pub struct GenerateParams {
     /// before the stage fails; default 10 when a drop rule is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<usize>,
+    /// CPU threads of the worker that runs the stage (libtorch's intra-op threads); unset:
+    /// the CPUs not busy with other work. A user's `OMP_NUM_THREADS` and `--threads` win
+    /// over it. Not in the cache key: a thread count changes at most the rounding of sums.
+    // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<NonZeroUsize>,
 }
 
 /// How the generate stage orders the samples of each prefix.
@@ -505,6 +519,7 @@ impl Default for GenerateParams {
             dedupe: false,
             drop_unfinished: false,
             max_attempts: None,
+            threads: None,
         }
     }
 }

@@ -61,7 +61,8 @@ pub fn identity(p: &FinetuneParams, inputs_hash: &str, version: u32) -> String {
     let mut v = serde_json::to_value(p).expect("params serialize");
     let obj = v.as_object_mut().expect("params are a table");
     // Where a run resumed from does not change what it is training.
-    for k in ["steps", "restore_from"]
+    // Nor how many threads computed it (only the rounding of sums may differ).
+    for k in ["steps", "restore_from", "threads"]
         .into_iter()
         .chain(FinetuneParams::REPORTING_KEYS)
     {
