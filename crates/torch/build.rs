@@ -16,6 +16,7 @@ const ENV_TOOLKIT: [&str; 2] = ["CUDA_HOME", "CUDA_PATH"];
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_kernels)");
+    println!("cargo::rustc-check-cfg=cfg(gptpipe_shim)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -24,9 +25,43 @@ fn main() {
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-L{lib}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        cuda_kernels(Path::new(&lib));
+        if cuda_kernels(Path::new(&lib)) {
+            return;
+        }
+    }
+    cpu_shim(Path::new(&lib));
+}
+
+/// A C++ build of `files` (in `csrc/`) against libtorch's headers.
+fn shim_build(torch: &Path, files: &[&str]) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .include(torch.join("include"))
+        .include(torch.join("include/torch/csrc/api/include"));
+    for f in files {
+        build.file(format!("csrc/{f}"));
+    }
+    build.warnings(false);
+    build
+}
+
+/// The shim's CPU part alone (the fused Adam update, which libtorch runs on the CPU too),
+/// for a libtorch without CUDA or without its headers: sets `cfg(gptpipe_shim)`.
+fn cpu_shim(lib: &Path) {
+    println!("cargo:rerun-if-changed=csrc");
+    match shim_build(&lib.join(".."), &CPU_FILES).try_compile("gptpipe_shim") {
+        Ok(()) => println!("cargo:rustc-cfg=gptpipe_shim"),
+        Err(e) => println!(
+            "cargo:warning=libtorch shim not built ({e}): the CPU trains with the unfused Adam update"
+        ),
     }
 }
+
+/// The shim's files that need no CUDA.
+const CPU_FILES: [&str; 2] = ["shim.cpp", "fused_adam.cpp"];
 
 /// Where the CUDA headers may be, in order of preference, and what each is (for warnings):
 /// `GPTPIPE_CUDA_INCLUDE`, then the toolkit of `CUDA_HOME` / `CUDA_PATH`, then the nvidia
@@ -64,9 +99,10 @@ fn cuda_include_candidates(torch: &Path) -> Vec<(Vec<PathBuf>, String)> {
 
 /// Compiles `csrc/` (CUDA graph capture and FlashAttention decoding for generation, the
 /// fused Adam update for finetuning: libtorch functions tch does not bind) against a
-/// pip-installed libtorch, and sets `cfg(gptpipe_cuda_kernels)`. Anything missing
-/// (headers, a compiler) only leaves generation and training on their plain paths.
-fn cuda_kernels(lib: &Path) {
+/// pip-installed libtorch, and sets `cfg(gptpipe_cuda_kernels)` and `cfg(gptpipe_shim)`.
+/// False when something is missing (headers, a compiler): generation then runs without
+/// CUDA graphs, and the caller builds the CPU part alone.
+fn cuda_kernels(lib: &Path) -> bool {
     println!("cargo:rerun-if-changed=csrc");
     let torch = lib.join("..");
     let candidates = cuda_include_candidates(&torch);
@@ -81,7 +117,7 @@ fn cuda_kernels(lib: &Path) {
             "cargo:warning=CUDA headers not found (tried {}): generation runs without CUDA graphs",
             tried.join(", ")
         );
-        return;
+        return false;
     };
     if from != &candidates[0].1 {
         println!(
@@ -89,28 +125,23 @@ fn cuda_kernels(lib: &Path) {
             candidates[0].1
         );
     }
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .std("c++17")
-        .file("csrc/shim.cpp")
-        .file("csrc/cuda_graph.cpp")
-        .file("csrc/flash_decode.cpp")
-        .file("csrc/fused_adam.cpp")
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .include(torch.join("include"))
-        .include(torch.join("include/torch/csrc/api/include"));
+    let files = [&CPU_FILES[..], &["cuda_graph.cpp", "flash_decode.cpp"]].concat();
+    let mut build = shim_build(&torch, &files);
     for dir in include {
         build.include(dir);
     }
-    let result = build.warnings(false).try_compile("gptpipe_cuda_kernels");
-    match result {
+    match build.try_compile("gptpipe_cuda_kernels") {
         Ok(()) => {
             println!("cargo:rustc-link-lib=dylib=c10_cuda");
             println!("cargo:rustc-cfg=gptpipe_cuda_kernels");
+            println!("cargo:rustc-cfg=gptpipe_shim");
+            true
         }
-        Err(e) => println!(
-            "cargo:warning=CUDA graph shim not built ({e}): generation runs without CUDA graphs"
-        ),
+        Err(e) => {
+            println!(
+                "cargo:warning=CUDA graph shim not built ({e}): generation runs without CUDA graphs"
+            );
+            false
+        }
     }
 }

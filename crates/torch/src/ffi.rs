@@ -1,8 +1,10 @@
 //! Every `extern "C"` function of the C++ shim in `csrc/` (libtorch functions tch does not
 //! bind: CUDA graphs, FlashAttention decoding, the fused Adam update), declared as in
 //! `csrc/gptpipe_torch.h`, and the two helpers every call uses. build.rs compiles the shim
-//! only against a libtorch with CUDA and sets `cfg(gptpipe_cuda_kernels)`; without it the
-//! declarations are absent and callers fall back. The safe wrappers live beside their
+//! against any libtorch and sets `cfg(gptpipe_shim)` (the fused Adam update, which runs on
+//! the CPU too), and its CUDA part against a libtorch with CUDA, setting
+//! `cfg(gptpipe_cuda_kernels)`; without them the declarations are absent and callers fall
+//! back. The safe wrappers live beside their
 //! callers: `generation/graph.rs`, `generation/flash.rs`, `finetune/fused.rs`.
 //!
 //! Every function that returns a `c_int` returns 0 on success and 1 when C++ threw; the
@@ -13,16 +15,16 @@ use std::ffi::c_void;
 use tch::Tensor;
 
 /// Whether the shim was built (its kernels may still refuse a call).
-pub const BUILT: bool = cfg!(gptpipe_cuda_kernels);
+pub const BUILT: bool = cfg!(gptpipe_shim);
 
 /// A tch tensor as the shim takes it: tch's tensor handle is an `at::Tensor*`.
-#[cfg_attr(not(gptpipe_cuda_kernels), allow(dead_code))]
+#[cfg_attr(not(gptpipe_shim), allow(dead_code))]
 pub fn ptr(t: &Tensor) -> *const c_void {
     t.as_ptr() as *const c_void
 }
 
 /// A shim return code as a result, with the shim's message on failure.
-#[cfg(gptpipe_cuda_kernels)]
+#[cfg(gptpipe_shim)]
 pub fn check(rc: std::ffi::c_int) -> Result<(), String> {
     if rc == 0 {
         return Ok(());
@@ -33,10 +35,13 @@ pub fn check(rc: std::ffi::c_int) -> Result<(), String> {
     Err(msg.to_string_lossy().into_owned())
 }
 
-#[cfg(gptpipe_cuda_kernels)]
+#[cfg(gptpipe_shim)]
 pub use decls::*;
 
 #[cfg(gptpipe_cuda_kernels)]
+pub use cuda_decls::*;
+
+#[cfg(gptpipe_shim)]
 mod decls {
     use std::ffi::{c_char, c_int, c_void};
 
@@ -45,6 +50,29 @@ mod decls {
         /// The message of the last failure on this thread (valid until the next call).
         pub fn gptpipe_shim_last_error() -> *const c_char;
 
+        // csrc/fused_adam.cpp
+        /// Updates `param`, `exp_avg` and `exp_avg_sq` in place; `decoupled` != 0: AdamW.
+        pub fn gptpipe_fused_adam(
+            param: *const c_void,
+            grad: *const c_void,
+            exp_avg: *const c_void,
+            exp_avg_sq: *const c_void,
+            step: *const c_void,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            weight_decay: f64,
+            eps: f64,
+            decoupled: c_int,
+        ) -> c_int;
+    }
+}
+
+#[cfg(gptpipe_cuda_kernels)]
+mod cuda_decls {
+    use std::ffi::{c_int, c_void};
+
+    extern "C" {
         // csrc/cuda_graph.cpp: a graph is the pointer `gptpipe_graph_new` returns (null on
         // failure), freed once by `gptpipe_graph_free`.
         pub fn gptpipe_graph_new() -> *mut c_void;
@@ -70,22 +98,6 @@ mod decls {
             max_k: i64,
             scale: f64,
             out: *mut *mut c_void,
-        ) -> c_int;
-
-        // csrc/fused_adam.cpp
-        /// Updates `param`, `exp_avg` and `exp_avg_sq` in place; `decoupled` != 0: AdamW.
-        pub fn gptpipe_fused_adam(
-            param: *const c_void,
-            grad: *const c_void,
-            exp_avg: *const c_void,
-            exp_avg_sq: *const c_void,
-            step: *const c_void,
-            lr: f64,
-            beta1: f64,
-            beta2: f64,
-            weight_decay: f64,
-            eps: f64,
-            decoupled: c_int,
         ) -> c_int;
     }
 }

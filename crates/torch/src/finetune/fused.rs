@@ -1,8 +1,7 @@
 //! The Adam/AdamW update in one kernel: libtorch's `_fused_adam_` / `_fused_adamw_`
 //! (torch.optim's `fused=True`) through the C++ shim (`csrc/fused_adam.cpp`, declared in
-//! `crate::ffi`), which is only built against a libtorch with CUDA
-//! (`cfg(gptpipe_cuda_kernels)`); without it every call reports that the kernel is
-//! unavailable.
+//! `crate::ffi`; `cfg(gptpipe_shim)`), on the CPU as on CUDA; without the shim every call
+//! reports that the kernel is unavailable.
 
 use crate::ffi;
 use tch::Tensor;
@@ -28,7 +27,7 @@ pub fn adam_step(
     eps: f64,
     decoupled: bool,
 ) -> Result<(), String> {
-    #[cfg(gptpipe_cuda_kernels)]
+    #[cfg(gptpipe_shim)]
     {
         use crate::ffi::{check, gptpipe_fused_adam, ptr};
         use std::ffi::c_int;
@@ -52,10 +51,10 @@ pub fn adam_step(
         };
         check(rc)
     }
-    #[cfg(not(gptpipe_cuda_kernels))]
+    #[cfg(not(gptpipe_shim))]
     {
         let _ = (param, grad, exp_avg, exp_avg_sq, step);
         let _ = (lr, beta1, beta2, weight_decay, eps, decoupled);
-        Err("the libtorch shim was not built (no CUDA libtorch)".into())
+        Err("the libtorch shim was not built".into())
     }
 }

@@ -1,7 +1,10 @@
 //! Adam, AdamW and SGD, written out so the update is exactly PyTorch's (the single-tensor
 //! `torch.optim` code paths) and the moments can be saved for an exact resume. Over a flat
-//! buffer on CUDA, Adam and AdamW update in one kernel instead ([`super::fused`]:
-//! torch.optim's `fused=True`, the same update up to rounding).
+//! buffer, Adam and AdamW update in one kernel instead ([`super::fused`]: torch.optim's
+//! `fused=True`, the same update up to rounding), on the CPU as on CUDA: on the CPU the
+//! written-out update is ten passes over the buffer with five temporaries the size of the
+//! model, and took a step of the tiny CPU model longer than torch.optim's whole AdamW
+//! (issue 16).
 
 use super::fused;
 use anyhow::{bail, Result};
@@ -43,8 +46,8 @@ struct Flat {
     fused_failed: bool,
 }
 
-/// False when `GPTPIPE_FUSED_ADAM=0` (read once): the flat update on CUDA is then the
-/// written-out one.
+/// False when `GPTPIPE_FUSED_ADAM=0` (read once): the flat update is then the written-out
+/// one.
 fn fused_env() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("GPTPIPE_FUSED_ADAM").map_or(true, |v| v.trim() != "0"))
@@ -99,9 +102,9 @@ impl Optimizer {
     }
 
     /// Whether Adam and AdamW over a flat buffer ([`Optimizer::new_flat`]) update in one
-    /// fused kernel. `None` (the default): on CUDA unless `GPTPIPE_FUSED_ADAM=0`; `Some(_)`
-    /// forces it either way (tests run the kernel on the CPU). Without the libtorch shim, or
-    /// when the kernel refuses a call, the written-out update runs instead.
+    /// fused kernel. `None` (the default): yes unless `GPTPIPE_FUSED_ADAM=0`; `Some(_)`
+    /// forces it either way. Without the libtorch shim, or when the kernel refuses a call,
+    /// the written-out update runs instead.
     pub fn set_fused(&mut self, fused: Option<bool>) {
         self.fused = fused;
     }
@@ -204,9 +207,7 @@ impl Optimizer {
             });
             let fused = self.kind != Kind::Sgd
                 && !flat.fused_failed
-                && self
-                    .fused
-                    .unwrap_or_else(|| flat.params.device().is_cuda() && fused_env());
+                && self.fused.unwrap_or_else(fused_env);
             if fused {
                 let result = tch::no_grad(|| {
                     // torch.optim increments `state_step` before the kernel, which reads the
