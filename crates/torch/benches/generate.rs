@@ -220,6 +220,8 @@ fn controls() {
 }
 
 fn main() {
+    // As gptpipe-worker does.
+    gptpipe_torch::allocator::keep_freed_memory();
     if std::env::args().any(|a| a == "--controls") {
         controls();
     } else if std::env::args().any(|a| a == "--gpu") {

@@ -58,6 +58,8 @@ fn gpu_memory_mb() -> Option<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As gptpipe-worker does.
+    gptpipe_torch::allocator::keep_freed_memory();
     let device = gptpipe_torch::device::parse_device(&arg("--device", "auto"))?;
     let threads: i32 = arg("--threads", "0").parse()?;
     if threads > 0 {

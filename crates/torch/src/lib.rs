@@ -1,6 +1,7 @@
 //! GPT-2 on libtorch: the model ([`model`]), Hugging Face weights in and out
 //! ([`weights`]), where models come from ([`source`]) and the finetune stage.
 
+pub mod allocator;
 pub mod device;
 mod ffi;
 pub mod finetune;

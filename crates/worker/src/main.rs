@@ -7,6 +7,7 @@ use gptpipe_core::stage::Registry;
 use gptpipe_generate::Backends;
 
 fn main() {
+    gptpipe_torch::allocator::keep_freed_memory();
     let process = Process {
         registry,
         backends,

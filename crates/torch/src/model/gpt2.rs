@@ -483,7 +483,11 @@ impl Gpt2 {
             }
         };
 
-        let tok = Tensor::embedding(&w.wte, input_ids, -1, false, false);
+        // On the CPU the embedding's gradient is sparse (the rows of the tokens seen), added
+        // to the head's dense one, instead of a dense vocab x n_embd tensor of zeros summed
+        // with it (issue 16).
+        let sparse = device == Device::Cpu;
+        let tok = Tensor::embedding(&w.wte, input_ids, -1, false, sparse);
         let pos = Tensor::embedding(&w.wpe, &positions, -1, false, false);
         let mut x = (tok + pos).dropout(c.embd_pdrop, train);
         for (l, block) in w.blocks.iter().enumerate() {
