@@ -107,7 +107,7 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
         // set before this process starts any thread of its own.
         std::env::set_var(gptpipe_core::threads::THREADS_ENV, n.to_string());
     }
-    if worker && gptpipe_core::threads::missing_in_this_process() {
+    if worker && gptpipe_core::remote::worker_env_missing() {
         // Started directly, not by gptpipe: libgomp has read its defaults already.
         restart_with_threads();
     }
@@ -166,14 +166,15 @@ fn delegate_to_worker(threads: Option<NonZeroUsize>) -> i32 {
     exit::FAILED
 }
 
-/// Restarts this process (`gptpipe-worker` started by hand) with the OpenMP settings
-/// gptpipe gives its workers (gptpipe_core::threads); carries on as it is if that fails.
+/// Restarts this process (`gptpipe-worker` started by hand) with the MKL and OpenMP
+/// settings gptpipe gives its workers (gptpipe_core::remote::worker_env); carries on as it
+/// is if that fails.
 fn restart_with_threads() {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
-    let env = gptpipe_core::threads::worker_env(None);
+    let env = gptpipe_core::remote::worker_env(None);
     let _ = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .envs(env)

@@ -155,14 +155,30 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
 /// ([`crate::threads`]), for a stage whose `threads` key is `threads`.
 pub fn worker_command(worker: &Path, threads: Option<NonZeroUsize>) -> Command {
     let mut command = Command::new(worker);
-    for (key, value) in [("MKL_CBWR", "AUTO,STRICT"), ("MKL_DYNAMIC", "FALSE")] {
-        if std::env::var_os(key).is_none() {
-            command.env(key, value);
-        }
-    }
-    command.envs(crate::threads::worker_env(threads));
+    command.envs(worker_env(threads));
     command
 }
+
+/// What [`worker_command`] adds to this process's environment for a worker.
+pub fn worker_env(threads: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = MKL_ENV
+        .iter()
+        .filter(|(key, _)| std::env::var_os(key).is_none())
+        .map(|&(key, value)| (key, value.to_string()))
+        .collect();
+    env.extend(crate::threads::worker_env(threads));
+    env
+}
+
+/// Whether this process lacks what [`worker_env`] gives and libraries read only as they
+/// load (MKL's reproducibility mode, OpenMP's wait policy): a worker started by hand
+/// restarts itself with them.
+pub fn worker_env_missing() -> bool {
+    std::env::var_os(MKL_ENV[0].0).is_none() || crate::threads::missing_in_this_process()
+}
+
+/// MKL's settings for repeatable math (see [`worker_command`]).
+const MKL_ENV: [(&str, &str); 2] = [("MKL_CBWR", "AUTO,STRICT"), ("MKL_DYNAMIC", "FALSE")];
 
 /// The runner side: a stage function that runs the stage in `worker` and relays its
 /// events. Cancelling the run kills the worker.
