@@ -12,6 +12,8 @@ mod schema;
 mod score;
 #[cfg(feature = "worker")]
 mod short_texts;
+#[cfg(feature = "worker")]
+mod threads;
 #[cfg(not(feature = "worker"))]
 mod without_torch;
 

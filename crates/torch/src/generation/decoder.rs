@@ -234,10 +234,13 @@ impl TchBackend {
 
     /// Next-token logits of rows `start..start + b` (rows joining after those in use).
     pub(super) fn write_logits_at(&self, hidden: &Tensor, start: i64, b: i64) {
-        let _ = hidden.mm_out(
-            &self.bufs().logits.narrow(0, start, b),
-            &self.weights.lm_head.tr(),
-        );
+        let rows = self.bufs().logits.narrow(0, start, b);
+        if let Some(packed) = &self.packed {
+            if packed.logits_into(hidden, &rows) {
+                return;
+            }
+        }
+        let _ = hidden.mm_out(&rows, &self.weights.lm_head.tr());
     }
 
     /// The logits of the first `b` rows, without the padding columns.

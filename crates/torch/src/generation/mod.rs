@@ -21,6 +21,7 @@ mod flash;
 mod graph;
 pub mod kv_cache;
 mod layout;
+mod packed_head;
 pub mod sampler;
 
 pub use kv_cache::{KvCache, KvLayout};
@@ -58,7 +59,7 @@ const GRAPH_MAX_ROWS: i64 = 64;
 
 /// How decoding runs. [`DecodeOptions::for_device`] turns everything on for CUDA and off
 /// on the CPU; `GPTPIPE_DECODE_OFF=graphs,flash,sample` (any of them) turns parts off,
-/// as does `GPTPIPE_CUDA_GRAPHS=0` for graphs.
+/// as does `GPTPIPE_CUDA_GRAPHS=0` for graphs (and `packed`, the CPU's packed head).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeOptions {
     /// Capture each step in a CUDA graph.
@@ -72,7 +73,8 @@ pub struct DecodeOptions {
 impl DecodeOptions {
     pub fn for_device(device: Device) -> Self {
         let cuda = device.is_cuda();
-        const PARTS: [&str; 3] = ["graphs", "flash", "sample"];
+        // "packed" is the CPU's packed head (`packed_head`), read where it is made.
+        const PARTS: [&str; 4] = ["graphs", "flash", "sample", "packed"];
         let off = std::env::var("GPTPIPE_DECODE_OFF").unwrap_or_default();
         let off: Vec<&str> = off
             .split(',')
@@ -98,6 +100,8 @@ pub struct TchBackend {
     kind: Kind,
     opts: DecodeOptions,
     weights: DecodeWeights,
+    /// On the CPU, the head's `wte` packed once for MKL (`packed_head`).
+    packed: Option<packed_head::PackedHead>,
     /// The KV cache and step buffers, from the first `start` on.
     bufs: Option<Buffers>,
     graphs: graph::Graphs,
@@ -125,9 +129,11 @@ impl TchBackend {
         opts.flash = opts.flash && flash::available(device);
         let kind = model.compute_kind();
         let weights = DecodeWeights::new(&model, kind);
+        let packed = packed_head::PackedHead::new(&weights.lm_head);
         let cfg = model.config.clone();
         Self {
             weights,
+            packed,
             cfg,
             kind,
             opts,
@@ -272,6 +278,23 @@ impl TchBackend {
             .context("the model filled no cache")?;
         let bufs = self.bufs.as_mut().context("no buffers")?;
         bufs.kv.push_rows(&prompt)
+    }
+
+    /// On the CPU in fp32, the logits of each row in use as slices of the buffer (without
+    /// the padding columns); `None` elsewhere.
+    fn host_logits(&self) -> Option<impl Iterator<Item = &[f32]> + '_> {
+        let logits = &self.bufs.as_ref()?.logits;
+        if logits.device() != Device::Cpu || logits.kind() != Kind::Float || !logits.is_contiguous()
+        {
+            return None;
+        }
+        let (stride, vocab) = (logits.size()[1] as usize, self.cfg.vocab_size);
+        let base = logits.data_ptr() as *const f32;
+        Some((0..self.rows() as usize).map(move |r| {
+            // SAFETY: the buffer is a contiguous fp32 [cap, stride] CPU tensor owned by
+            // `self` (borrowed for the slices' lifetime), with vocab <= stride and r < cap.
+            unsafe { std::slice::from_raw_parts(base.add(r * stride), vocab) }
+        }))
     }
 
     /// Replays the graph of `key`, capturing it first if needed with `step` (whose warm-up
@@ -432,6 +455,15 @@ impl Backend for TchBackend {
 
     fn top_k(&mut self, k: usize) -> Result<Vec<Vec<(f32, u32)>>> {
         ensure!(self.bufs.is_some(), "logits before start");
+        if let Some(rows) = self.host_logits() {
+            // The logits are in host memory already: a one-pass top-k of each row where it
+            // lies (libtorch's topk copies each row and heap-sorts it: a quarter of a
+            // batch-20 step on the CPU, issue 16). The same candidates, by the trait's
+            // order.
+            return Ok(rows
+                .map(|row| gptpipe_generate::sampling::top_k_of(row, k))
+                .collect());
+        }
         let last = self.logits_of(self.rows());
         let k = k.min(self.cfg.vocab_size) as i64;
         let (values, indices) = last.topk(k, -1, true, true);
