@@ -19,8 +19,9 @@ user starts it:
   shown apart, as `first` = process start to the end of step 1, and `wall` = the whole
   process).
 - generate, `<|startoftext|>` prompt, top_k 40, temperature 0.7, exactly --length new
-  tokens per row, batch 1 and 20: `gptpipe generate` of two batches (the first is the
-  warm-up; the second is timed from the first batch's last output line to its own);
+  tokens per row, batch 1 and 20: `gptpipe generate` of two batches, text output (the
+  first batch is the warm-up; the second is timed from the first batch's last sample
+  delimiter on stdout to its own);
   gpt-2-simple's `generate` and transformers' `generate`, each timed over one call after an
   8-token warm-up call (gpt2s.py, torch_loop.py generate).
 
@@ -38,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,14 +59,22 @@ def loadavg():
         return float(f.read().split()[0])
 
 
+def die_with_parent():
+    """In a child: SIGKILL when the bench dies, so no busy process outlives a killed run."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
 class Busy:
-    """Two processes that spin while a loaded measurement runs."""
+    """Processes that spin while a loaded measurement runs."""
 
     def __init__(self, n):
         self.n, self.procs = n, []
 
     def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=die_with_parent)
+                      for _ in range(self.n)]
         time.sleep(0.5)
         return self
 
@@ -187,17 +197,22 @@ def run_gptpipe_generate(a, work, threads, batch, greedy=False, length=None):
     length = length or a.length
     cmd = [a.gptpipe, "generate", "--model", a.hf, "--device", "cpu", "--prefix", "<|startoftext|>",
            "--length", str(length), "--nsamples", str(1 if greedy else 2 * batch),
-           "--batch-size", str(batch), "--format", "jsonl", "--seed", "0"]
+           "--batch-size", str(batch), "--seed", "0", "--sample-delim", DELIM + "\n"]
     cmd += ["--top-k", "1"] if greedy else ["--top-k", "40", "--temperature", "0.7"]
     if threads == "1":
         cmd += a.one_thread_args
     start, lines, end = timestamped(cmd, env=a.env_one if threads == "1" else None)
-    rows = [(t, line) for t, line in lines if line.startswith("{")]
+    # Text output (as the peers print theirs; jsonl would add each sample's score): a
+    # sample is done when its delimiter line arrives.
+    rows = [(t, line) for t, line in lines if line == DELIM]
     if greedy:
-        return {"text": json.loads(rows[0][1])["text"]}
+        return {"text": "\n".join(line for _, line in lines[:lines.index(rows[0])])}
     assert len(rows) == 2 * batch, f"{len(rows)} samples"
     secs = rows[2 * batch - 1][0] - rows[batch - 1][0]
     return {"tokens_per_s": batch * length / secs, "secs": secs, "wall": end - start}
+
+
+DELIM = "=" * 20 + " gptpipe-cpu-bench " + "=" * 20
 
 
 def run_gpt2s_generate(a, work, threads, batch, greedy=False, length=None):
@@ -302,6 +317,28 @@ def main():
 
     results = {}  # (condition, threads, what, name) -> [figures]
     t0 = time.time()
+
+    def save():
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump([{"condition": k[0], "threads": k[1], "what": k[2], "impl": k[3], "runs": v}
+                           for k, v in results.items()], f, indent=1)
+
+    # A SIGTERM ends the run with the report of what was measured (and the busy processes).
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        measure(a, jobs, results, save, work)
+    except KeyboardInterrupt:
+        log("interrupted: the figures so far")
+    log(f"done in {time.time() - t0:.0f} s")
+    shutil.rmtree(work, ignore_errors=True)
+    report(results, a)
+
+
+def measure(a, jobs, results, save, work):
     for condition in a.conditions.split(","):
         for threads in a.threads:
             with Busy(2 if condition == "loaded" else 0):
@@ -320,16 +357,10 @@ def main():
                             shutil.rmtree(d, ignore_errors=True)
                         fig["load"] = la
                         results.setdefault((condition, threads, w, name), []).append(fig)
+                        save()
                         key = "steps_per_s" if w == "finetune" else "tokens_per_s"
                         log(f"  {condition:6} threads={threads:7} {w:12} {name:13} {fig[key]:8.3f} "
                             f"(wall {fig['wall']:.1f} s, load {la:.1f})")
-    log(f"done in {time.time() - t0:.0f} s")
-    shutil.rmtree(work, ignore_errors=True)
-    report(results, a)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump([{"condition": k[0], "threads": k[1], "what": k[2], "impl": k[3], "runs": v}
-                       for k, v in results.items()], f, indent=1)
 
 
 def report(results, a):
