@@ -10,6 +10,7 @@ mod run;
 mod score;
 mod serve;
 mod status;
+mod sweep;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Draw the stage graph
     Dag(dag::DagArgs),
+    /// Compare the finetunes of a matrix: final and best validation loss, and a plot
+    Sweep(sweep::SweepArgs),
     /// Print the JSON Schema of pipeline files
     Schema,
     /// Drop cache entries that no lock file references
@@ -92,6 +95,7 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
         Command::Run(args) => run::run(args, &(process.registry)()),
         Command::Status(args) => status::run(args, &(process.registry)()),
         Command::Dag(args) => dag::run(args),
+        Command::Sweep(args) => sweep::run(args, &(process.registry)()),
         Command::Schema => {
             print!("{}", gptpipe_core::config::pipeline_schema_json());
             Ok(())

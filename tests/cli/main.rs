@@ -12,6 +12,8 @@ mod schema;
 mod score;
 #[cfg(feature = "worker")]
 mod short_texts;
+#[cfg(feature = "worker")]
+mod sweeps;
 #[cfg(not(feature = "worker"))]
 mod without_torch;
 

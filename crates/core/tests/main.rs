@@ -6,6 +6,7 @@ mod config_values;
 mod curation_keys;
 mod fuzz_config;
 mod known_answers;
+mod matrix;
 mod memo_race;
 mod runner_safety;
 mod stage_keys;

@@ -91,10 +91,21 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
     let raw: RawPipeline = figment
         .extract()
         .map_err(|e| figment_error(e, &[], &["pipeline", "stages"], &origins))?;
+    let seed = raw.pipeline.seed;
+    let mut expanded = super::matrix::expand(raw.stages, &mut origins)?;
     let mut stages = BTreeMap::new();
-    for (name, dict) in raw.stages {
-        let params = stage_params(&name, dict, raw.pipeline.seed, &origins)?;
-        stages.insert(name, params);
+    for (name, dict) in &expanded.dicts {
+        let written = expanded.base_of(name);
+        stages.insert(
+            name.clone(),
+            stage_params(written, dict.clone(), seed, &origins)?,
+        );
+    }
+    super::matrix::follow(&origins, &mut expanded, &mut stages, |_, written, dict| {
+        stage_params(written, dict, seed, &origins)
+    })?;
+    for (name, written) in &expanded.base {
+        origins.expanded_from(name, written);
     }
     super::curation::fill_defaults(&mut stages);
 

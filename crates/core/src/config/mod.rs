@@ -4,6 +4,7 @@
 mod curation;
 mod error;
 mod load;
+mod matrix;
 mod params;
 mod reads;
 mod refs;
@@ -14,6 +15,7 @@ mod validate;
 
 pub use error::{suggest as suggest_name, ConfigError};
 pub use load::{load, LoadOptions};
+pub use matrix::{MATRIX_KEY, MAX_EXPANDED};
 pub use params::*;
 pub use reads::Read;
 pub use schema::{pipeline_schema, pipeline_schema_json};

@@ -27,17 +27,13 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
         ));
     }
     for (name, params) in &p.stages {
-        if name.is_empty()
-            || name.len() > MAX_NAME
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !is_stage_name(name) {
             return Err(at(
                 &["stages", name],
                 ConfigError::new(format!("invalid stage name `{name}`")).with_help(format!(
                     "stage names become folder names: use letters, digits, - and _, at most \
-                     {MAX_NAME} of them"
+                     {MAX_NAME} of them (a matrix stage's name includes its values: fewer or \
+                     shorter values shorten it)"
                 )),
             ));
         }
@@ -98,6 +94,29 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Letters, digits, `-` and `_`, then for a stage of a matrix its label (`[lr=0.1,m=gpt2]`).
+fn is_stage_name(name: &str) -> bool {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let label = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+=,".contains(c))
+    };
+    name.len() <= MAX_NAME
+        && match name.split_once('[') {
+            None => plain(name),
+            Some((written, rest)) => {
+                plain(written)
+                    && rest
+                        .strip_suffix(']')
+                        .is_some_and(|l| !l.is_empty() && label(l))
+            }
+        }
 }
 
 /// The longest pipeline or stage name: it becomes a folder name, with suffixes added to
