@@ -82,6 +82,8 @@ impl StageRequest {
             seed: self.seed,
             stages,
             origins: Origins::default(),
+            executor: Default::default(),
+            resources: Default::default(),
         })
     }
 }
@@ -152,12 +154,18 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
 /// and fixed thread count (`MKL_DYNAMIC`) make it repeatable. A user's own setting wins.
 pub fn worker_command(worker: &Path) -> Command {
     let mut command = Command::new(worker);
-    for (key, value) in [("MKL_CBWR", "AUTO,STRICT"), ("MKL_DYNAMIC", "FALSE")] {
+    for (key, value) in worker_env() {
         if std::env::var_os(key).is_none() {
             command.env(key, value);
         }
     }
     command
+}
+
+/// The environment [`worker_command`] gives the worker where the user has not set it (the
+/// Slurm executor's job scripts set the same).
+pub fn worker_env() -> [(&'static str, &'static str); 2] {
+    [("MKL_CBWR", "AUTO,STRICT"), ("MKL_DYNAMIC", "FALSE")]
 }
 
 /// The runner side: a stage function that runs the stage in `worker` and relays its

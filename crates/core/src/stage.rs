@@ -241,6 +241,21 @@ impl Registry {
         }
     }
 
+    /// Makes every kind run as a Slurm job of `worker` when the pipeline's executor is
+    /// "slurm" (each kind still runs as before under "local").
+    pub fn with_slurm_executor(&mut self, worker: std::path::PathBuf) {
+        for (_, run) in self.runners.values_mut() {
+            let (local, worker) = (run.clone(), worker.clone());
+            *run = Arc::new(move |ctx: &StageContext| {
+                if crate::slurm::is_slurm(ctx) {
+                    crate::slurm::run_in_job(&worker, ctx)
+                } else {
+                    local(ctx)
+                }
+            });
+        }
+    }
+
     /// Records why this build cannot run `kind` (for example: built without libtorch).
     pub fn unavailable(&mut self, kind: StageKind, why: impl Into<String>) {
         self.missing.insert(kind, why.into());

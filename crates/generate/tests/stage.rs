@@ -79,6 +79,8 @@ fn run_with(
         seed: 42,
         stages: BTreeMap::new(),
         origins: Origins::default(),
+        executor: Default::default(),
+        resources: Default::default(),
     };
     let upstream = BTreeMap::new();
     let cancel = AtomicBool::new(false);

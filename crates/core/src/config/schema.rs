@@ -41,9 +41,12 @@ pub fn pipeline_schema() -> Schema {
         .and_then(|d| d.get_mut("StageSchema"))
         .and_then(|s| s.get_mut("oneOf"))
         .and_then(|o| o.as_array_mut());
+    let resources =
+        serde_json::to_value(schemars::schema_for!(super::Resources)).expect("schema serializes");
     for kind in kinds.into_iter().flatten() {
         if let Some(props) = kind.get_mut("properties").and_then(|p| p.as_object_mut()) {
             props.insert(super::matrix::MATRIX_KEY.to_owned(), matrix.clone());
+            props.insert(super::RESOURCES_KEY.to_owned(), resources.clone());
         }
     }
     schema
