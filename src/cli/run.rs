@@ -44,6 +44,12 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
     sets.extend(args.executor.map(|e| format!("pipeline.executor={e}")));
     let pipeline = pipeline_args::load(&path, &sets).map_err(RunError::Config)?;
     let slurm = pipeline.executor == Executor::Slurm;
+    if slurm && !cfg!(feature = "worker") {
+        return Err(RunError::Other(anyhow::anyhow!(
+            "executor = \"slurm\" runs stages as jobs of gptpipe-worker, which this gptpipe \
+             (built without libtorch) does not have"
+        )));
+    }
     let cancel = Arc::new(Cancellation::default());
     if slurm {
         // Jobs outlive the runner: a signal cancels them (scancel) before the run ends.
