@@ -280,8 +280,19 @@ fn a_pickle_folder_loads_as_its_safetensors_twin() {
         assert_eq!(ours, twin, "{v}: scores differ from the safetensors twin's");
         assert!(log.contains("as data only"), "{v}: {log}");
     }
+    // ONNX Runtime exports a pickle folder on the fly from the same weights.
+    let onnx = |model: &str| {
+        let run = gptpipe(
+            fx,
+            &["score", "--model", model, "--backend", "onnx", "texts.txt"],
+        );
+        assert_eq!(run.code, 0, "{model}: {}", run.stderr);
+        run.stdout
+    };
+    assert_eq!(onnx("./tf4"), onnx("./tf4.st"));
     let stages = "[stages.g]\nkind = \"generate\"\nmodel = \"./MODEL\"\ntemperature = 0\nlength = 6\n\
-                  [stages.t]\nkind = \"finetune\"\nmodel = \"./MODEL\"\ndataset = \"texts.txt\"\nsteps = 1\ndevice = \"cpu\"\n";
+                  [stages.t]\nkind = \"finetune\"\nmodel = \"./MODEL\"\ndataset = \"texts.txt\"\nsteps = 1\ndevice = \"cpu\"\n\
+                  [stages.e]\nkind = \"export\"\nmodel = \"./MODEL\"\n";
     let mut samples = Vec::new();
     for model in ["tf4", "tf4.st"] {
         let p = format!("{model}.toml");
