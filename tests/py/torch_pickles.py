@@ -12,6 +12,7 @@ same model saved by transformers as model.safetensors. Variants:
   legacy    GPT2Model keys (no prefix), old non-zip format, with attn.bias buffers (the
             hub's original gpt2 checkpoint)
   fp16      a half-precision state dict
+  bf16      a bfloat16 state dict
   views     every tensor a view at an offset of one shared storage, one of them transposed
   hostile   a state dict with an object whose __reduce__ runs `touch MARKER`
 """
@@ -67,10 +68,11 @@ base = collections.OrderedDict(
     if k.startswith("transformer."))
 save("legacy", with_buffers(base, ""), legacy=True)
 
-half = GPT2LMHeadModel(cfg).eval()
-half.load_state_dict(model.state_dict())
-half = half.half()
-save("fp16", collections.OrderedDict(half.state_dict()), model=half)
+for name, dtype in [("fp16", torch.float16), ("bf16", torch.bfloat16)]:
+    low = GPT2LMHeadModel(cfg).eval()
+    low.load_state_dict(model.state_dict())
+    low = low.to(dtype)
+    save(name, collections.OrderedDict(low.state_dict()), model=low)
 
 flat = torch.cat([torch.zeros(7)] + [v.reshape(-1) for v in model.state_dict().values()])
 views, at = collections.OrderedDict(), 7

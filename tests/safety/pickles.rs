@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Variants that must read as torch.load reads them.
-const SAFE: &[&str] = &["tf4", "aitextgen", "legacy", "fp16", "views"];
+const SAFE: &[&str] = &["tf4", "aitextgen", "legacy", "fp16", "bf16", "views"];
 
 /// The folder torch_pickles.py filled (once per test process), or None when the reference
 /// stack is missing.
@@ -18,7 +18,10 @@ fn fixtures() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
         let python = python(&["torch", "transformers", "safetensors"])?;
-        let dir = tempfile::tempdir().unwrap().keep();
+        // Kept for the whole test process (a static cannot drop it): under target/, not /tmp.
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/torch_pickles.py");
         let out = std::process::Command::new(python)
             .arg(script)
@@ -110,10 +113,10 @@ fn torch_save_pickles_convert_to_exactly_what_torch_load_reads() {
         .keys()
         .any(|k| k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias")));
     assert!(tensors(&fx.join("tf4.expected.safetensors")).contains_key("transformer.h.0.attn.bias"));
-    assert_eq!(
-        tensors(&out.path().join("fp16/model.safetensors"))["transformer.wte.weight"].0,
-        "F16"
-    );
+    for (v, dtype) in [("fp16", "F16"), ("bf16", "BF16")] {
+        let t = tensors(&out.path().join(v).join("model.safetensors"));
+        assert_eq!(t["transformer.wte.weight"].0, dtype, "{v}");
+    }
 }
 
 #[test]
@@ -121,7 +124,7 @@ fn transformers_loads_a_converted_folder_with_the_same_logits() {
     let Some(fx) = fixtures() else { return };
     let python = python(&["torch", "transformers"]).unwrap();
     let out = tempfile::tempdir().unwrap();
-    for v in ["tf4", "legacy", "fp16"] {
+    for v in ["tf4", "legacy", "fp16", "bf16"] {
         let dest = out.path().join(v);
         assert_eq!(gptpipe(fx, &["convert", v, dest.to_str().unwrap()]).code, 0);
         let script = "import sys, torch\n\
