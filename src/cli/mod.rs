@@ -2,6 +2,7 @@
 //! spec's exit codes (0 ok, 1 a stage failed, 2 invalid pipeline or usage, 3 stale under
 //! `--frozen`).
 
+mod convert;
 mod dag;
 mod gc;
 mod generate;
@@ -40,6 +41,9 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Print the JSON Schema of pipeline files
     Schema,
+    /// Write a model (a pytorch_model.bin or safetensors folder, a hub id) as a Hugging
+    /// Face folder with model.safetensors
+    Convert(convert::ConvertArgs),
     /// Drop cache entries that no lock file references
     Gc(gc::GcArgs),
     /// Generate text from a model, without a pipeline
@@ -100,6 +104,7 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
             print!("{}", gptpipe_core::config::pipeline_schema_json());
             Ok(())
         }
+        Command::Convert(args) => convert::run(args),
         Command::Gc(args) => gc::run(args, &(process.registry)()),
         Command::Generate(args) => {
             if cfg!(feature = "worker") && !worker {

@@ -66,7 +66,12 @@ fn weight_files(source: &ModelSource, backend: Backend) -> Result<Vec<(&'static 
             files.push((ONNX_DATA_FILE, dir.join(ONNX_DATA_FILE)));
         }
     } else {
-        files.push((WEIGHTS_FILE, dir.join(WEIGHTS_FILE)));
+        // The file the weights are read from: model.safetensors, else a pickle.
+        let (name, path) = gptpipe_hf::weights::find(&dir)
+            .map_or((WEIGHTS_FILE, dir.join(WEIGHTS_FILE)), |(f, p)| {
+                (f.file_name(), p)
+            });
+        files.push((name, path));
     }
     for (_, path) in &files {
         if !path.is_file() {

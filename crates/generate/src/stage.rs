@@ -59,7 +59,7 @@ pub fn choose_backend(choice: BackendChoice, source: &ModelSource) -> BackendCho
                 ModelSource::Stage { kind, .. } => *kind == StageKind::Export,
                 ModelSource::Folder(dir) => {
                     dir.join(gptpipe_hf::folder::ONNX_FILE).is_file()
-                        && !dir.join(gptpipe_hf::WEIGHTS_FILE).is_file()
+                        && gptpipe_hf::weights::find(dir).is_none()
                 }
                 _ => false,
             };

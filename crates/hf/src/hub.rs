@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 use crate::folder::{CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE};
+use crate::weights::PICKLE_FILE;
 
 /// Whether `id` is one of OpenAI's GPT-2 repositories (`gpt2`, `gpt2-medium`,
 /// `gpt2-large`, `gpt2-xl`, with or without the `openai-community/` prefix), whose weights
@@ -19,9 +20,10 @@ pub fn is_openai_gpt2(id: &str) -> bool {
 pub fn hub_folder(id: &str) -> Result<PathBuf> {
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(id.to_owned());
-    if let (Some(c), Some(w)) = (cached.get(CONFIG_FILE), cached.get(WEIGHTS_FILE)) {
-        if c.parent() == w.parent() {
-            return Ok(c.parent().unwrap().to_path_buf());
+    if let Some(c) = cached.get(CONFIG_FILE) {
+        let dir = c.parent().unwrap();
+        if crate::weights::find(dir).is_some() {
+            return Ok(dir.to_path_buf());
         }
     }
     let alternative = format!(
@@ -45,11 +47,14 @@ pub fn hub_folder(id: &str) -> Result<PathBuf> {
             "cannot download model {id:?} from the Hugging Face hub ({e}): {alternative}"
         )
     })?;
-    let weights = repo.get(WEIGHTS_FILE).map_err(|e| {
-        anyhow::anyhow!(
-            "model {id:?} has no downloadable {WEIGHTS_FILE} ({e}); pickle checkpoints \
-             (pytorch_model.bin) are refused because loading them can run code: {alternative}"
-        )
+    // A repository of older transformers has only the pickle, which is read as data only.
+    let weights = repo.get(WEIGHTS_FILE).or_else(|e| {
+        repo.get(PICKLE_FILE).map_err(|_| {
+            anyhow::anyhow!(
+                "model {id:?} has no downloadable {WEIGHTS_FILE} or {PICKLE_FILE} ({e}): \
+                 {alternative}"
+            )
+        })
     })?;
     verify_blob(&weights)?;
     // Fetched when the repo has them.

@@ -1,4 +1,5 @@
-//! GPT-2 weights from `model.safetensors`, read as f32 by their GPT2Model names
+//! GPT-2 weights from `model.safetensors` (or another format `gptpipe_hf::weights` reads),
+//! read as f32 by their GPT2Model names
 //! (`wte.weight`, `h.0.attn.c_attn.weight`, ...) whether the file was saved from
 //! GPT2LMHeadModel (`transformer.` prefix) or GPT2Model (none). Tensors are converted only
 //! when asked for, so buffers we never use (old `attn.bias` masks) cost nothing.
@@ -20,18 +21,9 @@ pub struct Weights {
 
 impl Weights {
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join(gptpipe_hf::WEIGHTS_FILE);
-        if !path.is_file() {
-            if dir.join("pytorch_model.bin").is_file() {
-                bail!(
-                    "{} has only pytorch_model.bin; export needs model.safetensors",
-                    dir.display()
-                );
-            }
-            bail!("{} not found", path.display());
-        }
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let path = gptpipe_hf::weights::find(dir)
+            .map_or_else(|| dir.join(gptpipe_hf::WEIGHTS_FILE), |(_, p)| p);
+        let bytes = gptpipe_hf::weights::read(dir)?;
         let (header, meta): (usize, Metadata) = SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{} is not a safetensors file", path.display()))?;
         let index = meta

