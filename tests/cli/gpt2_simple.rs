@@ -56,6 +56,22 @@ fn greedy_generation_is_token_identical_to_gpt_2_simples() {
         let run = p.run(&[&common[..], &["--format", "jsonl"]].concat()).ok();
         let row: Value = serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
         assert_eq!(row["tokens"], theirs["tokens"], "prefix {prefix:?}");
+        if !prefix.starts_with(|c: char| c.is_ascii()) && !prefix.is_empty() {
+            // gpt-2-simple decodes the prefix's first token alone (`enc.decode(
+            // context_tokens[:1]) + ...`): a character split across tokens becomes U+FFFD
+            // there. gptpipe decodes the whole sample, so its text starts with the prefix.
+            let (ours, theirs) = (
+                row["text"].as_str().unwrap(),
+                theirs["text"].as_str().unwrap(),
+            );
+            assert!(ours.starts_with(prefix), "{ours:?}");
+            let rest = &ours[prefix.len()..];
+            assert!(
+                theirs.starts_with('\u{FFFD}') && theirs.ends_with(rest),
+                "{theirs:?}"
+            );
+            continue;
+        }
         assert_eq!(row["text"], theirs["text"], "prefix {prefix:?}");
         // The text files of gpt2.generate_to_file: one sample has no sample_delim, two do.
         for (n, extra) in [(1, vec![]), (2, vec!["--batch-size", "2"])] {
