@@ -28,7 +28,9 @@ python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 o, t = (json.loads(a) for a in sys.argv[1:3])
 mb = o["bytes"] / 1e6
-print(f"{mb:.0f} MB: gptpipe {o['seconds']:.3f} s ({mb / o['seconds']:.0f} MB/s), "
-      f"TensorFlow {t['seconds']:.3f} s ({mb / t['seconds']:.0f} MB/s): "
-      f"gptpipe takes {o['seconds'] / t['seconds']:.2f}x TensorFlow's time")
+print(f"{mb:.0f} MB: gptpipe {o['seconds']:.3f} s ({mb / o['seconds']:.0f} MB/s); "
+      f"TensorFlow restore {t['seconds']:.3f} s ({mb / t['seconds']:.0f} MB/s), "
+      f"initializer + restore (load_gpt2) {t['load_gpt2_seconds']:.3f} s; "
+      f"gptpipe / restore = {o['seconds'] / t['seconds']:.2f}, "
+      f"gptpipe / load_gpt2 = {o['seconds'] / t['load_gpt2_seconds']:.2f}")
 PY

@@ -138,6 +138,17 @@ model = "checkpoint/run1/model-2"
 top_k = 1
 length = 20
 prefix = "The fox"
+
+[stages.onnx]
+kind = "export"
+model = "checkpoint/run1"
+
+[stages.onnx_step]
+kind = "generate"
+model = "@onnx"
+top_k = 1
+length = 20
+prefix = "The fox"
 "#,
     );
     p.run(&["run", "--json"]).ok();
@@ -152,8 +163,13 @@ prefix = "The fox"
         (config["n_embd"].as_u64(), config["n_layer"].as_u64()),
         (Some(64), Some(2))
     );
+    // gpt-2-simple's greedy sample, from the named step on libtorch and from the ONNX export
+    // of the run folder (the export checked ONNX Runtime's logits against libtorch's).
     let want = std::fs::read_to_string(dir.join("greedy-1-n1.txt")).unwrap();
     assert_eq!(p.read("runs/tf/step/samples.txt"), want);
+    assert_eq!(p.read("runs/tf/onnx_step/samples.txt"), want);
+    let exported: Value = serde_json::from_str(&p.read("runs/tf/onnx/config.json")).unwrap();
+    assert_eq!(exported["n_embd"], 64);
     // The checkpoint's files are inputs: the stages are fresh until one changes.
     let status = p.run(&["status", "--json"]).ok();
     assert!(!status.stdout.contains("stale"), "{}", status.stdout);

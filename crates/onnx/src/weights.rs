@@ -20,6 +20,9 @@ pub struct Weights {
 
 impl Weights {
     pub fn load(dir: &Path) -> Result<Self> {
+        if gptpipe_hf::gpt2_simple::is_checkpoint(dir) {
+            return Self::from_gpt2_simple(dir);
+        }
         let path = dir.join(gptpipe_hf::WEIGHTS_FILE);
         if !path.is_file() {
             if dir.join("pytorch_model.bin").is_file() {
@@ -32,8 +35,33 @@ impl Weights {
         }
         let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_bytes(bytes, path.display().to_string())
+    }
+
+    /// A gpt-2-simple checkpoint's weights, laid out as a safetensors file in memory.
+    fn from_gpt2_simple(path: &Path) -> Result<Self> {
+        let ckpt = gptpipe_hf::gpt2_simple::read_checkpoint(path)?;
+        let bytes: Vec<Vec<u8>> = ckpt
+            .tensors
+            .iter()
+            .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views = ckpt
+            .tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)
+                    .map(|v| (t.name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let file = safetensors::serialize(views, None)?;
+        Self::from_bytes(file, ckpt.located.prefix.display().to_string())
+    }
+
+    fn from_bytes(bytes: Vec<u8>, source: String) -> Result<Self> {
         let (header, meta): (usize, Metadata) = SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+            .with_context(|| format!("{source} is not a safetensors file"))?;
         let index = meta
             .tensors()
             .into_iter()
@@ -49,7 +77,7 @@ impl Weights {
             bytes,
             data_start: 8 + header,
             index,
-            source: path.display().to_string(),
+            source,
         })
     }
 

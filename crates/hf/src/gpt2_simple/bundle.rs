@@ -11,7 +11,7 @@ use super::crc32c::{crc32c, unmask};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// `tensorflow::DataType` values gptpipe reads.
@@ -22,6 +22,11 @@ const FOOTER_LEN: usize = 48;
 const TABLE_MAGIC: u64 = 0xdb47_7524_8b80_fb57;
 /// A block's trailer: its compression type and masked CRC-32C.
 const TRAILER_LEN: usize = 5;
+/// The largest index read: GPT-2 1.5B's with Adam's slots is tens of kilobytes, so a larger
+/// file is not an index (and is not read into memory).
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// The most data shards an index may name (a saver writes one per device).
+const MAX_SHARDS: u32 = 1 << 16;
 
 /// One tensor of the bundle, as its index describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +53,15 @@ pub struct Index {
 impl Index {
     /// Reads and checks `<prefix>.index`.
     pub fn read(path: &Path) -> Result<Self> {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if len > MAX_INDEX_BYTES {
+            bail!(
+                "{} is {len} bytes, too large for a TensorFlow checkpoint index",
+                path.display()
+            );
+        }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&bytes)
@@ -94,7 +108,10 @@ impl Index {
         }
         let (num_shards, big_endian) = header.context("no bundle header")?;
         ensure!(!big_endian, "the bundle is big-endian");
-        ensure!(num_shards >= 1, "the header says {num_shards} shards");
+        ensure!(
+            (1..=MAX_SHARDS).contains(&num_shards),
+            "the header says {num_shards} shards"
+        );
         for (name, e) in &entries {
             ensure!(
                 e.shard < num_shards,
@@ -114,35 +131,36 @@ impl Index {
     }
 }
 
-/// Opened data shards, each with its length.
-pub struct Shards<'a> {
-    index: &'a Index,
-    open: BTreeMap<u32, (File, u64, PathBuf)>,
+/// The data shards of an index, open, each with its length. Reads take `&self`
+/// (positioned reads), so threads share them.
+pub struct Shards {
+    files: Vec<(File, u64, PathBuf)>,
 }
 
-impl<'a> Shards<'a> {
-    pub fn new(index: &'a Index) -> Self {
-        Self {
-            index,
-            open: BTreeMap::new(),
-        }
+impl Shards {
+    /// Opens every shard `index` names.
+    pub fn open(index: &Index) -> Result<Self> {
+        let files = (0..index.num_shards)
+            .map(|i| {
+                let path = index.shard_path(i);
+                let file = File::open(&path).with_context(|| {
+                    format!(
+                        "cannot open {}, a data shard of {}",
+                        path.display(),
+                        index.path.display()
+                    )
+                })?;
+                let len = file.metadata()?.len();
+                Ok((file, len, path))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { files })
     }
 
-    /// The bytes of tensor `name`, checked against its CRC-32C.
-    pub fn read(&mut self, name: &str, e: &Entry) -> Result<Vec<u8>> {
-        if !self.open.contains_key(&e.shard) {
-            let path = self.index.shard_path(e.shard);
-            let file = File::open(&path).with_context(|| {
-                format!(
-                    "cannot open {}, a data shard of {}",
-                    path.display(),
-                    self.index.path.display()
-                )
-            })?;
-            let len = file.metadata()?.len();
-            self.open.insert(e.shard, (file, len, path));
-        }
-        let (file, len, path) = self.open.get_mut(&e.shard).expect("opened");
+    /// Tensor `name` as little-endian f32s (`e.size` must be a multiple of 4), read
+    /// straight into the vector returned and checked against its CRC-32C.
+    pub fn read_f32(&self, name: &str, e: &Entry) -> Result<Vec<f32>> {
+        let (file, len, path) = &self.files[e.shard as usize];
         let end = e.offset.checked_add(e.size).context("offset overflows")?;
         if end > *len {
             bail!(
@@ -151,17 +169,30 @@ impl<'a> Shards<'a> {
                 e.offset
             );
         }
-        let mut bytes = vec![0u8; e.size as usize];
-        file.seek(SeekFrom::Start(e.offset))?;
-        file.read_exact(&mut bytes)
+        ensure!(
+            e.size.is_multiple_of(4),
+            "{name}: {} bytes is not a whole number of f32s",
+            e.size
+        );
+        let mut data = vec![0f32; (e.size / 4) as usize];
+        // SAFETY: any bytes are a valid f32; the slice covers exactly `data`'s memory.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), data.len() * 4)
+        };
+        file.read_exact_at(bytes, e.offset)
             .with_context(|| format!("cannot read tensor {name} from {}", path.display()))?;
-        if crc32c(&bytes) != unmask(e.crc32c) {
+        if crc32c(bytes) != unmask(e.crc32c) {
             bail!(
                 "{}: tensor {name} fails its checksum (CRC-32C): the file is corrupt",
                 path.display()
             );
         }
-        Ok(bytes)
+        if cfg!(target_endian = "big") {
+            for x in &mut data {
+                *x = f32::from_bits(u32::from_le(x.to_bits()));
+            }
+        }
+        Ok(data)
     }
 }
 

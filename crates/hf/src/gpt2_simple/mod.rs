@@ -336,8 +336,8 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         };
         bail!("{show}: unknown variable {extra}: not a gpt-2-simple GPT-2 checkpoint{hint}");
     }
-    let mut shards = Shards::new(&index);
-    let mut tensors = Vec::with_capacity(expected.len());
+    // Every entry is checked before any data is read.
+    let mut jobs = Vec::with_capacity(expected.len());
     for (tf, hf, shape) in expected {
         let e = index.entries.get(&tf).with_context(|| {
             format!(
@@ -377,17 +377,15 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
                 4 * numel
             );
         }
-        let bytes = shards.read(&tf, e)?;
-        let data = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        tensors.push(Tensor {
-            name: hf,
-            shape,
-            data,
-        });
+        jobs.push((tf, hf, shape, e));
     }
+    let shards = Shards::open(&index)?;
+    let data = read_all(&jobs, |j| j.3.size, |(tf, _, _, e)| shards.read_f32(tf, e))?;
+    let tensors = jobs
+        .into_iter()
+        .zip(data)
+        .map(|((_, name, shape, _), data)| Tensor { name, shape, data })
+        .collect();
     Ok(Checkpoint {
         encoder_json: located.folder.join(ENCODER_FILE),
         vocab_bpe: located.folder.join(VOCAB_BPE_FILE),
@@ -395,6 +393,44 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
         located,
         tensors,
     })
+}
+
+/// `read` of every job, on a few threads (largest `size` first, each thread taking the next
+/// job left), in the jobs' order; the first error in that order, if any.
+fn read_all<J: Sync>(
+    jobs: &[J],
+    size: impl Fn(&J) -> u64,
+    read: impl Fn(&J) -> Result<Vec<f32>> + Sync,
+) -> Result<Vec<Vec<f32>>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(&jobs[i])));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(jobs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<Vec<f32>>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(k) else { break };
+                let r = read(&jobs[i]);
+                *results[i].lock().expect("not poisoned") = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("not poisoned")
+                .expect("every job ran")
+        })
+        .collect()
 }
 
 #[cfg(test)]
