@@ -4,6 +4,8 @@
 mod caching;
 mod config_errors;
 #[cfg(feature = "worker")]
+mod gpt2_simple;
+#[cfg(feature = "worker")]
 mod model_stages;
 mod pipelines;
 mod prepare;

@@ -163,7 +163,8 @@ pub fn resolve_model(
 pub mod versions {
     pub const PREPARE: u32 = 1;
     pub const FINETUNE: u32 = 2;
-    pub const GENERATE: u32 = 1;
+    /// 2: no `sample_delim` after the only sample of `nsamples = 1` (gpt-2-simple's).
+    pub const GENERATE: u32 = 2;
     /// 2: the graph takes `attention_mask` and `position_ids`.
     pub const EXPORT: u32 = 2;
 

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod folder;
+pub mod gpt2_simple;
 pub mod hub;
 pub mod limits;
 pub mod pickle;

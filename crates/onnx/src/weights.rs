@@ -21,11 +21,40 @@ pub struct Weights {
 
 impl Weights {
     pub fn load(dir: &Path) -> Result<Self> {
+        if gptpipe_hf::gpt2_simple::is_checkpoint(dir) {
+            return Self::from_gpt2_simple(dir);
+        }
+        // model.safetensors, else a pickle read as data (gptpipe_hf::weights).
         let path = gptpipe_hf::weights::find(dir)
             .map_or_else(|| dir.join(gptpipe_hf::WEIGHTS_FILE), |(_, p)| p);
         let bytes = gptpipe_hf::weights::read(dir)?;
+        Self::from_bytes(bytes, path.display().to_string())
+    }
+
+    /// A gpt-2-simple checkpoint's weights, laid out as a safetensors file in memory.
+    fn from_gpt2_simple(path: &Path) -> Result<Self> {
+        let ckpt = gptpipe_hf::gpt2_simple::read_checkpoint(path)?;
+        let bytes: Vec<Vec<u8>> = ckpt
+            .tensors
+            .iter()
+            .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views = ckpt
+            .tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)
+                    .map(|v| (t.name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let file = safetensors::serialize(views, None)?;
+        Self::from_bytes(file, ckpt.located.prefix.display().to_string())
+    }
+
+    fn from_bytes(bytes: Vec<u8>, source: String) -> Result<Self> {
         let (header, meta): (usize, Metadata) = SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+            .with_context(|| format!("{source} is not a safetensors file"))?;
         let index = meta
             .tensors()
             .into_iter()
@@ -41,7 +70,7 @@ impl Weights {
             bytes,
             data_start: 8 + header,
             index,
-            source: path.display().to_string(),
+            source,
         })
     }
 

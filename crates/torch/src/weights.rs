@@ -11,8 +11,11 @@ use tch::{Device, Kind, Tensor};
 
 pub use gptpipe_hf::{check_folder, CONFIG_FILE, WEIGHTS_FILE};
 
-/// Loads a model folder onto `device` (fp32 weights).
+/// Loads a model folder (or a gpt-2-simple checkpoint) onto `device` (fp32 weights).
 pub fn load_folder(dir: &Path, device: Device) -> Result<Gpt2> {
+    if crate::gpt2_simple::is_checkpoint(dir) {
+        return crate::gpt2_simple::load(dir, device);
+    }
     check_folder(dir)?;
     let config = Config::from_json_file(&dir.join(CONFIG_FILE))?;
     crate::memory::ensure_fits(&crate::memory::weights(&config), device)

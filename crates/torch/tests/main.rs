@@ -7,6 +7,7 @@ mod finetune_stage;
 mod fused_adam;
 mod generate_stage;
 mod generation;
+mod gpt2_simple;
 mod join;
 mod model_card;
 mod model_parity;

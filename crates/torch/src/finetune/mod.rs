@@ -79,9 +79,23 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     }
     let identity = state::identity(p, ctx.inputs_hash, VERSION);
 
-    let model_source = ctx.resolve_model(&p.model);
+    // `restore_from` a gpt-2-simple checkpoint starts from its weights at step 0, as `model`
+    // naming it would: its optimizer state (TensorFlow's Adam) is not carried over.
+    let imported = match &p.restore_from {
+        RestoreFrom::Path(path) => {
+            Some(ctx.pipeline.resolve(path)).filter(|path| crate::gpt2_simple::is_checkpoint(path))
+        }
+        _ => None,
+    };
+    let model_source = match &imported {
+        Some(path) => ModelSource::Folder(path.clone()),
+        None => ctx.resolve_model(&p.model),
+    };
     let folder = source::model_folder(&model_source)?;
     let config = match (&folder, &model_source) {
+        (Some(dir), _) if crate::gpt2_simple::is_checkpoint(dir) => {
+            crate::gpt2_simple::config(dir)?
+        }
         (Some(dir), _) => Config::from_json_file(&dir.join(weights::CONFIG_FILE))?,
         (None, ModelSource::Inline(m)) => Config::from_inline(m)?,
         (None, _) => unreachable!("only inline models have no folder"),
@@ -102,7 +116,10 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     );
     crate::memory::ensure_fits(&need, device)?;
 
-    let resume = find_resume(ctx, p, &identity)?;
+    let resume = match imported {
+        Some(_) => None,
+        None => find_resume(ctx, p, &identity)?,
+    };
     let mut model = match (&resume, &folder) {
         (Some(c), _) => weights::load_folder(&c.model_dir, device)?,
         (None, Some(dir)) => weights::load_folder(dir, device)?,
