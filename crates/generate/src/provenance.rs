@@ -79,7 +79,7 @@ fn weight_files(source: &ModelSource, backend: Backend) -> Result<Vec<(String, P
             .map_or((WEIGHTS_FILE, dir.join(WEIGHTS_FILE)), |(f, p)| {
                 (f.file_name(), p)
             });
-        files.push((name, path));
+        files.push((name.to_owned(), path));
     }
     for (_, path) in &files {
         if !path.is_file() {
