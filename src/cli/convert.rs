@@ -27,16 +27,27 @@ pub fn run(args: ConvertArgs) -> Result<(), RunError> {
 
 fn convert(args: &ConvertArgs) -> Result<()> {
     let src = Path::new(&args.source);
-    let src = if src.is_dir() {
+    let checkpoint = gptpipe_hf::gpt2_simple::is_checkpoint(src);
+    let src = if checkpoint {
+        src.to_path_buf()
+    } else if src.is_dir() {
         src.to_path_buf()
     } else if src.exists() {
         bail!("{} is not a model folder", src.display());
     } else {
         gptpipe_hf::hub_folder(&args.source)?
     };
-    gptpipe_hf::check_folder(&src)?;
+    if !checkpoint {
+        gptpipe_hf::check_folder(&src)?;
+    }
     let dest = absolute(&args.dest)?;
-    let real_src = src
+    // A step of a checkpoint (`run1/model-500`) is a prefix of files in its folder.
+    let src_folder = if src.is_dir() {
+        src.clone()
+    } else {
+        src.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let real_src = src_folder
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", src.display()))?;
     if dest.starts_with(&real_src) {
@@ -65,21 +76,49 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         bail!("the folder {} does not exist", parent.display());
     }
 
-    let weights = gptpipe_hf::weights::read(&src)?;
     let build = tempfile::Builder::new()
         .prefix(".gptpipe-convert-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a folder in {}", parent.display()))?;
+    let (weights, what) = if checkpoint {
+        // gpt-2-simple's run: its hparams as config.json, its encoder as GPT-2's tokenizer files.
+        let ckpt = gptpipe_hf::gpt2_simple::read_checkpoint(&src)?;
+        std::fs::write(
+            build.path().join(CONFIG_FILE),
+            serde_json::to_vec_pretty(&ckpt.config)?,
+        )?;
+        for (from, to) in [
+            (&ckpt.encoder_json, "vocab.json"),
+            (&ckpt.vocab_bpe, "merges.txt"),
+        ] {
+            std::fs::copy(from, build.path().join(to))
+                .with_context(|| format!("cannot copy {}", from.display()))?;
+        }
+        let step = ckpt
+            .located
+            .step
+            .map_or(String::new(), |s| format!(", step {s}"));
+        (
+            ckpt.to_safetensors()?,
+            format!("gpt-2-simple checkpoint{step}"),
+        )
+    } else {
+        let copied = [CONFIG_FILE, GENERATION_CONFIG_FILE]
+            .iter()
+            .chain(TOKENIZER_FILES)
+            .filter(|f| src.join(f).is_file());
+        for f in copied {
+            std::fs::copy(src.join(f), build.path().join(f))
+                .with_context(|| format!("cannot copy {}", src.join(f).display()))?;
+        }
+        let (format, _) = gptpipe_hf::weights::find(&src).context("no weights file")?;
+        (
+            gptpipe_hf::weights::read(&src)?,
+            format.file_name().to_owned(),
+        )
+    };
     std::fs::write(build.path().join(WEIGHTS_FILE), &weights)
         .context("cannot write model.safetensors")?;
-    let copied = [CONFIG_FILE, GENERATION_CONFIG_FILE]
-        .iter()
-        .chain(TOKENIZER_FILES)
-        .filter(|f| src.join(f).is_file());
-    for f in copied {
-        std::fs::copy(src.join(f), build.path().join(f))
-            .with_context(|| format!("cannot copy {}", src.join(f).display()))?;
-    }
     // A folder in the way is moved aside first; renaming over an empty one works as is.
     let aside =
         occupied.then(|| parent.join(format!(".gptpipe-convert-old-{}", std::process::id())));
@@ -94,11 +133,9 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         std::fs::remove_dir_all(&aside)
             .with_context(|| format!("cannot remove the replaced {}", aside.display()))?;
     }
-    let (format, _) = gptpipe_hf::weights::find(&src).expect("checked");
     println!(
-        "converted {} ({}) to {}",
+        "converted {} ({what}) to {}",
         args.source,
-        format.file_name(),
         args.dest.join(WEIGHTS_FILE).display()
     );
     Ok(())

@@ -287,3 +287,48 @@ fn an_empty_row_is_the_one_documented_difference_from_encode_csv() {
     let report: Value = serde_json::from_str(&p.read("runs/csv/rows/report.json")).unwrap();
     assert_eq!(report["rows_dropped"], 1, "{report}");
 }
+
+#[test]
+fn convert_writes_a_checkpoint_as_a_folder_that_generates_the_same_tokens() {
+    let Some(dir) = fixture() else { return };
+    let out: Value = serde_json::from_slice(&std::fs::read(dir.join("out.json")).unwrap()).unwrap();
+    let p = Project::new();
+    copy_run(dir, &p);
+    let run = p.run(&["convert", "checkpoint/run1", "converted"]).ok();
+    assert!(
+        run.stdout.contains("gpt-2-simple checkpoint"),
+        "{}",
+        run.stdout
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        assert!(p.path("converted").join(f).is_file(), "converted lacks {f}");
+    }
+    // A second convert onto it is refused; the folder is what a model folder is.
+    let again = p.run(&["convert", "checkpoint/run1", "converted"]);
+    assert_ne!(again.code, 0);
+    let theirs = &out["greedy"][0];
+    let run = p
+        .run(&[
+            "generate",
+            "--model",
+            "./converted",
+            "--device",
+            "cpu",
+            "--top-k",
+            "1",
+            "--length",
+            "20",
+            "--prefix",
+            theirs["prefix"].as_str().unwrap(),
+            "--format",
+            "jsonl",
+        ])
+        .ok();
+    let row: Value = serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(row["tokens"], theirs["tokens"]);
+}

@@ -34,21 +34,7 @@ impl Weights {
     /// A gpt-2-simple checkpoint's weights, laid out as a safetensors file in memory.
     fn from_gpt2_simple(path: &Path) -> Result<Self> {
         let ckpt = gptpipe_hf::gpt2_simple::read_checkpoint(path)?;
-        let bytes: Vec<Vec<u8>> = ckpt
-            .tensors
-            .iter()
-            .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
-        let views = ckpt
-            .tensors
-            .iter()
-            .zip(&bytes)
-            .map(|(t, b)| {
-                safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), b)
-                    .map(|v| (t.name.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let file = safetensors::serialize(views, None)?;
+        let file = ckpt.to_safetensors()?;
         Self::from_bytes(file, ckpt.located.prefix.display().to_string())
     }
 

@@ -53,6 +53,27 @@ pub struct Checkpoint {
     pub vocab_bpe: PathBuf,
 }
 
+impl Checkpoint {
+    /// The weights as the bytes of one safetensors file (f32, Hugging Face names).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let bytes: Vec<Vec<u8>> = self
+            .tensors
+            .iter()
+            .map(|t| t.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let views = self
+            .tensors
+            .iter()
+            .zip(&bytes)
+            .map(|(t, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
+                    .map(|v| (t.name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(safetensors::serialize(views, None)?)
+    }
+}
+
 /// One weight: its Hugging Face name, shape and f32 values (row-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
