@@ -1,11 +1,16 @@
 //! `kind = "finetune"`: train a GPT-2 on a dataset with gpt-2-simple's semantics.
 //!
 //! One step = `accumulate_gradients` micro-batches of `batch_size` windows of `n_ctx`
-//! tokens (fewer when the dataset is shorter), gradients averaged, then one optimizer
-//! update (gpt-2-simple's `AccumulatingOptimizer`). The learning rate warms up linearly:
-//! `lr * min(1, step / warmup_steps)` for steps 1, 2, ...; gradients are clipped to
-//! `max_grad_norm` when it is positive. Mixed precision: fp32 master weights, compute in
-//! bf16/fp16 (see [`crate::device::compute_kind`]); fp16 adds dynamic loss scaling.
+//! tokens (fewer when the dataset is shorter), gradients averaged (`accumulate = "mean"`)
+//! or summed as gpt-2-simple's `AccumulatingOptimizer` does ("sum"), then one optimizer
+//! update. The learning rate warms up linearly: `lr * min(1, step / warmup_steps)` for
+//! steps 1, 2, ..., then follows `lr_schedule` (transformers' schedulers, see
+//! [`rules::learning_rate`]); gradients are clipped to `max_grad_norm` when it is positive.
+//! Mixed precision: fp32 master weights, compute in bf16/fp16 (see
+//! [`crate::device::compute_kind`]); fp16 adds dynamic loss scaling. Gradient checkpointing
+//! (`use_memory_saving_gradients`) recomputes each block in backward
+//! (`Gpt2::loss_backward_checkpointed`); [`options`] decides which weights train and checks
+//! the memory before the model loads.
 //!
 //! Determinism and resume: the windows of step s come from a stateless mix of (seed, s),
 //! and libtorch's generator (dropout) is re-seeded from (seed, s) at every step, so a run
