@@ -16,6 +16,7 @@ const ENV_TOOLKIT: [&str; 2] = ["CUDA_HOME", "CUDA_PATH"];
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_kernels)");
+    println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_props)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -89,6 +90,7 @@ fn cuda_kernels(lib: &Path) {
             candidates[0].1
         );
     }
+    device_props(&torch, include);
     let mut build = cc::Build::new();
     build
         .cpp(true)
@@ -111,6 +113,29 @@ fn cuda_kernels(lib: &Path) {
         }
         Err(e) => println!(
             "cargo:warning=CUDA graph shim not built ({e}): generation runs without CUDA graphs"
+        ),
+    }
+}
+
+/// Compiles `csrc/device_props.cpp` (a CUDA device's compute capability and memory) on its
+/// own and sets `cfg(gptpipe_cuda_props)`: a failure here leaves the other kernels built,
+/// and `precision = "auto"` asks nvidia-smi instead.
+fn device_props(torch: &Path, include: &[PathBuf]) {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .file("csrc/device_props.cpp")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .include(torch.join("include"));
+    for dir in include {
+        build.include(dir);
+    }
+    match build.warnings(false).try_compile("gptpipe_cuda_props") {
+        Ok(()) => println!("cargo:rustc-cfg=gptpipe_cuda_props"),
+        Err(e) => println!(
+            "cargo:warning=CUDA device properties shim not built ({e}): precision = \"auto\" \
+             asks nvidia-smi for the compute capability"
         ),
     }
 }

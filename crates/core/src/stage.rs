@@ -152,7 +152,11 @@ pub fn resolve_model(
         }
         ModelRef::Folder(_) | ModelRef::Name(_) => match pipeline.model_folder(model) {
             Some(dir) => ModelSource::Folder(dir),
-            None => ModelSource::Hub(model.as_written().unwrap_or_default().into_owned()),
+            // gpt-2-simple's size names ("355M") are OpenAI's repositories ("gpt2-medium").
+            None => {
+                let written = model.as_written().unwrap_or_default();
+                ModelSource::Hub(gptpipe_hf::hub::hub_id(&written).to_owned())
+            }
         },
     }
 }

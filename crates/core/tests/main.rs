@@ -11,3 +11,4 @@ mod memo_race;
 mod runner_safety;
 mod stage_keys;
 mod state_folder;
+mod training_keys;

@@ -15,6 +15,24 @@ pub fn is_openai_gpt2(id: &str) -> bool {
     matches!(bare, "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl")
 }
 
+/// gpt-2-simple's names of OpenAI's GPT-2 sizes (`download_gpt2(model_name="355M")`) and
+/// the hub ids of the same weights.
+pub const GPT2_SIMPLE_NAMES: [(&str, &str); 4] = [
+    ("124M", "gpt2"),
+    ("355M", "gpt2-medium"),
+    ("774M", "gpt2-large"),
+    ("1558M", "gpt2-xl"),
+];
+
+/// The hub id a model name means: gpt-2-simple's size names (`"355M"`) are OpenAI's
+/// repositories (`"gpt2-medium"`); any other name is a hub id as written.
+pub fn hub_id(name: &str) -> &str {
+    GPT2_SIMPLE_NAMES
+        .iter()
+        .find(|(short, _)| *short == name)
+        .map_or(name, |(_, id)| id)
+}
+
 /// Downloads `id` into the Hugging Face cache (`HF_HOME`, else `~/.cache/huggingface`)
 /// unless it is there already, and returns the snapshot folder.
 pub fn hub_folder(id: &str) -> Result<PathBuf> {
@@ -132,5 +150,18 @@ mod tests {
         assert!(format!("{e:#}").contains("corrupt"), "{e:#}");
         std::fs::write(tmp.path().join("config.json"), b"{}").unwrap();
         verify_blob(&tmp.path().join("config.json")).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod names {
+    #[test]
+    fn gpt2_simple_sizes_are_openai_s_repositories() {
+        assert_eq!(super::hub_id("124M"), "gpt2");
+        assert_eq!(super::hub_id("355M"), "gpt2-medium");
+        assert_eq!(super::hub_id("774M"), "gpt2-large");
+        assert_eq!(super::hub_id("1558M"), "gpt2-xl");
+        assert_eq!(super::hub_id("gpt2-medium"), "gpt2-medium");
+        assert_eq!(super::hub_id("org/355M"), "org/355M");
     }
 }

@@ -14,3 +14,4 @@ mod model_parity;
 mod optimizer_parity;
 mod padded_vocab;
 mod scores;
+mod training_options;

@@ -273,6 +273,13 @@ fn stage_params(
     match &mut params {
         StageParams::Finetune(p) => {
             p.seed.get_or_insert(pipeline_seed);
+            if let Err((alias, message)) = p.resolve_aliases() {
+                let mut at = path.clone();
+                at.push(alias.into());
+                return Err(
+                    origins.error_at(&at, ConfigError::new(format!("stage `{name}`: {message}")))
+                );
+            }
         }
         StageParams::Generate(p) => {
             p.seed.get_or_insert(pipeline_seed);

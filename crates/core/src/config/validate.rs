@@ -480,7 +480,27 @@ fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
         p.max_checkpoints > 0,
         "max_checkpoints",
         "max_checkpoints must be at least 1".into(),
-    )
+    )?;
+    if let Some(d) = p.dropout {
+        ensure(
+            (0.0..1.0).contains(&d),
+            "dropout",
+            format!("dropout must be in [0, 1), not {d}"),
+        )?;
+    }
+    // The model's depth is known only when it is loaded (the stage checks it then); an
+    // inline model's is known now.
+    if let ModelRef::Inline(m) = &p.model {
+        ensure(
+            p.num_layers_freeze <= m.n_layer,
+            "num_layers_freeze",
+            format!(
+                "num_layers_freeze = {} but the model has {} blocks (n_layer)",
+                p.num_layers_freeze, m.n_layer
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {
