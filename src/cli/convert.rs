@@ -28,9 +28,7 @@ pub fn run(args: ConvertArgs) -> Result<(), RunError> {
 fn convert(args: &ConvertArgs) -> Result<()> {
     let src = Path::new(&args.source);
     let checkpoint = gptpipe_hf::gpt2_simple::is_checkpoint(src);
-    let src = if checkpoint {
-        src.to_path_buf()
-    } else if src.is_dir() {
+    let src = if checkpoint || src.is_dir() {
         src.to_path_buf()
     } else if src.exists() {
         bail!("{} is not a model folder", src.display());

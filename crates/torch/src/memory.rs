@@ -354,7 +354,7 @@ pub fn parse_size(text: &str) -> Option<u128> {
         "tib" => 1024f64.powi(4),
         _ => return None,
     };
-    (n.is_finite() && n >= 0.0).then(|| (n * scale) as u128)
+    (n.is_finite() && n >= 0.0).then_some((n * scale) as u128)
 }
 
 /// What `device` has and `GPTPIPE_MEMORY_LIMIT` allows: the smaller, described.

@@ -434,9 +434,9 @@ impl Gpt2 {
         let h = h.narrow(1, 0, t - 1);
         let h = &h;
         let logits = if self.pad_vocab() {
-            self.lm_head_padded(&w, &h)
+            self.lm_head_padded(w, h)
         } else {
-            self.lm_head(&w, &h)
+            self.lm_head(w, h)
         }
         .to_kind(Kind::Float);
         let targets = input_ids.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
