@@ -36,7 +36,9 @@ fn ignored(name: &str) -> bool {
 /// checking every name and shape. Names may carry the `transformer.` prefix or not (the
 /// hub's `gpt2` has none).
 pub fn load_weights(model: &Gpt2, bytes: &[u8], path: &Path) -> Result<()> {
-    let tensors = parse_safetensors(bytes, path)?;
+    // Errors name the file the bytes came from (model.safetensors, or the pickle).
+    let file = gptpipe_hf::weights::find(path).map_or_else(|| path.to_path_buf(), |(_, f)| f);
+    let tensors = parse_safetensors(bytes, &file)?;
     let mut by_name: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in tensors {
         if ignored(&name) {
