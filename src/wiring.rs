@@ -43,8 +43,13 @@ fn runner_registry() -> Registry {
             versions::GENERATE,
             remote_stage(worker.clone()),
         );
-        r.register(StageKind::Export, versions::EXPORT, remote_stage(worker));
+        r.register(
+            StageKind::Export,
+            versions::EXPORT,
+            remote_stage(worker.clone()),
+        );
         gptpipe_generate::register_checks(&mut r);
+        r.with_slurm_executor(worker);
     } else {
         r.unavailable(
             StageKind::Finetune,

@@ -13,4 +13,6 @@ mod fuzz_prepare;
 #[path = "safety/main.rs"]
 mod safety;
 mod serve;
+#[cfg(feature = "worker")]
+mod slurm;
 mod watch;

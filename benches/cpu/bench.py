@@ -27,7 +27,10 @@ user starts it:
 
 Loaded: two processes that spin (`while True: pass`) run beside the measurement. One
 thread: `--threads 1` for gptpipe, `torch.set_num_threads(1)` for PyTorch and
-transformers, `start_tf_sess(threads=1)` for gpt-2-simple. Default: nothing set anywhere.
+transformers, `start_tf_sess(threads=1)` for gpt-2-simple. Default: nothing set by the
+bench; gptpipe's worker then picks its own settings (OMP_WAIT_POLICY=PASSIVE, one thread
+per core), which are part of what is measured, while the peers run with their libraries'
+defaults (spinning OpenMP threads for PyTorch).
 
 Prints a table per condition: each implementation's median (and the runs), and the
 ratios of gptpipe to each peer, computed from the medians of the same run. A greedy check

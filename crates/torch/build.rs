@@ -17,6 +17,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_kernels)");
     println!("cargo::rustc-check-cfg=cfg(gptpipe_shim)");
+    println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_props)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -125,6 +126,7 @@ fn cuda_kernels(lib: &Path) -> bool {
             candidates[0].1
         );
     }
+    device_props(&torch, include);
     let files = [&CPU_FILES[..], &["cuda_graph.cpp", "flash_decode.cpp"]].concat();
     let mut build = shim_build(&torch, &files);
     for dir in include {
@@ -143,5 +145,22 @@ fn cuda_kernels(lib: &Path) -> bool {
             );
             false
         }
+    }
+}
+
+/// Compiles `csrc/device_props.cpp` (a CUDA device's compute capability and memory) on its
+/// own and sets `cfg(gptpipe_cuda_props)`: a failure here leaves the other kernels built,
+/// and `precision = "auto"` asks nvidia-smi instead.
+fn device_props(torch: &Path, include: &[PathBuf]) {
+    let mut build = shim_build(torch, &["device_props.cpp"]);
+    for dir in include {
+        build.include(dir);
+    }
+    match build.try_compile("gptpipe_cuda_props") {
+        Ok(()) => println!("cargo:rustc-cfg=gptpipe_cuda_props"),
+        Err(e) => println!(
+            "cargo:warning=CUDA device properties shim not built ({e}): precision = \"auto\" \
+             asks nvidia-smi for the compute capability"
+        ),
     }
 }

@@ -321,7 +321,7 @@ pub fn run(args: GenerateArgs, backends: &Backends) -> Result<(), RunError> {
                         k,
                         &jobs[j],
                         params.format,
-                        &params.sample_delim,
+                        gptpipe_generate::output::sample_delim(&params),
                         &model_hash,
                     ));
                 }

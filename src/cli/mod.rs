@@ -2,6 +2,7 @@
 //! spec's exit codes (0 ok, 1 a stage failed, 2 invalid pipeline or usage, 3 stale under
 //! `--frozen`).
 
+mod convert;
 mod dag;
 mod gc;
 mod generate;
@@ -10,6 +11,7 @@ mod run;
 mod score;
 mod serve;
 mod status;
+mod sweep;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -36,8 +38,13 @@ enum Command {
     Status(status::StatusArgs),
     /// Draw the stage graph
     Dag(dag::DagArgs),
+    /// Compare the finetunes of a matrix: final and best validation loss, and a plot
+    Sweep(sweep::SweepArgs),
     /// Print the JSON Schema of pipeline files
     Schema,
+    /// Write a model (a pytorch_model.bin or safetensors folder, a hub id) as a Hugging
+    /// Face folder with model.safetensors
+    Convert(convert::ConvertArgs),
     /// Drop cache entries that no lock file references
     Gc(gc::GcArgs),
     /// Generate text from a model, without a pipeline
@@ -115,10 +122,12 @@ pub fn main_with(process: crate::wiring::Process) -> i32 {
         Command::Run(args) => run::run(args, &(process.registry)()),
         Command::Status(args) => status::run(args, &(process.registry)()),
         Command::Dag(args) => dag::run(args),
+        Command::Sweep(args) => sweep::run(args, &(process.registry)()),
         Command::Schema => {
             print!("{}", gptpipe_core::config::pipeline_schema_json());
             Ok(())
         }
+        Command::Convert(args) => convert::run(args),
         Command::Gc(args) => gc::run(args, &(process.registry)()),
         Command::Generate(args) => {
             if cfg!(feature = "worker") && !worker {

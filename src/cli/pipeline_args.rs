@@ -1,6 +1,6 @@
 //! `[PIPELINE] [STAGE...]`: the first positional is the pipeline file when it looks like
 //! one (a `.toml` name, an existing file, or anything with `.` or `/`, which stage names
-//! cannot hold); otherwise it is `gptpipe.toml` here.
+//! cannot hold, outside a matrix stage's `[...]`); otherwise it is `gptpipe.toml` here.
 
 use gptpipe_core::config::{self, ConfigError, LoadOptions, Pipeline};
 use std::path::PathBuf;
@@ -11,7 +11,10 @@ pub fn split(positionals: &[String]) -> (PathBuf, Vec<String>) {
     match positionals.split_first() {
         Some((first, rest))
             if first.ends_with(".toml")
-                || first.contains(['.', '/'])
+                || first
+                    .split('[')
+                    .next()
+                    .is_some_and(|s| s.contains(['.', '/']))
                 || PathBuf::from(first).is_file() =>
         {
             (PathBuf::from(first), rest.to_vec())

@@ -1,9 +1,11 @@
 use super::pipeline_args;
 use clap::Args;
+use gptpipe_core::config::Executor;
 use gptpipe_core::events::{EventSink, JsonSink};
 use gptpipe_core::report::HumanSink;
-use gptpipe_core::runner::{RunError, RunOptions, Runner};
+use gptpipe_core::runner::{Cancellation, RunError, RunOptions, Runner};
 use gptpipe_core::stage::Registry;
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -19,9 +21,12 @@ pub struct RunArgs {
     /// Run nothing; exit 3 if a selected stage is stale (for CI)
     #[arg(long)]
     pub frozen: bool,
-    /// Stages to run at once (at least 1)
-    #[arg(long, short, default_value_t = 1, value_parser = super::at_least_one)]
-    pub jobs: usize,
+    /// Stages to run at once (at least 1; default 1, or 64 Slurm jobs with --executor slurm)
+    #[arg(long, short, value_parser = super::at_least_one)]
+    pub jobs: Option<usize>,
+    /// Where stages run: local processes, or Slurm jobs ([pipeline] executor)
+    #[arg(long, value_name = "local|slurm")]
+    pub executor: Option<String>,
     /// Override a key: --set stages.train.steps=2000 (TOML value syntax)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -38,9 +43,24 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
-    say_when_interrupted();
     let (path, targets) = pipeline_args::split(&args.positionals);
-    let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
+    let mut sets = args.sets.clone();
+    sets.extend(args.executor.map(|e| format!("pipeline.executor={e}")));
+    let pipeline = pipeline_args::load(&path, &sets).map_err(RunError::Config)?;
+    let slurm = pipeline.executor == Executor::Slurm;
+    if slurm && !cfg!(feature = "worker") {
+        return Err(RunError::Other(anyhow::anyhow!(
+            "executor = \"slurm\" runs stages as jobs of gptpipe-worker, which this gptpipe \
+             (built without libtorch) does not have"
+        )));
+    }
+    let cancel = Arc::new(Cancellation::default());
+    if slurm {
+        // Jobs outlive the runner: a signal cancels them (scancel) before the run ends.
+        cancel_jobs_when_interrupted(cancel.clone());
+    } else {
+        say_when_interrupted();
+    }
     let runner = Runner::new(&pipeline, registry)?;
     let sink: Box<dyn EventSink> = if args.json {
         Box::new(JsonSink)
@@ -52,12 +72,41 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
         force: args.force,
         dry_run: args.dry_run,
         frozen: args.frozen,
-        jobs: args.jobs,
+        jobs: args.jobs.unwrap_or(if slurm { 64 } else { 1 }),
         keep_going: args.keep_going,
     };
-    runner
-        .run(&options, sink.as_ref(), &Default::default())
-        .map(|_| ())
+    let result = runner.run(&options, sink.as_ref(), &cancel).map(|_| ());
+    if let Some(signal) = INTERRUPTED.get() {
+        // The jobs are cancelled: end as the signal would have (130 or 143).
+        let _ = signal_hook::low_level::emulate_default_handler(*signal);
+    }
+    result
+}
+
+/// The signal that interrupted a Slurm run, once it has.
+static INTERRUPTED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+
+/// Under the Slurm executor, SIGINT and SIGTERM cancel the run (each running stage
+/// `scancel`s its job), say so in one line, and the run then ends by the signal.
+fn cancel_jobs_when_interrupted(cancel: Arc<Cancellation>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = INTERRUPTED.set(signal);
+            let name = if signal == SIGINT {
+                "interrupted (SIGINT)"
+            } else {
+                "terminated (SIGTERM)"
+            };
+            eprintln!(
+                "\ngptpipe: {name}; cancelling the running Slurm jobs, outputs kept as they were"
+            );
+            cancel.cancel_all();
+        }
+    });
 }
 
 /// SIGINT and SIGTERM still end a run at once (workers die with the runner, a stage builds

@@ -22,6 +22,9 @@ pub struct WatchArgs {
     /// One JSON object per event on stdout, plus watch_cycle objects
     #[arg(long)]
     pub json: bool,
+    /// Where stages run: local processes, or Slurm jobs ([pipeline] executor)
+    #[arg(long, value_name = "local|slurm")]
+    pub executor: Option<String>,
 }
 
 pub fn run(args: WatchArgs, registry: &Registry) -> Result<(), RunError> {
@@ -30,7 +33,11 @@ pub fn run(args: WatchArgs, registry: &Registry) -> Result<(), RunError> {
     let options = WatchOptions {
         pipeline,
         targets,
-        sets: args.sets,
+        sets: args
+            .sets
+            .into_iter()
+            .chain(args.executor.map(|e| format!("pipeline.executor={e}")))
+            .collect(),
         jobs: args.jobs,
         debounce: Duration::from_millis(args.debounce.max(10)),
     };

@@ -136,6 +136,7 @@ impl Interest {
 fn stage_patterns(pipeline: &Pipeline, params: &StageParams) -> Patterns {
     let mut p = Patterns::default();
     let file_or_tree = |p: &mut Patterns, path: &Path| {
+        let path = &gptpipe_core::inputs::model_tree(path);
         if path.is_dir() {
             p.trees.push(absolute(path));
         } else {
@@ -160,7 +161,8 @@ fn stage_patterns(pipeline: &Pipeline, params: &StageParams) -> Patterns {
             }
             Read::Model { model, .. } => {
                 if let Some(dir) = pipeline.model_folder(model) {
-                    p.trees.push(absolute(&dir));
+                    p.trees
+                        .push(absolute(&gptpipe_core::inputs::model_tree(&dir)));
                 }
             }
         }

@@ -4,6 +4,8 @@
 mod caching;
 mod config_errors;
 #[cfg(feature = "worker")]
+mod gpt2_simple;
+#[cfg(feature = "worker")]
 mod model_stages;
 mod pipelines;
 mod prepare;
@@ -12,6 +14,8 @@ mod schema;
 mod score;
 #[cfg(feature = "worker")]
 mod short_texts;
+#[cfg(feature = "worker")]
+mod sweeps;
 #[cfg(feature = "worker")]
 mod threads;
 #[cfg(not(feature = "worker"))]

@@ -175,3 +175,58 @@ fn the_last_progress_event_carries_the_final_counts() {
         1
     );
 }
+
+/// A SQLite input is hashed into the stage's key like any input file: a new row makes the
+/// stage stale, and reading it leaves no journal or other file beside the database.
+#[test]
+fn a_sqlite_database_is_an_input_of_the_key_and_is_left_as_it_was() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path("data")).unwrap();
+    let db = rusqlite::Connection::open(p.path("data/posts.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE posts (title TEXT, score INTEGER);
+         INSERT INTO posts VALUES ('A good title', 12), ('A low one', 1);",
+    )
+    .unwrap();
+    drop(db);
+    p.file(
+        "p.toml",
+        "[pipeline]\nname = \"t\"\nworkdir = \"work\"\n\n[stages.d]\nkind = \"prepare\"\n\
+         inputs = [\"data/posts.db\"]\nquery = \"SELECT title FROM posts WHERE score > 10\"\n",
+    );
+    let side_files = || {
+        let mut names: Vec<String> = std::fs::read_dir(p.path("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = std::fs::read(p.path("data/posts.db")).unwrap();
+    p.run(&["run", "p.toml"]).ok();
+    assert_eq!(
+        p.read("work/d/dataset.txt"),
+        "<|startoftext|>A good title<|endoftext|>\n"
+    );
+    assert_eq!(std::fs::read(p.path("data/posts.db")).unwrap(), before);
+    assert_eq!(side_files(), ["posts.db"]);
+    let state = |p: &Project| {
+        let run = p.run(&["status", "p.toml", "--json"]).ok();
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        v[0].clone()
+    };
+    assert_eq!(state(&p)["state"], "fresh");
+
+    let db = rusqlite::Connection::open(p.path("data/posts.db")).unwrap();
+    db.execute("INSERT INTO posts VALUES ('Another good one', 50)", [])
+        .unwrap();
+    drop(db);
+    let st = state(&p);
+    assert_eq!(st["state"], "stale", "{st}");
+    assert!(st["reasons"].to_string().contains("posts.db"), "{st}");
+    p.run(&["run", "p.toml"]).ok();
+    assert_eq!(
+        p.read("work/d/dataset.txt"),
+        "<|startoftext|>A good title<|endoftext|>\n<|startoftext|>Another good one<|endoftext|>\n"
+    );
+}

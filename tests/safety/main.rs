@@ -6,6 +6,7 @@
 mod checkpoints;
 mod generate_output;
 mod interrupt;
+mod pickles;
 mod planted_library;
 #[cfg(feature = "worker")] // finetune, export and generate run in gptpipe-worker
 mod reproducible_outputs;

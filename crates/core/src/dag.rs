@@ -75,6 +75,19 @@ impl Dag {
         let mut wanted = BTreeSet::new();
         let mut todo: Vec<&str> = Vec::new();
         for t in targets {
+            // A matrix stage's name as written selects all its combinations.
+            let family: Vec<&String> = self
+                .order
+                .iter()
+                .filter(|s| {
+                    s.strip_prefix(t.as_str())
+                        .is_some_and(|l| l.starts_with('['))
+                })
+                .collect();
+            if !self.deps.contains_key(t) && !family.is_empty() {
+                todo.extend(family.into_iter().map(String::as_str));
+                continue;
+            }
             if !self.deps.contains_key(t) {
                 let mut e = ConfigError::new(format!("no stage named `{t}`"));
                 e = match crate::config::suggest_name(t, self.order.iter().map(String::as_str)) {

@@ -294,6 +294,10 @@ pub fn stage_inputs(
             }
             Read::Checkpoint { path: entry, .. } => {
                 let path = pipeline.resolve(entry);
+                if gptpipe_hf::gpt2_simple::is_checkpoint(&path) {
+                    files.extend(gpt2_simple_files(&path)?);
+                    continue;
+                }
                 if !path.is_dir() {
                     bail!(
                         "restore_from: checkpoint folder not found: {} (or use \"latest\" or \"fresh\")",
@@ -306,6 +310,10 @@ pub fn stage_inputs(
                 let Some(dir) = pipeline.model_folder(model) else {
                     continue;
                 };
+                if gptpipe_hf::gpt2_simple::is_checkpoint(&dir) {
+                    files.extend(gpt2_simple_files(&dir)?);
+                    continue;
+                }
                 if !dir.is_dir() {
                     bail!("model folder not found: {}", dir.display());
                 }
@@ -334,6 +342,33 @@ pub fn stage_inputs(
         .into_iter()
         .map(|f| (display_path(&pipeline.dir, &f), f))
         .collect())
+}
+
+/// The folder that holds a model or checkpoint path: the path itself, or for one step of a
+/// gpt-2-simple checkpoint (`checkpoint/run1/model-500`, not a folder) its run folder.
+pub fn model_tree(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !path.is_dir() && gptpipe_hf::gpt2_simple::is_checkpoint(path) => {
+            parent.to_path_buf()
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The files of the gpt-2-simple checkpoint `path` names (one step's, not the whole run
+/// folder's: other steps, samples and event logs do not change the model).
+fn gpt2_simple_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let files = gptpipe_hf::gpt2_simple::files(path)?;
+    for f in &files {
+        if !f.is_file() {
+            bail!(
+                "{} not found: it belongs to the gpt-2-simple checkpoint {}",
+                f.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(files)
 }
 
 /// The inputs of a stage that are reached through a symbolic link (the file itself, or a

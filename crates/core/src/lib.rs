@@ -17,6 +17,7 @@ pub mod inputs;
 pub mod remote;
 pub mod report;
 pub mod runner;
+pub mod slurm;
 pub mod stage;
 pub mod threads;
 

@@ -83,6 +83,8 @@ impl StageRequest {
             seed: self.seed,
             stages,
             origins: Origins::default(),
+            executor: Default::default(),
+            resources: Default::default(),
         })
     }
 }
@@ -161,12 +163,25 @@ pub fn worker_command(worker: &Path, threads: Option<NonZeroUsize>) -> Command {
 
 /// What [`worker_command`] adds to this process's environment for a worker.
 pub fn worker_env(threads: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
-    let mut env: Vec<(&'static str, String)> = MKL_ENV
+    let mut env = mkl_env();
+    env.extend(crate::threads::worker_env(threads));
+    env
+}
+
+/// [`MKL_ENV`] less what the user has set.
+fn mkl_env() -> Vec<(&'static str, String)> {
+    MKL_ENV
         .iter()
         .filter(|(key, _)| std::env::var_os(key).is_none())
         .map(|&(key, value)| (key, value.to_string()))
-        .collect();
-    env.extend(crate::threads::worker_env(threads));
+        .collect()
+}
+
+/// What a Slurm job's script sets where the job's environment has not: [`worker_env`] but
+/// for the default thread count, which is the job's machine's.
+pub fn job_env(threads: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
+    let mut env = mkl_env();
+    env.extend(crate::threads::job_env(threads));
     env
 }
 

@@ -152,7 +152,11 @@ pub fn resolve_model(
         }
         ModelRef::Folder(_) | ModelRef::Name(_) => match pipeline.model_folder(model) {
             Some(dir) => ModelSource::Folder(dir),
-            None => ModelSource::Hub(model.as_written().unwrap_or_default().into_owned()),
+            // gpt-2-simple's size names ("355M") are OpenAI's repositories ("gpt2-medium").
+            None => {
+                let written = model.as_written().unwrap_or_default();
+                ModelSource::Hub(gptpipe_hf::hub::hub_id(&written).to_owned())
+            }
         },
     }
 }
@@ -162,8 +166,11 @@ pub fn resolve_model(
 /// that a runner which delegates a stage to another process keys it the same way.
 pub mod versions {
     pub const PREPARE: u32 = 1;
-    pub const FINETUNE: u32 = 2;
-    pub const GENERATE: u32 = 1;
+    /// 3: on the CPU, the fused Adam(W) update and a sparse embedding gradient (the last
+    /// bits of the weights differ, so a run of version 2 is not resumed).
+    pub const FINETUNE: u32 = 3;
+    /// 2: no `sample_delim` after the only sample of `nsamples = 1` (gpt-2-simple's).
+    pub const GENERATE: u32 = 2;
     /// 2: the graph takes `attention_mask` and `position_ids`.
     pub const EXPORT: u32 = 2;
 
@@ -238,6 +245,21 @@ impl Registry {
                 )
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Makes every kind run as a Slurm job of `worker` when the pipeline's executor is
+    /// "slurm" (each kind still runs as before under "local").
+    pub fn with_slurm_executor(&mut self, worker: std::path::PathBuf) {
+        for (_, run) in self.runners.values_mut() {
+            let (local, worker) = (run.clone(), worker.clone());
+            *run = Arc::new(move |ctx: &StageContext| {
+                if crate::slurm::is_slurm(ctx) {
+                    crate::slurm::run_in_job(&worker, ctx)
+                } else {
+                    local(ctx)
+                }
+            });
         }
     }
 

@@ -16,8 +16,7 @@
 //!   `GOMP_SPINCOUNT` is already set);
 //! - `OMP_NUM_THREADS`: the thread count, first of: `--threads` (which sets
 //!   [`THREADS_ENV`] for the processes a command starts), the user's own `OMP_NUM_THREADS`,
-//!   the stage's `threads` key, else [`default_threads`] (the CPUs not busy with other
-//!   work).
+//!   the stage's `threads` key, else [`default_threads`] (the CPUs this process may use).
 //!
 //! The thread count never changes what is computed, only how a sum is split between
 //! threads, so results may differ between thread counts in the last bits of a float, as
@@ -35,59 +34,67 @@ pub fn flag_threads() -> Option<NonZeroUsize> {
     std::env::var(THREADS_ENV).ok()?.trim().parse().ok()
 }
 
-/// The thread count when nothing sets one: the CPUs this process may run on
-/// (`std::thread::available_parallelism`: its affinity mask and a cgroup's CPU quota, which
-/// libgomp's own default ignores), but no more than the machine's CPUs that are not busy
-/// with other work as the worker starts, and at least one. On a machine busy with other
-/// processes, threads that share cores with them wait for each other at every parallel
-/// step: one thread was faster there (issue 16), and it is never slower than the cores left.
+/// The thread count when nothing sets one: the physical cores this process may run on (its
+/// affinity mask, as libtorch's own default counts cores but ignores the mask), no more
+/// than `std::thread::available_parallelism` (which also reads a cgroup's CPU quota). It
+/// does not follow the machine's load: a finetune's last bits depend on its thread count,
+/// and a pipeline's outputs must not depend on what else ran at that moment. The passive
+/// wait policy is what keeps a busy machine usable.
 pub fn default_threads() -> NonZeroUsize {
-    let usable = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let idle = idle_cpus().unwrap_or(usable);
-    NonZeroUsize::new(usable.min(idle)).unwrap_or(NonZeroUsize::MIN)
+    let usable = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    cores_in_affinity()
+        .and_then(NonZeroUsize::new)
+        .map_or(usable, |cores| cores.min(usable))
 }
 
-/// The online CPUs less the tasks of other processes running or waiting to run now (the
-/// median of a few readings of `/proc/loadavg`'s running count, which counts the reader).
-fn idle_cpus() -> Option<usize> {
-    // SAFETY: sysconf only reads a system value.
-    let online = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).ok()?;
-    let mut running = Vec::new();
-    for i in 0..5 {
-        if i > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+/// The distinct (package, core) pairs among the CPUs of this process's affinity mask: one
+/// per physical core, whatever the hyperthreads.
+fn cores_in_affinity() -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, which sched_getaffinity fills.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
         }
-        let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-        running.push(running_tasks(&text)?);
+        set
+    };
+    let topology = |cpu: usize, file: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{file}"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let mut cores = std::collections::BTreeSet::new();
+    // SAFETY: CPU_ISSET reads the set within its size.
+    for cpu in (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }) {
+        cores.insert((
+            topology(cpu, "physical_package_id")?,
+            topology(cpu, "core_id")?,
+        ));
     }
-    running.sort_unstable();
-    let others = running[running.len() / 2].saturating_sub(1);
-    Some(online.saturating_sub(others))
-}
-
-/// The running count of a `/proc/loadavg` line (`0.52 0.58 0.59 3/467 12345`: 3).
-fn running_tasks(loadavg: &str) -> Option<usize> {
-    loadavg
-        .split_whitespace()
-        .nth(3)?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
+    Some(cores.len())
 }
 
 /// What to add to the environment of a process that loads libtorch, given the stage's
 /// `threads` key (`None` outside a stage or when unset); see the module documentation.
 /// Reads this process's environment.
 pub fn worker_env(key: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
-    env_for(|name| std::env::var(name).ok(), key, default_threads())
+    let default = default_threads().to_string();
+    env_for(|name| std::env::var(name).ok(), key, &default)
 }
 
-/// [`worker_env`] over the variables `var` returns, with `default` threads.
+/// [`worker_env`] for a Slurm job's script, which exports each value as it is: the default
+/// count is the shell's `$(nproc)` (the CPUs of the job's allocation), which only the job's
+/// machine knows. The job inherits the runner's environment, so what the user set there
+/// is left out, as for a local worker.
+pub fn job_env(key: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
+    env_for(|name| std::env::var(name).ok(), key, "$(nproc)")
+}
+
+/// [`worker_env`] over the variables `var` returns, with `default` as the default count.
 fn env_for(
     var: impl Fn(&str) -> Option<String>,
     key: Option<NonZeroUsize>,
-    default: NonZeroUsize,
+    default: &str,
 ) -> Vec<(&'static str, String)> {
     let set = |name: &str| var(name).is_some_and(|v| !v.is_empty());
     let mut env = Vec::new();
@@ -95,13 +102,16 @@ fn env_for(
         env.push(("OMP_WAIT_POLICY", "PASSIVE".to_string()));
     }
     let flag = var(THREADS_ENV).and_then(|v| v.trim().parse::<NonZeroUsize>().ok());
+    // libtorch takes OMP_NUM_THREADS, then lets MKL_NUM_THREADS override it: a count set
+    // here sets both, and a user's own either one stands.
     let count = match flag {
-        Some(n) => Some(n),
-        None if set("OMP_NUM_THREADS") => None,
-        None => Some(key.unwrap_or(default)),
+        Some(n) => Some(n.to_string()),
+        None if set("OMP_NUM_THREADS") || set("MKL_NUM_THREADS") => None,
+        None => Some(key.map_or_else(|| default.to_owned(), |n| n.to_string())),
     };
     if let Some(n) = count {
-        env.push(("OMP_NUM_THREADS", n.to_string()));
+        env.push(("OMP_NUM_THREADS", n.clone()));
+        env.push(("MKL_NUM_THREADS", n));
     }
     env
 }
@@ -127,7 +137,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        env_for(var, key, n(4).unwrap())
+        env_for(var, key, "4")
     }
 
     fn pairs(p: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
@@ -135,19 +145,14 @@ mod tests {
     }
 
     #[test]
-    fn the_running_count_of_loadavg() {
-        assert_eq!(running_tasks("0.52 0.58 0.59 3/467 12345\n"), Some(3));
-        assert_eq!(running_tasks("0.52 0.58"), None);
-        // This test runs, so something is running.
-        let text = std::fs::read_to_string("/proc/loadavg").unwrap();
-        assert!(running_tasks(&text).unwrap() >= 1);
-        assert!(idle_cpus().is_some());
-    }
-
-    #[test]
     fn passive_and_the_default_count_when_nothing_is_set() {
         assert!(default_threads().get() >= 1);
-        let want = pairs(&[("OMP_WAIT_POLICY", "PASSIVE"), ("OMP_NUM_THREADS", "4")]);
+        assert!(default_threads() <= std::thread::available_parallelism().unwrap());
+        let want = pairs(&[
+            ("OMP_WAIT_POLICY", "PASSIVE"),
+            ("OMP_NUM_THREADS", "4"),
+            ("MKL_NUM_THREADS", "4"),
+        ]);
         assert_eq!(env(&[], None), want);
         // An empty variable counts as unset.
         assert_eq!(env(&[("OMP_NUM_THREADS", "")], None), want);
@@ -157,14 +162,23 @@ mod tests {
     fn the_flag_wins_then_the_users_environment_then_the_key() {
         let key = n(3);
         assert_eq!(env(&[], key)[1], ("OMP_NUM_THREADS", "3".into()));
-        // The user's OMP_NUM_THREADS is left as it is, over the key.
+        // The user's OMP_NUM_THREADS or MKL_NUM_THREADS is left as it is, over the key.
+        for user in ["OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+            assert_eq!(
+                env(&[(user, "2")], key),
+                pairs(&[("OMP_WAIT_POLICY", "PASSIVE")])
+            );
+        }
+        // --threads (GPTPIPE_THREADS) over both, for both libraries.
+        let flag = [
+            ("OMP_NUM_THREADS", "2"),
+            ("MKL_NUM_THREADS", "2"),
+            (THREADS_ENV, "1"),
+        ];
         assert_eq!(
-            env(&[("OMP_NUM_THREADS", "2")], key),
-            pairs(&[("OMP_WAIT_POLICY", "PASSIVE")])
+            env(&flag, key)[1..],
+            pairs(&[("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")])
         );
-        // --threads (GPTPIPE_THREADS) over both.
-        let flag = [("OMP_NUM_THREADS", "2"), (THREADS_ENV, "1")];
-        assert_eq!(env(&flag, key)[1], ("OMP_NUM_THREADS", "1".into()));
         // A flag that is not a count is ignored.
         assert_eq!(
             env(&[(THREADS_ENV, "0")], key)[1],
@@ -177,7 +191,19 @@ mod tests {
         for user in ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"] {
             assert_eq!(
                 env(&[(user, "ACTIVE")], None),
-                pairs(&[("OMP_NUM_THREADS", "4")])
+                pairs(&[("OMP_NUM_THREADS", "4"), ("MKL_NUM_THREADS", "4")])
+            );
+        }
+    }
+
+    #[test]
+    fn a_slurm_job_counts_its_own_cpus() {
+        let job = job_env(None);
+        if std::env::var_os("OMP_NUM_THREADS").is_none() && std::env::var_os(THREADS_ENV).is_none()
+        {
+            assert!(
+                job.contains(&("OMP_NUM_THREADS", "$(nproc)".into())),
+                "{job:?}"
             );
         }
     }

@@ -79,6 +79,8 @@ model = "models/m"
             (files.keys().cloned().collect::<Vec<_>>(), key),
         );
     }
+    // `gen` and `hub` (generate stages) re-pinned for generate's version 2 (issue 15),
+    // `train` and `tune` (finetune stages) for finetune's version 3 (issue 16).
     let expected: BTreeMap<String, (Vec<String>, String)> = [
         (
             "exp",
@@ -88,12 +90,12 @@ model = "models/m"
         (
             "gen",
             vec![],
-            "b4b2ade70968fa8c3e1eb68bd93403e27e31086aa7692f08b145c2e84a8f882a",
+            "538ce570bfbedfc2521935464aa7b84eb3018ca9492079f59bbba01411f522fe",
         ),
         (
             "hub",
             vec![],
-            "104254d936a70b40fb5927a15e8f73cc02d27c7d80e3a8a1622733e7ecbbbe02",
+            "8240e6ec98f572994df375f15b310da8000378a69d6ec0bde25e63f93cdd26bd",
         ),
         (
             "more",
@@ -108,7 +110,7 @@ model = "models/m"
         (
             "train",
             vec![],
-            "5d8b3d8a77191cbc122c94625037008d1286d4b77c24a13d3b574c2cd80a6307",
+            "41eb7d5fadc6c87c3bcefed231d50fe641546f9c1ff9eab6fd8c37dbb824dc39",
         ),
         (
             "tune",
@@ -118,7 +120,7 @@ model = "models/m"
                 "models/m/config.json",
                 "models/m/model.safetensors",
             ],
-            "2e0af9256413d949c03dfd54babe92797c1d0e7de4505344616f555f116b406c",
+            "922190841cb085d971ba597107aecab7d67d4ab6ad783a65d20564f5124b0b1b",
         ),
     ]
     .into_iter()
@@ -157,7 +159,8 @@ fn generate_controls_at_their_defaults_keep_the_key() {
         }
         .key()
     };
-    let before = "567c999396dc27a4177b73379ff77ff8b2bf55a8abd6bd5e14bf318dad9f8952";
+    // Re-pinned once for generate's version 2 (issue 15), which changes every generate key.
+    let before = "1f0100bf71e6effc940d04cb33c1a1655ef692ff9682826e39c64c167a3996d8";
     assert_eq!(key_of(""), before);
     assert_eq!(
         key_of("min_length = 0\nno_repeat_ngram_size = 0\nbad_words = []\n"),
@@ -194,7 +197,8 @@ fn threads_stays_out_of_the_key() {
         Ok::<_, String>((material.key(), params.threads().map(|n| n.get())))
     };
     let generate = "kind = \"generate\"\nmodel = \"gpt2\"\ntruncate = \"<|endoftext|>\"\n";
-    let before = "567c999396dc27a4177b73379ff77ff8b2bf55a8abd6bd5e14bf318dad9f8952";
+    // Generate's version 2 (issue 15).
+    let before = "1f0100bf71e6effc940d04cb33c1a1655ef692ff9682826e39c64c167a3996d8";
     assert_eq!(key_of(generate, "").unwrap(), (before.into(), None));
     assert_eq!(
         key_of(generate, "threads = 3\n").unwrap(),

@@ -127,7 +127,7 @@ pub fn render_all(
                 k,
                 job,
                 params.format,
-                &params.sample_delim,
+                crate::output::sample_delim(params),
                 model_hash,
             ));
         }

@@ -104,9 +104,25 @@ impl Meta {
     }
 }
 
+/// The text written after each sample of a text output: `sample_delim`, but nothing when
+/// the stage makes one sample (`nsamples = 1`), as gpt-2-simple's `generate` writes it.
+pub fn sample_delim(params: &GenerateParams) -> &str {
+    delimiter(&params.sample_delim, params.nsamples)
+}
+
+fn delimiter(sample_delim: &str, nsamples: usize) -> &str {
+    if nsamples == 1 {
+        ""
+    } else {
+        sample_delim
+    }
+}
+
 /// The rendered samples of an earlier output made with the same recipe, if there is one
-/// (its `generate.json` matches and its sample file has the recorded size).
-pub fn previous_samples(dir: &Path, now: &Meta, output: &str) -> Option<Vec<String>> {
+/// (its `generate.json` matches and its sample file has the recorded size), each ending
+/// as `params` ends a sample now (an output of one sample has no delimiter).
+pub fn previous_samples(dir: &Path, now: &Meta, params: &GenerateParams) -> Option<Vec<String>> {
+    let output = &params.output;
     let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).ok()?).ok()?;
     if !meta.same_recipe(now) {
         return None;
@@ -120,6 +136,19 @@ pub fn previous_samples(dir: &Path, now: &Meta, output: &str) -> Option<Vec<Stri
     for &n in &meta.sample_bytes {
         out.push(text.get(at..at + n)?.to_owned());
         at += n;
+    }
+    if params.format == SampleFormat::Text {
+        // Every sample of a reused output was kept, so it held `nsamples` of them then.
+        let (then, now) = (
+            delimiter(&params.sample_delim, out.len()),
+            sample_delim(params),
+        );
+        if then != now {
+            out = out
+                .into_iter()
+                .map(|s| s.strip_suffix(then).map(|body| format!("{body}{now}")))
+                .collect::<Option<_>>()?;
+        }
     }
     Some(out)
 }

@@ -52,21 +52,34 @@ pub fn model_hash_for(source: &ModelSource, backend: Backend) -> Result<String> 
 }
 
 /// The weight files of `source` that `backend` loads: (name in the folder, path).
-fn weight_files(source: &ModelSource, backend: Backend) -> Result<Vec<(&'static str, PathBuf)>> {
+fn weight_files(source: &ModelSource, backend: Backend) -> Result<Vec<(String, PathBuf)>> {
     let dir = match source {
         ModelSource::Hub(id) => gptpipe_hf::hub::hub_folder(id)?,
         ModelSource::Folder(dir) | ModelSource::Stage { dir, .. } => dir.clone(),
         ModelSource::Inline(_) => unreachable!("an inline model has no files"),
     };
-    let mut files = Vec::new();
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    if gptpipe_hf::gpt2_simple::is_checkpoint(&dir) {
+        // The tensor bundle: its index and data shards (not the optimizer's files).
+        for path in gptpipe_hf::gpt2_simple::files(&dir)? {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.ends_with(".index") || name.contains(".data-") {
+                files.push((name.into_owned(), path));
+            }
+        }
     // ONNX Runtime exports a folder without `model.onnx` on the fly, from its weights.
-    if choose_backend(backend, source) == Backend::Onnx && dir.join(ONNX_FILE).is_file() {
-        files.push((ONNX_FILE, dir.join(ONNX_FILE)));
+    } else if choose_backend(backend, source) == Backend::Onnx && dir.join(ONNX_FILE).is_file() {
+        files.push((ONNX_FILE.into(), dir.join(ONNX_FILE)));
         if dir.join(ONNX_DATA_FILE).is_file() {
-            files.push((ONNX_DATA_FILE, dir.join(ONNX_DATA_FILE)));
+            files.push((ONNX_DATA_FILE.into(), dir.join(ONNX_DATA_FILE)));
         }
     } else {
-        files.push((WEIGHTS_FILE, dir.join(WEIGHTS_FILE)));
+        // The file the weights are read from: model.safetensors, else a pickle.
+        let (name, path) = gptpipe_hf::weights::find(&dir)
+            .map_or((WEIGHTS_FILE, dir.join(WEIGHTS_FILE)), |(f, p)| {
+                (f.file_name(), p)
+            });
+        files.push((name.to_owned(), path));
     }
     for (_, path) in &files {
         if !path.is_file() {

@@ -177,9 +177,22 @@ pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) 
     }
 }
 
-/// Largest first, ties by lower token id: the one order every path agrees on.
+/// Largest first, ties by lower token id: the one order every path agrees on. A NaN of
+/// either sign ranks above everything, as in libtorch's `topk` (x86 makes `0 * inf` a
+/// negative NaN, which `total_cmp` alone would rank last).
 fn desc(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
-    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+    unsign_nan(b.0)
+        .total_cmp(&unsign_nan(a.0))
+        .then(a.1.cmp(&b.1))
+}
+
+/// `l`, with any NaN made the positive one (the largest in `total_cmp`'s order).
+fn unsign_nan(l: f32) -> f32 {
+    if l.is_nan() {
+        f32::NAN
+    } else {
+        l
+    }
 }
 
 /// The first index of the largest logit.
@@ -245,7 +258,7 @@ pub fn top_k_of(logits: &[f32], k: usize) -> Vec<(f32, u32)> {
 
 /// `l` as an integer that orders as [`f32::total_cmp`] orders floats.
 fn total_key(l: f32) -> i32 {
-    let bits = l.to_bits() as i32;
+    let bits = unsign_nan(l).to_bits() as i32;
     bits ^ (((bits >> 31) as u32) >> 1) as i32
 }
 
@@ -312,7 +325,7 @@ mod tests {
     }
 
     /// The one-pass top-k gives what sorting every logit gives: largest first, ties (many,
-    /// here) by lower id, infinities and NaN ordered as `total_cmp` orders them.
+    /// here) by lower id, infinities as `total_cmp` orders them, NaN of either sign first.
     #[test]
     fn top_k_equals_a_full_sort() {
         let mut rng = SampleRng::for_sample(5, 0);
@@ -323,6 +336,7 @@ mod tests {
             if n > 10 {
                 row[3] = f32::INFINITY;
                 row[n - 1] = f32::NAN;
+                row[n / 3] = -f32::NAN;
                 row[5] = f32::NEG_INFINITY;
             }
             let mut all: Vec<(f32, u32)> = row
@@ -336,7 +350,8 @@ mod tests {
                 let want = &all[..k.min(n)];
                 assert_eq!(got.len(), want.len(), "n {n} k {k}");
                 for (g, w) in got.iter().zip(want) {
-                    assert!(g.0.total_cmp(&w.0).is_eq() && g.1 == w.1, "n {n} k {k}");
+                    let same = (g.0.is_nan() && w.0.is_nan()) || g.0.total_cmp(&w.0).is_eq();
+                    assert!(same && g.1 == w.1, "n {n} k {k}");
                 }
             }
         }

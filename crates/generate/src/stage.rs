@@ -59,7 +59,7 @@ pub fn choose_backend(choice: BackendChoice, source: &ModelSource) -> BackendCho
                 ModelSource::Stage { kind, .. } => *kind == StageKind::Export,
                 ModelSource::Folder(dir) => {
                     dir.join(gptpipe_hf::folder::ONNX_FILE).is_file()
-                        && !dir.join(gptpipe_hf::WEIGHTS_FILE).is_file()
+                        && gptpipe_hf::weights::find(dir).is_none()
                 }
                 _ => false,
             };
@@ -87,6 +87,9 @@ pub fn known_n_ctx(source: &ModelSource) -> Option<usize> {
                 .then_some(HUB_GPT2_N_CTX);
         }
     };
+    if gptpipe_hf::gpt2_simple::is_checkpoint(dir) {
+        return gptpipe_hf::gpt2_simple::hparams(dir).ok().map(|h| h.n_ctx);
+    }
     let text = std::fs::read_to_string(dir.join(gptpipe_hf::CONFIG_FILE)).ok()?;
     gptpipe_hf::HfConfig::parse(&text).ok()?.context()
 }
@@ -204,7 +207,7 @@ pub fn run_stage(ctx: &StageContext, backends: &Backends, codec: &dyn Codec) -> 
     let mut earlier: Vec<String> = ctx
         .previous_output
         .filter(|_| reusable)
-        .and_then(|dir| previous_samples(dir, &meta, &params.output))
+        .and_then(|dir| previous_samples(dir, &meta, params))
         .unwrap_or_default();
     earlier.truncate(params.nsamples);
     if !earlier.is_empty() {

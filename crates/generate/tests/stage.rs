@@ -79,6 +79,8 @@ fn run_with(
         seed: 42,
         stages: BTreeMap::new(),
         origins: Origins::default(),
+        executor: Default::default(),
+        resources: Default::default(),
     };
     let upstream = BTreeMap::new();
     let cancel = AtomicBool::new(false);
@@ -109,6 +111,47 @@ fn text_output_follows_gpt2_simple_layout() {
     assert!(parts[..5]
         .iter()
         .all(|p| p.starts_with("ab") && !p.contains("<e>")));
+}
+
+/// gpt-2-simple writes no `sample_delim` when it makes one sample; an earlier output's
+/// samples are re-ended when `nsamples` moves from or to 1, and still reused (a marker in
+/// the earlier file survives).
+#[test]
+fn one_sample_has_no_delimiter_and_reused_samples_are_re_ended() {
+    let read = |d: &Path| std::fs::read_to_string(d.join("samples.txt")).unwrap();
+    let one = tempfile::tempdir().unwrap();
+    run(params(1, 1, SampleFormat::Text), one.path(), None, "h").unwrap();
+    let single = read(one.path());
+    assert!(
+        single.ends_with('\n') && !single.contains("===="),
+        "{single:?}"
+    );
+    let marked = format!("Z{}", &single[1..]);
+    std::fs::write(one.path().join("samples.txt"), &marked).unwrap();
+
+    let three = tempfile::tempdir().unwrap();
+    run(
+        params(3, 1, SampleFormat::Text),
+        three.path(),
+        Some(one.path()),
+        "h",
+    )
+    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    run(params(3, 2, SampleFormat::Text), scratch.path(), None, "h").unwrap();
+    let fresh = read(scratch.path());
+    assert_eq!(read(three.path()), format!("Z{}", &fresh[1..]));
+    assert_eq!(fresh.matches(&format!("\n{}\n", "=".repeat(20))).count(), 3);
+
+    let back = tempfile::tempdir().unwrap();
+    run(
+        params(1, 1, SampleFormat::Text),
+        back.path(),
+        Some(three.path()),
+        "h",
+    )
+    .unwrap();
+    assert_eq!(read(back.path()), marked);
 }
 
 #[test]

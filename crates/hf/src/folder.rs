@@ -1,9 +1,11 @@
 //! Hugging Face model folders as gptpipe reads them: `config.json` + one
-//! `model.safetensors`. Shared by the libtorch and ONNX-only builds, so both explain a
+//! `model.safetensors` (or a `pytorch_model.bin`, read by [`crate::pickle`]). Shared by the libtorch and ONNX-only builds, so both explain a
 //! folder they cannot load the same way.
 
 use anyhow::{bail, Result};
 use std::path::Path;
+
+use crate::weights::PICKLE_FILE;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -30,17 +32,7 @@ pub fn check_folder(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         bail!("model folder {} does not exist", dir.display());
     }
-    let weights = dir.join(WEIGHTS_FILE);
-    if !weights.is_file() {
-        if dir.join("pytorch_model.bin").exists() {
-            bail!(
-                "{} holds only pytorch_model.bin, a pickle checkpoint: loading pickle can run \
-                 arbitrary code, so gptpipe refuses it. Convert it once with transformers \
-                 (`GPT2LMHeadModel.from_pretrained(folder).save_pretrained(folder, \
-                 safe_serialization=True)`) to get model.safetensors",
-                dir.display()
-            );
-        }
+    if crate::weights::find(dir).is_none() {
         if dir.join("model.safetensors.index.json").exists() {
             bail!(
                 "{} holds a sharded checkpoint (model.safetensors.index.json); save it as \
@@ -50,14 +42,14 @@ pub fn check_folder(dir: &Path) -> Result<()> {
         }
         bail!(
             "model folder {} has no {WEIGHTS_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
-             and {WEIGHTS_FILE})",
+             and {WEIGHTS_FILE}, or the {PICKLE_FILE} of older transformers)",
             dir.display()
         );
     }
     if !dir.join(CONFIG_FILE).is_file() {
         bail!(
             "model folder {} has no {CONFIG_FILE} (a Hugging Face folder needs {CONFIG_FILE} \
-             and {WEIGHTS_FILE})",
+             and {WEIGHTS_FILE} or {PICKLE_FILE})",
             dir.display()
         );
     }
@@ -82,7 +74,8 @@ mod tests {
     #[test]
     fn each_incomplete_folder_says_what_is_missing() {
         assert_eq!(error_of(&[CONFIG_FILE, WEIGHTS_FILE]), "ok");
-        assert!(error_of(&[CONFIG_FILE, "pytorch_model.bin"]).contains("pickle"));
+        // A pickle is a model folder; whether it is a safe one is known when it is read.
+        assert_eq!(error_of(&[CONFIG_FILE, PICKLE_FILE]), "ok");
         assert!(error_of(&[CONFIG_FILE, "model.safetensors.index.json"]).contains("sharded"));
         assert!(error_of(&[WEIGHTS_FILE]).contains("has no config.json"));
         assert!(error_of(&[]).contains("has no model.safetensors"));

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 use crate::folder::{CONFIG_FILE, TOKENIZER_FILES, WEIGHTS_FILE};
+use crate::weights::PICKLE_FILE;
 
 /// Whether `id` is one of OpenAI's GPT-2 repositories (`gpt2`, `gpt2-medium`,
 /// `gpt2-large`, `gpt2-xl`, with or without the `openai-community/` prefix), whose weights
@@ -14,14 +15,33 @@ pub fn is_openai_gpt2(id: &str) -> bool {
     matches!(bare, "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl")
 }
 
+/// gpt-2-simple's names of OpenAI's GPT-2 sizes (`download_gpt2(model_name="355M")`) and
+/// the hub ids of the same weights.
+pub const GPT2_SIMPLE_NAMES: [(&str, &str); 4] = [
+    ("124M", "gpt2"),
+    ("355M", "gpt2-medium"),
+    ("774M", "gpt2-large"),
+    ("1558M", "gpt2-xl"),
+];
+
+/// The hub id a model name means: gpt-2-simple's size names (`"355M"`) are OpenAI's
+/// repositories (`"gpt2-medium"`); any other name is a hub id as written.
+pub fn hub_id(name: &str) -> &str {
+    GPT2_SIMPLE_NAMES
+        .iter()
+        .find(|(short, _)| *short == name)
+        .map_or(name, |(_, id)| id)
+}
+
 /// Downloads `id` into the Hugging Face cache (`HF_HOME`, else `~/.cache/huggingface`)
 /// unless it is there already, and returns the snapshot folder.
 pub fn hub_folder(id: &str) -> Result<PathBuf> {
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(id.to_owned());
-    if let (Some(c), Some(w)) = (cached.get(CONFIG_FILE), cached.get(WEIGHTS_FILE)) {
-        if c.parent() == w.parent() {
-            return Ok(c.parent().unwrap().to_path_buf());
+    if let Some(c) = cached.get(CONFIG_FILE) {
+        let dir = c.parent().unwrap();
+        if crate::weights::find(dir).is_some() {
+            return Ok(dir.to_path_buf());
         }
     }
     let alternative = format!(
@@ -45,11 +65,14 @@ pub fn hub_folder(id: &str) -> Result<PathBuf> {
             "cannot download model {id:?} from the Hugging Face hub ({e}): {alternative}"
         )
     })?;
-    let weights = repo.get(WEIGHTS_FILE).map_err(|e| {
-        anyhow::anyhow!(
-            "model {id:?} has no downloadable {WEIGHTS_FILE} ({e}); pickle checkpoints \
-             (pytorch_model.bin) are refused because loading them can run code: {alternative}"
-        )
+    // A repository of older transformers has only the pickle, which is read as data only.
+    let weights = repo.get(WEIGHTS_FILE).or_else(|e| {
+        repo.get(PICKLE_FILE).map_err(|_| {
+            anyhow::anyhow!(
+                "model {id:?} has no downloadable {WEIGHTS_FILE} or {PICKLE_FILE} ({e}): \
+                 {alternative}"
+            )
+        })
     })?;
     verify_blob(&weights)?;
     // Fetched when the repo has them.
@@ -127,5 +150,18 @@ mod tests {
         assert!(format!("{e:#}").contains("corrupt"), "{e:#}");
         std::fs::write(tmp.path().join("config.json"), b"{}").unwrap();
         verify_blob(&tmp.path().join("config.json")).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod names {
+    #[test]
+    fn gpt2_simple_sizes_are_openai_s_repositories() {
+        assert_eq!(super::hub_id("124M"), "gpt2");
+        assert_eq!(super::hub_id("355M"), "gpt2-medium");
+        assert_eq!(super::hub_id("774M"), "gpt2-large");
+        assert_eq!(super::hub_id("1558M"), "gpt2-xl");
+        assert_eq!(super::hub_id("gpt2-medium"), "gpt2-medium");
+        assert_eq!(super::hub_id("org/355M"), "org/355M");
     }
 }

@@ -7,8 +7,11 @@
 
 pub mod config;
 pub mod folder;
+pub mod gpt2_simple;
 pub mod hub;
 pub mod limits;
+pub mod pickle;
+pub mod weights;
 
 pub use config::{Activation, Field, HfConfig};
 pub use folder::{check_folder, CONFIG_FILE, WEIGHTS_FILE};

@@ -68,8 +68,10 @@ impl OnnxBackend {
             return Self::load(runtime, &dir, None);
         }
         // No export: the weights are exported on the fly, if the folder has loadable ones.
-        gptpipe_hf::check_folder(&dir)
-            .with_context(|| format!("{} has no {MODEL_FILE}", dir.display()))?;
+        if !gptpipe_hf::gpt2_simple::is_checkpoint(&dir) {
+            gptpipe_hf::check_folder(&dir)
+                .with_context(|| format!("{} has no {MODEL_FILE}", dir.display()))?;
+        }
         let scratch = tempfile::Builder::new()
             .prefix("gptpipe-onnx-")
             .tempdir()

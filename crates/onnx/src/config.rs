@@ -25,6 +25,10 @@ pub struct Gpt2Config {
 
 impl Gpt2Config {
     pub fn load(dir: &Path) -> Result<Self> {
+        if gptpipe_hf::gpt2_simple::is_checkpoint(dir) {
+            let hparams = gptpipe_hf::gpt2_simple::hparams(dir)?;
+            return Self::from_hf(&HfConfig::from_value(hparams.hf_config()));
+        }
         let path = dir.join(CONFIG_FILE);
         let text = gptpipe_hf::config::read_config_text(&path)?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))

@@ -88,7 +88,13 @@ fn copy_companions(src: &Path, dst: &Path, config: &Gpt2Config) -> Result<()> {
             .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
         Ok(true)
     };
-    copy(gptpipe_hf::CONFIG_FILE)?;
+    if !copy(gptpipe_hf::CONFIG_FILE)? && gptpipe_hf::gpt2_simple::is_checkpoint(src) {
+        // A gpt-2-simple checkpoint's shape is its hparams.json.
+        let config = gptpipe_hf::gpt2_simple::hparams(src)?.hf_config();
+        let to = dst.join(gptpipe_hf::CONFIG_FILE);
+        std::fs::write(&to, serde_json::to_string_pretty(&config)?)
+            .with_context(|| format!("cannot write {}", to.display()))?;
+    }
     copy(gptpipe_hf::folder::GENERATION_CONFIG_FILE)?;
     let mut any = false;
     for name in TOKENIZER_FILES {

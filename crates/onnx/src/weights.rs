@@ -1,4 +1,5 @@
-//! GPT-2 weights from `model.safetensors`, read as f32 by their GPT2Model names
+//! GPT-2 weights from `model.safetensors` (or another format `gptpipe_hf::weights` reads),
+//! read as f32 by their GPT2Model names
 //! (`wte.weight`, `h.0.attn.c_attn.weight`, ...) whether the file was saved from
 //! GPT2LMHeadModel (`transformer.` prefix) or GPT2Model (none). Tensors are converted only
 //! when asked for, so buffers we never use (old `attn.bias` masks) cost nothing.
@@ -20,20 +21,26 @@ pub struct Weights {
 
 impl Weights {
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join(gptpipe_hf::WEIGHTS_FILE);
-        if !path.is_file() {
-            if dir.join("pytorch_model.bin").is_file() {
-                bail!(
-                    "{} has only pytorch_model.bin; export needs model.safetensors",
-                    dir.display()
-                );
-            }
-            bail!("{} not found", path.display());
+        if gptpipe_hf::gpt2_simple::is_checkpoint(dir) {
+            return Self::from_gpt2_simple(dir);
         }
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        // model.safetensors, else a pickle read as data (gptpipe_hf::weights).
+        let path = gptpipe_hf::weights::find(dir)
+            .map_or_else(|| dir.join(gptpipe_hf::WEIGHTS_FILE), |(_, p)| p);
+        let bytes = gptpipe_hf::weights::read(dir)?;
+        Self::from_bytes(bytes, path.display().to_string())
+    }
+
+    /// A gpt-2-simple checkpoint's weights, laid out as a safetensors file in memory.
+    fn from_gpt2_simple(path: &Path) -> Result<Self> {
+        let ckpt = gptpipe_hf::gpt2_simple::read_checkpoint(path)?;
+        let file = ckpt.to_safetensors()?;
+        Self::from_bytes(file, ckpt.located.prefix.display().to_string())
+    }
+
+    fn from_bytes(bytes: Vec<u8>, source: String) -> Result<Self> {
         let (header, meta): (usize, Metadata) = SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+            .with_context(|| format!("{source} is not a safetensors file"))?;
         let index = meta
             .tensors()
             .into_iter()
@@ -49,7 +56,7 @@ impl Weights {
             bytes,
             data_start: 8 + header,
             index,
-            source: path.display().to_string(),
+            source,
         })
     }
 

@@ -49,6 +49,8 @@ fn run_export(
         seed: 42,
         stages: BTreeMap::new(),
         origins: Default::default(),
+        executor: Default::default(),
+        resources: Default::default(),
     };
     let mut upstream = BTreeMap::new();
     upstream.insert(

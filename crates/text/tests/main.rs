@@ -4,6 +4,7 @@
 mod common;
 mod known_answers;
 mod prepare_fixtures;
+mod prepare_sources;
 mod prepare_stage;
 mod prepare_template;
 mod tokenizer_hf;

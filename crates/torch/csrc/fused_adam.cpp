@@ -16,6 +16,20 @@ int gptpipe_fused_adam(const at::Tensor* param, const at::Tensor* grad,
                        const at::Tensor* step, double lr, double beta1, double beta2,
                        double weight_decay, double eps, int decoupled) {
   return gptpipe::guarded([&] {
+    // The CPU kernel walks raw pointers over param.numel() elements of every buffer and
+    // checks none of this: refuse here, before anything is written.
+    for (const at::Tensor* t : {grad, exp_avg, exp_avg_sq}) {
+      TORCH_CHECK(t->numel() == param->numel(), "fused Adam: buffers of different sizes");
+      TORCH_CHECK(t->scalar_type() == param->scalar_type(), "fused Adam: dtypes differ");
+      TORCH_CHECK(t->device() == param->device(), "fused Adam: devices differ");
+      TORCH_CHECK(t->layout() == at::kStrided && t->is_contiguous(),
+                  "fused Adam: a buffer is sparse or not contiguous");
+    }
+    TORCH_CHECK(param->layout() == at::kStrided && param->is_contiguous(),
+                "fused Adam: the parameters are sparse or not contiguous");
+    TORCH_CHECK(step->numel() == 1 && step->scalar_type() == at::kFloat &&
+                    step->device() == param->device(),
+                "fused Adam: the step is not one fp32 value on the parameters' device");
     at::TensorList params(*param), grads(*grad), exp_avgs(*exp_avg),
         exp_avg_sqs(*exp_avg_sq), steps(*step);
     at::TensorList max_exp_avg_sqs{};

@@ -101,3 +101,16 @@ mod cuda_decls {
         ) -> c_int;
     }
 }
+
+// csrc/device_props.cpp, built on its own (`cfg(gptpipe_cuda_props)`, see build.rs).
+#[cfg(gptpipe_cuda_props)]
+extern "C" {
+    /// 0 and the compute capability and total memory (bytes) of CUDA device `device`; 1
+    /// when they cannot be read.
+    pub fn gptpipe_cuda_device_props(
+        device: std::ffi::c_int,
+        major: *mut std::ffi::c_int,
+        minor: *mut std::ffi::c_int,
+        total_memory: *mut u64,
+    ) -> std::ffi::c_int;
+}

@@ -6,6 +6,7 @@ pub mod device;
 mod ffi;
 pub mod finetune;
 pub mod generation;
+pub mod gpt2_simple;
 pub mod memory;
 pub mod model;
 pub mod source;

@@ -14,6 +14,7 @@ use tch::Device;
 pub fn model_folder(source: &ModelSource) -> Result<Option<PathBuf>> {
     match source {
         ModelSource::Inline(_) => Ok(None),
+        ModelSource::Folder(dir) if crate::gpt2_simple::is_checkpoint(dir) => Ok(Some(dir.clone())),
         ModelSource::Folder(dir) => {
             weights::check_folder(dir)?;
             Ok(Some(dir.clone()))

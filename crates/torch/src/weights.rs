@@ -1,4 +1,5 @@
-//! Hugging Face model folders: `config.json` + `model.safetensors` in, and out in the
+//! Hugging Face model folders: `config.json` + weights in (`model.safetensors`, or any
+//! format `gptpipe_hf::weights` reads), and out in the
 //! layout `GPT2LMHeadModel.from_pretrained(folder)` loads as it is.
 
 use crate::model::{Config, Gpt2};
@@ -10,27 +11,34 @@ use tch::{Device, Kind, Tensor};
 
 pub use gptpipe_hf::{check_folder, CONFIG_FILE, WEIGHTS_FILE};
 
-/// Loads a model folder onto `device` (fp32 weights).
+/// Loads a model folder (or a gpt-2-simple checkpoint) onto `device` (fp32 weights).
 pub fn load_folder(dir: &Path, device: Device) -> Result<Gpt2> {
+    if crate::gpt2_simple::is_checkpoint(dir) {
+        return crate::gpt2_simple::load(dir, device);
+    }
     check_folder(dir)?;
     let config = Config::from_json_file(&dir.join(CONFIG_FILE))?;
     crate::memory::ensure_fits(&crate::memory::weights(&config), device)
         .with_context(|| format!("model {}", dir.display()))?;
     let model = Gpt2::zeros(&config, device);
-    load_weights(&model, &dir.join(WEIGHTS_FILE))?;
+    let bytes = gptpipe_hf::weights::read(dir)?;
+    load_weights(&model, &bytes, dir)?;
     Ok(model)
 }
 
 /// Tensors the file may hold that are not parameters: attention-mask buffers of old
 /// exports and the head, which is tied to `wte`.
 fn ignored(name: &str) -> bool {
-    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name == "lm_head.weight"
+    gptpipe_hf::weights::is_mask_buffer(name) || name == "lm_head.weight"
 }
 
-/// Copies the weights of a safetensors file into `model`, checking every name and shape.
-/// Names may carry the `transformer.` prefix or not (the hub's `gpt2` has none).
-pub fn load_weights(model: &Gpt2, path: &Path) -> Result<()> {
-    let tensors = read_safetensors(path)?;
+/// Copies the weights (safetensors bytes) of the model folder `path` into `model`,
+/// checking every name and shape. Names may carry the `transformer.` prefix or not (the
+/// hub's `gpt2` has none).
+pub fn load_weights(model: &Gpt2, bytes: &[u8], path: &Path) -> Result<()> {
+    // Errors name the file the bytes came from (model.safetensors, or the pickle).
+    let file = gptpipe_hf::weights::find(path).map_or_else(|| path.to_path_buf(), |(_, f)| f);
+    let tensors = parse_safetensors(bytes, &file)?;
     let mut by_name: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in tensors {
         if ignored(&name) {
@@ -76,7 +84,12 @@ pub fn load_weights(model: &Gpt2, path: &Path) -> Result<()> {
 /// All tensors of a safetensors file, on the CPU, sorted by name.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_safetensors(&bytes, path)
+}
+
+/// All tensors of safetensors bytes read from `path`, on the CPU, sorted by name.
+fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let st = SafeTensors::deserialize(bytes)
         .with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {

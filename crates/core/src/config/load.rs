@@ -2,6 +2,7 @@
 
 use super::error::{suggest, ConfigError};
 use super::params::SampleFormat;
+use super::resources::{resources_error, Resources, RESOURCES_KEY};
 use super::source::{Origin, Origins};
 use super::{validate, Pipeline, PipelineSection, StageKind, StageParams};
 use figment::providers::{Format, Serialized, Toml};
@@ -91,11 +92,31 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
     let raw: RawPipeline = figment
         .extract()
         .map_err(|e| figment_error(e, &[], &["pipeline", "stages"], &origins))?;
+    let seed = raw.pipeline.seed;
+    let mut raw_stages = raw.stages;
+    let written_resources = take_resources(&mut raw_stages, &origins)?;
+    let mut expanded = super::matrix::expand(raw_stages, &mut origins)?;
     let mut stages = BTreeMap::new();
-    for (name, dict) in raw.stages {
-        let params = stage_params(&name, dict, raw.pipeline.seed, &origins)?;
-        stages.insert(name, params);
+    for (name, dict) in &expanded.dicts {
+        let written = expanded.base_of(name);
+        stages.insert(
+            name.clone(),
+            stage_params(written, dict.clone(), seed, &origins)?,
+        );
     }
+    super::matrix::follow(&origins, &mut expanded, &mut stages, |_, written, dict| {
+        stage_params(written, dict, seed, &origins)
+    })?;
+    for (name, written) in &expanded.base {
+        origins.expanded_from(name, written);
+    }
+    let resources = stages
+        .keys()
+        .filter_map(|name| {
+            let r = written_resources.get(expanded.base_of(name))?;
+            Some((name.clone(), r.clone()))
+        })
+        .collect();
     super::curation::fill_defaults(&mut stages);
 
     let dir = path
@@ -115,9 +136,40 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Pipeline, ConfigError>
         seed: raw.pipeline.seed,
         stages,
         origins,
+        executor: raw.pipeline.executor,
+        resources,
     };
     validate::validate(&pipeline)?;
     Ok(pipeline)
+}
+
+/// Takes each stage's `resources` table out of its keys (it is not a param: it changes
+/// where a stage runs, not what it computes) and checks it.
+fn take_resources(
+    stages: &mut BTreeMap<String, Dict>,
+    origins: &Origins,
+) -> Result<BTreeMap<String, Resources>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, dict) in stages.iter_mut() {
+        let Some(value) = dict.remove(RESOURCES_KEY) else {
+            continue;
+        };
+        let path = vec!["stages".to_owned(), name.clone(), RESOURCES_KEY.to_owned()];
+        let resources: Resources = Figment::from(Serialized::defaults(value))
+            .extract()
+            .map_err(|e| {
+                let known = super::schema::property_names::<Resources>();
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                figment_error(e, &path, &known, origins)
+            })?;
+        if let Err((field, message)) = resources.check() {
+            let mut at = path.clone();
+            at.push(field.to_owned());
+            return Err(origins.error_at(&at, resources_error(name, field, &message)));
+        }
+        out.insert(name.clone(), resources);
+    }
+    Ok(out)
 }
 
 /// The stage an environment variable's (lowercased) stage part means: variable names are
@@ -221,6 +273,13 @@ fn stage_params(
     match &mut params {
         StageParams::Finetune(p) => {
             p.seed.get_or_insert(pipeline_seed);
+            if let Err((alias, message)) = p.resolve_aliases() {
+                let mut at = path.clone();
+                at.push(alias.into());
+                return Err(
+                    origins.error_at(&at, ConfigError::new(format!("stage `{name}`: {message}")))
+                );
+            }
         }
         StageParams::Generate(p) => {
             p.seed.get_or_insert(pipeline_seed);

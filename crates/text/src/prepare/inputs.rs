@@ -23,6 +23,9 @@ pub(crate) fn format_name(f: InputFormat) -> &'static str {
         InputFormat::Csv => "csv",
         InputFormat::Text => "text",
         InputFormat::Jsonl => "jsonl",
+        InputFormat::Lines => "lines",
+        InputFormat::Records => "records",
+        InputFormat::Sqlite => "sqlite",
     }
 }
 
@@ -49,6 +52,7 @@ pub(crate) fn resolve(ctx: &StageContext, p: &PrepareParams) -> anyhow::Result<V
             let format = p.format.unwrap_or(match ext.as_str() {
                 "csv" | "tsv" => InputFormat::Csv,
                 "jsonl" | "ndjson" => InputFormat::Jsonl,
+                "sqlite" | "sqlite3" | "db" => InputFormat::Sqlite,
                 _ => InputFormat::Text,
             });
             // A .tsv file is tab-separated unless the pipeline says otherwise.
@@ -68,6 +72,12 @@ pub(crate) fn resolve(ctx: &StageContext, p: &PrepareParams) -> anyhow::Result<V
                 bytes,
             });
         }
+    }
+    if p.query.is_some() && !out.iter().any(|i| i.format == InputFormat::Sqlite) {
+        bail!(
+            "query is set, but no input is a SQLite database (.sqlite, .sqlite3, .db, or \
+             format = \"sqlite\")"
+        );
     }
     Ok(out)
 }

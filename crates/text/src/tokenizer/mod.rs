@@ -14,9 +14,11 @@ mod hf_files;
 mod piece_map;
 mod pretokenize;
 mod stream;
+mod vocab_files;
 
 pub use hf_files::{write_tokenizer_files, write_tokenizer_files_with_max_length};
 pub use stream::StreamEncoder;
+pub use vocab_files::check_gpt2_vocabulary;
 
 use anyhow::Context as _;
 use piece_map::PieceMap;

@@ -12,8 +12,8 @@ pub const BUILT: bool = ffi::BUILT;
 /// Updates `param`, `exp_avg` and `exp_avg_sq` (same shape, dtype and device) in place with
 /// gradient `grad`. `step` is an fp32 scalar tensor on the same device holding the step
 /// count of this update (already incremented: the kernel's bias correction reads it).
-/// `decoupled`: AdamW, else Adam. An error leaves the tensors as they were only when the
-/// kernel refused its inputs, which it checks before writing anything.
+/// `decoupled`: AdamW, else Adam. Buffers that differ in size, dtype or device, or that are
+/// sparse or not contiguous, are refused by the shim before anything is written.
 #[allow(clippy::too_many_arguments)]
 pub fn adam_step(
     param: &Tensor,

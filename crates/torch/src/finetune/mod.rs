@@ -1,11 +1,16 @@
 //! `kind = "finetune"`: train a GPT-2 on a dataset with gpt-2-simple's semantics.
 //!
 //! One step = `accumulate_gradients` micro-batches of `batch_size` windows of `n_ctx`
-//! tokens (fewer when the dataset is shorter), gradients averaged, then one optimizer
-//! update (gpt-2-simple's `AccumulatingOptimizer`). The learning rate warms up linearly:
-//! `lr * min(1, step / warmup_steps)` for steps 1, 2, ...; gradients are clipped to
-//! `max_grad_norm` when it is positive. Mixed precision: fp32 master weights, compute in
-//! bf16/fp16 (see [`crate::device::compute_kind`]); fp16 adds dynamic loss scaling.
+//! tokens (fewer when the dataset is shorter), gradients averaged (`accumulate = "mean"`)
+//! or summed as gpt-2-simple's `AccumulatingOptimizer` does ("sum"), then one optimizer
+//! update. The learning rate warms up linearly: `lr * min(1, step / warmup_steps)` for
+//! steps 1, 2, ..., then follows `lr_schedule` (transformers' schedulers, see
+//! [`rules::learning_rate`]); gradients are clipped to `max_grad_norm` when it is positive.
+//! Mixed precision: fp32 master weights, compute in bf16/fp16 (see
+//! [`crate::device::compute_kind`]); fp16 adds dynamic loss scaling. Gradient checkpointing
+//! (`use_memory_saving_gradients`) recomputes each block in backward
+//! (`Gpt2::loss_backward_checkpointed`); [`options`] decides which weights train and checks
+//! the memory before the model loads.
 //!
 //! Determinism and resume: the windows of step s come from a stateless mix of (seed, s),
 //! and libtorch's generator (dropout) is re-seeded from (seed, s) at every step, so a run
@@ -25,6 +30,7 @@ mod card;
 mod data;
 pub mod fused;
 mod optim;
+pub mod options;
 mod plot;
 pub mod rules;
 mod state;
@@ -71,7 +77,8 @@ fn params<'a>(ctx: &StageContext<'a>) -> Result<&'a FinetuneParams> {
 pub fn run(ctx: &StageContext) -> Result<()> {
     let p = params(ctx)?;
     let device = parse_device(&p.device)?;
-    let compute = compute_kind(p.precision, device)?;
+    let (compute, why) = compute_kind(p.precision, device)?;
+    ctx.log(why);
     let seed = ctx.seed();
     let schedule = rules::Schedule { p };
     if schedule.validates_nothing() {
@@ -79,30 +86,48 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     }
     let identity = state::identity(p, ctx.inputs_hash, VERSION);
 
-    let model_source = ctx.resolve_model(&p.model);
+    // `restore_from` a gpt-2-simple checkpoint starts from its weights at step 0, as `model`
+    // naming it would: its optimizer state (TensorFlow's Adam) is not carried over.
+    let imported = match &p.restore_from {
+        RestoreFrom::Path(path) => {
+            Some(ctx.pipeline.resolve(path)).filter(|path| crate::gpt2_simple::is_checkpoint(path))
+        }
+        _ => None,
+    };
+    let model_source = match &imported {
+        Some(path) => ModelSource::Folder(path.clone()),
+        None => ctx.resolve_model(&p.model),
+    };
+    let chunks = Dataset::load(&ctx.resolve_input(&p.dataset), p.combine, ctx.pipeline)
+        .with_context(|| format!("loading dataset {:?}", p.dataset))?;
+    // A GPT-2 size named by its hub id is known before its download: a training that
+    // cannot fit is refused before gigabytes come down.
+    if let ModelSource::Hub(id) = &model_source {
+        if let Some(cfg) = Config::preset(id) {
+            let longest = chunks.iter().map(Vec::len).max().unwrap_or(0);
+            options::check_freeze(p, &cfg)?;
+            let need = options::need(p, &cfg, cfg.n_ctx.min(longest).max(2), compute);
+            crate::memory::ensure_training_fits(&need, device)
+                .with_context(|| format!("model = {id:?}"))?;
+        }
+    }
     let folder = source::model_folder(&model_source)?;
     let config = match (&folder, &model_source) {
+        (Some(dir), _) if crate::gpt2_simple::is_checkpoint(dir) => {
+            crate::gpt2_simple::config(dir)?
+        }
         (Some(dir), _) => Config::from_json_file(&dir.join(weights::CONFIG_FILE))?,
         (None, ModelSource::Inline(m)) => Config::from_inline(m)?,
         (None, _) => unreachable!("only inline models have no folder"),
     };
-    let chunks = Dataset::load(&ctx.resolve_input(&p.dataset), p.combine, ctx.pipeline)
-        .with_context(|| format!("loading dataset {:?}", p.dataset))?;
+    options::check_freeze(p, &config)?;
     let data = Dataset::new(chunks, config.n_ctx, p.val_split, config.vocab_size)?;
-    // Before any weight is allocated: a model or batch that cannot fit is an error that
-    // says so, not an allocation failure inside libtorch.
-    let sample_num = if p.sample_every > 0 { p.sample_num } else { 0 };
-    let need = crate::memory::finetune(
-        &config,
-        data.window,
-        p.batch_size,
-        compute,
-        p.optimizer,
-        sample_num,
-    );
-    crate::memory::ensure_fits(&need, device)?;
+    options::plan_memory(ctx, p, &config, data.window, compute, device)?;
 
-    let resume = find_resume(ctx, p, &identity)?;
+    let resume = match imported {
+        Some(_) => None,
+        None => find_resume(ctx, p, &identity)?,
+    };
     let mut model = match (&resume, &folder) {
         (Some(c), _) => weights::load_folder(&c.model_dir, device)?,
         (None, Some(dir)) => weights::load_folder(dir, device)?,
@@ -112,12 +137,15 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         bail!("the model's config changed while loading");
     }
     model.set_compute_kind(compute);
-    // gpt-2-simple's only_train_transformer_layers trains the blocks (`h.*`) only.
+    model.set_dropout(p.dropout);
+    // gpt-2-simple's only_train_transformer_layers trains the blocks (`h.*`) only;
+    // num_layers_freeze leaves the first blocks. Frozen weights get no gradient and no
+    // optimizer state: only the trained ones are in the flat buffer.
     let names: Vec<String> = model
         .named_parameters()
         .iter()
         .map(|(n, _)| n.clone())
-        .filter(|n| !p.only_train_transformer_layers || n.starts_with("transformer.h."))
+        .filter(|n| options::trains(p, n))
         .collect();
     // One buffer for all trained weights, and the leaf autograd fills: the forward casts
     // it once, backward leaves one gradient, the optimizer updates it in one kernel.
@@ -162,13 +190,18 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         }
     }
     ctx.log(format!(
-        "training {} parameters ({} trainable) on {:?} in {:?}; {} training tokens, windows of {}",
+        "training {} parameters ({} trainable) on {:?} in {:?}; {} training tokens, windows of {}{}",
         config.num_parameters(),
         trainable.iter().map(|(_, t)| t.numel()).sum::<usize>(),
         device,
         model.compute_kind(),
         data.train_tokens(),
-        data.window
+        data.window,
+        if p.gradient_checkpointing() {
+            "; gradient checkpointing"
+        } else {
+            ""
+        }
     ));
 
     let mut trainer = Trainer {

@@ -5,19 +5,47 @@
 //! (`super::trainer`) applies them.
 
 use super::state::TrainerState;
-use gptpipe_core::config::FinetuneParams;
+use gptpipe_core::config::{Accumulate, FinetuneParams, LrSchedule};
 
 /// The fp16 loss scale doubles after this many updates without an overflow.
 const LOSS_SCALE_GROWTH_INTERVAL: u64 = 2000;
 /// The fp16 loss scale a run starts with.
 const INITIAL_LOSS_SCALE: f64 = 65536.0;
 
-/// The learning rate of step `step` (1, 2, ...): linear warm-up over `warmup_steps`.
+/// The learning rate of step `step` (1, 2, ...): linear warm-up over `warmup_steps`, then
+/// `lr_schedule` down to 0 at `steps`. Step N takes `transformers`' rate after N calls of
+/// `scheduler.step()` (`get_*_schedule_with_warmup(opt, warmup_steps, steps)`, then
+/// `get_last_lr()`): [`schedule_factor`] of N.
 pub fn learning_rate(p: &FinetuneParams, step: u64) -> f64 {
-    if p.warmup_steps > 0 {
-        p.learning_rate * (step as f64 / p.warmup_steps as f64).min(1.0)
-    } else {
-        p.learning_rate
+    p.learning_rate * schedule_factor(p.lr_schedule, p.warmup_steps, p.steps, step)
+}
+
+/// `transformers`' `lr_lambda(current_step)` of its schedulers with warmup (cosine with
+/// `num_cycles = 0.5`), in the same floating-point operations.
+pub fn schedule_factor(schedule: LrSchedule, warmup: u64, total: u64, current: u64) -> f64 {
+    if current < warmup {
+        return current as f64 / warmup.max(1) as f64;
+    }
+    let after = total.saturating_sub(warmup).max(1) as f64;
+    match schedule {
+        LrSchedule::Constant => 1.0,
+        // `num_training_steps - current_step` may be negative there (a resumed run past
+        // `steps` never trains, but the rate is still defined): as float, clipped at 0.
+        LrSchedule::Linear => (0.0f64).max((total as f64 - current as f64) / after),
+        LrSchedule::Cosine => {
+            let progress = (current - warmup) as f64 / after;
+            (0.0f64).max(0.5 * (1.0 + (std::f64::consts::PI * 0.5 * 2.0 * progress).cos()))
+        }
+    }
+}
+
+/// What each micro-batch's loss is multiplied by before its backward pass: the fp16 loss
+/// scale, over `accum` micro-batches for `accumulate = "mean"` (their gradients average)
+/// or not for "sum" (gpt-2-simple's: they add up).
+pub fn micro_batch_scale(accumulate: Accumulate, loss_scale: f64, accum: u64) -> f64 {
+    match accumulate {
+        Accumulate::Mean => loss_scale / accum as f64,
+        Accumulate::Sum => loss_scale,
     }
 }
 
@@ -240,6 +268,30 @@ mod tests {
         assert_eq!(lrs, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
         p.warmup_steps = 0;
         assert_eq!(learning_rate(&p, 1), 1.0);
+    }
+
+    #[test]
+    fn schedules_decay_after_warmup_and_constant_is_the_old_rule() {
+        // The default (constant) is the rule of every earlier run: lr * min(1, step / warmup).
+        for (w, t) in [(0, 10), (4, 10), (3, 3), (7, 5)] {
+            for s in 0..=t + 2 {
+                let old = if w > 0 {
+                    (s as f64 / w as f64).min(1.0)
+                } else {
+                    1.0
+                };
+                assert_eq!(schedule_factor(LrSchedule::Constant, w, t, s), old);
+            }
+        }
+        let lin: Vec<f64> = (1..=4)
+            .map(|s| schedule_factor(LrSchedule::Linear, 0, 4, s))
+            .collect();
+        assert_eq!(lin, [0.75, 0.5, 0.25, 0.0]);
+        let cos: Vec<f64> = (0..=4)
+            .map(|s| schedule_factor(LrSchedule::Cosine, 2, 4, s))
+            .collect();
+        assert_eq!(cos[..3], [0.0, 0.5, 1.0]);
+        assert!((cos[3] - 0.5).abs() < 1e-15 && cos[4] < 1e-15, "{cos:?}");
     }
 
     #[test]

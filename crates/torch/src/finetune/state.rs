@@ -60,10 +60,14 @@ pub struct TrainerState {
 pub fn identity(p: &FinetuneParams, inputs_hash: &str, version: u32) -> String {
     let mut v = serde_json::to_value(p).expect("params serialize");
     let obj = v.as_object_mut().expect("params are a table");
-    // Where a run resumed from does not change what it is training.
-    // Nor how many threads computed it (only the rounding of sums may differ).
-    for k in ["steps", "restore_from", "threads"]
+    // Where a run resumed from does not change what it is training, nor (under a constant
+    // learning rate) how far it goes: a raised `steps` continues the same run. A decaying
+    // schedule reaches 0 at `steps`, so there `steps` changes every step's rate: kept.
+    let steps = (p.lr_schedule.is_constant()).then_some("steps");
+    for k in steps
         .into_iter()
+        // Nor how many threads computed it (only the rounding of sums may differ).
+        .chain(["restore_from", "threads"])
         .chain(FinetuneParams::REPORTING_KEYS)
     {
         obj.remove(k);

@@ -145,15 +145,25 @@ impl Trainer<'_> {
         let rng = crate::rng_lock();
         tch::manual_seed((mix(self.seed, step, 0xD20F, 0) >> 1) as i64);
         let accum = p.accumulate_gradients as u64;
+        let grad_scale = rules::micro_batch_scale(p.accumulate, trainer.loss_scale, accum);
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         for micro in 0..accum {
             let batch = self
                 .data
                 .batch(self.seed, step, micro, p.batch_size, self.device);
-            let loss = self.model.loss(&batch, true);
-            let scaled = &loss * (trainer.loss_scale / accum as f64);
-            scaled.backward();
-            total += loss.detach();
+            let loss = if p.gradient_checkpointing() {
+                let seed = self.seed;
+                let mut reseed = |i: usize| {
+                    tch::manual_seed((mix(seed, step, 0xC4EC, micro * 4096 + i as u64) >> 1) as i64)
+                };
+                self.model
+                    .loss_backward_checkpointed(&batch, grad_scale, &mut reseed)
+            } else {
+                let loss = self.model.loss(&batch, true);
+                (&loss * grad_scale).backward();
+                loss.detach()
+            };
+            total += loss;
         }
         drop(rng);
         let loss = total.double_value(&[]) / accum as f64;

@@ -154,12 +154,16 @@ impl PackedHead {
                 && t.dim() == 2
                 && t.size()[1] == cols as i64
                 && t.stride()[1] == 1
+                // Rows must not overlap (an expanded or self-overlapping view): MKL reads
+                // and writes b rows `stride` apart as if they were separate.
+                && (t.size()[0] <= 1 || t.stride()[0] >= cols as i64)
         };
         if !fits(hidden, self.embd) || !fits(out, self.vocab) || hidden.size()[0] != out.size()[0] {
             return false;
         }
         let (Ok(b), Ok(ldb), Ok(ldc)) = (
             c_int::try_from(hidden.size()[0]),
+            // One row's stride may be anything; MKL wants at least a row's length.
             c_int::try_from(hidden.stride()[0].max(self.embd as i64)),
             c_int::try_from(out.stride()[0].max(self.vocab as i64)),
         ) else {

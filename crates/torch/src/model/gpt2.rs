@@ -31,8 +31,27 @@ pub(crate) struct Block {
     pub(crate) mlp_c_proj: Linear,
 }
 
+impl Block {
+    pub(super) fn tensors(&self) -> [&Tensor; 12] {
+        [
+            &self.ln_1.weight,
+            &self.ln_1.bias,
+            &self.c_attn.weight,
+            &self.c_attn.bias,
+            &self.attn_c_proj.weight,
+            &self.attn_c_proj.bias,
+            &self.ln_2.weight,
+            &self.ln_2.bias,
+            &self.c_fc.weight,
+            &self.c_fc.bias,
+            &self.mlp_c_proj.weight,
+            &self.mlp_c_proj.bias,
+        ]
+    }
+}
+
 /// How the queries of one forward may attend to the keys.
-enum Attend {
+pub(super) enum Attend {
     /// Plain causal attention from position 0 (training, a first prompt without padding).
     Causal,
     /// Everything (one new token per row after a cache without padding).
@@ -51,6 +70,45 @@ pub(crate) struct Weights {
 }
 
 impl Weights {
+    /// Every tensor, in a fixed order (embeddings, blocks, final norm).
+    pub(super) fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = vec![&self.wte, &self.wpe];
+        for b in &self.blocks {
+            all.extend(b.tensors());
+        }
+        all.extend([&self.ln_f.weight, &self.ln_f.bias]);
+        all
+    }
+
+    /// The same arrangement of `f` of each tensor.
+    pub(super) fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
+        let ln = |l: &LayerNorm| LayerNorm {
+            weight: f(&l.weight),
+            bias: f(&l.bias),
+        };
+        let lin = |l: &Linear| Linear {
+            weight: f(&l.weight),
+            bias: f(&l.bias),
+        };
+        Self {
+            wte: f(&self.wte),
+            wpe: f(&self.wpe),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| Block {
+                    ln_1: ln(&b.ln_1),
+                    c_attn: lin(&b.c_attn),
+                    attn_c_proj: lin(&b.attn_c_proj),
+                    ln_2: ln(&b.ln_2),
+                    c_fc: lin(&b.c_fc),
+                    mlp_c_proj: lin(&b.mlp_c_proj),
+                })
+                .collect(),
+            ln_f: ln(&self.ln_f),
+        }
+    }
+
     /// Arranges the tensors `get` returns for Hugging Face's names.
     pub(crate) fn build(n_layer: usize, get: impl Fn(&str) -> Tensor) -> Self {
         let ln = |n: &str| LayerNorm {
@@ -99,6 +157,9 @@ pub struct Gpt2 {
     flat: Option<FlatLayout>,
     compute_kind: Option<Kind>,
     pad_vocab: Option<bool>,
+    /// Overrides the config's dropout probabilities while training (see
+    /// [`Gpt2::set_dropout`]).
+    dropout: Option<f64>,
 }
 
 /// The language-model head's vocabulary is padded up to a multiple of this many rows (in
@@ -159,6 +220,7 @@ impl Gpt2 {
             flat: None,
             compute_kind: None,
             pad_vocab: None,
+            dropout: None,
         }
     }
 
@@ -216,6 +278,18 @@ impl Gpt2 {
     /// on CUDA unless `GPTPIPE_PAD_VOCAB=0`; `Some(_)` forces it either way (tests on CPU).
     pub fn set_pad_vocab(&mut self, pad: Option<bool>) {
         self.pad_vocab = pad;
+    }
+
+    /// Trains with dropout probability `p` everywhere (embeddings, attention, residuals)
+    /// instead of the config's `embd_pdrop`, `attn_pdrop` and `resid_pdrop`; `None`: the
+    /// config's. The config (and so the saved `config.json`) is left as it is.
+    pub fn set_dropout(&mut self, p: Option<f64>) {
+        self.dropout = p;
+    }
+
+    /// The dropout probability used where the config says `configured`.
+    fn pdrop(&self, configured: f64) -> f64 {
+        self.dropout.unwrap_or(configured)
     }
 
     /// Whether [`Gpt2::loss`] pads the head's vocabulary (see [`Gpt2::set_pad_vocab`]).
@@ -296,7 +370,7 @@ impl Gpt2 {
     /// once and split into views: one cast kernel forward and one concatenation backward,
     /// and the gradient lands in the buffer's `grad` as one tensor. Otherwise each weight
     /// is cast once per pass (so a tied weight is not cast twice).
-    fn compute_weights(&self) -> Weights {
+    pub(super) fn compute_weights(&self) -> Weights {
         let cast = |t: &Tensor| match self.compute_kind {
             Some(k) if k != t.kind() => t.to_kind(k),
             _ => t.shallow_clone(),
@@ -346,16 +420,23 @@ impl Gpt2 {
     /// Mean next-token cross-entropy (fp32 scalar) of `input_ids` `[B, T]`, predicting
     /// tokens 1..T from 0..T-1, as `GPT2LMHeadModel(input_ids, labels=input_ids)`.
     pub fn loss(&self, input_ids: &Tensor, train: bool) -> Tensor {
-        let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
+        let (_, t) = input_ids.size2().expect("input_ids must be [B, T]");
         assert!(t >= 2, "the loss needs at least 2 tokens per row");
         let w = self.compute_weights();
-        let h = self
-            .hidden_states_with(&w, input_ids, None, None, train)
-            .narrow(1, 0, t - 1);
+        let h = self.hidden_states_with(&w, input_ids, None, None, train);
+        self.head_loss(&w, &h, input_ids)
+    }
+
+    /// The loss of [`Gpt2::loss`] from the final hidden states `h` `[B, T, n_embd]` (after
+    /// `ln_f`) of `input_ids` `[B, T]`.
+    pub(super) fn head_loss(&self, w: &Weights, h: &Tensor, input_ids: &Tensor) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids must be [B, T]");
+        let h = h.narrow(1, 0, t - 1);
+        let h = &h;
         let logits = if self.pad_vocab() {
-            self.lm_head_padded(&w, &h)
+            self.lm_head_padded(w, h)
         } else {
-            self.lm_head(&w, &h)
+            self.lm_head(w, h)
         }
         .to_kind(Kind::Float);
         let targets = input_ids.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
@@ -392,6 +473,57 @@ impl Gpt2 {
         let y = l.apply(&x.reshape([-1, inner]));
         *shape.last_mut().unwrap() = out;
         y.reshape(shape)
+    }
+
+    /// Token plus position embeddings of `input_ids` at `positions`, with embedding dropout
+    /// when training: the first block's input.
+    pub(super) fn embed(
+        &self,
+        w: &Weights,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        // On the CPU the embedding's gradient is sparse (the rows of the tokens seen), added
+        // to the head's dense one, instead of a dense vocab x n_embd tensor of zeros summed
+        // with it (issue 16).
+        let sparse = w.wte.device() == Device::Cpu;
+        let tok = Tensor::embedding(&w.wte, input_ids, -1, false, sparse);
+        let pos = Tensor::embedding(&w.wpe, positions, -1, false, false);
+        (tok + pos).dropout(self.pdrop(self.config.embd_pdrop), train)
+    }
+
+    /// Block `l` on the residual stream `x`: attention, then the MLP, each added to it.
+    pub(super) fn block(
+        &self,
+        x: &Tensor,
+        block: &Block,
+        l: usize,
+        attend: &Attend,
+        layer_cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Tensor {
+        let c = &self.config;
+        let a = self.attention(
+            &self.layer_norm(x, &block.ln_1),
+            block,
+            l,
+            attend,
+            layer_cache,
+            train,
+        );
+        // Not `+=`: layer_norm saved `x` for backward, an in-place add would break it.
+        let x = x + a;
+        let m = self.linear(&self.layer_norm(&x, &block.ln_2), &block.c_fc);
+        let m = if c.gelu_tanh {
+            m.gelu("tanh")
+        } else {
+            m.gelu("none")
+        };
+        let m = self
+            .linear(&m, &block.mlp_c_proj)
+            .dropout(self.pdrop(c.resid_pdrop), train);
+        x + m
     }
 
     pub(crate) fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
@@ -483,41 +615,10 @@ impl Gpt2 {
             }
         };
 
-        // On the CPU the embedding's gradient is sparse (the rows of the tokens seen), added
-        // to the head's dense one, instead of a dense vocab x n_embd tensor of zeros summed
-        // with it (issue 16).
-        let sparse = device == Device::Cpu;
-        let tok = Tensor::embedding(&w.wte, input_ids, -1, false, sparse);
-        let pos = Tensor::embedding(&w.wpe, &positions, -1, false, false);
-        let mut x = (tok + pos).dropout(c.embd_pdrop, train);
+        let mut x = self.embed(w, input_ids, &positions, train);
         for (l, block) in w.blocks.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[l]);
-            let a = self.attention(
-                &self.layer_norm(&x, &block.ln_1),
-                block,
-                l,
-                &attend,
-                layer_cache,
-                train,
-            );
-            // Not `+=`: layer_norm saved `x` for backward, an in-place add would break it.
-            #[allow(clippy::assign_op_pattern)]
-            {
-                x = x + a;
-            }
-            let m = self.linear(&self.layer_norm(&x, &block.ln_2), &block.c_fc);
-            let m = if c.gelu_tanh {
-                m.gelu("tanh")
-            } else {
-                m.gelu("none")
-            };
-            let m = self
-                .linear(&m, &block.mlp_c_proj)
-                .dropout(c.resid_pdrop, train);
-            #[allow(clippy::assign_op_pattern)]
-            {
-                x = x + m;
-            }
+            x = self.block(&x, block, l, &attend, layer_cache, train);
         }
         if let Some(cache) = cache {
             cache.len = past + t;
@@ -559,7 +660,7 @@ impl Gpt2 {
         if c.scale_attn_by_inverse_layer_idx {
             scale /= (layer + 1) as f64;
         }
-        let p = if train { c.attn_pdrop } else { 0.0 };
+        let p = if train { self.pdrop(c.attn_pdrop) } else { 0.0 };
         let y = match attend {
             Attend::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
                 &q, &k, &v, None, p, true, scale, false,
@@ -573,6 +674,6 @@ impl Gpt2 {
         };
         let y = y.transpose(1, 2).reshape([b, t, e]);
         self.linear(&y, &block.attn_c_proj)
-            .dropout(c.resid_pdrop, train)
+            .dropout(self.pdrop(c.resid_pdrop), train)
     }
 }

@@ -23,6 +23,7 @@
 //!   `model.named_parameters()` lists the leaf weights in Hugging Face's names.
 
 mod cache;
+mod checkpoint;
 mod config;
 mod gpt2;
 

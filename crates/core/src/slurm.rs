@@ -1,0 +1,336 @@
+//! The Slurm executor: a stage runs as a batch job of `gptpipe-worker`, while the runner
+//! keeps the DAG, the cache and the lock file, and publishes the job's output as it would a
+//! local stage's.
+//!
+//! The job reads its [`StageRequest`] from a file and writes its events to another, both
+//! beside the stage's build folder in the workdir (which the cluster's nodes share). The
+//! runner follows the job with `sacct`, or with `scontrol`/`squeue` where accounting
+//! storage is disabled, relays the events as they are written, and `scancel`s the job
+//! when the run is cancelled.
+
+use crate::config::Executor;
+use crate::events::Event;
+use crate::remote::{job_env, StageRequest};
+use crate::stage::StageContext;
+use crate::Cancelled;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How often the job's state and events are read.
+fn poll_interval() -> Duration {
+    let ms = std::env::var("GPTPIPE_SLURM_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000u64);
+    Duration::from_millis(ms.clamp(50, 60_000))
+}
+
+/// What Slurm says of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Pending, running, completing, requeued, suspended...: not over yet.
+    Active(String),
+    /// Over: the state (`COMPLETED`, `FAILED`, `CANCELLED`, `TIMEOUT`, `NODE_FAIL`,
+    /// `OUT_OF_MEMORY`, `PREEMPTED`...) and the exit code as `code:signal`.
+    Ended { state: String, exit_code: String },
+    /// Slurm no longer knows the job (its record expired before it was read).
+    Unknown,
+}
+
+/// States after which a job does not run again by itself (a preempted job that is requeued
+/// comes back as PENDING).
+const ENDED: [&str; 10] = [
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+];
+
+fn state_of(state: &str, exit_code: &str) -> JobState {
+    // sacct writes "CANCELLED by 0".
+    let state = state
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if ENDED.contains(&state.as_str()) {
+        JobState::Ended {
+            state,
+            exit_code: exit_code.to_owned(),
+        }
+    } else {
+        JobState::Active(state)
+    }
+}
+
+/// Asks Slurm for job `id`'s state: `sacct` first; where accounting is disabled (or does
+/// not know the job yet), `scontrol show job`, then `squeue`.
+pub fn job_state(id: &str) -> Result<JobState> {
+    let sacct = Command::new("sacct")
+        .args(["-X", "-n", "-P", "-o", "State,ExitCode", "-j", id])
+        .output();
+    if let Ok(out) = &sacct {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            if let Some((state, code)) = text.lines().next().and_then(|l| l.split_once('|')) {
+                return Ok(state_of(state, code.trim()));
+            }
+        }
+    }
+    let scontrol = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .context("cannot run scontrol (is Slurm installed here?)")?;
+    let text = String::from_utf8_lossy(&scontrol.stdout);
+    if scontrol.status.success() {
+        let field = |name: &str| {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        if let Some(state) = field("JobState") {
+            return Ok(state_of(&state, &field("ExitCode").unwrap_or_default()));
+        }
+    }
+    let squeue = Command::new("squeue")
+        .args(["-h", "-o", "%T", "-j", id])
+        .output()
+        .context("cannot run squeue")?;
+    match String::from_utf8_lossy(&squeue.stdout).lines().next() {
+        Some(state) if squeue.status.success() && !state.trim().is_empty() => {
+            Ok(state_of(state.trim(), ""))
+        }
+        _ => Ok(JobState::Unknown),
+    }
+}
+
+/// `'s'` for a POSIX shell.
+fn quoted(s: &Path) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"))
+}
+
+/// The job name of `stage` in the workdir `workdir`: unique per workdir, so that the jobs
+/// a killed runner left behind can be found and cancelled by the next run.
+fn job_name(workdir: &Path, stage: &str) -> String {
+    // The workdir is often written relative ("./work"): its absolute path tells them apart.
+    let workdir = std::fs::canonicalize(workdir).unwrap_or_else(|_| workdir.to_path_buf());
+    let hash = blake3::hash(workdir.to_string_lossy().as_bytes()).to_hex();
+    format!("gptpipe-{}-{stage}", &hash[..10])
+}
+
+/// Cancels the jobs named `name` (left by a runner that was killed: the workdir's run
+/// lock says no other runner uses them).
+fn cancel_leftovers(name: &str) {
+    let _ = Command::new("scancel").args(["--name", name]).status();
+}
+
+/// Runs `ctx`'s stage as a Slurm job of `worker`, relaying its events; returns when the job
+/// has ended. Only a job that COMPLETED with exit code 0 succeeds.
+pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
+    let mut jobs = ctx.out_dir.as_os_str().to_owned();
+    jobs.push(".job");
+    let jobs = PathBuf::from(jobs);
+    std::fs::create_dir_all(&jobs).with_context(|| format!("cannot create {}", jobs.display()))?;
+    let (request, events, log, script) = (
+        jobs.join("request.json"),
+        jobs.join("events.jsonl"),
+        jobs.join("log.txt"),
+        jobs.join("job.sh"),
+    );
+    std::fs::write(&request, serde_json::to_vec(&StageRequest::of(ctx))?)?;
+    let mut body = String::from("#!/bin/sh\n# gptpipe: one stage, run by the Slurm executor\n");
+    for (key, value) in job_env(ctx.params.threads()) {
+        // What the user set is left out of job_env and reaches the job through sbatch's
+        // exported environment; the rest is exported as it is (`$(nproc)` runs in the job).
+        body.push_str(&format!("export {key}=\"{value}\"\n"));
+    }
+    body.push_str(&format!(
+        "exec {} run-stage < {} > {}\n",
+        quoted(worker),
+        quoted(&request),
+        quoted(&events)
+    ));
+    std::fs::write(&script, body)?;
+
+    let name = job_name(&ctx.pipeline.workdir, ctx.name);
+    cancel_leftovers(&name);
+    let resources = ctx
+        .pipeline
+        .resources
+        .get(ctx.name)
+        .cloned()
+        .unwrap_or_default();
+    let out = Command::new("sbatch")
+        .arg("--parsable")
+        .arg(format!("--job-name={name}"))
+        .arg(format!("--output={}", log.display()))
+        // Where the runner is: the request's relative paths mean the same in the job.
+        .arg(format!("--chdir={}", std::env::current_dir()?.display()))
+        .args(resources.sbatch_options())
+        .arg(&script)
+        .output()
+        .context("cannot run sbatch (is Slurm installed here, and SLURM_CONF set if needed?)")?;
+    if !out.status.success() {
+        bail!(
+            "sbatch refused the job: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        bail!(
+            "sbatch answered {:?}, not a job id",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    ctx.log(format!("submitted as Slurm job {id} ({})", jobs.display()));
+
+    let mut relay = Relay::new(events);
+    let mut last = String::new();
+    let (state, exit_code) = loop {
+        relay.forward(ctx);
+        if ctx.cancel.load(Ordering::Relaxed) {
+            let _ = Command::new("scancel").arg(&id).status();
+            wait_until_ended(&id, Duration::from_secs(60));
+            return Err(Cancelled.into());
+        }
+        match job_state(&id)? {
+            JobState::Active(s) => {
+                if s != last {
+                    ctx.log(format!("Slurm job {id}: {s}"));
+                    last = s;
+                }
+            }
+            JobState::Ended { state, exit_code } => break (state, exit_code),
+            JobState::Unknown => break ("UNKNOWN".to_owned(), String::new()),
+        }
+        std::thread::sleep(poll_interval());
+    };
+    relay.forward(ctx);
+    ctx.log(format!("Slurm job {id}: {state} (exit code {exit_code})"));
+    if state == "COMPLETED" && exit_code.starts_with("0:") && relay.failure.is_none() {
+        return Ok(());
+    }
+    let ended = match state.as_str() {
+        "UNKNOWN" => format!("Slurm no longer knows job {id}"),
+        _ => format!("Slurm job {id} ended {state} (exit code {exit_code})"),
+    };
+    let why = match relay.failure.take() {
+        Some(error) => format!("{error}\n({ended})"),
+        None => ended,
+    };
+    Err(anyhow!(
+        "{why}; the end of its log ({}):\n{}",
+        log.display(),
+        tail(&log, 20)
+    ))
+}
+
+fn wait_until_ended(id: &str, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if !matches!(job_state(id), Ok(JobState::Active(_))) {
+            return;
+        }
+        std::thread::sleep(poll_interval());
+    }
+}
+
+/// The last `n` lines of a file (what a job printed before it ended).
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(64 * 1024)..]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Forwards the events a job writes to its events file, as they come. A requeued job
+/// starts the file over: the relay starts over with it.
+struct Relay {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+    failure: Option<String>,
+}
+
+impl Relay {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            offset: 0,
+            partial: String::new(),
+            failure: None,
+        }
+    }
+
+    fn forward(&mut self, ctx: &StageContext) {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            (self.offset, self.partial) = (0, String::new());
+        }
+        let mut new = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_end(&mut new).is_err() {
+            return;
+        }
+        self.offset += new.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&new));
+        while let Some(end) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=end).collect();
+            match serde_json::from_str::<Event>(line.trim()) {
+                Ok(Event::StageFailed { error, .. }) => self.failure = Some(error),
+                Ok(event) => ctx.events.emit(event),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Whether the pipeline runs its stages as Slurm jobs.
+pub fn is_slurm(ctx: &StageContext) -> bool {
+    ctx.pipeline.executor == Executor::Slurm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_read_as_active_or_ended() {
+        assert_eq!(state_of("RUNNING", ""), JobState::Active("RUNNING".into()));
+        assert_eq!(
+            state_of("PENDING", "0:0"),
+            JobState::Active("PENDING".into())
+        );
+        assert_eq!(
+            state_of("CANCELLED by 0", "0:15"),
+            JobState::Ended {
+                state: "CANCELLED".into(),
+                exit_code: "0:15".into()
+            }
+        );
+        assert!(matches!(state_of("TIMEOUT", "0:0"), JobState::Ended { .. }));
+    }
+
+    #[test]
+    fn paths_are_quoted_for_the_shell() {
+        assert_eq!(quoted(Path::new("/a b/it's")), "'/a b/it'\\''s'");
+    }
+}

@@ -1,0 +1,351 @@
+//! The Slurm executor against a real one-node Slurm cluster on loopback, started here by
+//! `scripts/slurm-cluster.sh` (Debian's slurm-wlm and munge, as root, as CI runs; without
+//! accounting storage, so the executor follows jobs through scontrol and squeue): stages
+//! run as jobs and publish what a local run publishes; a stage that fails in its job, a
+//! job cancelled with scancel, one past its time limit and an interrupted run fail their
+//! stage with Slurm's state and publish nothing.
+
+use crate::common::{missing, Run, Test};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The cluster's configuration file, once the cluster is up; `None` when Slurm is not
+/// installed (a failure under GPTPIPE_TEST_CLIENTS=require, as in CI).
+fn cluster() -> Option<&'static Path> {
+    static CONF: OnceLock<Option<PathBuf>> = OnceLock::new();
+    CONF.get_or_init(|| {
+        let has = |cmd: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {cmd}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !["sbatch", "slurmctld", "slurmd", "munged"]
+            .iter()
+            .all(|c| has(c))
+        {
+            return missing("Slurm (slurm-wlm, munge: .ci/run installs them)");
+        }
+        let dir = std::env::temp_dir().join("gptpipe-test-slurm");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh");
+        let conf = dir.join("slurm.conf");
+        let up = conf.exists()
+            && Command::new("sinfo")
+                .env("SLURM_CONF", &conf)
+                .args(["-h", "-o", "%t"])
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle")
+                });
+        if !up {
+            let out = Command::new(&script)
+                .args(["start"])
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "the test cluster did not start: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Some(conf)
+    })
+    .as_deref()
+}
+
+fn pipeline(steps: u64, extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "cluster"
+workdir = "work"
+
+[stages.titles]
+kind = "prepare"
+inputs = ["titles.csv"]
+
+[stages.train]
+kind = "finetune"
+dataset = "@titles"
+model = {{ n_layer = 1, n_head = 2, n_embd = 32, n_ctx = 32 }}
+steps = {steps}
+batch_size = 2
+accumulate_gradients = 1
+sample_every = 0
+save_every = 5
+device = "cpu"
+{extra}
+
+[stages.samples]
+kind = "generate"
+model = "@train"
+length = 6
+nsamples = 2
+"#
+    )
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+    conf: &'static Path,
+}
+
+impl Project {
+    fn new(conf: &'static Path, toml: &str) -> Self {
+        let p = Self {
+            dir: tempfile::tempdir().unwrap(),
+            conf,
+        };
+        std::fs::write(
+            p.dir.path().join("titles.csv"),
+            crate::common::fox_titles_csv(),
+        )
+        .unwrap();
+        std::fs::write(p.dir.path().join("p.toml"), toml).unwrap();
+        p
+    }
+
+    fn test(&self, args: &[&str]) -> Test {
+        Test::new()
+            .dir(self.dir.path())
+            .env("SLURM_CONF", self.conf)
+            .env("GPTPIPE_SLURM_POLL_MS", "200")
+            .args(args)
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.test(args).run()
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(rel)).unwrap()
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        self.dir.path().join(rel).exists()
+    }
+}
+
+/// The Slurm job ids the run's log lines name, by stage.
+fn job_ids(run: &Run) -> Vec<(String, String)> {
+    run.with("stage_log")
+        .iter()
+        .filter_map(|e| {
+            let id = e["message"]
+                .as_str()?
+                .strip_prefix("submitted as Slurm job ")?;
+            Some((
+                e["stage"].as_str()?.to_owned(),
+                id.split_whitespace().next()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn output_hashes(lock: &str) -> Vec<String> {
+    lock.lines()
+        .filter(|l| l.starts_with("output_hash"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn stages_run_as_slurm_jobs_and_publish_what_a_local_run_does() {
+    let Some(conf) = cluster() else { return };
+    let toml = pipeline(10, "[stages.train.resources]\ncpus = 1\ntime = \"10\"");
+    let local = Project::new(conf, &toml);
+    local.run(&["run", "p.toml", "--json"]).ok();
+    let local = output_hashes(&local.read("p.toml.lock"));
+    assert_eq!(local.len(), 3);
+
+    let p = Project::new(conf, &toml);
+    let run = p
+        .run(&["run", "p.toml", "--json", "--executor", "slurm"])
+        .ok();
+    let jobs = job_ids(&run);
+    let mut stages: Vec<&str> = jobs.iter().map(|(s, _)| s.as_str()).collect();
+    stages.sort();
+    assert_eq!(stages, ["samples", "titles", "train"], "{}", run.stdout);
+    // The worker's progress reaches the runner's events, through the job's events file.
+    assert!(
+        run.stages_with("stage_progress")
+            .contains(&"train".to_owned()),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        output_hashes(&p.read("p.toml.lock")),
+        local,
+        "a job's output differs from a local run's"
+    );
+    // Each job ended COMPLETED, as Slurm itself says.
+    for (_, id) in &jobs {
+        let out = Command::new("scontrol")
+            .env("SLURM_CONF", conf)
+            .args(["show", "job", "-o", id])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("JobState=COMPLETED"),
+            "job {id}"
+        );
+    }
+    // Fresh stages submit nothing.
+    let again = p
+        .run(&["run", "p.toml", "--json", "--executor", "slurm"])
+        .ok();
+    assert!(job_ids(&again).is_empty(), "{}", again.stdout);
+}
+
+#[test]
+fn a_stage_that_fails_in_its_job_fails_with_its_error_and_publishes_nothing() {
+    let Some(conf) = cluster() else { return };
+    // A model folder whose weights are not safetensors: only the worker finds out.
+    let p = Project::new(
+        conf,
+        "[pipeline]\nname = \"c\"\nworkdir = \"work\"\nexecutor = \"slurm\"\n\
+         [stages.samples]\nkind = \"generate\"\nmodel = \"./broken\"\nlength = 4\n",
+    );
+    let broken = p.dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("config.json"),
+        r#"{"model_type":"gpt2","n_layer":1,"n_head":2,"n_embd":32,"n_positions":32,"vocab_size":50257}"#,
+    )
+    .unwrap();
+    std::fs::write(broken.join("model.safetensors"), b"not safetensors").unwrap();
+    let run = p.run(&["run", "p.toml", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let failed = run.with("stage_failed");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("Slurm job") && error.contains("FAILED"),
+        "{error}"
+    );
+    assert!(error.contains("model.safetensors"), "{error}");
+    assert!(!p.exists("work/samples"));
+}
+
+/// Starts a long finetune as a Slurm job; returns the run and the job's id once training
+/// reports progress.
+fn long_training(
+    p: &Project,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+    String,
+) {
+    let (child, rx) = p.test(args).spawn();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut id = None;
+    loop {
+        let e = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the job never reported progress");
+        if let Some(m) = e["message"]
+            .as_str()
+            .and_then(|m| m.strip_prefix("submitted as Slurm job "))
+        {
+            id = m.split_whitespace().next().map(str::to_owned);
+        }
+        if e["event"] == "stage_progress" && e["stage"] == "train" {
+            break;
+        }
+    }
+    (child, rx, id.expect("no job id"))
+}
+
+fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "the run did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn failure(rx: &std::sync::mpsc::Receiver<serde_json::Value>) -> String {
+    rx.try_iter()
+        .find(|e| e["event"] == "stage_failed")
+        .map(|e| e["error"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+fn job_state(conf: &Path, id: &str) -> String {
+    let out = Command::new("scontrol")
+        .env("SLURM_CONF", conf)
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("JobState="))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_job_cancelled_with_scancel_or_past_its_time_limit_fails_its_stage() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new(conf, &pipeline(1_000_000, ""));
+    let (mut child, rx, id) =
+        long_training(&p, &["run", "p.toml", "--json", "--executor", "slurm"]);
+    let status = Command::new("scancel")
+        .env("SLURM_CONF", conf)
+        .arg(&id)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1));
+    let error = failure(&rx);
+    assert!(
+        error.contains(&format!("Slurm job {id} ended CANCELLED")),
+        "{error}"
+    );
+    assert!(!p.exists("work/train"));
+
+    // One minute, Slurm's smallest limit: the job ends TIMEOUT, its checkpoints stay.
+    let p = Project::new(
+        conf,
+        &pipeline(1_000_000, "[stages.train.resources]\ntime = \"1\""),
+    );
+    let (mut child, rx, id) =
+        long_training(&p, &["run", "p.toml", "--json", "--executor", "slurm"]);
+    let status = wait_for(&mut child, Duration::from_secs(240));
+    assert_eq!(status.code(), Some(1));
+    let error = failure(&rx);
+    assert!(
+        error.contains(&format!("Slurm job {id} ended TIMEOUT")),
+        "{error}"
+    );
+    assert!(!p.exists("work/train"));
+    assert!(
+        p.exists("work/.gptpipe/state/train"),
+        "the checkpoints of the timed-out job are gone"
+    );
+}
+
+#[test]
+fn an_interrupted_run_cancels_its_jobs() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new(conf, &pipeline(1_000_000, ""));
+    let (mut child, _rx, id) =
+        long_training(&p, &["run", "p.toml", "--json", "--executor", "slurm"]);
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_for(&mut child, Duration::from_secs(60));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGINT),
+        "{status:?}"
+    );
+    assert_eq!(job_state(conf, &id), "CANCELLED");
+    assert!(!p.exists("work/train"));
+}
