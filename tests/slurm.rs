@@ -297,6 +297,23 @@ fn a_job_cancelled_with_scancel_or_past_its_time_limit_fails_its_stage() {
     let p = Project::new(conf, &pipeline(1_000_000, ""));
     let (mut child, rx, id) =
         long_training(&p, &["run", "p.toml", "--json", "--executor", "slurm"]);
+    // While it runs, `gptpipe status` (from another shell) names the job and its state.
+    let status = p.run(&["status", "p.toml", "--json"]).ok();
+    let statuses: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let train = statuses
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "train")
+        .unwrap();
+    assert_eq!(train["jobs"][0]["id"], id.as_str(), "{}", status.stdout);
+    assert_eq!(train["jobs"][0]["state"], "RUNNING", "{}", status.stdout);
+    let text = p.run(&["status", "p.toml"]).ok();
+    assert!(
+        text.stdout.contains(&format!("(Slurm job {id}: RUNNING)")),
+        "{}",
+        text.stdout
+    );
     let status = Command::new("scancel")
         .env("SLURM_CONF", conf)
         .arg(&id)
@@ -311,6 +328,9 @@ fn a_job_cancelled_with_scancel_or_past_its_time_limit_fails_its_stage() {
         "{error}"
     );
     assert!(!p.exists("work/train"));
+    // An ended job is no longer shown.
+    let status = p.run(&["status", "p.toml", "--json"]).ok();
+    assert!(!status.stdout.contains("\"jobs\""), "{}", status.stdout);
 
     // One minute, Slurm's smallest limit: the job ends TIMEOUT, its checkpoints stay.
     let p = Project::new(

@@ -1,6 +1,7 @@
 use super::pipeline_args;
 use clap::Args;
 use gptpipe_core::runner::{RunError, Runner, State};
+use gptpipe_core::slurm::{self, ActiveJob};
 use gptpipe_core::stage::Registry;
 
 #[derive(Args)]
@@ -20,18 +21,40 @@ pub fn run(args: StatusArgs, registry: &Registry) -> Result<(), RunError> {
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
     let statuses = Runner::new(&pipeline, registry)?.status(&targets)?;
+    // A stage's Slurm jobs that are pending or running now (a run in progress, here or
+    // from another shell), whatever the pipeline's executor: `--executor` may have set it.
+    let jobs: Vec<Vec<ActiveJob>> = statuses
+        .iter()
+        .map(|s| slurm::active_jobs(&pipeline.workdir, &s.stage))
+        .collect();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&statuses).expect("status serializes")
-        );
+        let mut values = serde_json::to_value(&statuses).expect("status serializes");
+        for (value, jobs) in values
+            .as_array_mut()
+            .expect("an array")
+            .iter_mut()
+            .zip(&jobs)
+        {
+            if !jobs.is_empty() {
+                value["jobs"] = serde_json::to_value(jobs).expect("jobs serialize");
+            }
+        }
+        println!("{values}");
         return Ok(());
     }
     let width = statuses.iter().map(|s| s.stage.len()).max().unwrap_or(0);
-    for s in statuses {
+    for (s, jobs) in statuses.iter().zip(&jobs) {
+        let running = jobs
+            .iter()
+            .map(|j| format!("  (Slurm job {}: {})", j.id, j.state))
+            .collect::<String>();
         match s.state {
-            State::Fresh => println!("{:width$}  fresh", s.stage),
-            State::Stale => println!("{:width$}  stale  {}", s.stage, s.reasons.join("; ")),
+            State::Fresh => println!("{:width$}  fresh{running}", s.stage),
+            State::Stale => println!(
+                "{:width$}  stale  {}{running}",
+                s.stage,
+                s.reasons.join("; ")
+            ),
         }
     }
     Ok(())

@@ -198,6 +198,8 @@ pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    // `gptpipe status` reads it to show the job while it is active.
+    std::fs::write(jobs.join(JOB_ID_FILE), &id)?;
     ctx.log(format!("submitted as Slurm job {id} ({})", jobs.display()));
 
     let mut relay = Relay::new(events);
@@ -301,6 +303,59 @@ impl Relay {
             }
         }
     }
+}
+
+/// The file of a stage's job folder that holds its Slurm job id.
+const JOB_ID_FILE: &str = "job_id";
+
+/// A Slurm job of a stage, pending or running now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ActiveJob {
+    pub id: String,
+    pub state: String,
+}
+
+/// The Slurm jobs of `stage` that a run of the pipeline whose workdir is `workdir`
+/// submitted and that are still pending or running (Slurm is asked about each; a job it
+/// no longer knows, or a machine without Slurm, gives none). Job folders lie beside the
+/// stages' build folders: `<workdir>/.gptpipe/tmp/<stage>.<pid>.<n>.job/`.
+pub fn active_jobs(workdir: &Path, stage: &str) -> Vec<ActiveJob> {
+    let tmp = workdir.join(crate::runner::META_DIR).join("tmp");
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return Vec::new();
+    };
+    let mut jobs = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(stage).and_then(|r| r.strip_prefix('.')) else {
+            continue;
+        };
+        // Exactly `<pid>.<n>.job`, both digits: the folders of a stage whose name starts
+        // with this one's and a dot (`a.1` beside `a`) have a third part.
+        let Some(nums) = rest.strip_suffix(".job") else {
+            continue;
+        };
+        let parts: Vec<&str> = nums.split('.').collect();
+        if parts.len() != 2
+            || !parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(id) = std::fs::read_to_string(entry.path().join(JOB_ID_FILE)) else {
+            continue;
+        };
+        let id = id.trim().to_owned();
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(JobState::Active(state)) = job_state(&id) {
+            jobs.push(ActiveJob { id, state });
+        }
+    }
+    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    jobs
 }
 
 /// Whether the pipeline runs its stages as Slurm jobs.
