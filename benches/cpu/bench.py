@@ -209,7 +209,8 @@ def run_gptpipe_generate(a, work, threads, batch, greedy=False, length=None):
     # sample is done when its delimiter line arrives.
     rows = [(t, line) for t, line in lines if line == DELIM]
     if greedy:
-        return {"text": "\n".join(line for _, line in lines[:lines.index(rows[0])])}
+        # One sample: written without a delimiter (gpt-2-simple's rule for nsamples = 1).
+        return {"text": "\n".join(line for _, line in lines).rstrip("\n")}
     assert len(rows) == 2 * batch, f"{len(rows)} samples"
     secs = rows[2 * batch - 1][0] - rows[batch - 1][0]
     return {"tokens_per_s": batch * length / secs, "secs": secs, "wall": end - start}
