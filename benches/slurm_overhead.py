@@ -8,10 +8,11 @@ with `--force`, alternately with `--executor local` and `--executor slurm` on a 
 cluster started for the bench (scripts/slurm-cluster.sh). Every `--json` event is
 timestamped as it arrives. Per stage:
 
-- ready -> running: from `stage_started` (the runner has the stage ready and submits it)
-  to the log event "Slurm job N: RUNNING" (the runner has seen the job running);
-- running -> published: from that event to `stage_finished` (the job ran the stage, the
-  runner saw it end, relayed its events and published its output);
+- ready -> ended: from `stage_started` (the runner has the stage ready and submits it) to
+  the log event "Slurm job N: COMPLETED" (the runner has seen the job end: queueing,
+  starting, running the stage and the polling interval);
+- ended -> published: from that event to `stage_finished` (the runner relayed the job's
+  last events and published its output);
 - per stage: the run's wall time over N.
 
 Prints the medians, local against slurm, and the difference per stage (the overhead).
@@ -59,17 +60,17 @@ def timed_run(gptpipe, folder, executor, env):
 
 
 def phases(events):
-    """(ready->running, running->published) per stage, from a slurm run's events."""
-    started, running, out = {}, {}, []
+    """(ready->ended, ended->published) per stage, from a slurm run's events."""
+    started, ended, out = {}, {}, []
     for t, e in events:
         stage = e.get("stage")
         kind = e.get("event")
         if kind == "stage_started":
             started[stage] = t
-        elif kind == "stage_log" and ": RUNNING" in e.get("message", "") and stage not in running:
-            running[stage] = t
-        elif kind == "stage_finished" and stage in running:
-            out.append((running[stage] - started[stage], t - running[stage]))
+        elif kind == "stage_log" and ": COMPLETED" in e.get("message", ""):
+            ended[stage] = t
+        elif kind == "stage_finished" and stage in ended:
+            out.append((ended[stage] - started[stage], t - ended[stage]))
     return out
 
 
@@ -96,7 +97,7 @@ def main():
             per_stage[executor].append(wall / a.stages)
             if executor == "slurm":
                 p = phases(events)
-                assert len(p) == a.stages, f"no RUNNING event for some stage: {p}"
+                assert len(p) == a.stages, f"no COMPLETED event for some stage: {p}"
                 ready += [x for x, _ in p]
                 publish += [y for _, y in p]
             print(f"  run {r + 1} {executor:5}: {wall:6.2f} s for {a.stages} stages",
@@ -105,7 +106,7 @@ def main():
     poll = os.environ.get("GPTPIPE_SLURM_POLL_MS", "1000")
     print(f"\n{a.stages} chained prepare stages, {a.repeats} alternated runs each, "
           f"GPTPIPE_SLURM_POLL_MS={poll}; medians")
-    print("| executor | seconds per stage | ready -> running | running -> published |")
+    print("| executor | seconds per stage | ready -> job seen ended | ended -> published |")
     print("| --- | --- | --- | --- |")
     print(f"| local | {med['local']:.3f} | | |")
     print(f"| slurm | {med['slurm']:.3f} | {statistics.median(ready):.3f} | "

@@ -1,6 +1,6 @@
 use super::pipeline_args;
 use clap::Args;
-use gptpipe_core::runner::{RunError, Runner, State};
+use gptpipe_core::runner::{RunError, Runner, StageStatus, State};
 use gptpipe_core::slurm::{self, ActiveJob};
 use gptpipe_core::stage::Registry;
 
@@ -28,18 +28,15 @@ pub fn run(args: StatusArgs, registry: &Registry) -> Result<(), RunError> {
         .map(|s| slurm::active_jobs(&pipeline.workdir, &s.stage))
         .collect();
     if args.json {
-        let mut values = serde_json::to_value(&statuses).expect("status serializes");
-        for (value, jobs) in values
-            .as_array_mut()
-            .expect("an array")
-            .iter_mut()
+        let rows: Vec<JsonRow> = statuses
+            .iter()
             .zip(&jobs)
-        {
-            if !jobs.is_empty() {
-                value["jobs"] = serde_json::to_value(jobs).expect("jobs serialize");
-            }
-        }
-        println!("{values}");
+            .map(|(status, jobs)| JsonRow { status, jobs })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string(&rows).expect("status serializes")
+        );
         return Ok(());
     }
     let width = statuses.iter().map(|s| s.stage.len()).max().unwrap_or(0);
@@ -58,4 +55,13 @@ pub fn run(args: StatusArgs, registry: &Registry) -> Result<(), RunError> {
         }
     }
     Ok(())
+}
+
+/// A line of `status --json`: the stage's status, then its active Slurm jobs if any.
+#[derive(serde::Serialize)]
+struct JsonRow<'a> {
+    #[serde(flatten)]
+    status: &'a StageStatus,
+    #[serde(skip_serializing_if = "<[ActiveJob]>::is_empty")]
+    jobs: &'a [ActiveJob],
 }
