@@ -21,16 +21,17 @@ pub fn run(args: StatusArgs, registry: &Registry) -> Result<(), RunError> {
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
     let statuses = Runner::new(&pipeline, registry)?.status(&targets)?;
-    // A stage's Slurm jobs that are pending or running now (a run in progress, here or
-    // from another shell), whatever the pipeline's executor: `--executor` may have set it.
-    let jobs: Vec<Vec<ActiveJob>> = statuses
+    // Slurm jobs pending or running now (a run in progress, here or from another shell),
+    // whatever the pipeline's executor: `--executor` may have set it.
+    let active = slurm::active_jobs(&pipeline.workdir);
+    let jobs: Vec<&[ActiveJob]> = statuses
         .iter()
-        .map(|s| slurm::active_jobs(&pipeline.workdir, &s.stage))
+        .map(|s| active.get(&s.stage).map_or(&[][..], Vec::as_slice))
         .collect();
     if args.json {
         let rows: Vec<JsonRow> = statuses
             .iter()
-            .zip(&jobs)
+            .zip(jobs.iter().copied())
             .map(|(status, jobs)| JsonRow { status, jobs })
             .collect();
         println!(

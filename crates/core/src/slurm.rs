@@ -14,6 +14,7 @@ use crate::remote::{job_env, StageRequest};
 use crate::stage::StageContext;
 use crate::Cancelled;
 use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -315,34 +316,23 @@ pub struct ActiveJob {
     pub state: String,
 }
 
-/// The Slurm jobs of `stage` that a run of the pipeline whose workdir is `workdir`
+/// The Slurm jobs, by stage, that runs of the pipeline whose workdir is `workdir`
 /// submitted and that are still pending or running (Slurm is asked about each; a job it
-/// no longer knows, or a machine without Slurm, gives none). Job folders lie beside the
-/// stages' build folders: `<workdir>/.gptpipe/tmp/<stage>.<pid>.<n>.job/`.
-pub fn active_jobs(workdir: &Path, stage: &str) -> Vec<ActiveJob> {
-    let tmp = workdir.join(crate::runner::META_DIR).join("tmp");
-    let Ok(entries) = std::fs::read_dir(&tmp) else {
-        return Vec::new();
+/// no longer knows, or a machine without Slurm, gives none). A job's folder lies beside
+/// its stage's build folder, `<build folder>.job/`, and keeps the job's id.
+pub fn active_jobs(workdir: &Path) -> BTreeMap<String, Vec<ActiveJob>> {
+    let mut jobs: BTreeMap<String, Vec<ActiveJob>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(crate::runner::tmp_root(workdir)) else {
+        return jobs;
     };
-    let mut jobs = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(stage).and_then(|r| r.strip_prefix('.')) else {
+        let Some(stage) = name
+            .strip_suffix(".job")
+            .and_then(crate::runner::tmp_dir_stage)
+        else {
             continue;
         };
-        // Exactly `<pid>.<n>.job`, both digits: the folders of a stage whose name starts
-        // with this one's and a dot (`a.1` beside `a`) have a third part.
-        let Some(nums) = rest.strip_suffix(".job") else {
-            continue;
-        };
-        let parts: Vec<&str> = nums.split('.').collect();
-        if parts.len() != 2
-            || !parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            continue;
-        }
         let Ok(id) = std::fs::read_to_string(entry.path().join(JOB_ID_FILE)) else {
             continue;
         };
@@ -351,10 +341,14 @@ pub fn active_jobs(workdir: &Path, stage: &str) -> Vec<ActiveJob> {
             continue;
         }
         if let Ok(JobState::Active(state)) = job_state(&id) {
-            jobs.push(ActiveJob { id, state });
+            jobs.entry(stage.to_owned())
+                .or_default()
+                .push(ActiveJob { id, state });
         }
     }
-    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    for list in jobs.values_mut() {
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+    }
     jobs
 }
 

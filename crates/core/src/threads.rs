@@ -78,8 +78,11 @@ fn cores_in_affinity() -> Option<usize> {
 /// `threads` key (`None` outside a stage or when unset); see the module documentation.
 /// Reads this process's environment.
 pub fn worker_env(key: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
-    let default = default_threads().to_string();
-    env_for(|name| std::env::var(name).ok(), key, &default)
+    env_for(
+        |name| std::env::var(name).ok(),
+        key,
+        || default_threads().to_string(),
+    )
 }
 
 /// [`worker_env`] for a Slurm job's script, which exports each value as it is: the default
@@ -87,14 +90,19 @@ pub fn worker_env(key: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
 /// machine knows. The job inherits the runner's environment, so what the user set there
 /// is left out, as for a local worker.
 pub fn job_env(key: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {
-    env_for(|name| std::env::var(name).ok(), key, "$(nproc)")
+    env_for(
+        |name| std::env::var(name).ok(),
+        key,
+        || "$(nproc)".to_owned(),
+    )
 }
 
-/// [`worker_env`] over the variables `var` returns, with `default` as the default count.
+/// [`worker_env`] over the variables `var` returns, with `default` giving the default count
+/// (asked only when nothing else sets one: the machine's is read from sysfs).
 fn env_for(
     var: impl Fn(&str) -> Option<String>,
     key: Option<NonZeroUsize>,
-    default: &str,
+    default: impl FnOnce() -> String,
 ) -> Vec<(&'static str, String)> {
     let set = |name: &str| var(name).is_some_and(|v| !v.is_empty());
     let mut env = Vec::new();
@@ -107,7 +115,7 @@ fn env_for(
     let count = match flag {
         Some(n) => Some(n.to_string()),
         None if set("OMP_NUM_THREADS") || set("MKL_NUM_THREADS") => None,
-        None => Some(key.map_or_else(|| default.to_owned(), |n| n.to_string())),
+        None => Some(key.map_or_else(default, |n| n.to_string())),
     };
     if let Some(n) = count {
         env.push(("OMP_NUM_THREADS", n.clone()));
@@ -137,7 +145,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        env_for(var, key, "4")
+        env_for(var, key, || "4".to_owned())
     }
 
     fn pairs(p: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {

@@ -6,7 +6,7 @@ mod key;
 mod workdir;
 
 pub use key::KeyMaterial;
-pub use workdir::{Workdir, META_DIR};
+pub use workdir::{tmp_dir_stage, tmp_root, Workdir, META_DIR};
 
 use crate::cache::lock::json_to_toml;
 use crate::cache::{LockEntry, LockFile, Manifest, Restore};

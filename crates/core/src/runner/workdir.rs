@@ -24,6 +24,20 @@ pub struct Workdir {
     pub memo: Memo,
 }
 
+/// The folder of the workdir at `root` that holds [`Workdir::tmp_dir`]'s build folders.
+pub fn tmp_root(root: &Path) -> PathBuf {
+    root.join(META_DIR).join("tmp")
+}
+
+/// The stage a build folder named by [`Workdir::tmp_dir`] belongs to: its name less the
+/// `.<pid>.<n>` it ends with (a stage's name may hold dots itself).
+pub fn tmp_dir_stage(name: &str) -> Option<&str> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (rest, n) = name.rsplit_once('.')?;
+    let (stage, pid) = rest.rsplit_once('.')?;
+    (digits(n) && digits(pid) && !stage.is_empty()).then_some(stage)
+}
+
 /// Holds the workdir's run lock until dropped.
 pub struct RunLock(File);
 
@@ -132,14 +146,12 @@ impl Workdir {
         Ok(())
     }
 
-    /// A new, empty folder to build `stage`'s output in.
+    /// A new, empty folder to build `stage`'s output in: `<tmp>/<stage>.<pid>.<n>`
+    /// ([`tmp_root`], [`tmp_dir_stage`]).
     pub fn tmp_dir(&self, stage: &str) -> Result<PathBuf> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .meta
-            .join("tmp")
-            .join(format!("{stage}.{}.{n}", std::process::id()));
+        let dir = tmp_root(&self.root).join(format!("{stage}.{}.{n}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(dir)
@@ -569,6 +581,21 @@ mod tests {
     use super::*;
     use crate::cache::{LockEntry, Manifest};
     use std::sync::Mutex;
+
+    #[test]
+    fn a_build_folders_name_gives_back_its_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let wd = Workdir::open(dir.path());
+        for stage in ["train", "train[lr=0.0001]", "a.1"] {
+            let made = wd.tmp_dir(stage).unwrap();
+            assert_eq!(made.parent().unwrap(), tmp_root(dir.path()));
+            let name = made.file_name().unwrap().to_str().unwrap();
+            assert_eq!(tmp_dir_stage(name), Some(stage));
+        }
+        for name in ["train", "train.12", "train.12.x", ".12.3", "train.12.3.job"] {
+            assert_eq!(tmp_dir_stage(name), None, "{name}");
+        }
+    }
 
     #[derive(Default)]
     struct Warnings(Mutex<Vec<String>>);
