@@ -1,20 +1,9 @@
 //! Values parsed into types when a pipeline loads: devices (an invalid one points at its
 //! key), and `~` in model and path values, which is the home folder.
 
-use gptpipe_core::config::{load, LoadOptions, Pipeline};
 use gptpipe_core::stage::{resolve_model, ModelSource};
 
-fn load_in(dir: &std::path::Path, stages: &str) -> Result<Pipeline, String> {
-    let path = dir.join("p.toml");
-    std::fs::write(&path, format!("[pipeline]\nname = \"t\"\n{stages}")).unwrap();
-    load(&path, &LoadOptions::default()).map_err(|e| {
-        let mut out = String::new();
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .render_report(&mut out, &e)
-            .unwrap();
-        out
-    })
-}
+use crate::load_in;
 
 #[test]
 fn an_invalid_device_is_a_config_error_at_its_key() {

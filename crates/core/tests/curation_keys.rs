@@ -3,7 +3,7 @@
 //! needs it; and a generate stage that does not use them keeps its cache key (its params
 //! JSON and its input files), while one that does gets the training rows as a read.
 
-use gptpipe_core::config::{load, LoadOptions, NoveltyAgainst, Pipeline, StageParams};
+use gptpipe_core::config::{NoveltyAgainst, Pipeline, StageParams};
 use gptpipe_core::runner::KeyMaterial;
 use std::collections::BTreeMap;
 
@@ -34,13 +34,7 @@ fn load_in(dir: &std::path::Path, gen: &str) -> Result<Pipeline, String> {
         format!("[pipeline]\nname = \"t\"\n{UPSTREAM}[stages.gen]\nkind = \"generate\"\n{gen}"),
     )
     .unwrap();
-    load(&path, &LoadOptions::default()).map_err(|e| {
-        let mut out = String::new();
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .render_report(&mut out, &e)
-            .unwrap();
-        out
-    })
+    crate::load_rendered(&path)
 }
 
 fn gen_params(p: &Pipeline) -> &gptpipe_core::config::GenerateParams {

@@ -2,20 +2,10 @@
 //! its values; stages that read `@X` follow the fan-out; one combination can be named;
 //! every combination keys the cache on its own.
 
-use gptpipe_core::config::{load, LoadOptions, Pipeline, StageParams};
+use gptpipe_core::config::{Pipeline, StageParams};
 use gptpipe_core::dag::Dag;
 
-fn load_in(dir: &std::path::Path, stages: &str) -> Result<Pipeline, String> {
-    let path = dir.join("p.toml");
-    std::fs::write(&path, format!("[pipeline]\nname = \"t\"\n{stages}")).unwrap();
-    load(&path, &LoadOptions::default()).map_err(|e| {
-        let mut out = String::new();
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .render_report(&mut out, &e)
-            .unwrap();
-        out
-    })
-}
+use crate::load_in;
 
 const SWEEP: &str = "
 [stages.data]

@@ -3,7 +3,7 @@
 //! `use_memory_saving_gradients`, refused when both say different things; bad values are
 //! config errors at their key.
 
-use gptpipe_core::config::{load, Accumulate, LoadOptions, LrSchedule, Pipeline, StageParams};
+use gptpipe_core::config::{Accumulate, LrSchedule, Pipeline, StageParams};
 
 fn load_in(dir: &std::path::Path, extra: &str) -> Result<Pipeline, String> {
     let path = dir.join("p.toml");
@@ -15,13 +15,7 @@ fn load_in(dir: &std::path::Path, extra: &str) -> Result<Pipeline, String> {
         ),
     )
     .unwrap();
-    load(&path, &LoadOptions::default()).map_err(|e| {
-        let mut out = String::new();
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .render_report(&mut out, &e)
-            .unwrap();
-        out
-    })
+    crate::load_rendered(&path)
 }
 
 fn params(p: &Pipeline) -> &gptpipe_core::config::FinetuneParams {
