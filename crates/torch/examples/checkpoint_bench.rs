@@ -57,12 +57,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(n, _)| n.clone())
         .collect();
-    let flat = model.flatten_parameters(&names).set_requires_grad(true);
-    let params: Vec<(String, Tensor)> = model
-        .named_parameters()
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
+    let (flat, params) = model.flatten_for_training(&names);
     let mut opt = Optimizer::new_flat(Kind::Adam, 0.0, &params, flat);
     let vocab = config.vocab_size as i64;
     let ids = || Tensor::randint_low(0, vocab, [batch, seq], (tch::Kind::Int64, Device::Cpu));

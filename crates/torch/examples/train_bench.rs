@@ -98,12 +98,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(n, _)| n.clone())
         .collect();
-    let flat = model.flatten_parameters(&names).set_requires_grad(true);
-    let params: Vec<(String, Tensor)> = model
-        .named_parameters()
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
+    let (flat, params) = model.flatten_for_training(&names);
     let mut opt = Optimizer::new_flat(Kind::Adamw, 0.01, &params, flat);
     tch::manual_seed(1);
     let x = Tensor::randint(

@@ -149,13 +149,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         .collect();
     // One buffer for all trained weights, and the leaf autograd fills: the forward casts
     // it once, backward leaves one gradient, the optimizer updates it in one kernel.
-    let flat = model.flatten_parameters(&names).set_requires_grad(true);
-    let trainable: Vec<(String, Tensor)> = model
-        .named_parameters()
-        .iter()
-        .filter(|(n, _)| names.contains(n))
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
+    let (flat, trainable) = model.flatten_for_training(&names);
     let mut best = BestWeights::new(flat.shallow_clone(), &trainable);
     let mut opt = Optimizer::new_flat(p.optimizer, p.weight_decay, &trainable, flat);
     let (mut trainer, metrics) = match &resume {

@@ -354,6 +354,20 @@ impl Gpt2 {
         flat
     }
 
+    /// What an optimizer over one buffer takes: the weights named in `names` flattened
+    /// ([`Self::flatten_parameters`]) into a buffer that requires grad (the leaf autograd
+    /// fills), and those weights, views of it, in the model's order.
+    pub fn flatten_for_training(&mut self, names: &[String]) -> (Tensor, Vec<(String, Tensor)>) {
+        let flat = self.flatten_parameters(names).set_requires_grad(true);
+        let views = self
+            .params
+            .iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        (flat, views)
+    }
+
     /// Points every field at `f(name)`.
     pub(crate) fn rebind(&mut self, f: impl Fn(&str) -> Tensor) {
         let new: Vec<(String, Tensor)> =
