@@ -18,6 +18,8 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_kernels)");
     println!("cargo::rustc-check-cfg=cfg(gptpipe_shim)");
     println!("cargo::rustc-check-cfg=cfg(gptpipe_cuda_props)");
+    println!("cargo::rustc-check-cfg=cfg(gptpipe_dist)");
+    println!("cargo::rustc-check-cfg=cfg(gptpipe_nccl)");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
@@ -54,7 +56,10 @@ fn shim_build(torch: &Path, files: &[&str]) -> cc::Build {
 fn cpu_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=csrc");
     match shim_build(&lib.join(".."), &CPU_FILES).try_compile("gptpipe_shim") {
-        Ok(()) => println!("cargo:rustc-cfg=gptpipe_shim"),
+        Ok(()) => {
+            println!("cargo:rustc-cfg=gptpipe_shim");
+            dist_shim(&lib.join(".."), &[]);
+        }
         Err(e) => println!(
             "cargo:warning=libtorch shim not built ({e}): the CPU trains with the unfused Adam update"
         ),
@@ -137,6 +142,7 @@ fn cuda_kernels(lib: &Path) -> bool {
             println!("cargo:rustc-link-lib=dylib=c10_cuda");
             println!("cargo:rustc-cfg=gptpipe_cuda_kernels");
             println!("cargo:rustc-cfg=gptpipe_shim");
+            dist_shim(&torch, include);
             true
         }
         Err(e) => {
@@ -163,4 +169,83 @@ fn device_props(torch: &Path, include: &[PathBuf]) {
              asks nvidia-smi for the compute capability"
         ),
     }
+}
+
+/// Where gloo's headers are (`ProcessGroupGloo.hpp` includes them; PyPI's libtorch lacks
+/// them): `GPTPIPE_GLOO_INCLUDE`, else the system's (Debian's libgloo-dev).
+fn gloo_include() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=GPTPIPE_GLOO_INCLUDE");
+    let dirs = match std::env::var_os("GPTPIPE_GLOO_INCLUDE").filter(|v| !v.is_empty()) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![
+            PathBuf::from("/usr/include"),
+            PathBuf::from("/usr/local/include"),
+        ],
+    };
+    dirs.into_iter().find(|d| d.join("gloo/config.h").exists())
+}
+
+/// Compiles `csrc/collectives.cpp` (c10d's Gloo process group, and NCCL's when its header
+/// is among `cuda_include`) on its own and sets `cfg(gptpipe_dist)`: without it the other
+/// kernels stay built and data-parallel finetuning says what is missing.
+fn dist_shim(torch: &Path, cuda_include: &[PathBuf]) {
+    let Some(gloo) = gloo_include() else {
+        println!(
+            "cargo:warning=gloo's headers not found (Debian: libgloo-dev; or set \
+             GPTPIPE_GLOO_INCLUDE): finetuning runs on one device only"
+        );
+        return;
+    };
+    let nccl = nccl_include(torch, cuda_include);
+    // With NCCL when its header is there; a failure there leaves Gloo, tried alone.
+    for nccl in [nccl.as_ref(), None]
+        .into_iter()
+        .take(1 + usize::from(nccl.is_some()))
+    {
+        let mut build = shim_build(torch, &["collectives.cpp"]);
+        build.define("USE_C10D_GLOO", None);
+        // The system's include folder must not come before libstdc++'s.
+        if gloo != Path::new("/usr/include") {
+            build.include(&gloo);
+        }
+        if let Some(dir) = nccl {
+            build
+                .include(dir)
+                .define("USE_C10D_NCCL", None)
+                .define("GPTPIPE_NCCL", None);
+        }
+        for dir in cuda_include {
+            build.include(dir);
+        }
+        match build.try_compile("gptpipe_dist") {
+            Ok(()) => {
+                println!("cargo:rustc-cfg=gptpipe_dist");
+                if nccl.is_some() {
+                    println!("cargo:rustc-cfg=gptpipe_nccl");
+                }
+                return;
+            }
+            Err(e) => println!(
+                "cargo:warning=collectives shim not built{} ({e})",
+                if nccl.is_some() { " with NCCL" } else { "" }
+            ),
+        }
+    }
+    println!("cargo:warning=finetuning runs on one device only");
+}
+
+/// NCCL's header, for a CUDA build: in the toolkit's include folders or the nvidia-nccl
+/// wheel beside libtorch. c10d's NCCL header also needs CUDA's CCCL headers (`nv/target`),
+/// which a toolkit has and PyPI's wheels lack: without them, no NCCL (and no attempt).
+fn nccl_include(torch: &Path, cuda_include: &[PathBuf]) -> Option<PathBuf> {
+    if !cuda_include.iter().any(|d| d.join("nv/target").exists()) {
+        return None;
+    }
+    let site = torch.join("..");
+    let wheels = ["nvidia/nccl/include", "nvidia/cu13/include"].map(|d| site.join(d));
+    cuda_include
+        .iter()
+        .cloned()
+        .chain(wheels)
+        .find(|d| d.join("nccl.h").exists())
 }

@@ -261,7 +261,7 @@ pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + S
 
 /// Asks Linux to kill the worker when the runner dies, so a killed run leaves no
 /// orphan writing into the workdir.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
     unsafe {

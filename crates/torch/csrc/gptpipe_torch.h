@@ -44,6 +44,22 @@ int gptpipe_fused_adam(const at::Tensor* param, const at::Tensor* grad,
                        const at::Tensor* exp_avg, const at::Tensor* exp_avg_sq,
                        const at::Tensor* step, double lr, double beta1, double beta2,
                        double weight_decay, double eps, int decoupled);
+
+// collectives.cpp (built on its own when gloo's headers are found): data-parallel
+// training's c10d. A store or group is the pointer its _new returns (null on failure, the
+// message in gptpipe_shim_last_error), freed once by its _free. Rank 0 serves the store
+// (`is_server`); port 0 lets the system pick one, written to *bound_port.
+void* gptpipe_dist_store_new(const char* host, int port, int is_server, int world,
+                             int64_t timeout_ms, int* bound_port);
+void gptpipe_dist_store_free(void* store);
+// `master`: the store's host, which picks Gloo's transport address. `nccl`: NCCL (CUDA
+// tensors) instead of Gloo.
+void* gptpipe_dist_group_new(void* store, const char* master, int rank, int world,
+                             int64_t timeout_ms, int nccl);
+void gptpipe_dist_group_free(void* group);
+// In place: the sum over the ranks; rank `root`'s tensor.
+int gptpipe_dist_all_reduce_sum(void* group, const at::Tensor* t);
+int gptpipe_dist_broadcast(void* group, const at::Tensor* t, int root);
 }
 
 namespace gptpipe {

@@ -114,3 +114,45 @@ extern "C" {
         total_memory: *mut u64,
     ) -> std::ffi::c_int;
 }
+
+/// Whether the collectives were built with NCCL's process group.
+#[cfg_attr(not(gptpipe_dist), allow(dead_code))]
+pub const NCCL: bool = cfg!(gptpipe_nccl);
+
+// csrc/collectives.cpp, built on its own (`cfg(gptpipe_dist)`, see build.rs): a store or
+// group is the pointer its `_new` returns (null on failure), freed once by its `_free`.
+#[cfg(gptpipe_dist)]
+extern "C" {
+    /// Rank 0 serves the store (`is_server`); port 0 picks a free one, written to
+    /// `bound_port`.
+    pub fn gptpipe_dist_store_new(
+        host: *const std::ffi::c_char,
+        port: std::ffi::c_int,
+        is_server: std::ffi::c_int,
+        world: std::ffi::c_int,
+        timeout_ms: i64,
+        bound_port: *mut std::ffi::c_int,
+    ) -> *mut std::ffi::c_void;
+    pub fn gptpipe_dist_store_free(store: *mut std::ffi::c_void);
+    /// `master`: the store's host (it picks Gloo's address); `nccl` != 0: NCCL.
+    pub fn gptpipe_dist_group_new(
+        store: *mut std::ffi::c_void,
+        master: *const std::ffi::c_char,
+        rank: std::ffi::c_int,
+        world: std::ffi::c_int,
+        timeout_ms: i64,
+        nccl: std::ffi::c_int,
+    ) -> *mut std::ffi::c_void;
+    pub fn gptpipe_dist_group_free(group: *mut std::ffi::c_void);
+    /// In place: the sum over the ranks.
+    pub fn gptpipe_dist_all_reduce_sum(
+        group: *mut std::ffi::c_void,
+        t: *const std::ffi::c_void,
+    ) -> std::ffi::c_int;
+    /// In place: rank `root`'s tensor.
+    pub fn gptpipe_dist_broadcast(
+        group: *mut std::ffi::c_void,
+        t: *const std::ffi::c_void,
+        root: std::ffi::c_int,
+    ) -> std::ffi::c_int;
+}

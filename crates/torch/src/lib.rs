@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod device;
+pub mod dist;
 mod ffi;
 pub mod finetune;
 pub mod generation;

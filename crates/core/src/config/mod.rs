@@ -114,7 +114,7 @@ impl StageParams {
                 if !p.restores_from_path() {
                     keys.push("restore_from");
                 }
-                keys.push("threads");
+                keys.extend(["threads", "devices"]);
                 keys
             }
             // A sample depends on (seed, index) only, never on how samples are batched.

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroUsize;
 
-pub use super::refs::{Device, InputRef, ModelRef, RestoreFrom, StageRef, UserPath};
+pub use super::refs::{Device, Devices, InputRef, ModelRef, RestoreFrom, StageRef, UserPath};
 
 /// The shape of a fresh, randomly initialised GPT-2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -286,6 +286,11 @@ pub struct FinetuneParams {
     /// over it. Not in the cache key: a thread count changes at most the rounding of sums.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<NonZeroUsize>,
+    /// Data-parallel ranks, one process per device, that share each micro-batch's
+    /// `batch_size` windows (so `batch_size` must be a multiple of their number). Not in
+    /// the cache key: N ranks train what one does, up to the rounding of sums.
+    #[serde(skip_serializing_if = "Devices::is_one")]
+    pub devices: Devices,
 }
 
 impl FinetuneParams {
@@ -373,6 +378,7 @@ impl Default for FinetuneParams {
             dropout: None,
             accumulate: Accumulate::Mean,
             threads: None,
+            devices: Devices::default(),
         }
     }
 }

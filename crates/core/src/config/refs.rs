@@ -279,6 +279,85 @@ impl From<&str> for Device {
     }
 }
 
+/// How many data-parallel ranks (one process each) a finetune trains with: a number, or
+/// `"all"`: every CUDA device of the machine it runs on (one on the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Devices {
+    Count(std::num::NonZeroUsize),
+    All,
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Self::Count(std::num::NonZeroUsize::MIN)
+    }
+}
+
+impl Devices {
+    pub fn is_one(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Serialize for Devices {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Count(n) => s.serialize_u64(n.get() as u64),
+            Self::All => s.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Devices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        const EXPECTED: &str = "a number of devices (1 or more) or \"all\"";
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Devices;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Devices, E> {
+                usize::try_from(n)
+                    .ok()
+                    .and_then(std::num::NonZeroUsize::new)
+                    .map(Devices::Count)
+                    .ok_or_else(|| E::custom(format!("devices must be {EXPECTED}, not {n}")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Devices, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(-1))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Devices, E> {
+                match s {
+                    "all" => Ok(Devices::All),
+                    _ => Err(E::custom(format!("devices must be {EXPECTED}, not {s:?}"))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+// The schema's form of [`Devices`].
+/// Data-parallel ranks: a number, or "all" (every CUDA device; one on the CPU).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum DevicesSchema {
+    Count(std::num::NonZeroUsize),
+    /// "all"
+    All(String),
+}
+
+impl JsonSchema for Devices {
+    fn schema_name() -> Cow<'static, str> {
+        "Devices".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        DevicesSchema::json_schema(generator)
+    }
+}
+
 /// A model to load: another stage's (`"@train"`), a local folder, a hub id, or an inline
 /// table for a fresh random model.
 #[derive(Debug, Clone, PartialEq)]

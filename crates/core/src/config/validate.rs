@@ -441,6 +441,17 @@ fn check_finetune(p: &FinetuneParams) -> Result<(), Invalid> {
         "batch_size",
         "batch_size must be at least 1".into(),
     )?;
+    if let super::params::Devices::Count(n) = p.devices {
+        ensure(
+            p.batch_size.is_multiple_of(n.get()),
+            "devices",
+            format!(
+                "batch_size = {} cannot be shared by devices = {n}: each device trains an \
+                 equal share of the batch, so batch_size must be a multiple of devices",
+                p.batch_size
+            ),
+        )?;
+    }
     ensure(
         p.accumulate_gradients > 0,
         "accumulate_gradients",

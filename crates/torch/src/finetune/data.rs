@@ -117,9 +117,18 @@ impl Dataset {
         unreachable!("r < total")
     }
 
-    /// A training batch `[batch, window]` on `device`.
-    pub fn batch(&self, seed: u64, step: u64, micro: u64, batch: usize, device: Device) -> Tensor {
-        let rows: Vec<i64> = (0..batch as u64)
+    /// Rows `rows` of a training micro-batch (`0..batch_size`, or a data-parallel rank's
+    /// share of them), `[rows, window]` on `device`.
+    pub fn batch(
+        &self,
+        seed: u64,
+        step: u64,
+        micro: u64,
+        rows: std::ops::Range<u64>,
+        device: Device,
+    ) -> Tensor {
+        let batch = (rows.end - rows.start) as i64;
+        let rows: Vec<i64> = rows
             .flat_map(|r| {
                 self.window_at(seed, step, micro, r)
                     .iter()
@@ -127,7 +136,7 @@ impl Dataset {
             })
             .collect();
         Tensor::from_slice(&rows)
-            .reshape([batch as i64, self.window as i64])
+            .reshape([batch, self.window as i64])
             .to_device(device)
     }
 

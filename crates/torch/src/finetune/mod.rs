@@ -77,6 +77,12 @@ fn params<'a>(ctx: &StageContext<'a>) -> Result<&'a FinetuneParams> {
 pub fn run(ctx: &StageContext) -> Result<()> {
     let p = params(ctx)?;
     let device = parse_device(&p.device)?;
+    let group = data_parallel(ctx, p, device)?;
+    let device = match (&group, device) {
+        (Some(g), tch::Device::Cuda(_)) => tch::Device::Cuda(g.local_rank),
+        _ => device,
+    };
+    let main = group.as_ref().is_none_or(|g| g.rank == 0);
     let (compute, why) = compute_kind(p.precision, device)?;
     ctx.log(why);
     let seed = ctx.seed();
@@ -124,9 +130,12 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let data = Dataset::new(chunks, config.n_ctx, p.val_split, config.vocab_size)?;
     options::plan_memory(ctx, p, &config, data.window, compute, device)?;
 
+    // Rank 0 finds what to resume from (and removes damaged checkpoints); it gives the
+    // others its state once the optimizer exists.
     let resume = match imported {
         Some(_) => None,
-        None => find_resume(ctx, p, &identity)?,
+        None if main => find_resume(ctx, p, &identity)?,
+        None => None,
     };
     let mut model = match (&resume, &folder) {
         (Some(c), _) => weights::load_folder(&c.model_dir, device)?,
@@ -169,6 +178,10 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         ),
     };
     trainer.identity = identity;
+    if let Some(g) = &group {
+        opt.broadcast_state(g)?;
+        trainer = serde_json::from_slice(&g.broadcast_bytes(&serde_json::to_vec(&trainer)?)?)?;
+    }
     if let Some(c) = &resume {
         match rules::best_on_resume(p.early_stopping_patience, &trainer) {
             rules::BestOnResume::None => {}
@@ -205,14 +218,50 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         data: &data,
         device,
         opt,
+        group: group.as_ref(),
         best,
         state: trainer,
         metrics,
     };
     trainer.train(ctx)?;
+    if !main {
+        return Ok(());
+    }
     let files = trainer.state_files();
     let card = Card::of_run(ctx, p, &model_source, &data, &files)?;
     write_outputs(ctx, p, &model, folder.as_deref(), &files, &card)
+}
+
+/// The data-parallel ranks `devices` asks for (joined, or started here), or `None` for one
+/// process. Checked before anything loads: a batch the ranks cannot share equally, or
+/// `device = "cuda:N"` (one device) with several ranks.
+fn data_parallel(
+    ctx: &StageContext,
+    p: &FinetuneParams,
+    device: tch::Device,
+) -> Result<Option<crate::dist::Group>> {
+    let wanted = crate::dist::ranks_wanted(p.devices, device);
+    let group = crate::dist::Group::for_stage(ctx, wanted, device.is_cuda())?;
+    let Some(g) = &group else {
+        return Ok(None);
+    };
+    if !p.batch_size.is_multiple_of(g.world) {
+        bail!(
+            "batch_size = {} cannot be shared by {} ranks: each trains an equal share of \
+             every batch, so batch_size must be a multiple of devices",
+            p.batch_size,
+            g.world
+        );
+    }
+    if matches!(p.device, gptpipe_core::config::Device::CudaIndex(_)) {
+        bail!(
+            "device = \"{}\" names one GPU but devices asks for {} ranks: use device = \
+             \"cuda\" (rank r trains on cuda:r)",
+            p.device,
+            g.world
+        );
+    }
+    Ok(group)
 }
 
 /// Where to continue from: `restore_from = "latest"` takes the newest compatible state (a

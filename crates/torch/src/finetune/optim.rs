@@ -46,6 +46,10 @@ struct Flat {
     fused_failed: bool,
 }
 
+/// Elements of the gradient all-reduced at a time (100 MB of fp32, PyTorch DDP's order
+/// of magnitude): the collective runs over views of the flat gradient.
+const GRAD_BUCKET: i64 = 25 << 20;
+
 /// False when `GPTPIPE_FUSED_ADAM=0` (read once): the flat update is then the written-out
 /// one.
 fn fused_env() -> bool {
@@ -285,6 +289,37 @@ impl Optimizer {
             ));
         }
         out
+    }
+
+    /// Gives every rank rank 0's trained weights, moments and step count (a resume is rank
+    /// 0's to find: the others start from anything of the same shapes), and the mean of the
+    /// ranks' gradients is taken by [`Optimizer::all_reduce_grads`].
+    pub fn broadcast_state(&mut self, group: &crate::dist::Group) -> Result<()> {
+        let flat = self
+            .flat
+            .as_ref()
+            .expect("data-parallel training uses a flat buffer");
+        for t in [&flat.params, &flat.exp_avg, &flat.exp_avg_sq] {
+            group.broadcast(&t.detach())?;
+        }
+        self.step = group.broadcast_f64(self.step as f64)? as u64;
+        Ok(())
+    }
+
+    /// Replaces this rank's gradient with the mean of every rank's (one all-reduce of the
+    /// flat gradient, done in buckets so no extra buffer the size of the model is needed).
+    pub fn all_reduce_grads(&self, group: &crate::dist::Group) -> Result<()> {
+        let Some(g) = self.flat_grad() else {
+            return Ok(());
+        };
+        let n = g.numel() as i64;
+        let mut start = 0;
+        while start < n {
+            let len = GRAD_BUCKET.min(n - start);
+            group.all_reduce_mean(&g.narrow(0, start, len))?;
+            start += len;
+        }
+        Ok(())
     }
 
     /// Restores moments saved by [`Optimizer::state_tensors`].

@@ -25,6 +25,8 @@ pub(super) struct Trainer<'a> {
     pub data: &'a Dataset,
     pub device: Device,
     pub opt: Optimizer,
+    /// The data-parallel ranks, when there are several.
+    pub group: Option<&'a crate::dist::Group>,
     pub best: BestWeights,
     pub state: TrainerState,
     /// One JSON object per step trained, resumed ones included.
@@ -32,6 +34,16 @@ pub(super) struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
+    /// Whether this process reports, samples and saves: the only one, or rank 0.
+    fn is_main(&self) -> bool {
+        self.group.is_none_or(|g| g.rank == 0)
+    }
+
+    /// This rank's number, 0 without data parallelism.
+    fn rank(&self) -> u64 {
+        self.group.map_or(0, |g| g.rank as u64)
+    }
+
     /// Trains until `steps` or an early stop. A cancelled run saves a checkpoint first.
     pub fn train(&mut self, ctx: &StageContext) -> Result<()> {
         let p = self.p;
@@ -40,7 +52,7 @@ impl Trainer<'_> {
         let mut window_start = (Instant::now(), self.state.step);
         while schedule.continues(&self.state) {
             if let Err(e) = ctx.check_cancelled() {
-                if schedule.saves_on_cancel(&self.state) {
+                if schedule.saves_on_cancel(&self.state) && self.is_main() {
                     let _ = state::save_checkpoint(
                         ctx.state_dir,
                         self.model,
@@ -59,7 +71,7 @@ impl Trainer<'_> {
             let avg_loss = rules::smoothed(trainer.avg_loss);
 
             let val_loss = if schedule.validates(step) {
-                Some(self.evaluate())
+                Some(self.evaluate()?)
             } else {
                 None
             };
@@ -83,6 +95,9 @@ impl Trainer<'_> {
                 "val_loss": val_loss,
                 "lr": lr,
             }));
+            if !self.is_main() {
+                continue;
+            }
             if schedule.prints(step) {
                 let mut fields = json!({"loss": loss, "avg_loss": avg_loss, "tokens_per_s": tokens_per_s.round(), "lr": lr});
                 if let Some(v) = val_loss {
@@ -140,21 +155,26 @@ impl Trainer<'_> {
     /// One optimizer step; returns the mean loss of its micro-batches.
     fn train_step(&mut self, step: u64) -> Result<f64> {
         let p = self.p;
+        let (group, rank) = (self.group, self.rank());
         let (opt, trainer) = (&mut self.opt, &mut self.state);
         // Dropout draws from the global generator: hold it for the whole step.
         let rng = crate::rng_lock();
-        tch::manual_seed((mix(self.seed, step, 0xD20F, 0) >> 1) as i64);
+        // Each rank its own dropout; rank 0 (or the only process) draws as it always has.
+        tch::manual_seed((mix(self.seed, step, 0xD20F, rank) >> 1) as i64);
         let accum = p.accumulate_gradients as u64;
+        let share = (p.batch_size / group.map_or(1, |g| g.world)) as u64;
+        let rows = rank * share..(rank + 1) * share;
         let grad_scale = rules::micro_batch_scale(p.accumulate, trainer.loss_scale, accum);
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
         for micro in 0..accum {
             let batch = self
                 .data
-                .batch(self.seed, step, micro, p.batch_size, self.device);
+                .batch(self.seed, step, micro, rows.clone(), self.device);
             let loss = if p.gradient_checkpointing() {
                 let seed = self.seed;
                 let mut reseed = |i: usize| {
-                    tch::manual_seed((mix(seed, step, 0xC4EC, micro * 4096 + i as u64) >> 1) as i64)
+                    let stream = 0xC4EC ^ (rank << 20);
+                    tch::manual_seed((mix(seed, step, stream, micro * 4096 + i as u64) >> 1) as i64)
                 };
                 self.model
                     .loss_backward_checkpointed(&batch, grad_scale, &mut reseed)
@@ -166,6 +186,12 @@ impl Trainer<'_> {
             total += loss;
         }
         drop(rng);
+        // The mean over the ranks of gradients and loss: what one process training the
+        // whole batch computes.
+        if let Some(group) = group {
+            opt.all_reduce_grads(group)?;
+            group.all_reduce_mean(&total)?;
+        }
         let loss = total.double_value(&[]) / accum as f64;
         if !loss.is_finite() && !rules::loss_scaled(trainer) {
             bail!(
@@ -188,8 +214,17 @@ impl Trainer<'_> {
         Ok(loss)
     }
 
-    fn evaluate(&self) -> f64 {
-        validation_loss(self.model, self.data, self.p.batch_size)
+    /// The validation loss: rank 0's, given to every rank (they must stop early together).
+    fn evaluate(&self) -> Result<f64> {
+        let loss = if self.is_main() {
+            validation_loss(self.model, self.data, self.p.batch_size)
+        } else {
+            0.0
+        };
+        match self.group {
+            Some(group) => group.broadcast_f64(loss),
+            None => Ok(loss),
+        }
     }
 
     /// `sample_num` texts of `sample_length` tokens (clipped to the context), top-k 40,
