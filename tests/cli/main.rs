@@ -4,6 +4,8 @@
 mod caching;
 mod config_errors;
 #[cfg(feature = "worker")]
+mod data_parallel;
+#[cfg(feature = "worker")]
 mod gpt2_simple;
 #[cfg(feature = "worker")]
 mod model_stages;
