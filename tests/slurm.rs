@@ -369,3 +369,54 @@ fn an_interrupted_run_cancels_its_jobs() {
     assert_eq!(job_state(conf, &id), "CANCELLED");
     assert!(!p.exists("work/train"));
 }
+
+#[test]
+fn a_data_parallel_finetune_runs_its_ranks_as_srun_tasks_and_trains_what_one_process_does() {
+    let Some(conf) = cluster() else { return };
+    // Two ranks per node through srun (the torchrun variables from Slurm's), against one
+    // local process training the whole batch: the same weights within float tolerance.
+    let toml = pipeline(
+        4,
+        "dropout = 0.0\ndevices = 2\n[stages.train.resources]\ntime = \"10\"",
+    )
+    .replace("batch_size = 2", "batch_size = 4");
+    let cluster = Project::new(conf, &toml);
+    let run = cluster
+        .test(&["run", "p.toml", "train", "--executor", "slurm", "--json"])
+        .env("OMP_NUM_THREADS", "1")
+        .run()
+        .ok();
+    let logs: Vec<String> = run
+        .with("stage_log")
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("rank 0 of 2, started by a launcher")),
+        "{logs:?}"
+    );
+    let jobs = job_ids(&run);
+    let (_, id) = jobs
+        .iter()
+        .find(|(s, _)| s == "train")
+        .expect("train's job");
+    let show = Command::new("scontrol")
+        .env("SLURM_CONF", conf)
+        .args(["show", "job", id])
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("NumTasks=2"), "{show}");
+    let local = Project::new(conf, &toml.replace("devices = 2", "devices = 1"));
+    local
+        .test(&["run", "p.toml", "train"])
+        .env("OMP_NUM_THREADS", "1")
+        .run()
+        .ok();
+    crate::common::assert_same_weights(
+        &cluster.dir.path().join("work/train/model.safetensors"),
+        &local.dir.path().join("work/train/model.safetensors"),
+        "2 srun ranks against 1 local process",
+    );
+}

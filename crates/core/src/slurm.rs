@@ -8,7 +8,7 @@
 //! storage is disabled, relays the events as they are written, and `scancel`s the job
 //! when the run is cancelled.
 
-use crate::config::Executor;
+use crate::config::{Devices, Executor, StageParams};
 use crate::events::Event;
 use crate::remote::{job_env, StageRequest};
 use crate::stage::StageContext;
@@ -155,12 +155,24 @@ pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
         // exported environment; the rest is exported as it is (`$(nproc)` runs in the job).
         body.push_str(&format!("export {key}=\"{value}\"\n"));
     }
-    body.push_str(&format!(
-        "exec {} run-stage < {} > {}\n",
-        quoted(worker),
-        quoted(&request),
-        quoted(&events)
-    ));
+    let ranks = ranks_per_node(ctx);
+    let run_stage = |events: &str| {
+        format!(
+            "exec {} run-stage < {} > {events}\n",
+            quoted(worker),
+            quoted(&request)
+        )
+    };
+    if ranks > 1 {
+        // Only rank 0's events are the stage's; the others' go nowhere (a failed rank ends
+        // the job, and its error is in the job's log).
+        let rank_script = jobs.join("rank.sh");
+        let rank = rank_script_body(&run_stage(&quoted(&events)), &run_stage("/dev/null"));
+        std::fs::write(&rank_script, rank)?;
+        body_push_ranks(&mut body, ranks, &rank_script);
+    } else {
+        body.push_str(&run_stage(&quoted(&events)));
+    }
     std::fs::write(&script, body)?;
 
     let name = job_name(&ctx.pipeline.workdir, ctx.name);
@@ -178,6 +190,7 @@ pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
         // Where the runner is: the request's relative paths mean the same in the job.
         .arg(format!("--chdir={}", std::env::current_dir()?.display()))
         .args(resources.sbatch_options())
+        .args((ranks > 1).then(|| format!("--ntasks-per-node={ranks}")))
         .arg(&script)
         .output()
         .context("cannot run sbatch (is Slurm installed here, and SLURM_CONF set if needed?)")?;
@@ -242,6 +255,47 @@ pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
         log.display(),
         tail(&log, 20)
     ))
+}
+
+/// The data-parallel ranks a finetune runs per node of its job: `devices`, where `"all"` is
+/// the GPUs its `resources` ask for (one without). Each is a task that srun starts.
+fn ranks_per_node(ctx: &StageContext) -> usize {
+    let StageParams::Finetune(p) = ctx.params else {
+        return 1;
+    };
+    match p.devices {
+        Devices::Count(n) => n.get(),
+        Devices::All => {
+            let gpus = ctx.pipeline.resources.get(ctx.name).and_then(|r| r.gpus);
+            gpus.map_or(1, |n| n.max(1) as usize)
+        }
+    }
+}
+
+/// Ends a job script with starting `ranks` ranks per node with srun, each running
+/// `rank_script`, after the CPU threads are shared among them. Rank 0 serves the
+/// rendezvous on the job's first node, at a port derived from the job id.
+fn body_push_ranks(body: &mut String, ranks: usize, rank_script: &Path) {
+    body.push_str(&format!(
+        "# {ranks} data-parallel ranks per node share its CPUs\n\
+         OMP_NUM_THREADS=$(( OMP_NUM_THREADS / {ranks} ))\n\
+         [ \"$OMP_NUM_THREADS\" -ge 1 ] || OMP_NUM_THREADS=1\n\
+         export OMP_NUM_THREADS MKL_NUM_THREADS=\"$OMP_NUM_THREADS\"\n\
+         export MASTER_ADDR=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\"\n\
+         export MASTER_PORT=$(( 29500 + SLURM_JOB_ID % 20000 ))\n\
+         exec srun --kill-on-bad-exit=1 sh {}\n",
+        quoted(rank_script)
+    ));
+}
+
+/// One rank of a data-parallel job, as srun starts it: the torchrun variables from Slurm's,
+/// then `rank0` (rank 0's command) or `others`.
+fn rank_script_body(rank0: &str, others: &str) -> String {
+    format!(
+        "#!/bin/sh\n# gptpipe: one data-parallel rank of the stage (srun starts one per task)\n\
+         export RANK=\"$SLURM_PROCID\" LOCAL_RANK=\"$SLURM_LOCALID\" WORLD_SIZE=\"$SLURM_NTASKS\"\n\
+         if [ \"$RANK\" = 0 ]; then\n  {rank0}fi\n{others}"
+    )
 }
 
 fn wait_until_ended(id: &str, limit: Duration) {

@@ -125,6 +125,10 @@ impl Group {
             if rank.world == 1 {
                 return Ok(None);
             }
+            ctx.log(format!(
+                "data-parallel: rank {} of {}, started by a launcher (rank 0's store at {}:{})",
+                rank.rank, rank.world, rank.master_addr, rank.master_port
+            ));
             return Self::join(&rank, cuda).map(Some);
         }
         if wanted == 1 {
