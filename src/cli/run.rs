@@ -75,7 +75,15 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
         jobs: args.jobs.unwrap_or(if slurm { 64 } else { 1 }),
         keep_going: args.keep_going,
     };
-    let result = runner.run(&options, sink.as_ref(), &cancel).map(|_| ());
+    let result = runner.run(&options, sink.as_ref(), &cancel);
+    if let (Ok(outcomes), false) = (&result, options.dry_run || options.frozen) {
+        for table in super::sweep::write_summaries(&pipeline, registry, outcomes.keys()) {
+            if !args.json {
+                eprintln!("sweep summary: {}", table.display());
+            }
+        }
+    }
+    let result = result.map(|_| ());
     if let Some(signal) = INTERRUPTED.get() {
         // The jobs are cancelled: end as the signal would have (130 or 143).
         let _ = signal_hook::low_level::emulate_default_handler(*signal);

@@ -46,7 +46,68 @@ pub fn run(args: SweepArgs, registry: &Registry) -> Result<(), RunError> {
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
     let stages = matrix_finetunes(&pipeline, &targets)?;
-    let statuses = Runner::new(&pipeline, registry)?.status(&stages)?;
+    let rows = rows(&pipeline, registry, &stages)?;
+    if let Some(plot) = &args.plot {
+        std::fs::write(plot, svg(&rows)).map_err(|e| {
+            RunError::Other(anyhow::anyhow!("cannot write {}: {e}", plot.display()))
+        })?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
+    } else {
+        print!("{}", table(&rows));
+    }
+    Ok(())
+}
+
+/// The folder of the workdir where a run leaves each sweep's summary.
+pub const SUMMARY_DIR: &str = "sweeps";
+
+/// After a run: every matrix of finetunes with a stage among `ran` gets its summary, as
+/// `gptpipe sweep` prints it, in `<workdir>/sweeps/`: `<stage>.txt` (the table),
+/// `<stage>.json` and `<stage>.svg` (the loss curves), `<stage>` as written in the
+/// pipeline. Returns the tables written; a summary that cannot be written is a warning, not
+/// a failed run.
+pub fn write_summaries<'a>(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    ran: impl IntoIterator<Item = &'a String>,
+) -> Vec<PathBuf> {
+    let bases: std::collections::BTreeSet<String> = ran
+        .into_iter()
+        .filter(|s| matches!(pipeline.stages.get(*s), Some(StageParams::Finetune(_))))
+        .filter_map(|s| s.split_once('[').map(|(base, _)| base.to_owned()))
+        .collect();
+    let mut written = Vec::new();
+    for base in bases {
+        let result = matrix_finetunes(pipeline, std::slice::from_ref(&base))
+            .and_then(|stages| rows(pipeline, registry, &stages))
+            .map_err(|e| match e {
+                RunError::Other(e) => e,
+                other => anyhow::anyhow!("{other:?}"),
+            })
+            .and_then(|rows| write_summary(&pipeline.workdir, &base, &rows));
+        match result {
+            Ok(path) => written.push(path),
+            Err(e) => eprintln!("warning: no sweep summary for {base}: {e:#}"),
+        }
+    }
+    written
+}
+
+fn write_summary(workdir: &Path, base: &str, rows: &[Row]) -> anyhow::Result<PathBuf> {
+    let dir = workdir.join(SUMMARY_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::to_string_pretty(rows)? + "\n";
+    for (ext, text) in [("json", json), ("svg", svg(rows)), ("txt", table(rows))] {
+        gptpipe_core::fsutil::write_atomic(&dir.join(format!("{base}.{ext}")), text.as_bytes())?;
+    }
+    Ok(dir.join(format!("{base}.txt")))
+}
+
+/// The figures of `stages`, best first.
+fn rows(pipeline: &Pipeline, registry: &Registry, stages: &[String]) -> Result<Vec<Row>, RunError> {
+    let statuses = Runner::new(pipeline, registry)?.status(stages)?;
     let workdir = gptpipe_core::runner::Workdir::open(&pipeline.workdir);
     let mut rows: Vec<Row> = stages
         .iter()
@@ -63,17 +124,7 @@ pub fn run(args: SweepArgs, registry: &Registry) -> Result<(), RunError> {
         let key = |r: &Row| r.best_val_loss.or(r.final_loss).unwrap_or(f64::INFINITY);
         key(a).total_cmp(&key(b))
     });
-    if let Some(plot) = &args.plot {
-        std::fs::write(plot, svg(&rows)).map_err(|e| {
-            RunError::Other(anyhow::anyhow!("cannot write {}: {e}", plot.display()))
-        })?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&rows).expect("rows serialize"));
-    } else {
-        print!("{}", table(&rows));
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// The finetunes that a matrix made, of the stages written in `targets` (all when empty).
