@@ -125,11 +125,25 @@ fn a_data_parallel_run_resumes_from_its_last_state() {
 
 #[test]
 fn a_batch_the_ranks_cannot_share_is_a_config_error_at_its_key() {
+    let Some(()) = collectives() else { return };
     let p = project(&pipeline(3, 2, ""));
     let out = run(&p, &["run", "p.toml"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
         out.stderr.contains("devices") && out.stderr.contains("multiple of devices"),
+        "{}",
+        out.stderr
+    );
+    // More ranks than the machine has CPUs: refused before any is started.
+    p.file(
+        "p.toml",
+        pipeline(512, 2, "").replace("batch_size = 4", "batch_size = 512"),
+    );
+    let out = run(&p, &["run", "p.toml"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("devices = 512, but this machine has")
+            && out.stderr.contains("one rank per device"),
         "{}",
         out.stderr
     );

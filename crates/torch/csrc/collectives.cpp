@@ -32,13 +32,17 @@ std::shared_ptr<gloo::transport::Device> gloo_device(const std::string& master) 
 }  // namespace
 
 extern "C" {
-void* gptpipe_dist_store_new(const char* host, int port, int is_server, int world,
-                             int64_t timeout_ms, int* bound_port) {
+void* gptpipe_dist_store_new(const char* host, int port, int is_server, int listen_fd,
+                             int world, int64_t timeout_ms, int* bound_port) {
   Store* out = nullptr;
   int rc = gptpipe::guarded([&] {
     c10d::TCPStoreOptions o;
     o.port = static_cast<uint16_t>(port);
     o.isServer = is_server != 0;
+    if (listen_fd >= 0) {
+      // A socket the caller bound (to loopback): the store serves no other interface.
+      o.masterListenFd = listen_fd;
+    }
     o.numWorkers = world;
     // Rank 0 starts the other ranks after its store listens: it must not wait for them.
     o.waitWorkers = false;

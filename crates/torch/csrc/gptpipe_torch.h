@@ -48,9 +48,10 @@ int gptpipe_fused_adam(const at::Tensor* param, const at::Tensor* grad,
 // collectives.cpp (built on its own when gloo's headers are found): data-parallel
 // training's c10d. A store or group is the pointer its _new returns (null on failure, the
 // message in gptpipe_shim_last_error), freed once by its _free. Rank 0 serves the store
-// (`is_server`); port 0 lets the system pick one, written to *bound_port.
-void* gptpipe_dist_store_new(const char* host, int port, int is_server, int world,
-                             int64_t timeout_ms, int* bound_port);
+// (`is_server`), on `listen_fd` when it is a bound socket (else -1: on `port`, all
+// interfaces); the port it serves is written to *bound_port.
+void* gptpipe_dist_store_new(const char* host, int port, int is_server, int listen_fd,
+                             int world, int64_t timeout_ms, int* bound_port);
 void gptpipe_dist_store_free(void* store);
 // `master`: the store's host, which picks Gloo's transport address. `nccl`: NCCL (CUDA
 // tensors) instead of Gloo.

@@ -143,6 +143,7 @@ impl Group {
             &rank.master_addr,
             rank.master_port,
             rank.rank == 0,
+            None,
             rank.world,
             timeout,
         )
@@ -175,7 +176,18 @@ impl Group {
     fn launch(ctx: &StageContext, world: usize, cuda: bool) -> Result<Group> {
         let timeout = timeout()?;
         let host = "127.0.0.1";
-        let store = Store::new(host, 0, true, world, timeout)?;
+        let limit = local_devices(cuda);
+        if world > limit {
+            bail!(
+                "devices = {world}, but this machine has {limit} {}: one rank per device",
+                if cuda { "CUDA devices" } else { "CPUs" }
+            );
+        }
+        // Bound here, to loopback only: c10d's store would listen on every interface, and
+        // anyone reaching it could join or stall the rendezvous.
+        let listener = std::net::TcpListener::bind((host, 0))
+            .context("cannot open a loopback port for the ranks' rendezvous")?;
+        let store = Store::new(host, 0, true, Some(listener), world, timeout)?;
         let threads = (tch::get_num_threads().max(1) as usize / world).max(1);
         tch::set_num_threads(threads as i32);
         let request = serde_json::to_vec(&StageRequest::of(ctx))?;
@@ -340,6 +352,15 @@ fn exited(child: &Child) -> Option<String> {
     }
 }
 
+/// The ranks this machine can hold: one per CUDA device, or per CPU it lets us use.
+fn local_devices(cuda: bool) -> usize {
+    if cuda {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
 fn timeout() -> Result<Duration> {
     match std::env::var(TIMEOUT_ENV) {
         Ok(v) => v
@@ -380,21 +401,27 @@ mod imp {
     }
 
     impl Store {
+        /// `listener`: a socket bound for rank 0's store, which takes it over.
         pub fn new(
             host: &str,
             port: u16,
             serve: bool,
+            listener: Option<std::net::TcpListener>,
             world: usize,
             timeout: Duration,
         ) -> Result<Self> {
+            use std::os::fd::IntoRawFd;
             let host = CString::new(host)?;
             let mut bound = 0;
-            // SAFETY: `host` outlives the call; the shim writes `bound` only.
+            let fd = listener.map_or(-1, IntoRawFd::into_raw_fd);
+            // SAFETY: `host` outlives the call; the shim writes `bound` only; the store
+            // owns `fd` from here on.
             let handle = unsafe {
                 ffi::gptpipe_dist_store_new(
                     host.as_ptr(),
                     port.into(),
                     serve.into(),
+                    fd,
                     world as i32,
                     timeout.as_millis() as i64,
                     &mut bound,
@@ -499,7 +526,14 @@ mod missing {
     }
 
     impl Store {
-        pub fn new(_: &str, _: u16, _: bool, _: usize, _: Duration) -> Result<Self> {
+        pub fn new(
+            _: &str,
+            _: u16,
+            _: bool,
+            _: Option<std::net::TcpListener>,
+            _: usize,
+            _: Duration,
+        ) -> Result<Self> {
             bail!(WHY)
         }
     }

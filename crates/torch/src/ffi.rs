@@ -123,12 +123,13 @@ pub const NCCL: bool = cfg!(gptpipe_nccl);
 // group is the pointer its `_new` returns (null on failure), freed once by its `_free`.
 #[cfg(gptpipe_dist)]
 extern "C" {
-    /// Rank 0 serves the store (`is_server`); port 0 picks a free one, written to
-    /// `bound_port`.
+    /// Rank 0 serves the store (`is_server`), on `listen_fd` when it is a bound socket
+    /// (else -1); the port it serves is written to `bound_port`.
     pub fn gptpipe_dist_store_new(
         host: *const std::ffi::c_char,
         port: std::ffi::c_int,
         is_server: std::ffi::c_int,
+        listen_fd: std::ffi::c_int,
         world: std::ffi::c_int,
         timeout_ms: i64,
         bound_port: *mut std::ffi::c_int,
