@@ -133,8 +133,11 @@ fn job_name(workdir: &Path, stage: &str) -> String {
 /// runner that was killed, or by a `run --detach` killed before it recorded the job (the
 /// workdir's run lock says no other runner uses them).
 pub fn cancel_leftovers(workdir: &Path, stage: &str) {
+    // Best effort, and quiet: where Slurm cannot be reached there is nothing to cancel.
     let _ = Command::new("scancel")
         .args(["--name", &job_name(workdir, stage)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status();
 }
 
