@@ -3,7 +3,8 @@
 //! accounting storage, so the executor follows jobs through scontrol and squeue): stages
 //! run as jobs and publish what a local run publishes; a stage that fails in its job, a
 //! job cancelled with scancel, one past its time limit and an interrupted run fail their
-//! stage with Slurm's state and publish nothing.
+//! stage with Slurm's state and publish nothing; `run --detach` submits a chain at once and
+//! a later run adopts it (or fails it, when its upstream job failed).
 
 use crate::common::{missing, Run, Test};
 use std::path::{Path, PathBuf};
