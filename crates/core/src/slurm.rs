@@ -183,6 +183,11 @@ impl Job {
 pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
     cancel_leftovers(&ctx.pipeline.workdir, ctx.name);
     let job = submit(worker, ctx, &StageRequest::of(ctx), &[])?;
+    ctx.log(format!(
+        "submitted as Slurm job {} ({})",
+        job.id,
+        job.dir.display()
+    ));
     follow(ctx, &job, true)
 }
 
@@ -266,11 +271,6 @@ pub fn submit(
     }
     // `gptpipe status` reads it to show the job while it is active.
     std::fs::write(job.dir.join(JOB_ID_FILE), &job.id)?;
-    ctx.log(format!(
-        "submitted as Slurm job {} ({})",
-        job.id,
-        job.dir.display()
-    ));
     Ok(job)
 }
 

@@ -103,6 +103,8 @@ impl Runner<'_> {
                 }
             }
         }
+        // What the adopted jobs left (a build folder their downstream jobs read).
+        store.tidy(&self.stage_names(), events)?;
         self.workdir.memo.save()?;
         self.finish(start, outcomes, events)
     }
