@@ -474,12 +474,12 @@ fn a_detached_chain_is_submitted_at_once_and_a_later_run_adopts_it() {
 
     // Again while they are active: nothing is submitted twice.
     let again = p.run(&DETACH).ok();
-    assert!(job_ids(&again).is_empty(), "{}", again.stdout);
-    let train_again = submitted(&again);
+    let jobs_again = submitted(&again);
+    assert!(jobs_again.iter().all(|j| j.already), "{}", again.stdout);
     assert!(
-        train_again
+        jobs_again
             .iter()
-            .any(|j| j.stage == "train" && j.job == *train && j.already),
+            .any(|j| j.stage == "train" && j.job == *train),
         "{}",
         again.stdout
     );
@@ -501,7 +501,8 @@ fn a_detached_chain_is_submitted_at_once_and_a_later_run_adopts_it() {
         local,
         "a detached job's output differs from a local run's"
     );
-    assert!(!p.exists("work/.gptpipe/detached/train.json"));
+    let left = std::fs::read_dir(p.dir.path().join("work/.gptpipe/detached")).unwrap();
+    assert_eq!(left.count(), 0, "records or build folders left");
     let fresh = p
         .run(&["run", "p.toml", "train", "--json", "--executor", "slurm"])
         .ok();
@@ -576,6 +577,35 @@ fn a_detached_chain_whose_upstream_fails_publishes_nothing_and_is_submitted_agai
             .arg(&j.job)
             .status();
     }
+}
+
+#[test]
+fn a_detached_job_whose_stage_was_edited_is_discarded_not_published() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new(conf, &pipeline(10, ""));
+    let mut detach = DETACH;
+    detach[2] = "titles";
+    let run = p.run(&detach).ok();
+    let old = submitted(&run)[0].job.clone();
+    let mut csv = crate::common::fox_titles_csv();
+    csv.push_str("One more title\n");
+    std::fs::write(p.dir.path().join("titles.csv"), csv).unwrap();
+
+    let later = p
+        .run(&["run", "p.toml", "titles", "--json", "--executor", "slurm"])
+        .ok();
+    let warnings = later.with("warning");
+    assert!(
+        warnings[0]["message"].as_str().unwrap().contains(&format!(
+            "[titles] detached Slurm job {old} discarded, not adopted: its input files changed"
+        )),
+        "{}",
+        later.stdout
+    );
+    let ran = job_ids(&later);
+    assert_eq!(ran.len(), 1, "{}", later.stdout);
+    assert_ne!(ran[0].1, old);
+    assert!(p.read("work/titles/dataset.txt").contains("One more title"));
 }
 
 #[test]
