@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The version of [`Record`]'s format; a record of another version is discarded.
 pub const FORMAT: u32 = 1;
@@ -203,18 +204,28 @@ impl Detached {
         }
     }
 
-    /// A new, empty build folder for a detached job of `stage`.
+    /// A new, empty build folder for a detached job of `stage`: never one that exists (a
+    /// recycled pid must not reuse the folder a downstream job still reads).
     pub fn new_build(&self, stage: &str) -> Result<PathBuf> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .root
-            .join(format!("{stage}.{}.{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_dir_all(slurm::job_dir(&dir));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(dir)
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create {}", self.root.display()))?;
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = self
+                .root
+                .join(format!("{stage}.{}.{n}", std::process::id()));
+            if std::fs::symlink_metadata(slurm::job_dir(&dir)).is_ok() {
+                continue;
+            }
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", dir.display()))
+                }
+            }
+        }
     }
 
     /// Writes `record` atomically: a kill leaves the old record or the new one.
@@ -266,6 +277,10 @@ impl Detached {
     /// records that wait for that job's output name the output instead: their keys are
     /// settled, and a later run adopts them whatever it runs first.
     pub fn settle(&self, stage: &str, job: &str, hash: &str) -> Result<()> {
+        // A run adopts independent stages in parallel: two settling the same downstream
+        // record would each write it with only their own upstream settled.
+        static SETTLING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = SETTLING.lock().unwrap_or_else(|e| e.into_inner());
         for name in self.stages() {
             let Ok(Some((mut record, _))) = self.read(&name) else {
                 continue;
@@ -517,6 +532,11 @@ mod tests {
         assert_eq!(left, ["train.100.0", "train.json", "up.100.0"]);
         assert!(store.is_read("up.100.0") && !store.is_read("train.100.0"));
         assert!(dir.path().exists(), "a link's target was removed");
+
+        // A new build folder never reuses one that is there.
+        let fresh = store.new_build("up").unwrap();
+        assert!(fresh.starts_with(&store.root) && fresh != store.root.join("up.100.0"));
+        std::fs::remove_dir(&fresh).unwrap();
 
         // Settling replaces the job by the output it published.
         store.settle("up", "41", "h").unwrap();
