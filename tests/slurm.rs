@@ -546,6 +546,13 @@ fn a_detached_chain_whose_upstream_fails_publishes_nothing_and_is_submitted_agai
         "{error}"
     );
     assert!(error.contains("nope"), "{error}");
+    // The log it names is still there to read.
+    let log = error
+        .split_once("the end of its log (")
+        .and_then(|(_, rest)| rest.split_once("):"))
+        .map(|(log, _)| log)
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(p.exists(log), "{log}");
     assert_eq!(later.stages_with("stage_skipped"), ["train"]);
     assert!(job_ids(&later).is_empty(), "{}", later.stdout);
     assert!(!p.exists("work/titles") && !p.exists("work/train"));

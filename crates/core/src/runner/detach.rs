@@ -103,8 +103,6 @@ impl Runner<'_> {
                 }
             }
         }
-        // What the adopted jobs left (a build folder their downstream jobs read).
-        store.tidy(&self.stage_names(), events)?;
         self.workdir.memo.save()?;
         self.finish(start, outcomes, events)
     }
@@ -347,7 +345,7 @@ impl Runner<'_> {
         let store = self.detached();
         if let Err(e) = slurm::follow(&ctx, &job, false) {
             if !Cancelled::is_in(&e) {
-                store.remove(record)?;
+                store.remove_keeping_log(record)?;
             }
             return Err(e);
         }

@@ -243,9 +243,19 @@ impl Detached {
         })
     }
 
-    /// Removes `record`, then its job's folders (what is left of them; its build folder
-    /// stays while a downstream job reads it, and [`Detached::tidy`] removes it later).
+    /// Removes `record`, its job's folders, and the upstream build folders it alone read
+    /// (a build folder stays while another record's job reads it).
     pub fn remove(&self, record: &Record) -> Result<()> {
+        self.drop_record(record, false)
+    }
+
+    /// As [`Detached::remove`], but for a job that failed: its job folder stays, so that
+    /// the log its error names is there until the next run tidies it away.
+    pub fn remove_keeping_log(&self, record: &Record) -> Result<()> {
+        self.drop_record(record, true)
+    }
+
+    fn drop_record(&self, record: &Record, keep_log: bool) -> Result<()> {
         let path = self.record_path(&record.stage);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -254,11 +264,23 @@ impl Detached {
             _ => {}
         }
         let build = self.root.join(&record.build);
-        let _ = std::fs::remove_dir_all(slurm::job_dir(&build));
-        if !self.is_read(&record.build) {
-            let _ = std::fs::remove_dir_all(&build);
+        if !keep_log {
+            let _ = std::fs::remove_dir_all(slurm::job_dir(&build));
+        }
+        for folder in record.reads.iter().chain([&record.build]) {
+            if !self.in_use(folder) {
+                let _ = std::fs::remove_dir_all(self.root.join(folder));
+            }
         }
         Ok(())
+    }
+
+    /// Whether a record names the build folder `name` as its job's or as one its job reads.
+    fn in_use(&self, name: &str) -> bool {
+        self.stages().iter().any(|stage| match self.read(stage) {
+            Ok(Some((r, _))) => r.build == name || r.reads.iter().any(|b| b == name),
+            _ => false,
+        })
     }
 
     /// Cancels `record`'s stage's job and removes the record: the stage no longer wants that job's output.
@@ -543,11 +565,15 @@ mod tests {
         let (settled, _) = store.read("train").unwrap().unwrap();
         assert_eq!(settled.upstream["up"], UpstreamRef::Output("h".into()));
 
-        store.remove(&settled).unwrap();
+        // A failed job's record goes, its log stays until the next tidy.
+        let job = slurm::job_dir(&store.root.join(&r.build));
+        std::fs::create_dir_all(&job).unwrap();
+        store.remove_keeping_log(&settled).unwrap();
         assert!(store.stages().is_empty());
-        assert!(!store.root.join(&r.build).exists());
-        // What it read goes at the next tidy.
-        store.tidy(&BTreeSet::from(["train"]), &NullSink).unwrap();
+        assert!(!store.root.join(&r.build).exists() && job.exists());
+        // What it read went with it: no record reads it any more.
         assert!(!store.root.join("up.100.0").exists());
+        store.tidy(&BTreeSet::from(["train"]), &NullSink).unwrap();
+        assert!(!job.exists());
     }
 }

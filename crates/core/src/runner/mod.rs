@@ -481,8 +481,6 @@ impl<'a> Runner<'a> {
                 outcomes.insert(stage.clone(), Outcome::Skipped);
             }
         }
-        // What the adopted jobs left (a build folder their downstream jobs read).
-        self.detached().tidy(&self.stage_names(), events)?;
         self.workdir.memo.save()?;
         self.finish(start, outcomes, events)
     }
