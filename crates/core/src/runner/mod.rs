@@ -10,11 +10,6 @@ mod workdir;
 pub use key::{inputs_hash, KeyMaterial};
 pub use workdir::{tmp_dir_stage, tmp_root, Workdir, META_DIR};
 
-/// Each stage's `run --detach` job, whatever its state, for `gptpipe status`.
-pub fn detached_jobs(workdir: &Path) -> BTreeMap<String, crate::slurm::ActiveJob> {
-    detached::Detached::new(workdir).jobs()
-}
-
 use crate::cache::lock::json_to_toml;
 use crate::cache::{LockEntry, LockFile, Manifest, Restore};
 use crate::config::{ConfigError, Pipeline};
@@ -28,6 +23,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
+
+/// Each stage's `run --detach` job, whatever its state, for `gptpipe status`.
+pub fn detached_jobs(workdir: &Path) -> BTreeMap<String, crate::slurm::ActiveJob> {
+    detached::Detached::new(workdir).jobs()
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
