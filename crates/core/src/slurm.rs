@@ -305,9 +305,11 @@ pub fn follow(ctx: &StageContext, job: &Job, cancel_job: bool) -> Result<()> {
                 }
             }
             JobState::Ended { state, exit_code } => break (state, exit_code),
-            JobState::Unknown => match job.recorded_exit_code() {
-                // Forgotten by Slurm, but its script said how the worker ended.
-                Some(code) => break ("COMPLETED".to_owned(), format!("{code}:0")),
+            // Forgotten by Slurm, but its script said how the worker ended (as Slurm
+            // would: COMPLETED for exit code 0, FAILED for another).
+            JobState::Unknown => match job.recorded_exit_code().as_deref() {
+                Some("0") => break ("COMPLETED".to_owned(), "0:0".to_owned()),
+                Some(code) => break ("FAILED".to_owned(), format!("{code}:0")),
                 None => break ("UNKNOWN".to_owned(), String::new()),
             },
         }
