@@ -3,7 +3,8 @@
 //! accounting storage, so the executor follows jobs through scontrol and squeue): stages
 //! run as jobs and publish what a local run publishes; a stage that fails in its job, a
 //! job cancelled with scancel, one past its time limit and an interrupted run fail their
-//! stage with Slurm's state and publish nothing.
+//! stage with Slurm's state and publish nothing; `run --detach` submits a chain at once and
+//! a later run adopts it (or fails it, when its upstream job failed).
 
 use crate::common::{missing, Run, Test};
 use std::path::{Path, PathBuf};
@@ -384,6 +385,8 @@ fn a_data_parallel_finetune_runs_its_ranks_as_srun_tasks_and_trains_what_one_pro
     let run = cluster
         .test(&["run", "p.toml", "train", "--executor", "slurm", "--json"])
         .env("OMP_NUM_THREADS", "1")
+        // sbatch passes it on: ranks that cannot meet fail in a minute, not half an hour.
+        .env("GPTPIPE_DIST_TIMEOUT", "60")
         .run()
         .ok();
     let logs: Vec<String> = run
@@ -419,4 +422,270 @@ fn a_data_parallel_finetune_runs_its_ranks_as_srun_tasks_and_trains_what_one_pro
         &local.dir.path().join("work/train/model.safetensors"),
         "2 srun ranks against 1 local process",
     );
+}
+
+const DETACH: [&str; 7] = [
+    "run",
+    "p.toml",
+    "train",
+    "--json",
+    "--executor",
+    "slurm",
+    "--detach",
+];
+
+/// A `stage_submitted` event of `run --detach`: stage, job, the jobs it waits for, and
+/// whether an earlier `run --detach` submitted it.
+struct Submitted {
+    stage: String,
+    job: String,
+    after: Vec<String>,
+    already: bool,
+}
+
+fn submitted(run: &Run) -> Vec<Submitted> {
+    run.with("stage_submitted")
+        .iter()
+        .map(|e| Submitted {
+            stage: e["stage"].as_str().unwrap().to_owned(),
+            job: e["job"].as_str().unwrap().to_owned(),
+            after: e["after"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j.as_str().unwrap().to_owned())
+                .collect(),
+            already: e.get("already").is_some(),
+        })
+        .collect()
+}
+
+fn show_job(conf: &Path, id: &str) -> String {
+    let out = Command::new("scontrol")
+        .env("SLURM_CONF", conf)
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_detached_chain_is_submitted_at_once_and_a_later_run_adopts_it() {
+    let Some(conf) = cluster() else { return };
+    let toml = pipeline(10, "");
+    let local = Project::new(conf, &toml);
+    local.run(&["run", "p.toml", "train", "--json"]).ok();
+    let local = output_hashes(&local.read("p.toml.lock"));
+    assert_eq!(local.len(), 2);
+
+    let p = Project::new(conf, &toml);
+    let start = Instant::now();
+    let run = p.run(&DETACH).ok();
+    assert!(start.elapsed() < Duration::from_secs(10), "it waited");
+    let jobs = submitted(&run);
+    let stages: Vec<&str> = jobs.iter().map(|j| j.stage.as_str()).collect();
+    assert_eq!(stages, ["titles", "train"], "{}", run.stdout);
+    let (titles, train) = (&jobs[0].job, &jobs[1].job);
+    assert!(jobs[0].after.is_empty() && !jobs[0].already);
+    assert_eq!(jobs[1].after, [titles.as_str()]);
+    assert!(!p.exists("work/titles"), "nothing is published yet");
+    // Slurm holds train until titles completed, and cancels it if titles fails.
+    let show = show_job(conf, train);
+    assert!(
+        show.contains(&format!("Dependency=afterok:{titles}")),
+        "{show}"
+    );
+    assert!(show.contains("KillOInInvalidDependent=Yes"), "{show}");
+
+    // `gptpipe status` (after logging out and in again) names the detached jobs.
+    let status = p.run(&["status", "p.toml", "--json"]).ok();
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let row = |stage: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["stage"] == stage)
+            .unwrap()
+            .clone()
+    };
+    let job = &row("train")["jobs"][0];
+    assert_eq!(job["id"], train.as_str(), "{}", status.stdout);
+    assert_eq!(job["detached"], true, "{}", status.stdout);
+    assert!(
+        ["PENDING", "RUNNING"].contains(&job["state"].as_str().unwrap()),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(row("titles")["jobs"][0]["id"], titles.as_str());
+    let text = p.run(&["status", "p.toml"]).ok();
+    assert!(
+        text.stdout
+            .contains(&format!("(detached Slurm job {train}: ")),
+        "{}",
+        text.stdout
+    );
+
+    // Again while they are active: nothing is submitted twice.
+    let again = p.run(&DETACH).ok();
+    let jobs_again = submitted(&again);
+    assert!(jobs_again.iter().all(|j| j.already), "{}", again.stdout);
+    assert!(
+        jobs_again
+            .iter()
+            .any(|j| j.stage == "train" && j.job == *train),
+        "{}",
+        again.stdout
+    );
+
+    // A later run follows the jobs, publishes what a local run does, and runs nothing.
+    let adopt = p
+        .run(&["run", "p.toml", "train", "--json", "--executor", "slurm"])
+        .ok();
+    assert!(job_ids(&adopt).is_empty(), "{}", adopt.stdout);
+    assert!(
+        adopt
+            .stdout
+            .contains(&format!("adopting detached Slurm job {train}")),
+        "{}",
+        adopt.stdout
+    );
+    assert_eq!(
+        output_hashes(&p.read("p.toml.lock")),
+        local,
+        "a detached job's output differs from a local run's"
+    );
+    let left = std::fs::read_dir(p.dir.path().join("work/.gptpipe/detached")).unwrap();
+    assert_eq!(left.count(), 0, "records or build folders left");
+    let fresh = p
+        .run(&["run", "p.toml", "train", "--json", "--executor", "slurm"])
+        .ok();
+    let finished = &fresh.with("run_finished")[0];
+    assert_eq!(
+        (finished["ran"].as_u64(), finished["cached"].as_u64()),
+        (Some(0), Some(2)),
+        "{}",
+        fresh.stdout
+    );
+}
+
+#[test]
+fn a_detached_chain_whose_upstream_fails_publishes_nothing_and_is_submitted_again() {
+    let Some(conf) = cluster() else { return };
+    // Only the worker finds out that the column is not there.
+    let toml = pipeline(10, "").replace(
+        "inputs = [\"titles.csv\"]",
+        "inputs = [\"titles.csv\"]\ncolumn = \"nope\"",
+    );
+    let p = Project::new(conf, &toml);
+    let run = p.run(&DETACH).ok();
+    let jobs = submitted(&run);
+    assert_eq!(jobs.len(), 2, "{}", run.stdout);
+    let (titles, train) = (jobs[0].job.clone(), jobs[1].job.clone());
+    // Slurm cancels train (--kill-on-invalid-dep) once titles has failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_state(conf, &train) != "CANCELLED" {
+        assert!(Instant::now() < deadline, "{}", show_job(conf, &train));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(job_state(conf, &titles), "FAILED");
+
+    let later = p.run(&["run", "p.toml", "train", "--json", "--executor", "slurm"]);
+    assert_eq!(later.code, 1, "{}", later.stdout);
+    let failed = later.with("stage_failed");
+    assert_eq!(failed[0]["stage"], "titles", "{}", later.stdout);
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("Slurm job {titles} ended FAILED")),
+        "{error}"
+    );
+    assert!(error.contains("nope"), "{error}");
+    // The log it names is still there to read.
+    let log = error
+        .split_once("the end of its log (")
+        .and_then(|(_, rest)| rest.split_once("):"))
+        .map(|(log, _)| log)
+        .unwrap_or_else(|| panic!("{error}"));
+    assert!(p.exists(log), "{log}");
+    assert_eq!(later.stages_with("stage_skipped"), ["train"]);
+    assert!(job_ids(&later).is_empty(), "{}", later.stdout);
+    assert!(!p.exists("work/titles") && !p.exists("work/train"));
+    assert!(!p.exists("p.toml.lock") || !p.read("p.toml.lock").contains("output_hash"));
+
+    // A record cut short (a kill during its write cannot do that, an editor can) and one
+    // that names a folder outside the workdir are dropped with a warning, not trusted.
+    let records = p.dir.path().join("work/.gptpipe/detached");
+    std::fs::write(records.join("titles.json"), r#"{"format":1,"stage":"tit"#).unwrap();
+    let mut forged: serde_json::Value =
+        serde_json::from_str(&p.read("work/.gptpipe/detached/train.json")).unwrap();
+    forged["build"] = "../../../outside".into();
+    std::fs::create_dir_all(p.dir.path().join("outside")).unwrap();
+    std::fs::write(records.join("train.json"), forged.to_string()).unwrap();
+
+    // The next one submits both again.
+    let again = p.run(&DETACH).ok();
+    let warnings = again.with("warning");
+    assert_eq!(warnings.len(), 2, "{}", again.stdout);
+    assert!(p.exists("outside"));
+    let jobs = submitted(&again);
+    assert_eq!(jobs.len(), 2, "{}", again.stdout);
+    assert!(jobs
+        .iter()
+        .all(|j| !j.already && j.job != titles && j.job != train));
+    for j in &jobs {
+        let _ = Command::new("scancel")
+            .env("SLURM_CONF", conf)
+            .arg(&j.job)
+            .status();
+    }
+}
+
+#[test]
+fn a_detached_job_whose_stage_was_edited_is_discarded_not_published() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new(conf, &pipeline(10, ""));
+    let mut detach = DETACH;
+    detach[2] = "titles";
+    let run = p.run(&detach).ok();
+    let old = submitted(&run)[0].job.clone();
+    let mut csv = crate::common::fox_titles_csv();
+    csv.push_str("One more title\n");
+    std::fs::write(p.dir.path().join("titles.csv"), csv).unwrap();
+
+    let later = p
+        .run(&["run", "p.toml", "titles", "--json", "--executor", "slurm"])
+        .ok();
+    let warnings = later.with("warning");
+    assert!(
+        warnings[0]["message"].as_str().unwrap().contains(&format!(
+            "[titles] detached Slurm job {old} discarded, not adopted: its input files changed"
+        )),
+        "{}",
+        later.stdout
+    );
+    let ran = job_ids(&later);
+    assert_eq!(ran.len(), 1, "{}", later.stdout);
+    assert_ne!(ran[0].1, old);
+    assert!(p.read("work/titles/dataset.txt").contains("One more title"));
+}
+
+#[test]
+fn detach_needs_the_slurm_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("titles.csv"),
+        crate::common::fox_titles_csv(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("p.toml"), pipeline(10, "")).unwrap();
+    let run = Test::new()
+        .dir(dir.path())
+        .args(["run", "p.toml", "--detach"])
+        .run();
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("--detach") && run.stderr.contains("executor"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("work").exists());
 }

@@ -1,6 +1,6 @@
 use super::pipeline_args;
 use clap::Args;
-use gptpipe_core::config::Executor;
+use gptpipe_core::config::{ConfigError, Executor};
 use gptpipe_core::events::{EventSink, JsonSink};
 use gptpipe_core::report::HumanSink;
 use gptpipe_core::runner::{Cancellation, RunError, RunOptions, Runner};
@@ -21,6 +21,10 @@ pub struct RunArgs {
     /// Run nothing; exit 3 if a selected stage is stale (for CI)
     #[arg(long)]
     pub frozen: bool,
+    /// Submit the stages that must run as Slurm jobs chained with --dependency=afterok,
+    /// and exit without waiting (Slurm executor only); a later `run` adopts their outputs
+    #[arg(long, conflicts_with_all = ["dry_run", "frozen"])]
+    pub detach: bool,
     /// Stages to run at once (at least 1; default 1, or 64 Slurm jobs with --executor slurm)
     #[arg(long, short, value_parser = super::at_least_one)]
     pub jobs: Option<usize>,
@@ -54,11 +58,19 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
              (built without libtorch) does not have"
         )));
     }
+    if args.detach && !slurm {
+        return Err(RunError::Config(ConfigError::new(
+            "--detach submits the stages as Slurm jobs and exits, so it needs the Slurm \
+             executor, and this pipeline's executor is local: add --executor slurm, or set \
+             executor = \"slurm\" in [pipeline]",
+        )));
+    }
     let cancel = Arc::new(Cancellation::default());
-    if slurm {
+    if slurm && !args.detach {
         // Jobs outlive the runner: a signal cancels them (scancel) before the run ends.
         cancel_jobs_when_interrupted(cancel.clone());
     } else {
+        // `--detach` waits for nothing: what it submitted and recorded stays submitted.
         say_when_interrupted();
     }
     let runner = Runner::new(&pipeline, registry)?;
@@ -75,8 +87,13 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
         jobs: args.jobs.unwrap_or(if slurm { 64 } else { 1 }),
         keep_going: args.keep_going,
     };
-    let result = runner.run(&options, sink.as_ref(), &cancel);
-    if let (Ok(outcomes), false) = (&result, options.dry_run || options.frozen) {
+    let result = if args.detach {
+        runner.detach(&options, sink.as_ref(), &cancel)
+    } else {
+        runner.run(&options, sink.as_ref(), &cancel)
+    };
+    let ran = !(args.detach || options.dry_run || options.frozen);
+    if let (Ok(outcomes), true) = (&result, ran) {
         for table in super::sweep::write_summaries(&pipeline, registry, outcomes.keys()) {
             if !args.json {
                 eprintln!("sweep summary: {}", table.display());
@@ -110,7 +127,8 @@ fn cancel_jobs_when_interrupted(cancel: Arc<Cancellation>) {
                 "terminated (SIGTERM)"
             };
             eprintln!(
-                "\ngptpipe: {name}; cancelling the running Slurm jobs, outputs kept as they were"
+                "\ngptpipe: {name}; cancelling the running Slurm jobs (detached ones keep \
+                 running), outputs kept as they were"
             );
             cancel.cancel_all();
         }

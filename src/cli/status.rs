@@ -1,6 +1,6 @@
 use super::pipeline_args;
 use clap::Args;
-use gptpipe_core::runner::{RunError, Runner, StageStatus, State};
+use gptpipe_core::runner::{self, RunError, Runner, StageStatus, State};
 use gptpipe_core::slurm::{self, ActiveJob};
 use gptpipe_core::stage::Registry;
 
@@ -23,7 +23,11 @@ pub fn run(args: StatusArgs, registry: &Registry) -> Result<(), RunError> {
     let statuses = Runner::new(&pipeline, registry)?.status(&targets)?;
     // Slurm jobs pending or running now (a run in progress, here or from another shell),
     // whatever the pipeline's executor: `--executor` may have set it.
-    let active = slurm::active_jobs(&pipeline.workdir);
+    let mut active = slurm::active_jobs(&pipeline.workdir);
+    // And the jobs of `run --detach`, whatever their state, until a run adopts them.
+    for (stage, job) in runner::detached_jobs(&pipeline.workdir) {
+        active.entry(stage).or_default().push(job);
+    }
     let jobs: Vec<&[ActiveJob]> = statuses
         .iter()
         .map(|s| active.get(&s.stage).map_or(&[][..], Vec::as_slice))
@@ -44,7 +48,10 @@ pub fn run(args: StatusArgs, registry: &Registry) -> Result<(), RunError> {
     for (s, jobs) in statuses.iter().zip(&jobs) {
         let running = jobs
             .iter()
-            .map(|j| format!("  (Slurm job {}: {})", j.id, j.state))
+            .map(|j| match j.detached {
+                false => format!("  (Slurm job {}: {})", j.id, j.state),
+                true => format!("  (detached Slurm job {}: {})", j.id, j.state),
+            })
             .collect::<String>();
         match s.state {
             State::Fresh => println!("{:width$}  fresh{running}", s.stage),

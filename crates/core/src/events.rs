@@ -58,6 +58,16 @@ pub enum Event {
     Warning {
         message: String,
     },
+    /// `run --detach` submitted the stage as Slurm job `job`, to start once the jobs
+    /// `after` completed; or, with `already` (the job's state), an earlier `run --detach`
+    /// did, and it was not submitted again.
+    StageSubmitted {
+        stage: String,
+        job: String,
+        after: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        already: Option<String>,
+    },
     /// The end of a run.
     RunFinished {
         ran: usize,
@@ -65,8 +75,15 @@ pub enum Event {
         failed: usize,
         /// Not run: an upstream stage failed, or a failure stopped the run first.
         skipped: usize,
+        /// Submitted as detached Slurm jobs (`run --detach`; absent when none was).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        submitted: usize,
         seconds: f64,
     },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Receives events; implementations must be usable from several stage threads at once.

@@ -6,6 +6,8 @@
 //! A side benefit: a crash or out-of-memory in model code cannot take the runner with it,
 //! and cancelling a stage is killing a process.
 
+use crate::cache::hash::hash_file;
+use crate::cache::Manifest;
 use crate::config::{check_stage_values, Origins, Pipeline, StageKind, StageParams};
 use crate::events::{Event, EventSink, JsonSink};
 use crate::stage::{Registry, StageContext, Upstream};
@@ -36,6 +38,34 @@ pub struct StageRequest {
     pub state_dir: PathBuf,
     pub upstream: BTreeMap<String, (StageKind, PathBuf)>,
     pub inputs_hash: String,
+    /// Set for a detached job whose upstream jobs had not run when it was submitted: the
+    /// worker computes `inputs_hash` from their outputs as it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred_inputs_hash: Option<DeferredInputsHash>,
+}
+
+/// What a stage's `inputs_hash` is made of when some upstream outputs do not exist yet:
+/// the input files' hashes, the upstream output hashes known, and the build folders the
+/// others are written to (their hash is the one the runner computes when it publishes them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeferredInputsHash {
+    pub inputs: BTreeMap<String, String>,
+    pub upstream: BTreeMap<String, String>,
+    pub pending: BTreeMap<String, PathBuf>,
+}
+
+impl DeferredInputsHash {
+    /// The `inputs_hash` a run would have given the stage, from the upstream outputs now
+    /// in their build folders.
+    pub fn resolve(&self) -> Result<String> {
+        let mut upstream = self.upstream.clone();
+        for (stage, dir) in &self.pending {
+            let manifest = Manifest::of_dir(dir, hash_file)
+                .with_context(|| format!("the output of upstream stage `{stage}`"))?;
+            upstream.insert(stage.clone(), manifest.tree_hash());
+        }
+        Ok(crate::runner::inputs_hash(&self.inputs, &upstream))
+    }
 }
 
 impl StageRequest {
@@ -62,6 +92,7 @@ impl StageRequest {
                 .map(|(n, u)| (n.clone(), (u.kind, u.dir.clone())))
                 .collect(),
             inputs_hash: ctx.inputs_hash.to_owned(),
+            deferred_inputs_hash: None,
         }
     }
 
@@ -98,7 +129,10 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
         .read_to_string(&mut text)
         .map_err(anyhow::Error::from)
         .and_then(|_| Ok(serde_json::from_str::<StageRequest>(&text)?))
-        .and_then(|request| {
+        .and_then(|mut request| {
+            if let Some(deferred) = &request.deferred_inputs_hash {
+                request.inputs_hash = deferred.resolve()?;
+            }
             let pipeline = request.pipeline()?;
             let params = pipeline
                 .stages

@@ -137,19 +137,46 @@ impl EventSink for HumanSink {
                 self.println(format!("[{stage}] skipped: {reason}"))
             }
             Event::Warning { message } => self.println(format!("warning: {message}")),
+            Event::StageSubmitted {
+                stage,
+                job,
+                after,
+                already,
+            } => {
+                let after = match after.as_slice() {
+                    [] => String::new(),
+                    jobs => format!(", to start once job {} completed", jobs.join(", ")),
+                };
+                self.println(match already {
+                    None => format!("[{stage}] detached: Slurm job {job}{after}"),
+                    Some(state) => format!(
+                        "[{stage}] already submitted as Slurm job {job} ({state}); not \
+                         submitted again"
+                    ),
+                })
+            }
             Event::RunFinished {
                 ran,
                 cached,
                 failed,
                 skipped,
+                submitted,
                 seconds,
             } => {
                 let skipped = match skipped {
                     0 => String::new(),
                     n => format!(", {n} skipped"),
                 };
+                let submitted = match submitted {
+                    0 => String::new(),
+                    n => format!(
+                        ", {n} submitted (detached: `gptpipe status` shows their jobs, \
+                         `gptpipe run` adopts their outputs)"
+                    ),
+                };
                 self.println(format!(
-                    "{ran} ran, {cached} cached, {failed} failed{skipped} in {seconds:.1}s"
+                    "{ran} ran, {cached} cached, {failed} failed{skipped} in \
+                     {seconds:.1}s{submitted}"
                 ))
             }
         }

@@ -129,66 +129,140 @@ fn job_name(workdir: &Path, stage: &str) -> String {
     format!("gptpipe-{}-{stage}", &hash[..10])
 }
 
-/// Cancels the jobs named `name` (left by a runner that was killed: the workdir's run
-/// lock says no other runner uses them).
-fn cancel_leftovers(name: &str) {
-    let _ = Command::new("scancel").args(["--name", name]).status();
+/// Cancels the jobs of `stage` in the workdir `workdir` that nothing records: left by a
+/// runner that was killed, or by a `run --detach` killed before it recorded the job (the
+/// workdir's run lock says no other runner uses them).
+pub fn cancel_leftovers(workdir: &Path, stage: &str) {
+    // Best effort, and quiet: where Slurm cannot be reached there is nothing to cancel.
+    let _ = Command::new("scancel")
+        .args(["--name", &job_name(workdir, stage)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Cancels job `id`; Slurm's answer does not matter: an ended job stays ended.
+fn cancel(id: &str) {
+    let _ = Command::new("scancel").arg(id).status();
+}
+
+/// The folder of the job that builds into `out_dir`: `<out_dir>.job/`, beside it. It holds
+/// the job's request, script, events, log, id and exit code.
+pub fn job_dir(out_dir: &Path) -> PathBuf {
+    let mut dir = out_dir.as_os_str().to_owned();
+    dir.push(".job");
+    PathBuf::from(dir)
+}
+
+/// A submitted job: its id and its folder ([`job_dir`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl Job {
+    fn events(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("log.txt")
+    }
+
+    /// The exit code the job's script wrote once the worker ended by itself: what tells
+    /// how a job ended once Slurm (without accounting storage) has forgotten it.
+    fn recorded_exit_code(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(EXIT_CODE_FILE)).ok()?;
+        Some(text.trim().to_owned()).filter(|c| !c.is_empty())
+    }
 }
 
 /// Runs `ctx`'s stage as a Slurm job of `worker`, relaying its events; returns when the job
 /// has ended. Only a job that COMPLETED with exit code 0 succeeds.
 pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
-    let mut jobs = ctx.out_dir.as_os_str().to_owned();
-    jobs.push(".job");
-    let jobs = PathBuf::from(jobs);
-    std::fs::create_dir_all(&jobs).with_context(|| format!("cannot create {}", jobs.display()))?;
-    let (request, events, log, script) = (
-        jobs.join("request.json"),
-        jobs.join("events.jsonl"),
-        jobs.join("log.txt"),
-        jobs.join("job.sh"),
-    );
-    std::fs::write(&request, serde_json::to_vec(&StageRequest::of(ctx))?)?;
+    cancel_leftovers(&ctx.pipeline.workdir, ctx.name);
+    let job = submit(worker, ctx, &StageRequest::of(ctx), &[])?;
+    ctx.log(format!(
+        "submitted as Slurm job {} ({})",
+        job.id,
+        job.dir.display()
+    ));
+    follow(ctx, &job, true)
+}
+
+/// Submits `ctx`'s stage as a Slurm job of `worker` that runs `request`, to start once the
+/// jobs `after` have completed (`afterok`; a failed one cancels it), and returns at once.
+pub fn submit(
+    worker: &Path,
+    ctx: &StageContext,
+    request: &StageRequest,
+    after: &[String],
+) -> Result<Job> {
+    let dir = job_dir(ctx.out_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut job = Job {
+        id: String::new(),
+        dir,
+    };
+    let (request_file, script) = (job.dir.join("request.json"), job.dir.join("job.sh"));
+    std::fs::write(&request_file, serde_json::to_vec(request)?)?;
     let mut body = String::from("#!/bin/sh\n# gptpipe: one stage, run by the Slurm executor\n");
     for (key, value) in job_env(ctx.params.threads()) {
         // What the user set is left out of job_env and reaches the job through sbatch's
         // exported environment; the rest is exported as it is (`$(nproc)` runs in the job).
         body.push_str(&format!("export {key}=\"{value}\"\n"));
     }
-    let ranks = ranks_per_node(ctx);
     let run_stage = |events: &str| {
         format!(
-            "exec {} run-stage < {} > {events}\n",
+            "{} run-stage < {} > {events}",
             quoted(worker),
-            quoted(&request)
+            quoted(&request_file)
         )
     };
-    if ranks > 1 {
+    let ranks = ranks_per_node(ctx);
+    let command = if ranks > 1 {
         // Only rank 0's events are the stage's; the others' go nowhere (a failed rank ends
         // the job, and its error is in the job's log).
-        let rank_script = jobs.join("rank.sh");
-        let rank = rank_script_body(&run_stage(&quoted(&events)), &run_stage("/dev/null"));
+        let rank_script = job.dir.join("rank.sh");
+        let rank = rank_script_body(&run_stage(&quoted(&job.events())), &run_stage("/dev/null"));
         std::fs::write(&rank_script, rank)?;
-        body_push_ranks(&mut body, ranks, &rank_script);
+        body.push_str(&ranks_env(ranks));
+        format!("srun --kill-on-bad-exit=1 sh {}", quoted(&rank_script))
     } else {
-        body.push_str(&run_stage(&quoted(&events)));
-    }
+        run_stage(&quoted(&job.events()))
+    };
+    // The exit code is written only when the worker ends by itself (a signal ends the
+    // script too): a run can then tell how the job ended after Slurm forgot it.
+    body.push_str(&format!(
+        "{command}\ncode=$?\necho $code > {}\nexit $code\n",
+        quoted(&job.dir.join(EXIT_CODE_FILE)),
+    ));
     std::fs::write(&script, body)?;
 
-    let name = job_name(&ctx.pipeline.workdir, ctx.name);
-    cancel_leftovers(&name);
     let resources = ctx
         .pipeline
         .resources
         .get(ctx.name)
         .cloned()
         .unwrap_or_default();
-    let out = Command::new("sbatch")
+    let mut sbatch = Command::new("sbatch");
+    sbatch
         .arg("--parsable")
-        .arg(format!("--job-name={name}"))
-        .arg(format!("--output={}", log.display()))
+        .arg(format!(
+            "--job-name={}",
+            job_name(&ctx.pipeline.workdir, ctx.name)
+        ))
+        .arg(format!("--output={}", job.log().display()))
         // Where the runner is: the request's relative paths mean the same in the job.
-        .arg(format!("--chdir={}", std::env::current_dir()?.display()))
+        .arg(format!("--chdir={}", std::env::current_dir()?.display()));
+    if !after.is_empty() {
+        // A failed upstream job cancels this one rather than leaving it pending forever.
+        sbatch
+            .arg(format!("--dependency=afterok:{}", after.join(":")))
+            .arg("--kill-on-invalid-dep=yes");
+    }
+    let out = sbatch
         .args(resources.sbatch_options())
         .args((ranks > 1).then(|| format!("--ntasks-per-node={ranks}")))
         .arg(&script)
@@ -200,32 +274,47 @@ pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let id = String::from_utf8_lossy(&out.stdout)
+    job.id = String::from_utf8_lossy(&out.stdout)
         .trim()
         .split(';')
         .next()
         .unwrap_or_default()
         .to_owned();
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+    if !is_job_id(&job.id) {
         bail!(
             "sbatch answered {:?}, not a job id",
             String::from_utf8_lossy(&out.stdout)
         );
     }
     // `gptpipe status` reads it to show the job while it is active.
-    std::fs::write(jobs.join(JOB_ID_FILE), &id)?;
-    ctx.log(format!("submitted as Slurm job {id} ({})", jobs.display()));
+    std::fs::write(job.dir.join(JOB_ID_FILE), &job.id)?;
+    Ok(job)
+}
 
-    let mut relay = Relay::new(events);
+/// Whether `id` reads as a Slurm job id (what sbatch answers, what a record may hold).
+pub fn is_job_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Follows `job` until it ends, relaying its events as `ctx`'s. Only a job that COMPLETED
+/// with exit code 0 succeeds; otherwise the error says Slurm's state, the worker's error
+/// and the end of the job's log. When `ctx` is cancelled, the job is `scancel`led if
+/// `cancel_job` (a job of this run), or left running (a detached job: a later run adopts
+/// it), and the error is [`Cancelled`].
+pub fn follow(ctx: &StageContext, job: &Job, cancel_job: bool) -> Result<()> {
+    let id = &job.id;
+    let mut relay = Relay::new(job.events());
     let mut last = String::new();
     let (state, exit_code) = loop {
         relay.forward(ctx);
         if ctx.cancel.load(Ordering::Relaxed) {
-            let _ = Command::new("scancel").arg(&id).status();
-            wait_until_ended(&id, Duration::from_secs(60));
+            if cancel_job {
+                cancel(id);
+                wait_until_ended(id, Duration::from_secs(60));
+            }
             return Err(Cancelled.into());
         }
-        match job_state(&id)? {
+        match job_state(id)? {
             JobState::Active(s) => {
                 if s != last {
                     ctx.log(format!("Slurm job {id}: {s}"));
@@ -233,7 +322,13 @@ pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
                 }
             }
             JobState::Ended { state, exit_code } => break (state, exit_code),
-            JobState::Unknown => break ("UNKNOWN".to_owned(), String::new()),
+            // Forgotten by Slurm, but its script said how the worker ended (as Slurm
+            // would: COMPLETED for exit code 0, FAILED for another).
+            JobState::Unknown => match job.recorded_exit_code().as_deref() {
+                Some("0") => break ("COMPLETED".to_owned(), "0:0".to_owned()),
+                Some(code) => break ("FAILED".to_owned(), format!("{code}:0")),
+                None => break ("UNKNOWN".to_owned(), String::new()),
+            },
         }
         std::thread::sleep(poll_interval());
     };
@@ -252,8 +347,8 @@ pub fn run_in_job(worker: &Path, ctx: &StageContext) -> Result<()> {
     };
     Err(anyhow!(
         "{why}; the end of its log ({}):\n{}",
-        log.display(),
-        tail(&log, 20)
+        job.log().display(),
+        tail(&job.log(), 20)
     ))
 }
 
@@ -272,20 +367,21 @@ fn ranks_per_node(ctx: &StageContext) -> usize {
     }
 }
 
-/// Ends a job script with starting `ranks` ranks per node with srun, each running
-/// `rank_script`, after the CPU threads are shared among them. Rank 0 serves the
-/// rendezvous on the job's first node, at a port derived from the job id.
-fn body_push_ranks(body: &mut String, ranks: usize, rank_script: &Path) {
-    body.push_str(&format!(
+/// The lines of a job script before it starts `ranks` ranks per node with srun: the
+/// node's CPU threads shared among them, and where rank 0 serves the rendezvous: the job's
+/// first node, at the address Slurm reaches it by (`NodeAddr`, else its name), and a port
+/// derived from the job id.
+fn ranks_env(ranks: usize) -> String {
+    format!(
         "# {ranks} data-parallel ranks per node share its CPUs\n\
          OMP_NUM_THREADS=$(( OMP_NUM_THREADS / {ranks} ))\n\
          [ \"$OMP_NUM_THREADS\" -ge 1 ] || OMP_NUM_THREADS=1\n\
          export OMP_NUM_THREADS MKL_NUM_THREADS=\"$OMP_NUM_THREADS\"\n\
-         export MASTER_ADDR=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\"\n\
-         export MASTER_PORT=$(( 29500 + SLURM_JOB_ID % 20000 ))\n\
-         exec srun --kill-on-bad-exit=1 sh {}\n",
-        quoted(rank_script)
-    ));
+         first=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\n\
+         addr=$(scontrol show node \"$first\" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')\n\
+         export MASTER_ADDR=\"${{addr:-$first}}\"\n\
+         export MASTER_PORT=$(( 29500 + SLURM_JOB_ID % 20000 ))\n"
+    )
 }
 
 /// One rank of a data-parallel job, as srun starts it: the torchrun variables from Slurm's,
@@ -294,7 +390,7 @@ fn rank_script_body(rank0: &str, others: &str) -> String {
     format!(
         "#!/bin/sh\n# gptpipe: one data-parallel rank of the stage (srun starts one per task)\n\
          export RANK=\"$SLURM_PROCID\" LOCAL_RANK=\"$SLURM_LOCALID\" WORLD_SIZE=\"$SLURM_NTASKS\"\n\
-         if [ \"$RANK\" = 0 ]; then\n  {rank0}fi\n{others}"
+         if [ \"$RANK\" = 0 ]; then\n  exec {rank0}\nfi\nexec {others}\n"
     )
 }
 
@@ -363,11 +459,18 @@ impl Relay {
 /// The file of a stage's job folder that holds its Slurm job id.
 const JOB_ID_FILE: &str = "job_id";
 
+/// The file of a stage's job folder that holds the worker's exit code, once it ended.
+const EXIT_CODE_FILE: &str = "exit_code";
+
 /// A Slurm job of a stage, pending or running now.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ActiveJob {
     pub id: String,
     pub state: String,
+    /// Submitted by `run --detach`: no runner follows it, a later run adopts it (its
+    /// state may then be an ended one).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
 }
 
 /// The Slurm jobs, by stage, that runs of the pipeline whose workdir is `workdir`
@@ -391,13 +494,15 @@ pub fn active_jobs(workdir: &Path) -> BTreeMap<String, Vec<ActiveJob>> {
             continue;
         };
         let id = id.trim().to_owned();
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_job_id(&id) {
             continue;
         }
         if let Ok(JobState::Active(state)) = job_state(&id) {
-            jobs.entry(stage.to_owned())
-                .or_default()
-                .push(ActiveJob { id, state });
+            jobs.entry(stage.to_owned()).or_default().push(ActiveJob {
+                id,
+                state,
+                detached: false,
+            });
         }
     }
     for list in jobs.values_mut() {

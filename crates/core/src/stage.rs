@@ -202,6 +202,8 @@ pub struct Registry {
     runners: BTreeMap<StageKind, (u32, StageFn)>,
     missing: BTreeMap<StageKind, String>,
     checks: BTreeMap<StageKind, CheckFn>,
+    /// The worker Slurm jobs run, when this build has the Slurm executor.
+    slurm_worker: Option<std::path::PathBuf>,
 }
 
 impl Registry {
@@ -251,6 +253,7 @@ impl Registry {
     /// Makes every kind run as a Slurm job of `worker` when the pipeline's executor is
     /// "slurm" (each kind still runs as before under "local").
     pub fn with_slurm_executor(&mut self, worker: std::path::PathBuf) {
+        self.slurm_worker = Some(worker.clone());
         for (_, run) in self.runners.values_mut() {
             let (local, worker) = (run.clone(), worker.clone());
             *run = Arc::new(move |ctx: &StageContext| {
@@ -261,6 +264,12 @@ impl Registry {
                 }
             });
         }
+    }
+
+    /// The worker Slurm jobs run (`run --detach` submits jobs of it without a runner to
+    /// follow them), when this build has the Slurm executor.
+    pub fn slurm_worker(&self) -> Option<&std::path::Path> {
+        self.slurm_worker.as_deref()
     }
 
     /// Records why this build cannot run `kind` (for example: built without libtorch).

@@ -26,9 +26,17 @@ impl KeyMaterial {
     /// The hash of the inputs alone (files and upstream outputs), for stages that check
     /// whether an earlier output of theirs was made from the same data.
     pub fn inputs_hash(&self) -> String {
-        let both = (&self.inputs, &self.upstream);
-        crate::cache::hash::hash_bytes(&serde_json::to_vec(&both).expect("serializes"))
+        inputs_hash(&self.inputs, &self.upstream)
     }
+}
+
+/// [`KeyMaterial::inputs_hash`] of these inputs and upstream output hashes (a detached
+/// job computes it once its upstream's output exists; see [`crate::remote::DeferredInputsHash`]).
+pub fn inputs_hash(
+    inputs: &BTreeMap<String, String>,
+    upstream: &BTreeMap<String, String>,
+) -> String {
+    crate::cache::hash::hash_bytes(&serde_json::to_vec(&(inputs, upstream)).expect("serializes"))
 }
 
 /// Why `entry` (what the lock file recorded) does not match `now`; empty when it does.

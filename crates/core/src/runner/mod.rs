@@ -2,10 +2,12 @@
 //! must run; runs independent stages in parallel; publishes outputs atomically; keeps the
 //! lock file. Stages themselves never see any of this.
 
+mod detach;
+mod detached;
 mod key;
 mod workdir;
 
-pub use key::KeyMaterial;
+pub use key::{inputs_hash, KeyMaterial};
 pub use workdir::{tmp_dir_stage, tmp_root, Workdir, META_DIR};
 
 use crate::cache::lock::json_to_toml;
@@ -21,6 +23,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
+
+/// Each stage's `run --detach` job, whatever its state, for `gptpipe status`.
+pub fn detached_jobs(workdir: &Path) -> BTreeMap<String, crate::slurm::ActiveJob> {
+    detached::Detached::new(workdir).jobs()
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -162,6 +169,9 @@ pub enum Outcome {
     Ran,
     Failed,
     Skipped,
+    /// Submitted as a detached Slurm job (`run --detach`), or left to the one an earlier
+    /// `run --detach` submitted.
+    Submitted,
 }
 
 pub struct Runner<'a> {
@@ -369,6 +379,7 @@ impl<'a> Runner<'a> {
                 cached: fresh.len(),
                 failed: broken.len(),
                 skipped: stale.len() - broken.len(),
+                submitted: 0,
                 seconds: start.elapsed().as_secs_f64(),
             });
             if !broken.is_empty() {
@@ -385,6 +396,7 @@ impl<'a> Runner<'a> {
         // file here (also when nothing turns out stale) lets `gc` from another pipeline
         // sharing the workdir keep what it references.
         self.workdir.remember_lock(&self.pipeline.lock_path())?;
+        self.detached().tidy(&self.stage_names(), events)?;
 
         let lock = Mutex::new(LockFile::read(&self.pipeline.lock_path())?);
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
@@ -470,12 +482,23 @@ impl<'a> Runner<'a> {
             }
         }
         self.workdir.memo.save()?;
+        self.finish(start, outcomes, events)
+    }
+
+    /// Reports the end of a run (`run_finished`); the run failed if a stage did.
+    fn finish(
+        &self,
+        start: Instant,
+        outcomes: BTreeMap<String, Outcome>,
+        events: &dyn EventSink,
+    ) -> Result<BTreeMap<String, Outcome>, RunError> {
         let count = |o: &[Outcome]| outcomes.values().filter(|x| o.contains(x)).count();
         events.emit(Event::RunFinished {
             ran: count(&[Outcome::Ran]),
             cached: count(&[Outcome::Fresh, Outcome::Restored]),
             failed: count(&[Outcome::Failed]),
             skipped: count(&[Outcome::Skipped]),
+            submitted: count(&[Outcome::Submitted]),
             seconds: start.elapsed().as_secs_f64(),
         });
         let failed: Vec<String> = outcomes
@@ -487,6 +510,11 @@ impl<'a> Runner<'a> {
             return Err(RunError::Failed(failed));
         }
         Ok(outcomes)
+    }
+
+    /// The names of the pipeline's stages.
+    fn stage_names(&self) -> BTreeSet<&str> {
+        self.pipeline.stages.keys().map(String::as_str).collect()
     }
 
     /// Brings one stage up to date: fresh, restored from the run cache, or run.
@@ -505,40 +533,14 @@ impl<'a> Runner<'a> {
             let snapshot = lock.lock().unwrap().clone();
             self.evaluate(stage, &snapshot, &upstream, true)?
         };
+        // A detached job of this stage, as it is now, is adopted rather than run again.
+        if let Some(adopted) = self.adopt_detached(stage, &eval, &upstream, lock, events, cancel)? {
+            return Ok(adopted);
+        }
         if !options.force {
-            if eval.reasons.is_empty() {
-                let hash = lock.lock().unwrap().stages[stage].output_hash.clone();
-                self.record(stage, &eval, None, lock)?;
-                events.emit(Event::StageCached {
-                    stage: stage.into(),
-                    restored: false,
-                });
-                return Ok((Outcome::Fresh, hash));
+            if let Some(reused) = self.reuse(stage, &eval, lock, events)? {
+                return Ok(reused);
             }
-            // Before any work: a folder that is not ours would only be refused at the end.
-            self.workdir
-                .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
-            let tmp = self.workdir.tmp_dir(stage)?;
-            let restored = self.workdir.store.restore(&eval.key, &tmp);
-            if restored.is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-            match restored? {
-                Restore::Restored(manifest) => {
-                    self.publish(stage, &tmp, &manifest, lock, events)?;
-                    let hash = self.record(stage, &eval, Some(&manifest), lock)?;
-                    events.emit(Event::StageCached {
-                        stage: stage.into(),
-                        restored: true,
-                    });
-                    return Ok((Outcome::Restored, hash));
-                }
-                Restore::Corrupt(why) => events.emit(Event::Warning {
-                    message: format!("[{stage}] {why}; running the stage again"),
-                }),
-                Restore::Missing => {}
-            }
-            let _ = std::fs::remove_dir_all(&tmp);
         }
 
         let run = self.registry.get(params.kind())?;
@@ -601,6 +603,51 @@ impl<'a> Runner<'a> {
             output_hash: hash.clone(),
         });
         Ok((Outcome::Ran, hash))
+    }
+
+    /// `stage`'s output without running it: fresh (its lock entry matches `eval`), or
+    /// restored from the run cache. `None` when it must run.
+    fn reuse(
+        &self,
+        stage: &str,
+        eval: &Evaluation,
+        lock: &Mutex<LockFile>,
+        events: &dyn EventSink,
+    ) -> Result<Option<(Outcome, String)>> {
+        if eval.reasons.is_empty() {
+            let hash = lock.lock().unwrap().stages[stage].output_hash.clone();
+            self.record(stage, eval, None, lock)?;
+            events.emit(Event::StageCached {
+                stage: stage.into(),
+                restored: false,
+            });
+            return Ok(Some((Outcome::Fresh, hash)));
+        }
+        // Before any work: a folder that is not ours would only be refused at the end.
+        self.workdir
+            .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
+        let tmp = self.workdir.tmp_dir(stage)?;
+        let restored = self.workdir.store.restore(&eval.key, &tmp);
+        if restored.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        match restored? {
+            Restore::Restored(manifest) => {
+                self.publish(stage, &tmp, &manifest, lock, events)?;
+                let hash = self.record(stage, eval, Some(&manifest), lock)?;
+                events.emit(Event::StageCached {
+                    stage: stage.into(),
+                    restored: true,
+                });
+                return Ok(Some((Outcome::Restored, hash)));
+            }
+            Restore::Corrupt(why) => events.emit(Event::Warning {
+                message: format!("[{stage}] {why}; running the stage again"),
+            }),
+            Restore::Missing => {}
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        Ok(None)
     }
 
     /// Publishes `built`, which holds `manifest`, as `stage`'s output (see

@@ -112,6 +112,7 @@ impl Workdir {
             "state",
             "lockfiles",
             "novelty",
+            "detached",
         ] {
             folders.push(self.meta.join(sub));
         }
