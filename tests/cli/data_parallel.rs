@@ -40,12 +40,17 @@ fn project(toml: &str) -> Project {
     p
 }
 
-/// One thread per rank: rounding then depends on the data split alone.
+/// One thread per rank: rounding then depends on the data split alone. torchrun's
+/// variables left in the user's shell (here, pointing at nothing) must change nothing: a
+/// run starts its ranks itself.
 fn run(p: &Project, args: &[&str]) -> crate::common::Run {
     Test::new()
         .dir(p.dir.path())
         .args(args)
         .env("OMP_NUM_THREADS", "1")
+        .env("WORLD_SIZE", "3")
+        .env("RANK", "2")
+        .env("MASTER_PORT", "1")
         .run()
 }
 
@@ -228,4 +233,86 @@ fn a_rank_that_is_killed_fails_the_stage_at_once_naming_it() {
         killed.elapsed(),
         start.elapsed()
     );
+}
+
+#[test]
+fn ranks_that_start_from_a_folder_with_frozen_weights_train_what_one_process_does() {
+    let Some(()) = collectives() else { return };
+    // Rank 0 loads the folder; the others must get its frozen weights (the embeddings) as
+    // well as the trained ones, or they train another model.
+    let stages = |devices: usize| {
+        pipeline(1, 2, "")
+            + &format!(
+                "\n[stages.tuned]\nkind = \"finetune\"\ndataset = \"@titles\"\n\
+                 model = {{ n_layer = 2, n_head = 2, n_embd = 32, n_ctx = 32 }}\n\
+                 restore_from = \"start\"\nonly_train_transformer_layers = true\n\
+                 steps = 4\nbatch_size = 4\naccumulate_gradients = 1\ndevice = \"cpu\"\n\
+                 dropout = 0.0\nsample_every = 0\nseed = 9\ndevices = {devices}\n"
+            )
+    };
+    let start = |p: &Project| {
+        run(p, &["run", "p.toml", "train"]).ok();
+        let copied = std::process::Command::new("cp")
+            .args(["-r", "work/train", "start"])
+            .current_dir(p.dir.path())
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        run(p, &["run", "p.toml", "tuned"]).ok();
+    };
+    let two = project(&stages(2));
+    start(&two);
+    let one = project(&stages(1));
+    start(&one);
+    assert_same_weights(
+        &two.path("work/tuned/model.safetensors"),
+        &one.path("work/tuned/model.safetensors"),
+        "2 ranks from a folder, embeddings frozen, against 1",
+    );
+}
+
+#[test]
+fn a_rank_killed_before_the_ranks_meet_fails_the_stage_at_once() {
+    let Some(()) = collectives() else { return };
+    let p = project(&pipeline(2, 4, ""));
+    run(&p, &["run", "p.toml", "titles"]).ok();
+    let (mut child, events) = Test::new()
+        .dir(p.dir.path())
+        .args(["run", "p.toml", "--json"])
+        .env("OMP_NUM_THREADS", "1")
+        .spawn();
+    // Rank 1 is killed as soon as it exists: before it has loaded libtorch, so before the
+    // ranks meet (which would otherwise wait for it until GPTPIPE_DIST_TIMEOUT).
+    let start = Instant::now();
+    let pid = loop {
+        if let Some(&pid) = rank_pids(p.dir.path(), 1).first() {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rank 1 never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let killed = Instant::now();
+    // SAFETY: kill(2) on a pid this test found running in its own temp folder.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let mut failure = None;
+    while let Ok(e) = events.recv_timeout(Duration::from_secs(90)) {
+        if e["event"] == "stage_failed" {
+            failure = Some(e["error"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(!child.wait().unwrap().success());
+    let error = failure.expect("a stage_failed event");
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "the stage took {:?} to fail",
+        killed.elapsed()
+    );
+    assert!(
+        error.contains("rank 1 of 2 ended (killed by signal 9)"),
+        "{error}"
+    );
+    assert!(!p.path("work/train").exists(), "nothing is published");
 }

@@ -170,6 +170,14 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
+            // A data-parallel rank other than 0 has its events thrown away (only rank 0
+            // reports the stage): its error goes to the job's log.
+            if std::env::var("RANK").is_ok_and(|r| r.trim() != "0") {
+                eprintln!(
+                    "gptpipe-worker (rank {}): {e:#}",
+                    std::env::var("RANK").unwrap_or_default()
+                );
+            }
             JsonSink.emit(Event::StageFailed {
                 stage: String::new(),
                 error: format!("{e:#}"),
@@ -192,8 +200,23 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
 pub fn worker_command(worker: &Path, threads: Option<NonZeroUsize>) -> Command {
     let mut command = Command::new(worker);
     command.envs(worker_env(threads));
+    // A run starts its data-parallel ranks itself: torchrun's variables left in the user's
+    // shell must not make its worker wait for ranks that never come.
+    for var in LAUNCHER_VARS {
+        command.env_remove(var);
+    }
     command
 }
+
+/// torchrun's variables, which tell a worker it is one data-parallel rank of several
+/// (`gptpipe_torch::dist`); only gptpipe's own launchers set them for a worker.
+pub const LAUNCHER_VARS: [&str; 5] = [
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+];
 
 /// What [`worker_command`] adds to this process's environment for a worker.
 pub fn worker_env(threads: Option<NonZeroUsize>) -> Vec<(&'static str, String)> {

@@ -10,7 +10,7 @@
 
 use crate::config::{Devices, Executor, StageParams};
 use crate::events::Event;
-use crate::remote::{job_env, StageRequest};
+use crate::remote::{job_env, StageRequest, LAUNCHER_VARS};
 use crate::stage::StageContext;
 use crate::Cancelled;
 use anyhow::{anyhow, bail, Context, Result};
@@ -208,6 +208,9 @@ pub fn submit(
     let (request_file, script) = (job.dir.join("request.json"), job.dir.join("job.sh"));
     std::fs::write(&request_file, serde_json::to_vec(request)?)?;
     let mut body = String::from("#!/bin/sh\n# gptpipe: one stage, run by the Slurm executor\n");
+    // sbatch exports the submitter's environment: torchrun's variables there are not this
+    // job's (a data-parallel job's ranks get theirs from rank.sh).
+    body.push_str(&format!("unset {}\n", LAUNCHER_VARS.join(" ")));
     for (key, value) in job_env(ctx.params.threads()) {
         // What the user set is left out of job_env and reaches the job through sbatch's
         // exported environment; the rest is exported as it is (`$(nproc)` runs in the job).
@@ -220,8 +223,8 @@ pub fn submit(
             quoted(&request_file)
         )
     };
-    let ranks = ranks_per_node(ctx);
-    let command = if ranks > 1 {
+    let ranks = data_parallel_ranks(ctx);
+    let command = if let Some(ranks) = ranks {
         // Only rank 0's events are the stage's; the others' go nowhere (a failed rank ends
         // the job, and its error is in the job's log).
         let rank_script = job.dir.join("rank.sh");
@@ -264,7 +267,7 @@ pub fn submit(
     }
     let out = sbatch
         .args(resources.sbatch_options())
-        .args((ranks > 1).then(|| format!("--ntasks-per-node={ranks}")))
+        .args(ranks.map(|n| format!("--ntasks-per-node={n}")))
         .arg(&script)
         .output()
         .context("cannot run sbatch (is Slurm installed here, and SLURM_CONF set if needed?)")?;
@@ -352,35 +355,43 @@ pub fn follow(ctx: &StageContext, job: &Job, cancel_job: bool) -> Result<()> {
     ))
 }
 
-/// The data-parallel ranks a finetune runs per node of its job: `devices`, where `"all"` is
-/// the GPUs its `resources` ask for (one without). Each is a task that srun starts.
-fn ranks_per_node(ctx: &StageContext) -> usize {
+/// The data-parallel ranks a finetune runs per node of its job (on each of its `nodes`):
+/// `devices`, where `"all"` is the GPUs its `resources` ask for (one without). Each is a
+/// task that srun starts. `None` for a stage that runs as one process: any but a finetune, or a finetune of one
+/// rank on one node.
+fn data_parallel_ranks(ctx: &StageContext) -> Option<usize> {
     let StageParams::Finetune(p) = ctx.params else {
-        return 1;
+        return None;
     };
-    match p.devices {
+    let resources = ctx.pipeline.resources.get(ctx.name);
+    let per_node = match p.devices {
         Devices::Count(n) => n.get(),
-        Devices::All => {
-            let gpus = ctx.pipeline.resources.get(ctx.name).and_then(|r| r.gpus);
-            gpus.map_or(1, |n| n.max(1) as usize)
-        }
-    }
+        Devices::All => resources
+            .and_then(|r| r.gpus)
+            .map_or(1, |n| n.max(1) as usize),
+    };
+    let nodes = resources
+        .and_then(|r| r.nodes)
+        .map_or(1, |n| n.max(1) as usize);
+    (per_node * nodes > 1).then_some(per_node)
 }
 
 /// The lines of a job script before it starts `ranks` ranks per node with srun: the
 /// node's CPU threads shared among them, and where rank 0 serves the rendezvous: the job's
 /// first node, at the address Slurm reaches it by (`NodeAddr`, else its name), and a port
-/// derived from the job id.
+/// derived from the job id, below Linux's ephemeral ports (32768 and up). A thread count
+/// that is not a number (OpenMP's lists, `4,2`) is read as one thread per rank.
 fn ranks_env(ranks: usize) -> String {
     format!(
         "# {ranks} data-parallel ranks per node share its CPUs\n\
+         case \"$OMP_NUM_THREADS\" in (''|*[!0-9]*) OMP_NUM_THREADS={ranks} ;; esac\n\
          OMP_NUM_THREADS=$(( OMP_NUM_THREADS / {ranks} ))\n\
          [ \"$OMP_NUM_THREADS\" -ge 1 ] || OMP_NUM_THREADS=1\n\
          export OMP_NUM_THREADS MKL_NUM_THREADS=\"$OMP_NUM_THREADS\"\n\
          first=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\n\
          addr=$(scontrol show node \"$first\" | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p')\n\
          export MASTER_ADDR=\"${{addr:-$first}}\"\n\
-         export MASTER_PORT=$(( 29500 + SLURM_JOB_ID % 20000 ))\n"
+         export MASTER_PORT=$(( 15000 + SLURM_JOB_ID % 10000 ))\n"
     )
 }
 
@@ -394,7 +405,8 @@ fn rank_script_body(rank0: &str, others: &str) -> String {
     )
 }
 
-fn wait_until_ended(id: &str, limit: Duration) {
+/// Waits (at most `limit`) until Slurm no longer says job `id` is active.
+pub fn wait_until_ended(id: &str, limit: Duration) {
     let start = Instant::now();
     while start.elapsed() < limit {
         if !matches!(job_state(id), Ok(JobState::Active(_))) {

@@ -11,11 +11,12 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use gptpipe_core::config::Devices;
-use gptpipe_core::events::Event;
+use gptpipe_core::events::{Event, EventSink, JsonSink};
 use gptpipe_core::remote::{die_with_parent, StageRequest};
 use gptpipe_core::stage::StageContext;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -84,7 +85,7 @@ impl Rank {
 
 /// The ranks `devices` asks for where the stage runs on `device`: `"all"` is every CUDA
 /// device, and one process on the CPU (which one process uses whole).
-pub fn ranks_wanted(devices: Devices, device: Device) -> usize {
+fn ranks_wanted(devices: Devices, device: Device) -> usize {
     match devices {
         Devices::Count(n) => n.get(),
         Devices::All if device.is_cuda() => (tch::Cuda::device_count() as usize).max(1),
@@ -103,18 +104,50 @@ pub struct Group {
     children: Vec<RankProcess>,
 }
 
-/// A rank this process started: its process, and the error it reported, if any.
+/// A rank this process started: its process, and what tells how it ended.
 struct RankProcess {
-    rank: usize,
     child: Child,
+    watch: Watch,
+}
+
+/// What tells whether a started rank has ended, and how: its number, its process id and
+/// the error it reported, if any.
+#[derive(Clone)]
+struct Watch {
+    rank: usize,
+    pid: u32,
     failure: Arc<Mutex<Option<String>>>,
 }
 
+/// "rank R of N ended (how): its error", for the first of `ranks` that has ended.
+fn ended(ranks: &[Watch], world: usize) -> Option<String> {
+    ranks.iter().find_map(|w| {
+        let status = exited(w.pid)?;
+        let said = w.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(format!(
+            "rank {} of {world} ended ({status}){}",
+            w.rank,
+            said.map(|s| format!(": {s}")).unwrap_or_default()
+        ))
+    })
+}
+
 impl Group {
-    /// The group `ctx`'s finetune trains in, or `None` for one rank: joins the ranks a
-    /// launcher started, or starts `wanted - 1` more on this machine.
-    pub fn for_stage(ctx: &StageContext, wanted: usize, cuda: bool) -> Result<Option<Group>> {
-        if let Some(rank) = Rank::from_env()? {
+    /// The group `ctx`'s finetune trains in on `device`, or `None` for one rank: joins the
+    /// ranks a launcher started, or starts the others `devices` asks for on this machine.
+    pub fn for_stage(
+        ctx: &StageContext,
+        devices: Devices,
+        device: Device,
+    ) -> Result<Option<Group>> {
+        let (wanted, cuda) = (ranks_wanted(devices, device), device.is_cuda());
+        // Only a data-parallel finetune is a rank: torchrun's variables, wherever they came
+        // from, never make an ordinary one wait for others.
+        let launched = match devices.is_one() {
+            true => None,
+            false => Rank::from_env()?,
+        };
+        if let Some(rank) = launched {
             if rank.world != wanted {
                 ctx.warn(format!(
                     "devices asks for {wanted} ranks, but the launcher started {} \
@@ -230,10 +263,10 @@ impl Group {
                     }
                 }
             });
+            let pid = child.id();
             children.push(RankProcess {
-                rank,
                 child,
-                failure,
+                watch: Watch { rank, pid, failure },
             });
         }
         ctx.log(format!(
@@ -251,8 +284,22 @@ impl Group {
             comm: Comm::detached(),
             children,
         };
-        group.comm =
-            Comm::new(store, host, 0, world, timeout, cuda).map_err(|e| group.explain(e))?;
+        // Meeting the ranks waits for every one of them until the timeout, and c10d cannot
+        // be interrupted: a rank that ends before it has met the others ends this worker.
+        let meeting = Arc::new(AtomicBool::new(true));
+        let watched: Vec<Watch> = group.children.iter().map(|p| p.watch.clone()).collect();
+        let still = meeting.clone();
+        std::thread::spawn(move || {
+            while still.load(Ordering::Relaxed) {
+                if let Some(why) = ended(&watched, world) {
+                    fail_now(&format!("{why}, before the ranks had met"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let joined = Comm::new(store, host, 0, world, timeout, cuda);
+        meeting.store(false, Ordering::Relaxed);
+        group.comm = joined.map_err(|e| group.explain(e))?;
         Ok(group)
     }
 
@@ -293,21 +340,12 @@ impl Group {
     /// that ended (waiting a moment for it to be seen).
     fn explain(&self, e: anyhow::Error) -> anyhow::Error {
         let start = Instant::now();
+        let watched: Vec<Watch> = self.children.iter().map(|p| p.watch.clone()).collect();
         loop {
-            for p in &self.children {
-                // try_wait needs `&mut`; the status is read through the process's id.
-                if let Some(status) = exited(&p.child) {
-                    let said = p.failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    return anyhow!(
-                        "rank {} of {} ended ({}){}",
-                        p.rank,
-                        self.world,
-                        status,
-                        said.map(|s| format!(": {s}")).unwrap_or_default()
-                    );
-                }
+            if let Some(why) = ended(&watched, self.world) {
+                return anyhow!(why);
             }
-            if self.children.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            if watched.is_empty() || start.elapsed() > Duration::from_secs(5) {
                 return e.context(format!(
                     "rank {} of {}: a collective failed (another rank ended or stopped \
                      answering)",
@@ -317,6 +355,20 @@ impl Group {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Ends this worker at once with `error` as its stage's failure (what `remote::serve`
+/// reports on return), from any thread: `_exit` runs no destructors, which the thread
+/// blocked in libtorch could be using. The ranks it started die with it.
+fn fail_now(error: &str) -> ! {
+    JsonSink.emit(Event::StageFailed {
+        stage: String::new(),
+        error: error.to_owned(),
+        cancelled: false,
+    });
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit ends the process; nothing runs after it.
+    unsafe { libc::_exit(1) }
 }
 
 impl Drop for Group {
@@ -329,16 +381,16 @@ impl Drop for Group {
     }
 }
 
-/// How a started rank ended, if it has: `waitpid` without reaping (the child stays
-/// `Child`'s to wait for), through `waitid`'s WNOWAIT.
-fn exited(child: &Child) -> Option<String> {
+/// How the child process `pid` ended, if it has: `waitpid` without reaping (the child
+/// stays `Child`'s to wait for), through `waitid`'s WNOWAIT.
+fn exited(pid: u32) -> Option<String> {
     // SAFETY: waitid writes only into `info`, which lives for the call; WNOWAIT leaves the
     // child for `Child::wait` to reap.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
         let rc = libc::waitid(
             libc::P_PID,
-            child.id(),
+            pid,
             &mut info,
             libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
         );

@@ -286,6 +286,9 @@ impl Detached {
     /// Cancels `record`'s stage's job and removes the record: the stage no longer wants that job's output.
     pub fn discard(&self, record: &Record, why: &str, events: &dyn EventSink) -> Result<()> {
         self.cancel(&record.stage);
+        // Its job may still be ending (writing checkpoints into the stage's state folder,
+        // which the stage's next run uses).
+        slurm::wait_until_ended(&record.job, std::time::Duration::from_secs(60));
         events.emit(Event::Warning {
             message: format!(
                 "[{}] detached Slurm job {} discarded, not adopted: {why}",
@@ -344,20 +347,16 @@ impl Detached {
         if !self.root.exists() {
             return Ok(());
         }
+        // Records of stages this pipeline does not have are left alone: another pipeline
+        // may share the workdir, and they are its own.
         let mut used = BTreeSet::new();
+        let mut recorded = BTreeSet::new();
         for stage in self.stages() {
             if !stages.contains(stage.as_str()) {
-                self.cancel(&stage);
-                let _ = std::fs::remove_file(self.record_path(&stage));
-                events.emit(Event::Warning {
-                    message: format!(
-                        "the detached job of stage `{stage}`, which the pipeline no longer \
-                         has, was cancelled and its record removed"
-                    ),
-                });
                 continue;
             }
             if let Some((record, build)) = self.read_or_drop(&stage, events) {
+                recorded.insert(record.stage.clone());
                 used.insert(build.clone());
                 used.insert(slurm::job_dir(&build));
                 used.insert(self.record_path(&record.stage));
@@ -368,8 +367,17 @@ impl Detached {
             .with_context(|| format!("cannot read {}", self.root.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stage) = owner(&name, stages) else {
+                continue;
+            };
             if used.contains(&path) {
                 continue;
+            }
+            // A build folder without a record: its job was submitted by a run killed before
+            // it wrote the record. The job (named after the stage) must not outlive it.
+            if !recorded.contains(stage) {
+                self.cancel(stage);
             }
             let removed = match entry.file_type() {
                 Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
@@ -404,6 +412,25 @@ impl Detached {
         }
         jobs
     }
+}
+
+/// The stage of `stages` a detached entry belongs to: its record `<stage>.json`, or its
+/// build folder `<stage>.<pid>.<n>` and job folder `<stage>.<pid>.<n>.job` (stage names may
+/// hold dots, so the numbers are matched from the end).
+fn owner<'a>(name: &str, stages: &BTreeSet<&'a str>) -> Option<&'a str> {
+    let numbered = |rest: &str| {
+        let rest = rest.strip_suffix(".job").unwrap_or(rest);
+        let mut parts = rest.split('.');
+        let ok = |p: Option<&str>| {
+            p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+    };
+    stages.iter().copied().find(|stage| {
+        name.strip_prefix(stage)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|rest| rest == "json" || numbered(rest))
+    })
 }
 
 #[cfg(test)]
@@ -543,6 +570,15 @@ mod tests {
         std::os::unix::fs::symlink(dir.path(), store.root.join("eval.1.1")).unwrap();
         store.write(&linked).unwrap();
         assert!(store.read("eval").is_err());
+        // Another pipeline's record and folders in the same workdir (its stage is not
+        // ours, and its name holds a dot, as a matrix stage's may).
+        let theirs = Record {
+            reads: Vec::new(),
+            ..record("other[lr=0.1]")
+        };
+        std::fs::create_dir_all(store.root.join(&theirs.build)).unwrap();
+        std::fs::create_dir_all(store.root.join("other[lr=0.1].9.9.job")).unwrap();
+        store.write(&theirs).unwrap();
         store
             .tidy(&BTreeSet::from(["train", "samples", "eval"]), &NullSink)
             .unwrap();
@@ -551,7 +587,17 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["train.100.0", "train.json", "up.100.0"]);
+        assert_eq!(
+            left,
+            [
+                "other[lr=0.1].100.0",
+                "other[lr=0.1].9.9.job",
+                "other[lr=0.1].json",
+                "train.100.0",
+                "train.json",
+                "up.100.0"
+            ]
+        );
         assert!(store.is_read("up.100.0") && !store.is_read("train.100.0"));
         assert!(dir.path().exists(), "a link's target was removed");
 
@@ -569,7 +615,7 @@ mod tests {
         let job = slurm::job_dir(&store.root.join(&r.build));
         std::fs::create_dir_all(&job).unwrap();
         store.remove_keeping_log(&settled).unwrap();
-        assert!(store.stages().is_empty());
+        assert_eq!(store.stages(), ["other[lr=0.1]"]);
         assert!(!store.root.join(&r.build).exists() && job.exists());
         // What it read went with it: no record reads it any more.
         assert!(!store.root.join("up.100.0").exists());

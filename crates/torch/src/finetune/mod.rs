@@ -79,7 +79,10 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let device = parse_device(&p.device)?;
     let group = data_parallel(ctx, p, device)?;
     let device = match (&group, device) {
-        (Some(g), tch::Device::Cuda(_)) => tch::Device::Cuda(g.local_rank),
+        // Modulo the GPUs this rank sees: a site may give each task its own one.
+        (Some(g), tch::Device::Cuda(_)) => {
+            tch::Device::Cuda(g.local_rank % (tch::Cuda::device_count().max(1) as usize))
+        }
         _ => device,
     };
     let main = group.as_ref().is_none_or(|g| g.rank == 0);
@@ -179,6 +182,13 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     };
     trainer.identity = identity;
     if let Some(g) = &group {
+        // Rank 0's weights, the frozen ones too (the others may have started from random
+        // ones), then its optimizer state.
+        for (name, t) in model.named_parameters() {
+            if !options::trains(p, name) {
+                g.broadcast(&t.detach())?;
+            }
+        }
         opt.broadcast_state(g)?;
         trainer = serde_json::from_slice(&g.broadcast_bytes(&serde_json::to_vec(&trainer)?)?)?;
     }
@@ -240,8 +250,7 @@ fn data_parallel(
     p: &FinetuneParams,
     device: tch::Device,
 ) -> Result<Option<crate::dist::Group>> {
-    let wanted = crate::dist::ranks_wanted(p.devices, device);
-    let group = crate::dist::Group::for_stage(ctx, wanted, device.is_cuda())?;
+    let group = crate::dist::Group::for_stage(ctx, p.devices, device)?;
     let Some(g) = &group else {
         return Ok(None);
     };
