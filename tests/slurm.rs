@@ -640,6 +640,48 @@ fn a_detached_chain_whose_upstream_fails_publishes_nothing_and_is_submitted_agai
 }
 
 #[test]
+fn a_record_naming_another_job_is_dropped_not_adopted() {
+    let Some(conf) = cluster() else { return };
+    // Slurm's job ids start again when its controller loses its state: a record's id may
+    // then be someone else's job, whose end must not publish the stage's build folder.
+    let foreign = Command::new("sbatch")
+        .env("SLURM_CONF", conf)
+        .args(["--parsable", "--job-name=someone-else", "--wrap", "true"])
+        .output()
+        .unwrap();
+    let foreign = String::from_utf8_lossy(&foreign.stdout).trim().to_owned();
+    assert!(
+        !foreign.is_empty() && foreign.chars().all(|c| c.is_ascii_digit()),
+        "{foreign}"
+    );
+    let p = Project::new(conf, &pipeline(10, ""));
+    let mut detach = DETACH;
+    detach[2] = "titles";
+    p.run(&detach).ok();
+    let path = "work/.gptpipe/detached/titles.json";
+    let mut record: serde_json::Value = serde_json::from_str(&p.read(path)).unwrap();
+    record["job"] = foreign.clone().into();
+    std::fs::write(p.dir.path().join(path), record.to_string()).unwrap();
+
+    let later = p
+        .run(&["run", "p.toml", "titles", "--json", "--executor", "slurm"])
+        .ok();
+    let warnings = later.with("warning");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["message"].as_str().unwrap().contains(&format!(
+                "Slurm's job {foreign} is not this stage's (Slurm names it \"someone-else\""
+            ))),
+        "{}",
+        later.stdout
+    );
+    // The stage ran as a job of its own, and published what it made.
+    assert_eq!(job_ids(&later).len(), 1, "{}", later.stdout);
+    assert!(p.exists("work/titles/tokens.bin"));
+}
+
+#[test]
 fn a_detached_job_whose_stage_was_edited_is_discarded_not_published() {
     let Some(conf) = cluster() else { return };
     let p = Project::new(conf, &pipeline(10, ""));

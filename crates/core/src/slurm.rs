@@ -115,6 +115,32 @@ pub fn job_state(id: &str) -> Result<JobState> {
     }
 }
 
+/// The name Slurm knows job `id` by (`sacct`, else `scontrol`); `None` when it does not
+/// know the job.
+pub fn job_name_of(id: &str) -> Option<String> {
+    let sacct = Command::new("sacct")
+        .args(["-X", "-n", "-P", "-o", "JobName", "-j", id])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines().next().map(|l| l.trim().to_owned())
+        })
+        .filter(|n| !n.is_empty());
+    sacct.or_else(|| {
+        let out = Command::new("scontrol")
+            .args(["show", "job", "-o", id])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("JobName="))
+            .map(str::to_owned)
+    })
+}
+
 /// `'s'` for a POSIX shell.
 fn quoted(s: &Path) -> String {
     format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"))
@@ -122,7 +148,7 @@ fn quoted(s: &Path) -> String {
 
 /// The job name of `stage` in the workdir `workdir`: unique per workdir, so that the jobs
 /// a killed runner left behind can be found and cancelled by the next run.
-fn job_name(workdir: &Path, stage: &str) -> String {
+pub fn job_name(workdir: &Path, stage: &str) -> String {
     // The workdir is often written relative ("./work"): its absolute path tells them apart.
     let workdir = std::fs::canonicalize(workdir).unwrap_or_else(|_| workdir.to_path_buf());
     let hash = blake3::hash(workdir.to_string_lossy().as_bytes()).to_hex();

@@ -191,7 +191,7 @@ impl Detached {
     /// Reads `stage`'s record; one that cannot be used is removed (its job, if it names
     /// one, is cancelled), saying so.
     pub fn read_or_drop(&self, stage: &str, events: &dyn EventSink) -> Option<(Record, PathBuf)> {
-        match self.read(stage) {
+        match self.read(stage).and_then(|found| self.ours(stage, found)) {
             Ok(found) => found,
             Err(e) => {
                 self.cancel(stage);
@@ -202,6 +202,26 @@ impl Detached {
                 None
             }
         }
+    }
+
+    /// `found`, unless Slurm knows its job under another name than `stage`'s: job ids start
+    /// again when a cluster's controller loses its state, and another job's end must not
+    /// publish this stage's (empty) build folder. A job Slurm forgot passes.
+    fn ours(
+        &self,
+        stage: &str,
+        found: Option<(Record, PathBuf)>,
+    ) -> Result<Option<(Record, PathBuf)>> {
+        if let Some((record, _)) = &found {
+            let want = slurm::job_name(&self.workdir, stage);
+            if let Some(name) = slurm::job_name_of(&record.job).filter(|n| *n != want) {
+                bail!(
+                    "Slurm's job {} is not this stage's (Slurm names it {name:?}, not {want:?})",
+                    record.job
+                );
+            }
+        }
+        Ok(found)
     }
 
     /// A new, empty build folder for a detached job of `stage`: never one that exists (a
