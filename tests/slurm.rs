@@ -646,7 +646,13 @@ fn a_record_naming_another_job_is_dropped_not_adopted() {
     // then be someone else's job, whose end must not publish the stage's build folder.
     let foreign = Command::new("sbatch")
         .env("SLURM_CONF", conf)
-        .args(["--parsable", "--job-name=someone-else", "--wrap", "true"])
+        .args([
+            "--parsable",
+            "--job-name=someone-else",
+            "--output=/dev/null",
+            "--wrap",
+            "true",
+        ])
         .output()
         .unwrap();
     let foreign = String::from_utf8_lossy(&foreign.stdout).trim().to_owned();
