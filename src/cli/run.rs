@@ -92,12 +92,16 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
     } else {
         runner.run(&options, sink.as_ref(), &cancel)
     };
-    let ran = !(args.detach || options.dry_run || options.frozen);
-    if let (Ok(outcomes), true) = (&result, ran) {
-        for table in super::sweep::write_summaries(&pipeline, registry, outcomes.keys()) {
-            if !args.json {
-                eprintln!("sweep summary: {}", table.display());
-            }
+    // The stages that ran, or failed: a sweep with failed combinations is summarised too.
+    let ran: Vec<String> = match &result {
+        _ if args.detach || options.dry_run || options.frozen => Vec::new(),
+        Ok(outcomes) => outcomes.keys().cloned().collect(),
+        Err(RunError::Failed(stages)) => stages.clone(),
+        Err(_) => Vec::new(),
+    };
+    for table in super::sweep::write_summaries(&pipeline, registry, &ran) {
+        if !args.json {
+            eprintln!("sweep summary: {}", table.display());
         }
     }
     let result = result.map(|_| ());

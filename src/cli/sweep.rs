@@ -60,11 +60,13 @@ pub fn run(args: SweepArgs, registry: &Registry) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The folder of the workdir where a run leaves each sweep's summary.
+/// The folder of the workdir's own (`.gptpipe/`) where a run leaves each sweep's summary:
+/// never an input (a glob over the workdir skips `.gptpipe/`), never a stage's output
+/// folder, and checked not to be a link as the rest of `.gptpipe/` is.
 pub const SUMMARY_DIR: &str = "sweeps";
 
 /// After a run: every matrix of finetunes with a stage among `ran` gets its summary, as
-/// `gptpipe sweep` prints it, in `<workdir>/sweeps/`: `<stage>.txt` (the table),
+/// `gptpipe sweep` prints it, in `<workdir>/.gptpipe/sweeps/`: `<stage>.txt` (the table),
 /// `<stage>.json` and `<stage>.svg` (the loss curves), `<stage>` as written in the
 /// pipeline. Returns the tables written; a summary that cannot be written is a warning, not
 /// a failed run.
@@ -96,8 +98,17 @@ pub fn write_summaries<'a>(
 }
 
 fn write_summary(workdir: &Path, base: &str, rows: &[Row]) -> anyhow::Result<PathBuf> {
-    let dir = workdir.join(SUMMARY_DIR);
+    let dir = workdir
+        .join(gptpipe_core::runner::META_DIR)
+        .join(SUMMARY_DIR);
     std::fs::create_dir_all(&dir)?;
+    // Written into, so never through a link planted there.
+    if !std::fs::symlink_metadata(&dir)?.is_dir() {
+        anyhow::bail!(
+            "{} is not a folder (a link?): not writing into it",
+            dir.display()
+        );
+    }
     let json = serde_json::to_string_pretty(rows)? + "\n";
     for (ext, text) in [("json", json), ("svg", svg(rows)), ("txt", table(rows))] {
         gptpipe_core::fsutil::write_atomic(&dir.join(format!("{base}.{ext}")), text.as_bytes())?;

@@ -152,6 +152,18 @@ fn a_batch_the_ranks_cannot_share_is_a_config_error_at_its_key() {
         "{}",
         out.stderr
     );
+    // Under Slurm, devices on each of several nodes: the batch is shared by all of them.
+    p.file(
+        "p.toml",
+        pipeline(2, 2, "[stages.train.resources]\nnodes = 3\n"),
+    );
+    let out = run(&p, &["run", "p.toml", "--executor", "slurm"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot be shared by its 6 ranks") && out.stderr.contains("nodes = 3"),
+        "{}",
+        out.stderr
+    );
     for bad in ["0", "-1", "\"some\""] {
         p.file(
             "p.toml",

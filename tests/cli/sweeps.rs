@@ -131,11 +131,11 @@ fn a_matrix_runs_each_combination_once_and_sweep_compares_them() {
     assert!(table.stdout.starts_with("stage"), "{}", table.stdout);
     assert_eq!(table.stdout.lines().count(), 4, "{}", table.stdout);
     // The run left the same summary in the workdir: the table, the rows and the plot.
-    assert_eq!(p.read("work/sweeps/train.txt"), table.stdout);
+    assert_eq!(p.read("work/.gptpipe/sweeps/train.txt"), table.stdout);
     let written: serde_json::Value =
-        serde_json::from_str(&p.read("work/sweeps/train.json")).unwrap();
+        serde_json::from_str(&p.read("work/.gptpipe/sweeps/train.json")).unwrap();
     assert_eq!(written, serde_json::Value::Array(rows.clone()));
-    assert_eq!(p.read("work/sweeps/train.svg"), svg);
+    assert_eq!(p.read("work/.gptpipe/sweeps/train.svg"), svg);
     let e = p.run(&["sweep", "p.toml", "titles"]);
     assert_eq!(e.code, 1, "{}", e.stderr);
     assert!(

@@ -257,7 +257,11 @@ pub fn submit(
         let rank = rank_script_body(&run_stage(&quoted(&job.events())), &run_stage("/dev/null"));
         std::fs::write(&rank_script, rank)?;
         body.push_str(&ranks_env(ranks));
-        format!("srun --kill-on-bad-exit=1 sh {}", quoted(&rank_script))
+        // srun does not take sbatch's --cpus-per-task over by itself (Slurm 22.05 on).
+        format!(
+            "srun --kill-on-bad-exit=1 ${{SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK}} sh {}",
+            quoted(&rank_script)
+        )
     } else {
         run_stage(&quoted(&job.events()))
     };

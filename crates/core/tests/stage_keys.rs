@@ -212,3 +212,31 @@ fn threads_stays_out_of_the_key() {
         assert!(err.contains("threads"), "{err}");
     }
 }
+
+/// Issue 13's `devices`: without dropout N ranks train what one does up to rounding, so
+/// the count stays out of the key (moving a finetune to more GPUs reruns nothing); with
+/// dropout each rank draws its own masks, so a count other than 1 is in it.
+#[test]
+fn devices_stays_out_of_the_key_only_without_dropout() {
+    let key_of = |extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gptpipe.toml");
+        let text = format!(
+            "[pipeline]\nname = \"keys\"\n[stages.s]\nkind = \"finetune\"\n\
+             dataset = \"d.txt\"\nmodel = \"gpt2\"\nbatch_size = 4\n{extra}"
+        );
+        std::fs::write(&file, text).unwrap();
+        let pipeline = load(&file, &LoadOptions::default()).unwrap();
+        pipeline.stages["s"].keyed_json()
+    };
+    let no_dropout = key_of("dropout = 0.0\n");
+    assert_eq!(key_of("dropout = 0.0\ndevices = 2\n"), no_dropout);
+    assert_eq!(key_of("dropout = 0.0\ndevices = \"all\"\n"), no_dropout);
+    let dropout = key_of("");
+    assert_eq!(key_of("devices = 1\n"), dropout);
+    assert_ne!(key_of("devices = 2\n"), dropout);
+    assert_ne!(
+        key_of("dropout = 0.1\ndevices = 4\n"),
+        key_of("dropout = 0.1\n")
+    );
+}

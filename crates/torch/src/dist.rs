@@ -98,8 +98,10 @@ fn ranks_wanted(devices: Devices, device: Device) -> usize {
 pub struct Group {
     pub rank: usize,
     pub world: usize,
-    /// This rank's CUDA device index, when the ranks train on CUDA.
-    pub local_rank: usize,
+    /// Where this rank trains: `cuda:LOCAL_RANK` (modulo the GPUs it sees: a site may give
+    /// each task its own one) when the ranks train on CUDA, else the CPU. The collectives'
+    /// own small tensors live there too (NCCL takes CUDA tensors only).
+    pub device: Device,
     comm: Comm,
     children: Vec<RankProcess>,
 }
@@ -197,7 +199,7 @@ impl Group {
         Ok(Group {
             rank: rank.rank,
             world: rank.world,
-            local_rank: rank.local_rank,
+            device: rank_device(rank.local_rank, cuda),
             comm,
             children: Vec::new(),
         })
@@ -280,7 +282,7 @@ impl Group {
         let mut group = Group {
             rank: 0,
             world,
-            local_rank: 0,
+            device: rank_device(0, cuda),
             comm: Comm::detached(),
             children,
         };
@@ -317,23 +319,21 @@ impl Group {
 
     /// Rank 0's `value` on every rank.
     pub fn broadcast_f64(&self, value: f64) -> Result<f64> {
-        let t = Tensor::from_slice(&[value]).to_kind(Kind::Double);
+        let t = Tensor::from_slice(&[value]).to_device(self.device);
         self.broadcast(&t)?;
-        Ok(t.double_value(&[0]))
+        Ok(t.to_device(Device::Cpu).double_value(&[0]))
     }
 
     /// Rank 0's `bytes` on every rank (the others pass anything).
     pub fn broadcast_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>> {
-        let len = Tensor::from_slice(&[bytes.len() as i64]);
-        self.broadcast(&len)?;
-        let len = len.int64_value(&[0]) as usize;
+        let len = self.broadcast_f64(bytes.len() as f64)? as usize;
         let data = if self.rank == 0 {
-            Tensor::from_slice(bytes)
+            Tensor::from_slice(bytes).to_device(self.device)
         } else {
-            Tensor::zeros([len as i64], (Kind::Uint8, Device::Cpu))
+            Tensor::zeros([len as i64], (Kind::Uint8, self.device))
         };
         self.broadcast(&data)?;
-        Ok(Vec::<u8>::try_from(&data)?)
+        Ok(Vec::<u8>::try_from(&data.to_device(Device::Cpu))?)
     }
 
     /// A collective's failure, told by its cause when it is a rank this process started
@@ -401,6 +401,14 @@ fn exited(pid: u32) -> Option<String> {
             libc::CLD_EXITED => format!("exit code {}", info.si_status()),
             _ => format!("killed by signal {}", info.si_status()),
         })
+    }
+}
+
+/// Where rank `local_rank` of this machine trains (see [`Group::device`]).
+fn rank_device(local_rank: usize, cuda: bool) -> Device {
+    match cuda {
+        true => Device::Cuda(local_rank % (tch::Cuda::device_count().max(1) as usize)),
+        false => Device::Cpu,
     }
 }
 

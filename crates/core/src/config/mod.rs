@@ -114,7 +114,10 @@ impl StageParams {
                 if !p.restores_from_path() {
                     keys.push("restore_from");
                 }
-                keys.extend(["threads", "devices"]);
+                keys.push("threads");
+                if !p.devices_change_weights() {
+                    keys.push("devices");
+                }
                 keys
             }
             // A sample depends on (seed, index) only, never on how samples are batched.

@@ -294,6 +294,12 @@ pub struct FinetuneParams {
 }
 
 impl FinetuneParams {
+    /// Whether `devices` changes the trained weights beyond rounding: each rank draws its
+    /// own dropout masks, so only a training without dropout is the same on any number.
+    pub fn devices_change_weights(&self) -> bool {
+        self.dropout != Some(0.0)
+    }
+
     /// Keys of reporting and checkpoint cadence: they never change the trained weights.
     pub const REPORTING_KEYS: [&'static str; 6] = [
         "print_every",

@@ -345,8 +345,15 @@ impl<'de> Deserialize<'de> for Devices {
 #[allow(dead_code)]
 enum DevicesSchema {
     Count(std::num::NonZeroUsize),
-    /// "all"
-    All(String),
+    All(AllDevices),
+}
+
+/// Every CUDA device of the machine (one on the CPU).
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+enum AllDevices {
+    #[serde(rename = "all")]
+    All,
 }
 
 impl JsonSchema for Devices {

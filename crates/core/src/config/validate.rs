@@ -37,6 +37,12 @@ pub fn validate(p: &Pipeline) -> Result<(), ConfigError> {
                 )),
             ));
         }
+        if let Some(message) = unshared_batch(p, name, params) {
+            return Err(at(
+                &["stages", name, "resources", "nodes"],
+                ConfigError::new(message),
+            ));
+        }
         for (key, target) in params.references() {
             if !p.stages.contains_key(&target) {
                 let help = match suggest(&target, p.stages.keys().map(String::as_str)) {
@@ -268,6 +274,27 @@ fn check_values(params: &StageParams) -> Result<(), Invalid> {
         }
         StageParams::Generate(p) => check_generate(p),
     }
+}
+
+/// Why a finetune's Slurm job over several nodes cannot share its batch among its ranks
+/// (`devices` on each of `nodes`), when both are known here.
+fn unshared_batch(p: &Pipeline, name: &str, params: &StageParams) -> Option<String> {
+    let StageParams::Finetune(f) = params else {
+        return None;
+    };
+    let Devices::Count(n) = f.devices else {
+        return None;
+    };
+    let nodes = p.resources.get(name)?.nodes.filter(|&m| m > 1)?;
+    let world = n.get() * nodes as usize;
+    let slurm = p.executor == super::Executor::Slurm;
+    (slurm && !f.batch_size.is_multiple_of(world)).then(|| {
+        format!(
+            "stage `{name}`: batch_size = {} cannot be shared by its {world} ranks (devices on \
+             each of its {nodes} nodes): batch_size must be a multiple of devices x nodes",
+            f.batch_size
+        )
+    })
 }
 
 fn ensure(ok: bool, key: &'static str, message: String) -> Result<(), Invalid> {

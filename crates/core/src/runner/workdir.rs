@@ -113,6 +113,7 @@ impl Workdir {
             "lockfiles",
             "novelty",
             "detached",
+            "sweeps",
         ] {
             folders.push(self.meta.join(sub));
         }
@@ -443,6 +444,12 @@ impl Workdir {
         let mut removed = 0;
         let stages = std::fs::read_dir(self.meta.join("state"));
         for stage in stages.into_iter().flatten().filter_map(|e| e.ok()) {
+            // A `run --detach` job holds no run lock and may be saving a checkpoint now.
+            let mut record = stage.file_name();
+            record.push(".json");
+            if self.meta.join("detached").join(record).exists() {
+                continue;
+            }
             let entries = std::fs::read_dir(stage.path());
             for entry in entries.into_iter().flatten().filter_map(|e| e.ok()) {
                 if !entry.file_name().to_string_lossy().starts_with(".tmp-") {

@@ -79,10 +79,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let device = parse_device(&p.device)?;
     let group = data_parallel(ctx, p, device)?;
     let device = match (&group, device) {
-        // Modulo the GPUs this rank sees: a site may give each task its own one.
-        (Some(g), tch::Device::Cuda(_)) => {
-            tch::Device::Cuda(g.local_rank % (tch::Cuda::device_count().max(1) as usize))
-        }
+        (Some(g), tch::Device::Cuda(_)) => g.device,
         _ => device,
     };
     let main = group.as_ref().is_none_or(|g| g.rank == 0);

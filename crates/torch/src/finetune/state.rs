@@ -68,6 +68,8 @@ pub fn identity(p: &FinetuneParams, inputs_hash: &str, version: u32) -> String {
         .into_iter()
         // Nor how many threads computed it (only the rounding of sums may differ).
         .chain(["restore_from", "threads"])
+        // Nor, without dropout, on how many ranks.
+        .chain((!p.devices_change_weights()).then_some("devices"))
         .chain(FinetuneParams::REPORTING_KEYS)
     {
         obj.remove(k);
