@@ -688,6 +688,40 @@ fn a_record_naming_another_job_is_dropped_not_adopted() {
 }
 
 #[test]
+fn run_force_cancels_a_detached_job_and_runs_its_stage_again() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new(conf, &pipeline(10, ""));
+    let mut detach = DETACH;
+    detach[2] = "titles";
+    let old = submitted(&p.run(&detach).ok())[0].job.clone();
+    let forced = p
+        .run(&[
+            "run",
+            "p.toml",
+            "titles",
+            "--force",
+            "--json",
+            "--executor",
+            "slurm",
+        ])
+        .ok();
+    let warnings = forced.with("warning");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["message"].as_str().unwrap().contains(&format!(
+                "detached Slurm job {old} discarded, not adopted: --force runs the stage again"
+            ))),
+        "{}",
+        forced.stdout
+    );
+    let ran = job_ids(&forced);
+    assert_eq!(ran.len(), 1, "{}", forced.stdout);
+    assert_ne!(ran[0].1, old);
+    assert!(p.exists("work/titles/tokens.bin"));
+}
+
+#[test]
 fn a_detached_job_whose_stage_was_edited_is_discarded_not_published() {
     let Some(conf) = cluster() else { return };
     let p = Project::new(conf, &pipeline(10, ""));

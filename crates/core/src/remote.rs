@@ -56,8 +56,27 @@ pub struct DeferredInputsHash {
 
 impl DeferredInputsHash {
     /// The `inputs_hash` a run would have given the stage, from the upstream outputs now
-    /// in their build folders.
-    pub fn resolve(&self) -> Result<String> {
+    /// in their build folders. The published upstream outputs the job reads (`dirs`, the
+    /// request's) must still be those its record names: one replaced since the submission
+    /// (a run of the upstream stage after an edit) would make an output that does not
+    /// match the key it is adopted under.
+    pub fn resolve(&self, dirs: &BTreeMap<String, (StageKind, PathBuf)>) -> Result<String> {
+        for (stage, want) in &self.upstream {
+            let Some((_, dir)) = dirs.get(stage) else {
+                continue;
+            };
+            let now = Manifest::of_dir(dir, hash_file)
+                .with_context(|| format!("the output of upstream stage `{stage}`"))?
+                .tree_hash();
+            if &now != want {
+                anyhow::bail!(
+                    "the output of upstream stage `{stage}` ({}) changed since this job was \
+                     submitted: its output would not be what its stage's key says; run \
+                     `gptpipe run` again",
+                    dir.display()
+                );
+            }
+        }
         let mut upstream = self.upstream.clone();
         for (stage, dir) in &self.pending {
             let manifest = Manifest::of_dir(dir, hash_file)
@@ -131,7 +150,7 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
         .and_then(|_| Ok(serde_json::from_str::<StageRequest>(&text)?))
         .and_then(|mut request| {
             if let Some(deferred) = &request.deferred_inputs_hash {
-                request.inputs_hash = deferred.resolve()?;
+                request.inputs_hash = deferred.resolve(&request.upstream)?;
             }
             let pipeline = request.pipeline()?;
             let params = pipeline
@@ -335,6 +354,32 @@ mod tests {
     use crate::config::FinetuneParams;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
+
+    #[test]
+    fn a_detached_job_refuses_an_upstream_output_replaced_since_it_was_submitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = dir.path().join("up");
+        std::fs::create_dir_all(&up).unwrap();
+        std::fs::write(up.join("tokens.bin"), b"old").unwrap();
+        let hash = Manifest::of_dir(&up, hash_file).unwrap().tree_hash();
+        let deferred = DeferredInputsHash {
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::from([("up".to_owned(), hash.clone())]),
+            pending: BTreeMap::new(),
+        };
+        let dirs = BTreeMap::from([("up".to_owned(), (StageKind::Prepare, up.clone()))]);
+        let resolved = deferred.resolve(&dirs).unwrap();
+        assert_eq!(
+            resolved,
+            crate::runner::inputs_hash(&BTreeMap::new(), &deferred.upstream)
+        );
+        std::fs::write(up.join("tokens.bin"), b"new").unwrap();
+        let e = deferred.resolve(&dirs).unwrap_err().to_string();
+        assert!(
+            e.contains("upstream stage `up`") && e.contains("changed"),
+            "{e}"
+        );
+    }
 
     /// A request to run finetune stage `t` for `steps` steps.
     fn request(steps: u64) -> String {

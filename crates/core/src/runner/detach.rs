@@ -203,16 +203,16 @@ impl Runner<'_> {
             cancel: &cancel.flag(stage),
         };
         let mut request = StageRequest::of(&ctx);
-        if !pending.is_empty() {
-            request.deferred_inputs_hash = Some(DeferredInputsHash {
-                inputs: material.inputs.clone(),
-                upstream: hashes,
-                pending: pending
-                    .iter()
-                    .filter_map(|(name, k)| Some(((*name).clone(), k.build.clone()?)))
-                    .collect(),
-            });
-        }
+        // Always: the job also checks that the published upstream outputs it reads are
+        // still those of `hashes` when it starts.
+        request.deferred_inputs_hash = Some(DeferredInputsHash {
+            inputs: material.inputs.clone(),
+            upstream: hashes,
+            pending: pending
+                .iter()
+                .filter_map(|(name, k)| Some(((*name).clone(), k.build.clone()?)))
+                .collect(),
+        });
         let job = match slurm::submit(worker, &ctx, &request, &after) {
             Ok(job) => job,
             Err(e) => {
@@ -270,13 +270,16 @@ impl Runner<'_> {
 
     /// Adopts `stage`'s detached job if a record of it matches the stage as it is now
     /// (with `upstream`'s published outputs): waits for it if it is still active, then
-    /// publishes its output or fails with its error. A record that no longer matches is
-    /// discarded (its job cancelled); `None` then, and the stage runs as usual.
+    /// publishes its output or fails with its error. A record that no longer matches, or
+    /// any under `force`, is discarded (its job cancelled); `None` then, and the stage runs
+    /// as usual.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn adopt_detached(
         &self,
         stage: &str,
         eval: &Evaluation,
         upstream: &BTreeMap<String, String>,
+        force: bool,
         lock: &Mutex<LockFile>,
         events: &dyn EventSink,
         cancel: &Cancellation,
@@ -289,8 +292,12 @@ impl Runner<'_> {
             .iter()
             .map(|(name, hash)| (name.clone(), Known::published(hash.clone())))
             .collect();
-        if let Some(why) = record.mismatch(&eval.material, &known) {
-            store.discard(&record, &format!("{why} since it was submitted"), events)?;
+        let why = match record.mismatch(&eval.material, &known) {
+            Some(why) => Some(format!("{why} since it was submitted")),
+            None => force.then(|| "--force runs the stage again".to_owned()),
+        };
+        if let Some(why) = why {
+            store.discard(&record, &why, events)?;
             return Ok(None);
         }
         self.adopt(stage, eval, &record, &build, lock, events, cancel)

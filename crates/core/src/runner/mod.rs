@@ -533,8 +533,11 @@ impl<'a> Runner<'a> {
             let snapshot = lock.lock().unwrap().clone();
             self.evaluate(stage, &snapshot, &upstream, true)?
         };
-        // A detached job of this stage, as it is now, is adopted rather than run again.
-        if let Some(adopted) = self.adopt_detached(stage, &eval, &upstream, lock, events, cancel)? {
+        // A detached job of this stage, as it is now, is adopted rather than run again
+        // (under --force, cancelled and run again).
+        let adopted =
+            self.adopt_detached(stage, &eval, &upstream, options.force, lock, events, cancel)?;
+        if let Some(adopted) = adopted {
             return Ok(adopted);
         }
         if !options.force {
