@@ -99,7 +99,7 @@ pub fn run(args: RunArgs, registry: &Registry) -> Result<(), RunError> {
         Err(RunError::Failed(stages)) => stages.clone(),
         Err(_) => Vec::new(),
     };
-    for table in super::sweep::write_summaries(&pipeline, registry, &ran) {
+    for table in super::sweep::write_summaries(&runner, &pipeline, &ran) {
         if !args.json {
             eprintln!("sweep summary: {}", table.display());
         }

@@ -46,7 +46,7 @@ pub fn run(args: SweepArgs, registry: &Registry) -> Result<(), RunError> {
     let (path, targets) = pipeline_args::split(&args.positionals);
     let pipeline = pipeline_args::load(&path, &args.sets).map_err(RunError::Config)?;
     let stages = matrix_finetunes(&pipeline, &targets)?;
-    let rows = rows(&pipeline, registry, &stages)?;
+    let rows = rows(&Runner::new(&pipeline, registry)?, &pipeline, &stages)?;
     if let Some(plot) = &args.plot {
         std::fs::write(plot, svg(&rows)).map_err(|e| {
             RunError::Other(anyhow::anyhow!("cannot write {}: {e}", plot.display()))
@@ -69,10 +69,10 @@ pub const SUMMARY_DIR: &str = "sweeps";
 /// `gptpipe sweep` prints it, in `<workdir>/.gptpipe/sweeps/`: `<stage>.txt` (the table),
 /// `<stage>.json` and `<stage>.svg` (the loss curves), `<stage>` as written in the
 /// pipeline. Returns the tables written; a summary that cannot be written is a warning, not
-/// a failed run.
+/// a failed run. `runner` is the run's.
 pub fn write_summaries<'a>(
+    runner: &Runner,
     pipeline: &Pipeline,
-    registry: &Registry,
     ran: impl IntoIterator<Item = &'a String>,
 ) -> Vec<PathBuf> {
     let bases: std::collections::BTreeSet<String> = ran
@@ -83,7 +83,7 @@ pub fn write_summaries<'a>(
     let mut written = Vec::new();
     for base in bases {
         let result = matrix_finetunes(pipeline, std::slice::from_ref(&base))
-            .and_then(|stages| rows(pipeline, registry, &stages))
+            .and_then(|stages| rows(runner, pipeline, &stages))
             .map_err(|e| match e {
                 RunError::Other(e) => e,
                 other => anyhow::anyhow!("{other:?}"),
@@ -116,9 +116,9 @@ fn write_summary(workdir: &Path, base: &str, rows: &[Row]) -> anyhow::Result<Pat
     Ok(dir.join(format!("{base}.txt")))
 }
 
-/// The figures of `stages`, best first.
-fn rows(pipeline: &Pipeline, registry: &Registry, stages: &[String]) -> Result<Vec<Row>, RunError> {
-    let statuses = Runner::new(pipeline, registry)?.status(stages)?;
+/// The figures of `stages` of `runner`'s `pipeline`, best first.
+fn rows(runner: &Runner, pipeline: &Pipeline, stages: &[String]) -> Result<Vec<Row>, RunError> {
+    let statuses = runner.status(stages)?;
     let workdir = gptpipe_core::runner::Workdir::open(&pipeline.workdir);
     let mut rows: Vec<Row> = stages
         .iter()

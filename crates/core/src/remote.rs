@@ -191,11 +191,8 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
         Err(e) => {
             // A data-parallel rank other than 0 has its events thrown away (only rank 0
             // reports the stage): its error goes to the job's log.
-            if std::env::var("RANK").is_ok_and(|r| r.trim() != "0") {
-                eprintln!(
-                    "gptpipe-worker (rank {}): {e:#}",
-                    std::env::var("RANK").unwrap_or_default()
-                );
+            if let Some(rank) = std::env::var("RANK").ok().filter(|r| r.trim() != "0") {
+                eprintln!("gptpipe-worker (rank {rank}): {e:#}");
             }
             JsonSink.emit(Event::StageFailed {
                 stage: String::new(),
@@ -275,18 +272,9 @@ const MKL_ENV: [(&str, &str); 2] = [("MKL_CBWR", "AUTO,STRICT"), ("MKL_DYNAMIC",
 /// events. Cancelling the run kills the worker.
 pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + Send + Sync {
     move |ctx| {
-        let mut command = worker_command(&worker, ctx.params.threads());
-        command
-            .arg("run-stage")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        die_with_parent(&mut command);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", worker.display()))?;
         let request = serde_json::to_vec(&StageRequest::of(ctx))?;
-        child.stdin.take().expect("piped").write_all(&request)?;
+        let mut command = worker_command(&worker, ctx.params.threads());
+        let mut child = start_run_stage(&mut command, &request)?;
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
         let reader = std::thread::spawn(move || {
@@ -335,9 +323,31 @@ pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + S
     }
 }
 
+/// Starts `command` (a worker) on `request`: `run-stage` with the request on its stdin, its
+/// events on a piped stdout (the caller takes it), its stderr this process's, and killed
+/// when this process dies.
+pub fn start_run_stage(command: &mut Command, request: &[u8]) -> Result<std::process::Child> {
+    command
+        .arg("run-stage")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    die_with_parent(command);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", command.get_program().to_string_lossy()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(request)
+        .context("cannot send the worker its request")?;
+    Ok(child)
+}
+
 /// Asks Linux to kill the worker when the runner dies, so a killed run leaves no
 /// orphan writing into the workdir.
-pub fn die_with_parent(command: &mut Command) {
+fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
     unsafe {

@@ -12,10 +12,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use gptpipe_core::config::Devices;
 use gptpipe_core::events::{Event, EventSink, JsonSink};
-use gptpipe_core::remote::{die_with_parent, StageRequest};
+use gptpipe_core::remote::{start_run_stage, StageRequest};
 use gptpipe_core::stage::StageContext;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -230,30 +230,17 @@ impl Group {
         let mut children = Vec::new();
         for rank in 1..world {
             let mut command = Command::new(&worker);
-            command
-                .arg("run-stage")
-                .envs([
-                    ("RANK", rank.to_string()),
-                    ("LOCAL_RANK", rank.to_string()),
-                    ("WORLD_SIZE", world.to_string()),
-                    ("MASTER_ADDR", host.to_string()),
-                    ("MASTER_PORT", store.port.to_string()),
-                    ("OMP_NUM_THREADS", threads.to_string()),
-                    ("MKL_NUM_THREADS", threads.to_string()),
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            die_with_parent(&mut command);
-            let mut child = command
-                .spawn()
-                .with_context(|| format!("cannot start rank {rank} ({})", worker.display()))?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(&request)
-                .with_context(|| format!("cannot send rank {rank} its request"))?;
+            command.envs([
+                ("RANK", rank.to_string()),
+                ("LOCAL_RANK", rank.to_string()),
+                ("WORLD_SIZE", world.to_string()),
+                ("MASTER_ADDR", host.to_string()),
+                ("MASTER_PORT", store.port.to_string()),
+                ("OMP_NUM_THREADS", threads.to_string()),
+                ("MKL_NUM_THREADS", threads.to_string()),
+            ]);
+            let mut child =
+                start_run_stage(&mut command, &request).with_context(|| format!("rank {rank}"))?;
             let failure = Arc::new(Mutex::new(None));
             let stdout = child.stdout.take().expect("piped");
             let keep = failure.clone();

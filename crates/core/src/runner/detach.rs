@@ -377,17 +377,7 @@ impl Runner<'_> {
         // only makes them be discarded (and submitted again).
         store.settle(stage, &record.job, &hash)?;
         store.remove(record)?;
-        if let Err(e) = self.workdir.clear_state(stage) {
-            events.emit(Event::Warning {
-                message: format!("[{stage}] {e:#}"),
-            });
-        }
-        events.emit(Event::StageFinished {
-            stage: stage.into(),
-            seconds: started.elapsed().as_secs_f64(),
-            output_hash: hash.clone(),
-        });
-        Ok((Outcome::Ran, hash))
+        Ok(self.ran(stage, started, hash, events))
     }
 
     /// [`Runner::evaluate`] against the lock file as it is now.

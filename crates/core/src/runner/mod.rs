@@ -589,12 +589,23 @@ impl<'a> Runner<'a> {
         self.workdir.store.save(&eval.key, &out_dir, &manifest)?;
         self.publish(stage, &out_dir, &manifest, lock, events)?;
         let hash = self.record(stage, &eval, Some(&manifest), lock)?;
-        // What the stage kept to resume an unfinished run (a finetune's checkpoints) is no
-        // longer needed: the output is in the cache, published and in the lock file, and
-        // holds whatever continuing from it needs. Not before: a run killed between the
-        // stage's return and this point (the output in `tmp` is then lost) resumes from the
-        // state folder. Not after a cache restore either: the folder may then hold an
-        // unfinished run of other parameters. Failing here loses nothing.
+        Ok(self.ran(stage, started, hash, events))
+    }
+
+    /// The end of a stage this run ran (or adopted), once its output `hash` is cached,
+    /// published and recorded. What the stage kept to resume an unfinished run (a
+    /// finetune's checkpoints) is no longer needed: the output holds whatever continuing
+    /// from it needs. Not before: a run killed between the stage's return and this point
+    /// (the output in `tmp` is then lost) resumes from the state folder. Not after a cache
+    /// restore either: the folder may then hold an unfinished run of other parameters.
+    /// Failing here loses nothing.
+    fn ran(
+        &self,
+        stage: &str,
+        started: Instant,
+        hash: String,
+        events: &dyn EventSink,
+    ) -> (Outcome, String) {
         if let Err(e) = self.workdir.clear_state(stage) {
             events.emit(Event::Warning {
                 message: format!("[{stage}] {e:#}"),
@@ -605,7 +616,7 @@ impl<'a> Runner<'a> {
             seconds: started.elapsed().as_secs_f64(),
             output_hash: hash.clone(),
         });
-        Ok((Outcome::Ran, hash))
+        (Outcome::Ran, hash)
     }
 
     /// `stage`'s output without running it: fresh (its lock entry matches `eval`), or
