@@ -185,13 +185,8 @@ fn stages_run_as_slurm_jobs_and_publish_what_a_local_run_does() {
     );
     // Each job ended COMPLETED, as Slurm itself says.
     for (_, id) in &jobs {
-        let out = Command::new("scontrol")
-            .env("SLURM_CONF", conf)
-            .args(["show", "job", "-o", id])
-            .output()
-            .unwrap();
         assert!(
-            String::from_utf8_lossy(&out.stdout).contains("JobState=COMPLETED"),
+            show_job(conf, id).contains("JobState=COMPLETED"),
             "job {id}"
         );
     }
@@ -280,12 +275,7 @@ fn failure(rx: &std::sync::mpsc::Receiver<serde_json::Value>) -> String {
 }
 
 fn job_state(conf: &Path, id: &str) -> String {
-    let out = Command::new("scontrol")
-        .env("SLURM_CONF", conf)
-        .args(["show", "job", "-o", id])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    show_job(conf, id)
         .split_whitespace()
         .find_map(|w| w.strip_prefix("JobState="))
         .unwrap_or_default()
@@ -404,12 +394,7 @@ fn a_data_parallel_finetune_runs_its_ranks_as_srun_tasks_and_trains_what_one_pro
         .iter()
         .find(|(s, _)| s == "train")
         .expect("train's job");
-    let show = Command::new("scontrol")
-        .env("SLURM_CONF", conf)
-        .args(["show", "job", id])
-        .output()
-        .unwrap();
-    let show = String::from_utf8_lossy(&show.stdout);
+    let show = show_job(conf, id);
     assert!(show.contains("NumTasks=2"), "{show}");
     let local = Project::new(conf, &toml.replace("devices = 2", "devices = 1"));
     local
