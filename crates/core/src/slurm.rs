@@ -77,16 +77,9 @@ fn state_of(state: &str, exit_code: &str) -> JobState {
 /// Asks Slurm for job `id`'s state: `sacct` first; where accounting is disabled (or does
 /// not know the job yet), `scontrol show job`, then `squeue`.
 pub fn job_state(id: &str) -> Result<JobState> {
-    let sacct = Command::new("sacct")
-        .args(["-X", "-n", "-P", "-o", "State,ExitCode", "-j", id])
-        .output();
-    if let Ok(out) = &sacct {
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() {
-            if let Some((state, code)) = text.lines().next().and_then(|l| l.split_once('|')) {
-                return Ok(state_of(state, code.trim()));
-            }
-        }
+    let sacct = sacct_line(id, "State,ExitCode");
+    if let Some((state, code)) = sacct.as_deref().and_then(|l| l.split_once('|')) {
+        return Ok(state_of(state, code.trim()));
     }
     let scontrol = Command::new("scontrol")
         .args(["show", "job", "-o", id])
@@ -94,13 +87,9 @@ pub fn job_state(id: &str) -> Result<JobState> {
         .context("cannot run scontrol (is Slurm installed here?)")?;
     let text = String::from_utf8_lossy(&scontrol.stdout);
     if scontrol.status.success() {
-        let field = |name: &str| {
-            text.split_whitespace()
-                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
-        if let Some(state) = field("JobState") {
-            return Ok(state_of(&state, &field("ExitCode").unwrap_or_default()));
+        if let Some(state) = scontrol_field(&text, "JobState") {
+            let exit_code = scontrol_field(&text, "ExitCode").unwrap_or_default();
+            return Ok(state_of(state, exit_code));
         }
     }
     let squeue = Command::new("squeue")
@@ -118,15 +107,8 @@ pub fn job_state(id: &str) -> Result<JobState> {
 /// The name Slurm knows job `id` by (`sacct`, else `scontrol`); `None` when it does not
 /// know the job.
 pub fn job_name_of(id: &str) -> Option<String> {
-    let sacct = Command::new("sacct")
-        .args(["-X", "-n", "-P", "-o", "JobName", "-j", id])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.lines().next().map(|l| l.trim().to_owned())
-        })
+    let sacct = sacct_line(id, "JobName")
+        .map(|l| l.trim().to_owned())
         .filter(|n| !n.is_empty());
     sacct.or_else(|| {
         let out = Command::new("scontrol")
@@ -134,11 +116,28 @@ pub fn job_name_of(id: &str) -> Option<String> {
             .output()
             .ok()
             .filter(|o| o.status.success())?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix("JobName="))
-            .map(str::to_owned)
+        scontrol_field(&String::from_utf8_lossy(&out.stdout), "JobName").map(str::to_owned)
     })
+}
+
+/// The first line `sacct` gives of job `id`'s `fields` (`|`-separated), when it answers
+/// (it does not where accounting storage is disabled).
+fn sacct_line(id: &str, fields: &str) -> Option<String> {
+    let out = Command::new("sacct")
+        .args(["-X", "-n", "-P", "-o", fields, "-j", id])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+/// Field `name` of a job as `scontrol show job -o` writes it (`Name=value`).
+fn scontrol_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// `'s'` for a POSIX shell.

@@ -391,6 +391,12 @@ fn exited(pid: u32) -> Option<String> {
     }
 }
 
+/// Whether this process reports, samples and saves for its stage: the only one (`None`),
+/// or rank 0.
+pub fn is_main(group: Option<&Group>) -> bool {
+    group.is_none_or(|g| g.rank == 0)
+}
+
 /// Where rank `local_rank` of this machine trains (see [`Group::device`]).
 fn rank_device(local_rank: usize, cuda: bool) -> Device {
     match cuda {

@@ -78,11 +78,8 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let p = params(ctx)?;
     let device = parse_device(&p.device)?;
     let group = data_parallel(ctx, p, device)?;
-    let device = match (&group, device) {
-        (Some(g), tch::Device::Cuda(_)) => g.device,
-        _ => device,
-    };
-    let main = group.as_ref().is_none_or(|g| g.rank == 0);
+    let device = group.as_ref().map_or(device, |g| g.device);
+    let main = crate::dist::is_main(group.as_ref());
     let (compute, why) = compute_kind(p.precision, device)?;
     ctx.log(why);
     let seed = ctx.seed();

@@ -36,7 +36,7 @@ pub(super) struct Trainer<'a> {
 impl Trainer<'_> {
     /// Whether this process reports, samples and saves: the only one, or rank 0.
     fn is_main(&self) -> bool {
-        self.group.is_none_or(|g| g.rank == 0)
+        crate::dist::is_main(self.group)
     }
 
     /// This rank's number, 0 without data parallelism.
