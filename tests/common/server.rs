@@ -15,6 +15,8 @@ pub struct Server {
     child: Child,
     pub port: u16,
     log: Arc<Mutex<String>>,
+    /// Set once its stderr is read to the end.
+    log_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A free port on 127.0.0.1 (free when asked; the server binds it right after).
@@ -71,14 +73,22 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = log_done.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
+            done.store(true, std::sync::atomic::Ordering::Release);
         });
-        Self { child, port, log }
+        Self {
+            child,
+            port,
+            log,
+            log_done,
+        }
     }
 
     /// What the server wrote on stderr so far.
@@ -94,11 +104,19 @@ impl Server {
         }
     }
 
-    /// Waits for the process to exit, at most `limit`.
+    /// Waits for the process to exit, at most `limit`, and for its last words: the thread
+    /// that reads its stderr may not have read them when the process is seen gone (a
+    /// moment at most; a process it started could keep the pipe open, hence the bound).
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                let read = Instant::now();
+                while !self.log_done.load(std::sync::atomic::Ordering::Acquire)
+                    && read.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             assert!(
