@@ -673,12 +673,27 @@ fn a_record_naming_another_job_is_dropped_not_adopted() {
 }
 
 #[test]
-fn run_force_cancels_a_detached_job_and_runs_its_stage_again() {
+fn run_force_and_detach_force_cancel_a_detached_job_and_run_its_stage_again() {
     let Some(conf) = cluster() else { return };
     let p = Project::new(conf, &pipeline(10, ""));
     let mut detach = DETACH;
     detach[2] = "titles";
-    let old = submitted(&p.run(&detach).ok())[0].job.clone();
+    let discarded = |run: &Run, job: &str| {
+        run.with("warning").iter().any(|w| {
+            w["message"].as_str().unwrap().contains(&format!(
+                "detached Slurm job {job} discarded, not adopted: --force runs the stage again"
+            ))
+        })
+    };
+    let first = submitted(&p.run(&detach).ok())[0].job.clone();
+    // `run --detach --force` submits the stage again rather than leave it to its job.
+    let again = p.run(&[&detach[..], &["--force"]].concat()).ok();
+    assert!(discarded(&again, &first), "{}", again.stdout);
+    let again = submitted(&again);
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].already);
+    let old = again[0].job.clone();
+    assert_ne!(old, first);
     let forced = p
         .run(&[
             "run",
@@ -690,16 +705,7 @@ fn run_force_cancels_a_detached_job_and_runs_its_stage_again() {
             "slurm",
         ])
         .ok();
-    let warnings = forced.with("warning");
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w["message"].as_str().unwrap().contains(&format!(
-                "detached Slurm job {old} discarded, not adopted: --force runs the stage again"
-            ))),
-        "{}",
-        forced.stdout
-    );
+    assert!(discarded(&forced, &old), "{}", forced.stdout);
     let ran = job_ids(&forced);
     assert_eq!(ran.len(), 1, "{}", forced.stdout);
     assert_ne!(ran[0].1, old);

@@ -434,15 +434,16 @@ fn rank_script_body(rank0: &str, others: &str) -> String {
     )
 }
 
-/// Waits (at most `limit`) until Slurm no longer says job `id` is active.
-pub fn wait_until_ended(id: &str, limit: Duration) {
+/// Waits (at most `limit`) until Slurm no longer says job `id` is active; whether it did.
+pub fn wait_until_ended(id: &str, limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if !matches!(job_state(id), Ok(JobState::Active(_))) {
-            return;
+            return true;
         }
         std::thread::sleep(poll_interval());
     }
+    false
 }
 
 /// The last `n` lines of a file (what a job printed before it ended).

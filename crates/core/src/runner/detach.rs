@@ -130,10 +130,8 @@ impl Runner<'_> {
         let material = self.material(stage, &hashes)?;
         let store = self.detached();
         if let Some((record, build)) = store.read_or_drop(stage, events) {
-            match record.mismatch(&material, upstream) {
-                Some(why) => {
-                    store.discard(&record, &format!("{why} since it was submitted"), events)?
-                }
+            match record.discard_reason(&material, upstream, options.force) {
+                Some(why) => store.discard(&record, &why, events)?,
                 None => match slurm::job_state(&record.job)? {
                     JobState::Active(state) => {
                         events.emit(Event::StageSubmitted {
@@ -292,11 +290,7 @@ impl Runner<'_> {
             .iter()
             .map(|(name, hash)| (name.clone(), Known::published(hash.clone())))
             .collect();
-        let why = match record.mismatch(&eval.material, &known) {
-            Some(why) => Some(format!("{why} since it was submitted")),
-            None => force.then(|| "--force runs the stage again".to_owned()),
-        };
-        if let Some(why) = why {
+        if let Some(why) = record.discard_reason(&eval.material, &known, force) {
             store.discard(&record, &why, events)?;
             return Ok(None);
         }

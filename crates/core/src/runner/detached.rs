@@ -103,6 +103,21 @@ impl Record {
         Ok(())
     }
 
+    /// Why this record's job is to be discarded rather than adopted: it no longer
+    /// describes the stage as it is now ([`Record::mismatch`]), or `force` runs the stage
+    /// again; `None` when it is to be adopted.
+    pub fn discard_reason(
+        &self,
+        now: &super::KeyMaterial,
+        upstream: &BTreeMap<String, Known>,
+        force: bool,
+    ) -> Option<String> {
+        match self.mismatch(now, upstream) {
+            Some(why) => Some(format!("{why} since it was submitted")),
+            None => force.then(|| "--force runs the stage again".to_owned()),
+        }
+    }
+
     /// Why this record no longer describes the stage as it is now (its kind, params and
     /// input files as `now` has them, and each upstream stage as `upstream` knows it);
     /// `None` when it still does.
@@ -303,12 +318,20 @@ impl Detached {
         })
     }
 
-    /// Cancels `record`'s stage's job and removes the record: the stage no longer wants that job's output.
+    /// Cancels `record`'s stage's job and removes the record: the stage no longer wants that
+    /// job's output. A job that has not ended a minute after `scancel` keeps its record and
+    /// fails the stage: it may still write checkpoints into the stage's state folder, which
+    /// a run of the stage would resume from.
     pub fn discard(&self, record: &Record, why: &str, events: &dyn EventSink) -> Result<()> {
         self.cancel(&record.stage);
-        // Its job may still be ending (writing checkpoints into the stage's state folder,
-        // which the stage's next run uses).
-        slurm::wait_until_ended(&record.job, std::time::Duration::from_secs(60));
+        if !slurm::wait_until_ended(&record.job, std::time::Duration::from_secs(60)) {
+            bail!(
+                "detached Slurm job {} is to be discarded ({why}) but has not ended a minute \
+                 after scancel; run again once it has (`squeue -j {}`)",
+                record.job,
+                record.job
+            );
+        }
         events.emit(Event::Warning {
             message: format!(
                 "[{}] detached Slurm job {} discarded, not adopted: {why}",
