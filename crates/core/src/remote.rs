@@ -60,8 +60,14 @@ impl DeferredInputsHash {
     /// request's) must still be those its record names: one replaced since the submission
     /// (a run of the upstream stage after an edit) would make an output that does not
     /// match the key it is adopted under.
-    pub fn resolve(&self, dirs: &BTreeMap<String, (StageKind, PathBuf)>) -> Result<String> {
-        for (stage, want) in &self.upstream {
+    /// `check_published`: whether to check them (rank 0's job alone in a data-parallel
+    /// job: it alone publishes).
+    pub fn resolve(
+        &self,
+        dirs: &BTreeMap<String, (StageKind, PathBuf)>,
+        check_published: bool,
+    ) -> Result<String> {
+        for (stage, want) in self.upstream.iter().filter(|_| check_published) {
             let Some((_, dir)) = dirs.get(stage) else {
                 continue;
             };
@@ -143,6 +149,8 @@ impl StageRequest {
 /// prints its events as JSON lines, and returns the exit code (a failure is reported as
 /// a `stage_failed` event first).
 pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
+    // A data-parallel rank other than 0, as its launcher numbers it.
+    let other_rank = std::env::var("RANK").ok().filter(|r| r.trim() != "0");
     let mut text = String::new();
     let result = input
         .read_to_string(&mut text)
@@ -150,7 +158,8 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
         .and_then(|_| Ok(serde_json::from_str::<StageRequest>(&text)?))
         .and_then(|mut request| {
             if let Some(deferred) = &request.deferred_inputs_hash {
-                request.inputs_hash = deferred.resolve(&request.upstream)?;
+                // The other ranks would each read every published upstream output again.
+                request.inputs_hash = deferred.resolve(&request.upstream, other_rank.is_none())?;
             }
             let pipeline = request.pipeline()?;
             let params = pipeline
@@ -191,7 +200,7 @@ pub fn serve(registry: &Registry, mut input: impl Read) -> i32 {
         Err(e) => {
             // A data-parallel rank other than 0 has its events thrown away (only rank 0
             // reports the stage): its error goes to the job's log.
-            if let Some(rank) = std::env::var("RANK").ok().filter(|r| r.trim() != "0") {
+            if let Some(rank) = &other_rank {
                 eprintln!("gptpipe-worker (rank {rank}): {e:#}");
             }
             JsonSink.emit(Event::StageFailed {
@@ -378,17 +387,19 @@ mod tests {
             pending: BTreeMap::new(),
         };
         let dirs = BTreeMap::from([("up".to_owned(), (StageKind::Prepare, up.clone()))]);
-        let resolved = deferred.resolve(&dirs).unwrap();
+        let resolved = deferred.resolve(&dirs, true).unwrap();
         assert_eq!(
             resolved,
             crate::runner::inputs_hash(&BTreeMap::new(), &deferred.upstream)
         );
         std::fs::write(up.join("tokens.bin"), b"new").unwrap();
-        let e = deferred.resolve(&dirs).unwrap_err().to_string();
+        let e = deferred.resolve(&dirs, true).unwrap_err().to_string();
         assert!(
             e.contains("upstream stage `up`") && e.contains("changed"),
             "{e}"
         );
+        // A rank other than 0 leaves the check to rank 0.
+        assert_eq!(deferred.resolve(&dirs, false).unwrap(), resolved);
     }
 
     /// A request to run finetune stage `t` for `steps` steps.
