@@ -177,20 +177,27 @@ fn a_batch_the_ranks_cannot_share_is_a_config_error_at_its_key() {
     }
 }
 
-/// The pids of `gptpipe-worker` processes working in `dir` as rank `rank`.
-fn rank_pids(dir: &Path, rank: usize) -> Vec<u32> {
+/// The pids of `gptpipe-worker` processes working in `dir`: those of rank `rank`, or all of
+/// them (rank 0 is the stage's own worker, which has no `RANK`).
+fn worker_pids(dir: &Path, rank: Option<usize>) -> Vec<u32> {
     let dir = std::fs::canonicalize(dir).unwrap();
-    let want = format!("RANK={rank}");
+    let want = rank.map(|r| format!("RANK={r}"));
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         let proc = entry.path();
+        let is_worker = std::fs::read_link(proc.join("exe")).is_ok_and(|exe| {
+            exe.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gptpipe-worker"))
+        });
         let cwd = std::fs::read_link(proc.join("cwd")).ok();
         let environ = std::fs::read(proc.join("environ")).unwrap_or_default();
-        let is_rank = environ.split(|&b| b == 0).any(|v| v == want.as_bytes());
-        if cwd.as_deref() == Some(dir.as_path()) && is_rank {
+        let is_rank = want
+            .as_ref()
+            .is_none_or(|want| environ.split(|&b| b == 0).any(|v| v == want.as_bytes()));
+        if is_worker && cwd.as_deref() == Some(dir.as_path()) && is_rank {
             pids.push(pid);
         }
     }
@@ -212,11 +219,13 @@ fn a_rank_that_is_killed_fails_the_stage_at_once_naming_it() {
             break;
         }
     }
-    let pids = rank_pids(p.dir.path(), 1);
+    assert_eq!(worker_pids(p.dir.path(), None).len(), 2, "the two ranks");
+    let pids = worker_pids(p.dir.path(), Some(1));
     assert_eq!(pids.len(), 1, "rank 1's process: {pids:?}");
     let took = kill_rank_1_and_expect_the_stage_to_fail(&p, pids[0], child, events);
     // Rank 0's process is gone too, with the run.
-    assert!(rank_pids(p.dir.path(), 1).is_empty());
+    let left = worker_pids(p.dir.path(), None);
+    assert!(left.is_empty(), "workers left: {left:?}");
     eprintln!(
         "failed {took:?} after the kill ({:?} in all)",
         start.elapsed()
@@ -310,7 +319,7 @@ fn a_rank_killed_before_the_ranks_meet_fails_the_stage_at_once() {
     // ranks meet (which would otherwise wait for it until GPTPIPE_DIST_TIMEOUT).
     let start = Instant::now();
     let pid = loop {
-        if let Some(&pid) = rank_pids(p.dir.path(), 1).first() {
+        if let Some(&pid) = worker_pids(p.dir.path(), Some(1)).first() {
             break pid;
         }
         assert!(

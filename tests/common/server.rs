@@ -48,6 +48,9 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let exited = server.child.try_wait().unwrap().is_some();
+            if exited {
+                server.read_last_words();
+            }
             if !(exited && server.log().contains("cannot listen")) {
                 panic!("gptpipe serve not ready:\n{}", server.log());
             }
@@ -104,19 +107,24 @@ impl Server {
         }
     }
 
-    /// Waits for the process to exit, at most `limit`, and for its last words: the thread
-    /// that reads its stderr may not have read them when the process is seen gone (a
-    /// moment at most; a process it started could keep the pipe open, hence the bound).
+    /// Once the process is gone, waits for the thread that reads its stderr to read its last
+    /// words (a moment at most; a process it started could keep the pipe open, hence the
+    /// bound).
+    fn read_last_words(&self) {
+        let start = Instant::now();
+        while !self.log_done.load(std::sync::atomic::Ordering::Acquire)
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit, at most `limit`, and for its last words.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let read = Instant::now();
-                while !self.log_done.load(std::sync::atomic::Ordering::Acquire)
-                    && read.elapsed() < Duration::from_secs(5)
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                self.read_last_words();
                 return status;
             }
             assert!(
