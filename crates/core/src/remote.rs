@@ -327,7 +327,10 @@ pub fn remote_stage(worker: PathBuf) -> impl Fn(&StageContext) -> Result<()> + S
         match (status.success(), failure) {
             (true, _) => Ok(()),
             (false, Some(error)) => Err(anyhow!(error)),
-            (false, None) => Err(anyhow!("the stage's worker process ended with {status}")),
+            (false, None) => Err(anyhow!(
+                "the stage's worker process ended ({})",
+                ended_how(status)
+            )),
         }
     }
 }
@@ -345,13 +348,27 @@ pub fn start_run_stage(command: &mut Command, request: &[u8]) -> Result<std::pro
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot start {}", command.get_program().to_string_lossy()))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(request)
-        .context("cannot send the worker its request")?;
+    let sent = child.stdin.take().expect("piped").write_all(request);
+    if let Err(e) = sent {
+        // A worker that does not take its request has ended (or shut its input): how it
+        // ended is the error worth reading, not the broken pipe.
+        let _ = child.kill();
+        return Err(match child.wait() {
+            Ok(status) => anyhow!("ended before it read its request ({})", ended_how(status)),
+            Err(_) => anyhow!(e).context("cannot send the worker its request"),
+        });
+    }
     Ok(child)
+}
+
+/// How a process ended, in the words errors use: `exit code N` or `killed by signal N`.
+pub fn ended_how(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => status.to_string(),
+    }
 }
 
 /// Asks Linux to kill the worker when the runner dies, so a killed run leaves no
@@ -400,6 +417,26 @@ mod tests {
         );
         // A rank other than 0 leaves the check to rank 0.
         assert_eq!(deferred.resolve(&dirs, false).unwrap(), resolved);
+    }
+
+    #[test]
+    fn a_worker_that_ends_before_reading_its_request_is_reported_by_how_it_ended() {
+        // More than a pipe holds, so the write waits for the worker, which never reads.
+        let request = vec![b'x'; 1 << 20];
+        let mut command = Command::new("sh");
+        command.args(["-c", "kill -9 $$"]);
+        let e = start_run_stage(&mut command, &request).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "ended before it read its request (killed by signal 9)"
+        );
+        let mut command = Command::new("sh");
+        command.args(["-c", "exit 3"]);
+        let e = start_run_stage(&mut command, &request).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "ended before it read its request (exit code 3)"
+        );
     }
 
     /// A request to run finetune stage `t` for `steps` steps.

@@ -12,9 +12,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use gptpipe_core::config::Devices;
 use gptpipe_core::events::{Event, EventSink, JsonSink};
-use gptpipe_core::remote::{start_run_stage, StageRequest};
+use gptpipe_core::remote::{ended_how, start_run_stage, StageRequest};
 use gptpipe_core::stage::StageContext;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -239,8 +240,8 @@ impl Group {
                 ("OMP_NUM_THREADS", threads.to_string()),
                 ("MKL_NUM_THREADS", threads.to_string()),
             ]);
-            let mut child =
-                start_run_stage(&mut command, &request).with_context(|| format!("rank {rank}"))?;
+            let mut child = start_run_stage(&mut command, &request)
+                .with_context(|| format!("rank {rank} of {world}"))?;
             let failure = Arc::new(Mutex::new(None));
             let stdout = child.stdout.take().expect("piped");
             let keep = failure.clone();
@@ -384,10 +385,12 @@ fn exited(pid: u32) -> Option<String> {
         if rc != 0 || info.si_pid() == 0 {
             return None;
         }
-        Some(match info.si_code {
-            libc::CLD_EXITED => format!("exit code {}", info.si_status()),
-            _ => format!("killed by signal {}", info.si_status()),
-        })
+        // As a wait status: the exit code in the second byte, else the signal.
+        let raw = match info.si_code {
+            libc::CLD_EXITED => (info.si_status() & 0xff) << 8,
+            _ => info.si_status() & 0x7f,
+        };
+        Some(ended_how(std::process::ExitStatus::from_raw(raw)))
     }
 }
 
