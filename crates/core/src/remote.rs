@@ -423,20 +423,18 @@ mod tests {
     fn a_worker_that_ends_before_reading_its_request_is_reported_by_how_it_ended() {
         // More than a pipe holds, so the write waits for the worker, which never reads.
         let request = vec![b'x'; 1 << 20];
-        let mut command = Command::new("sh");
-        command.args(["-c", "kill -9 $$"]);
-        let e = start_run_stage(&mut command, &request).unwrap_err();
-        assert_eq!(
-            format!("{e:#}"),
-            "ended before it read its request (killed by signal 9)"
-        );
-        let mut command = Command::new("sh");
-        command.args(["-c", "exit 3"]);
-        let e = start_run_stage(&mut command, &request).unwrap_err();
-        assert_eq!(
-            format!("{e:#}"),
-            "ended before it read its request (exit code 3)"
-        );
+        for (script, how) in [
+            ("kill -9 $$", "killed by signal 9"),
+            ("exit 3", "exit code 3"),
+        ] {
+            let mut command = Command::new("sh");
+            command.args(["-c", script]);
+            let e = start_run_stage(&mut command, &request).unwrap_err();
+            assert_eq!(
+                format!("{e:#}"),
+                format!("ended before it read its request ({how})")
+            );
+        }
     }
 
     /// A request to run finetune stage `t` for `steps` steps.

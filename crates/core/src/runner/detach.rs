@@ -17,7 +17,7 @@ use crate::cache::{LockFile, Manifest, Restore};
 use crate::events::{Event, EventSink};
 use crate::remote::{DeferredInputsHash, StageRequest};
 use crate::slurm::{self, JobState};
-use crate::stage::{StageContext, Upstream};
+use crate::stage::StageContext;
 use crate::Cancelled;
 use anyhow::{anyhow, bail, Result};
 use std::collections::BTreeMap;
@@ -166,40 +166,21 @@ impl Runner<'_> {
             }
         }
 
-        let params = &self.pipeline.stages[stage];
         self.workdir
             .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
         // A job of this stage that nothing records (a `run --detach` killed between sbatch
         // and its record) would otherwise run beside the new one.
         slurm::cancel_leftovers(&self.pipeline.workdir, stage);
         let build = store.new_build(stage)?;
-        let previous = self.workdir.output(stage);
-        let previous_ok = self.reusable_output(stage, lock, events)?;
-        let upstream_dirs: BTreeMap<String, Upstream> = upstream
-            .iter()
-            .map(|(name, k)| {
-                let up = Upstream {
-                    kind: self.pipeline.stages[name].kind(),
-                    // A pending upstream's output is read where its job writes it.
-                    dir: k.build.clone().unwrap_or_else(|| self.workdir.output(name)),
-                };
-                (name.clone(), up)
-            })
-            .collect();
-        let inputs_hash = material.inputs_hash();
-        let state_dir = self.workdir.state_dir(stage)?;
-        let ctx = StageContext {
-            name: stage,
-            params,
-            pipeline: self.pipeline,
-            out_dir: &build,
-            previous_output: previous_ok.then_some(previous.as_path()),
-            state_dir: &state_dir,
-            upstream: &upstream_dirs,
-            inputs_hash: &inputs_hash,
-            events,
-            cancel: &cancel.flag(stage),
+        // A pending upstream's output is read where its job writes it.
+        let upstream_dir = |name: &str| {
+            upstream[name]
+                .build
+                .clone()
+                .unwrap_or_else(|| self.workdir.output(name))
         };
+        let given = self.given(stage, &material, upstream_dir, lock, cancel, events)?;
+        let ctx = given.context(self, stage, &build, events);
         let mut request = StageRequest::of(&ctx);
         // Always: the job also checks that the published upstream outputs it reads are
         // still those of `hashes` when it starts.
@@ -314,13 +295,7 @@ impl Runner<'_> {
         cancel: &Cancellation,
     ) -> Result<(Outcome, String)> {
         let params = &self.pipeline.stages[stage];
-        self.workdir
-            .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
-        events.emit(Event::StageStarted {
-            stage: stage.into(),
-            kind: params.kind().to_string(),
-        });
-        let started = Instant::now();
+        let started = self.start(stage, lock, events)?;
         let state_dir = self.workdir.state_dir(stage)?;
         let ctx = StageContext {
             name: stage,
@@ -372,17 +347,6 @@ impl Runner<'_> {
         store.settle(stage, &record.job, &hash)?;
         store.remove(record)?;
         Ok(self.ran(stage, started, hash, events))
-    }
-
-    /// [`Runner::evaluate`] against the lock file as it is now.
-    fn evaluate_against(
-        &self,
-        stage: &str,
-        lock: &Mutex<LockFile>,
-        upstream: &BTreeMap<String, String>,
-    ) -> Result<Evaluation> {
-        let snapshot = lock.lock().unwrap().clone();
-        self.evaluate(stage, &snapshot, upstream, true)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::stage::{Registry, StageContext, Upstream};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
@@ -179,6 +179,40 @@ pub struct Runner<'a> {
     registry: &'a Registry,
     dag: Dag,
     workdir: Workdir,
+}
+
+/// What a run of a stage is given besides its output folder ([`Runner::given`]).
+struct Given {
+    /// Its last published output, when it is what the lock file recorded.
+    previous_output: Option<PathBuf>,
+    upstream: BTreeMap<String, Upstream>,
+    inputs_hash: String,
+    state_dir: PathBuf,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Given {
+    /// The context of `stage` of `runner`'s pipeline writing into `out_dir`.
+    fn context<'a>(
+        &'a self,
+        runner: &'a Runner,
+        stage: &'a str,
+        out_dir: &'a Path,
+        events: &'a dyn EventSink,
+    ) -> StageContext<'a> {
+        StageContext {
+            name: stage,
+            params: &runner.pipeline.stages[stage],
+            pipeline: runner.pipeline,
+            out_dir,
+            previous_output: self.previous_output.as_deref(),
+            state_dir: &self.state_dir,
+            upstream: &self.upstream,
+            inputs_hash: &self.inputs_hash,
+            events,
+            cancel: &self.cancel,
+        }
+    }
 }
 
 /// The result of evaluating one stage against the lock file.
@@ -529,10 +563,7 @@ impl<'a> Runner<'a> {
         cancel: &Cancellation,
     ) -> Result<(Outcome, String)> {
         let params = &self.pipeline.stages[stage];
-        let eval = {
-            let snapshot = lock.lock().unwrap().clone();
-            self.evaluate(stage, &snapshot, &upstream, true)?
-        };
+        let eval = self.evaluate_against(stage, lock, &upstream)?;
         // A detached job of this stage, as it is now, is adopted rather than run again
         // (under --force, cancelled and run again).
         let adopted =
@@ -547,40 +578,17 @@ impl<'a> Runner<'a> {
         }
 
         let run = self.registry.get(params.kind())?;
-        self.workdir
-            .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
-        events.emit(Event::StageStarted {
-            stage: stage.into(),
-            kind: params.kind().to_string(),
-        });
-        let started = Instant::now();
+        let started = self.start(stage, lock, events)?;
         let out_dir = self.workdir.tmp_dir(stage)?;
-        let previous = self.workdir.output(stage);
-        let previous_ok = self.reusable_output(stage, lock, events)?;
-        let upstream_dirs: BTreeMap<String, Upstream> = self.dag.deps[stage]
-            .iter()
-            .map(|d| {
-                let up = Upstream {
-                    kind: self.pipeline.stages[d].kind(),
-                    dir: self.workdir.output(d),
-                };
-                (d.clone(), up)
-            })
-            .collect();
-        let inputs_hash = eval.material.inputs_hash();
-        let state_dir = self.workdir.state_dir(stage)?;
-        let ctx = StageContext {
-            name: stage,
-            params,
-            pipeline: self.pipeline,
-            out_dir: &out_dir,
-            previous_output: previous_ok.then_some(previous.as_path()),
-            state_dir: &state_dir,
-            upstream: &upstream_dirs,
-            inputs_hash: &inputs_hash,
+        let given = self.given(
+            stage,
+            &eval.material,
+            |d| self.workdir.output(d),
+            lock,
+            cancel,
             events,
-            cancel: &cancel.flag(stage),
-        };
+        )?;
+        let ctx = given.context(self, stage, &out_dir, events);
         if let Err(e) = run(&ctx) {
             let _ = std::fs::remove_dir_all(&out_dir);
             return Err(e);
@@ -693,6 +701,66 @@ impl<'a> Runner<'a> {
     /// What the lock file records for `stage`.
     fn recorded(&self, stage: &str, lock: &Mutex<LockFile>) -> Option<LockEntry> {
         lock.lock().unwrap().stages.get(stage).cloned()
+    }
+
+    /// [`Runner::evaluate`] against the lock file as it is now.
+    fn evaluate_against(
+        &self,
+        stage: &str,
+        lock: &Mutex<LockFile>,
+        upstream: &BTreeMap<String, String>,
+    ) -> Result<Evaluation> {
+        let snapshot = lock.lock().unwrap().clone();
+        self.evaluate(stage, &snapshot, upstream, true)
+    }
+
+    /// Checks that `stage` may be published and says it starts; when it started.
+    fn start(
+        &self,
+        stage: &str,
+        lock: &Mutex<LockFile>,
+        events: &dyn EventSink,
+    ) -> Result<Instant> {
+        self.workdir
+            .check_publishable(stage, self.recorded(stage, lock).as_ref())?;
+        events.emit(Event::StageStarted {
+            stage: stage.into(),
+            kind: self.pipeline.stages[stage].kind().to_string(),
+        });
+        Ok(Instant::now())
+    }
+
+    /// What a run of `stage` (key material `material`) is given besides its output folder,
+    /// each upstream stage's output read from `upstream_dir`.
+    fn given(
+        &self,
+        stage: &str,
+        material: &KeyMaterial,
+        upstream_dir: impl Fn(&str) -> PathBuf,
+        lock: &Mutex<LockFile>,
+        cancel: &Cancellation,
+        events: &dyn EventSink,
+    ) -> Result<Given> {
+        let previous_output = self
+            .reusable_output(stage, lock, events)?
+            .then(|| self.workdir.output(stage));
+        let upstream = self.dag.deps[stage]
+            .iter()
+            .map(|d| {
+                let up = Upstream {
+                    kind: self.pipeline.stages[d].kind(),
+                    dir: upstream_dir(d),
+                };
+                (d.clone(), up)
+            })
+            .collect();
+        Ok(Given {
+            previous_output,
+            upstream,
+            inputs_hash: material.inputs_hash(),
+            state_dir: self.workdir.state_dir(stage)?,
+            cancel: cancel.flag(stage),
+        })
     }
 
     /// Whether `stage`'s published output is exactly what the lock file recorded, so that
